@@ -1,0 +1,65 @@
+using System.Globalization;
+
+namespace OrtKvTier.Console;
+
+/// <summary>A user error on the command line: printed without a stack trace, exit code 2.</summary>
+internal sealed class UsageException(string message) : Exception(message);
+
+/// <summary>Parses <c>--name value</c> options and <c>--flag</c> switches; every name must be consumed.</summary>
+internal sealed class CommandLine
+{
+    private readonly Dictionary<string, string?> _options = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _used = new(StringComparer.Ordinal);
+
+    public CommandLine(IEnumerable<string> args, IReadOnlySet<string> flags)
+    {
+        using var e = args.GetEnumerator();
+        while (e.MoveNext())
+        {
+            var arg = e.Current;
+            if (!arg.StartsWith("--", StringComparison.Ordinal) || arg.Length == 2)
+                throw new UsageException($"Unexpected argument '{arg}'; options start with --.");
+            var name = arg[2..];
+            if (flags.Contains(name)) { _options[name] = null; continue; }
+            if (!e.MoveNext()) throw new UsageException($"Option --{name} needs a value.");
+            _options[name] = e.Current;
+        }
+    }
+
+    public bool Flag(string name)
+    {
+        _used.Add(name);
+        return _options.ContainsKey(name);
+    }
+
+    public string? String(string name)
+    {
+        _used.Add(name);
+        return _options.GetValueOrDefault(name);
+    }
+
+    public int Int(string name, int fallback, int min = int.MinValue)
+    {
+        var text = String(name);
+        if (text is null) return fallback;
+        if (!int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) || value < min)
+            throw new UsageException($"--{name} expects an integer{(min > int.MinValue ? $" ≥ {min}" : "")}; got '{text}'.");
+        return value;
+    }
+
+    public double? Double(string name)
+    {
+        var text = String(name);
+        if (text is null) return null;
+        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value))
+            throw new UsageException($"--{name} expects a number; got '{text}'.");
+        return value;
+    }
+
+    /// <summary>Throws for options no reader asked for (likely typos).</summary>
+    public void RejectUnknown()
+    {
+        var unknown = _options.Keys.Where(k => !_used.Contains(k)).ToList();
+        if (unknown.Count > 0) throw new UsageException($"Unknown option{(unknown.Count > 1 ? "s" : "")}: {string.Join(", ", unknown.Select(u => "--" + u))}.");
+    }
+}

@@ -1,0 +1,99 @@
+using System.Globalization;
+using System.Text.Json;
+using OrtKvTier.Generation;
+using OrtKvTier.Model;
+
+namespace OrtKvTier.Console.Commands;
+
+/// <summary><c>generate</c>: run a prompt through the generation loop and print the text or JSON.</summary>
+internal static class GenerateCommand
+{
+    public const string Usage =
+        "generate [--model DIR] (--prompt TEXT | --prompt-file FILE | --tokens 1,2,3) [--max-new-tokens N]\n" +
+        "         [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--shared-buffer true|false] [--json]";
+
+    public static int Run(CommandLine cl)
+    {
+        var modelDir = cl.String("model") ?? RepoPaths.DefaultModel;
+        var prompt = cl.String("prompt");
+        var promptFile = cl.String("prompt-file");
+        var tokenList = cl.String("tokens");
+        int maxNew = cl.Int("max-new-tokens", 32, min: 1);
+        bool json = cl.Flag("json");
+        bool sample = cl.Flag("sample");
+        var temperature = cl.Double("temperature");
+        var topP = cl.Double("top-p");
+        var topKText = cl.String("top-k");
+        var seedText = cl.String("seed");
+        var sharedText = cl.String("shared-buffer");
+        cl.RejectUnknown();
+        if (new[] { prompt, promptFile, tokenList }.Count(x => x is not null) != 1)
+            throw new UsageException("Give exactly one of --prompt, --prompt-file, --tokens.");
+
+        using var model = KvModel.Load(modelDir, new KvModelOptions { SharedBuffer = sharedText is null ? null : ParseBool("shared-buffer", sharedText) });
+        using var tokenizer = new ModelTokenizer(model.Folder);
+        int[] promptTokens = tokenList is not null ? ParseTokens(tokenList)
+            : tokenizer.Encode(prompt ?? ReadPromptFile(promptFile!));
+        if (promptTokens.Length == 0) throw new UsageException("The prompt is empty.");
+
+        var search = SearchOptions.FromConfig(model);
+        search = search with
+        {
+            DoSample = sample || search.DoSample,
+            Temperature = temperature ?? search.Temperature,
+            TopP = topP ?? search.TopP,
+            TopK = topKText is null ? search.TopK : int.Parse(topKText, CultureInfo.InvariantCulture),
+            Seed = seedText is null ? null : ulong.Parse(seedText, CultureInfo.InvariantCulture),
+        };
+        var result = new TextGenerator(model, tokenizer).Generate(promptTokens, maxNew, search,
+            json ? null : piece => System.Console.Out.Write(piece));
+
+        if (json) WriteJson(result, model);
+        else System.Console.Error.WriteLine($"\n[{result.Tokens.Length} tokens, prompt {result.PromptTokens}, TTFT {result.TtftMs:F1} ms, total {result.TotalMs:F1} ms, {result.StopReason}]");
+        return 0;
+    }
+
+    private static void WriteJson(GenerationResult result, KvModel model)
+    {
+        using var stdout = System.Console.OpenStandardOutput();
+        using (var w = new Utf8JsonWriter(stdout, new JsonWriterOptions { Indented = false }))
+        {
+            w.WriteStartObject();
+            w.WriteStartArray("tokens");
+            foreach (var t in result.Tokens) w.WriteNumberValue(t);
+            w.WriteEndArray();
+            w.WriteString("text", result.Text);
+            w.WriteNumber("prompt_tokens", result.PromptTokens);
+            w.WriteNumber("ttft_ms", Math.Round(result.TtftMs, 3));
+            w.WriteNumber("total_ms", Math.Round(result.TotalMs, 3));
+            w.WriteString("stop_reason", result.StopReason.ToString());
+            w.WriteString("model", model.Folder);
+            w.WriteString("fingerprint", model.Fingerprint.ToString());
+            w.WriteEndObject();
+        }
+        stdout.WriteByte((byte)'\n');
+    }
+
+    private static string ReadPromptFile(string path) =>
+        File.Exists(path) ? File.ReadAllText(path) : throw new UsageException($"--prompt-file: no such file '{path}'.");
+
+    private static int[] ParseTokens(string list)
+    {
+        try
+        {
+            return list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
+        }
+        catch (FormatException)
+        {
+            throw new UsageException($"--tokens expects comma-separated integers such as 1,2,3; got '{list}'.");
+        }
+    }
+
+    internal static bool ParseBool(string name, string text) => text.ToLowerInvariant() switch
+    {
+        "true" or "1" or "yes" => true,
+        "false" or "0" or "no" => false,
+        _ => throw new UsageException($"--{name} expects true or false; got '{text}'."),
+    };
+}

@@ -1,0 +1,172 @@
+using System.Runtime.InteropServices;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using OrtKvTier.Model;
+
+namespace OrtKvTier.Generation;
+
+/// <summary>
+/// Our generation loop over <see cref="InferenceSession"/> + <see cref="OrtIoBinding"/>, shaped
+/// like GenAI's <c>Generator</c>: <see cref="AppendTokens"/> runs the model over new tokens,
+/// <see cref="GenerateNextToken"/> picks the next token (running the previous one first),
+/// <see cref="IsDone"/>, <see cref="Sequence"/>, <see cref="RewindTo"/>. Works in both KV modes of
+/// <see cref="KvLayout.SharedBuffer"/>. One sequence, batch 1; not thread-safe.
+/// </summary>
+public sealed class KvGenerator : IDisposable
+{
+    private readonly KvModel _model;
+    private readonly OrtIoBinding _binding;
+    private readonly RunOptions _runOptions = new();
+    private readonly PastKeyValues _past;
+    private readonly TokenSampler _sampler;
+    private readonly List<int> _sequence = [];
+    private readonly float[] _logits;
+    private bool _logitsCurrent;
+    private bool _lastWasGenerated;
+    private bool _disposed;
+
+    /// <summary>Creates a generator; <paramref name="search"/> defaults to the model's config.</summary>
+    public KvGenerator(KvModel model, SearchOptions? search = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        search ??= SearchOptions.FromConfig(model);
+        search.Validate(model);
+        _model = model;
+        Search = search;
+        _sampler = new TokenSampler(search);
+        _logits = new float[model.VocabSize];
+        _past = PastKeyValues.Create(model.Layout);
+        _binding = model.Session.CreateIoBinding();
+    }
+
+    /// <summary>The options in force.</summary>
+    public SearchOptions Search { get; }
+
+    /// <summary>Prompt and generated tokens so far.</summary>
+    public IReadOnlyList<int> Sequence => _sequence;
+
+    /// <summary>Tokens whose keys and values are computed (the rest run on the next step).</summary>
+    public int ComputedTokens => _past.Length;
+
+    /// <summary>True once an end-of-sequence token was generated or <see cref="SearchOptions.MaxLength"/> is reached.</summary>
+    public bool IsDone =>
+        _sequence.Count >= Search.MaxLength || (_lastWasGenerated && _model.EosTokenIds.Contains(_sequence[^1]));
+
+    /// <summary>Logits over the vocabulary for the token after <see cref="Sequence"/>, computing what is pending.</summary>
+    public ReadOnlySpan<float> GetLogits()
+    {
+        ComputePending();
+        return _logits;
+    }
+
+    internal PastKeyValues Past => _past;
+
+    /// <summary>Appends prompt tokens and runs the model over everything not yet computed.</summary>
+    public void AppendTokens(ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (tokens.IsEmpty) throw new ArgumentException("AppendTokens needs at least one token.", nameof(tokens));
+        if (_sequence.Count + tokens.Length > Search.MaxLength)
+            throw new ArgumentException($"The sequence would hold {_sequence.Count + tokens.Length} tokens; MaxLength is {Search.MaxLength}. Shorten the prompt or raise MaxLength.", nameof(tokens));
+        foreach (var t in tokens)
+            if ((uint)t >= (uint)_model.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(tokens), t, $"Token ids must be in [0, {_model.VocabSize}).");
+        _sequence.AddRange(tokens);
+        _lastWasGenerated = false;
+        _logitsCurrent = false;
+        ComputePending();
+    }
+
+    /// <summary>Runs what is pending, picks the next token and appends it (it runs on the next step).</summary>
+    public int GenerateNextToken()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_sequence.Count == 0) throw new InvalidOperationException("Append prompt tokens before generating.");
+        if (IsDone) throw new InvalidOperationException($"Generation is done ({(_sequence.Count >= Search.MaxLength ? "max length reached" : "end of sequence")}); rewind or start a new generator.");
+        ComputePending();
+        int token = _sampler.Next(_logits);
+        _sequence.Add(token);
+        _lastWasGenerated = true;
+        _logitsCurrent = false;
+        return token;
+    }
+
+    /// <summary>Keeps the first <paramref name="length"/> tokens; the next step recomputes from there.</summary>
+    public void RewindTo(int length)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (length < 0 || length > _sequence.Count)
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"Rewind to a length between 0 and the current {_sequence.Count}.");
+        _sequence.RemoveRange(length, _sequence.Count - length);
+        // Keep the last token pending so its logits are computed again on the next step.
+        int keep = Math.Max(0, length - 1);
+        if (_past.Length > keep) _past.Truncate(keep);
+        _logitsCurrent = false;
+        _lastWasGenerated = false;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _binding.Dispose();
+        _runOptions.Dispose();
+        _past.Dispose();
+    }
+
+    private void ComputePending()
+    {
+        if (_logitsCurrent) return;
+        int start = _past.Length;
+        if (start == _sequence.Count)
+            throw new InvalidOperationException("No logits: every token is computed but the last run's logits were discarded.");
+        Run(CollectionsMarshal.AsSpan(_sequence)[start..]);
+        _logitsCurrent = true;
+    }
+
+    private void Run(ReadOnlySpan<int> tokens)
+    {
+        var names = _model.Names;
+        int total = _past.Length + tokens.Length;
+        var ids = new long[tokens.Length];
+        for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
+        var mask = new long[total];
+        Array.Fill(mask, 1L);
+
+        using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [1, ids.Length]);
+        using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [1, total]);
+        using var logitsValue = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, _model.LogitsType, [1, tokens.Length, _model.VocabSize]);
+        _binding.ClearBoundInputs();
+        _binding.ClearBoundOutputs();
+        _binding.BindInput(names.InputIds, idsValue);
+        _binding.BindInput(names.AttentionMask, maskValue);
+        _binding.BindOutput(names.Logits, logitsValue);
+        _past.Bind(_binding, tokens.Length);
+        try
+        {
+            _model.Session.RunWithBinding(_runOptions, _binding);
+        }
+        catch
+        {
+            _past.Abort();
+            throw;
+        }
+        _past.Commit(tokens.Length);
+        CopyLastRow(logitsValue, tokens.Length - 1);
+    }
+
+    private void CopyLastRow(OrtValue logits, int row)
+    {
+        int vocab = _logits.Length;
+        if (_model.LogitsType == TensorElementType.Float16)
+        {
+            var halves = MemoryMarshal.Cast<byte, Half>(logits.GetTensorMutableRawData()).Slice(row * vocab, vocab);
+            for (int i = 0; i < vocab; i++) _logits[i] = (float)halves[i];
+        }
+        else
+        {
+            logits.GetTensorDataAsSpan<float>().Slice(row * vocab, vocab).CopyTo(_logits);
+        }
+    }
+}

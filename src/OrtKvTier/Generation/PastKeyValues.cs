@@ -1,0 +1,169 @@
+using Microsoft.ML.OnnxRuntime;
+using OrtKvTier.Model;
+
+namespace OrtKvTier.Generation;
+
+/// <summary>
+/// The past key/value tensors of one sequence in the model's layout, bound into each run.
+/// <see cref="Growing"/> swaps in a fresh <c>[1, kvH, total, D]</c> present per run;
+/// <see cref="Shared"/> binds one <c>[1, kvH, max, D]</c> buffer as both past and present.
+/// Owned by one generator; not thread-safe.
+/// </summary>
+internal abstract class PastKeyValues : IDisposable
+{
+    protected PastKeyValues(KvLayout layout) => Layout = layout;
+
+    public KvLayout Layout { get; }
+
+    /// <summary>Tokens whose keys and values are held.</summary>
+    public int Length { get; protected set; }
+
+    public static PastKeyValues Create(KvLayout layout) => layout.SharedBuffer ? new Shared(layout) : new Growing(layout);
+
+    /// <summary>Binds past inputs and present outputs for a run that adds <paramref name="newTokens"/>.</summary>
+    public abstract void Bind(OrtIoBinding binding, int newTokens);
+
+    /// <summary>Makes the presents of the last bound run the past.</summary>
+    public abstract void Commit(int newTokens);
+
+    /// <summary>Drops what the last bound run would have produced (it failed).</summary>
+    public abstract void Abort();
+
+    /// <summary>Keeps the first <paramref name="length"/> tokens.</summary>
+    public abstract void Truncate(int length);
+
+    /// <summary>
+    /// The bytes of one layer's key (<paramref name="value"/> false) or value tensor. Rows of
+    /// <see cref="KvLayout.BytesPerHeadToken"/>; head h's token t starts at
+    /// <c>(h × Capacity + t) × BytesPerHeadToken</c>. Valid until the next Bind, Commit, Truncate or Dispose.
+    /// </summary>
+    public abstract Span<byte> TensorBytes(int layer, bool value);
+
+    /// <summary>Token rows each head has room for in <see cref="TensorBytes"/>.</summary>
+    public abstract int Capacity { get; }
+
+    public abstract void Dispose();
+
+    protected OrtValue Allocate(int tokens) =>
+        OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, Layout.OrtElementType, [1, Layout.KvHeads, tokens, Layout.HeadSize]);
+
+    protected static void DisposeAll(OrtValue?[] values)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            values[i]?.Dispose();
+            values[i] = null;
+        }
+    }
+
+    /// <summary>Index of a layer's key or value in the per-tensor arrays.</summary>
+    protected static int Slot(int layer, bool value) => layer * 2 + (value ? 1 : 0);
+
+    private sealed class Growing : PastKeyValues
+    {
+        private readonly OrtValue?[] _past;
+        private readonly OrtValue?[] _present;
+
+        public Growing(KvLayout layout) : base(layout)
+        {
+            _past = new OrtValue?[layout.Layers * 2];
+            _present = new OrtValue?[layout.Layers * 2];
+            for (int i = 0; i < _past.Length; i++) _past[i] = Allocate(0);
+        }
+
+        public override int Capacity => Length;
+
+        public override void Bind(OrtIoBinding binding, int newTokens)
+        {
+            DisposeAll(_present);
+            for (int layer = 0; layer < Layout.Layers; layer++)
+                for (int v = 0; v < 2; v++)
+                {
+                    int slot = Slot(layer, v == 1);
+                    _present[slot] = Allocate(Length + newTokens);
+                    binding.BindInput(v == 1 ? Layout.PastValueNames[layer] : Layout.PastKeyNames[layer], _past[slot]!);
+                    binding.BindOutput(v == 1 ? Layout.PresentValueNames[layer] : Layout.PresentKeyNames[layer], _present[slot]!);
+                }
+        }
+
+        public override void Commit(int newTokens)
+        {
+            for (int i = 0; i < _past.Length; i++)
+            {
+                _past[i]!.Dispose();
+                _past[i] = _present[i];
+                _present[i] = null;
+            }
+            Length += newTokens;
+        }
+
+        public override void Abort() => DisposeAll(_present);
+
+        public override void Truncate(int length)
+        {
+            if (length == Length) return;
+            int row = Layout.BytesPerHeadToken;
+            for (int i = 0; i < _past.Length; i++)
+            {
+                var shorter = Allocate(length);
+                var source = _past[i]!.GetTensorMutableRawData();
+                var target = shorter.GetTensorMutableRawData();
+                for (int h = 0; h < Layout.KvHeads; h++)
+                    source.Slice(h * Length * row, length * row).CopyTo(target.Slice(h * length * row));
+                _past[i]!.Dispose();
+                _past[i] = shorter;
+            }
+            Length = length;
+        }
+
+        public override Span<byte> TensorBytes(int layer, bool value) => _past[Slot(layer, value)]!.GetTensorMutableRawData();
+
+        public override void Dispose()
+        {
+            DisposeAll(_past);
+            DisposeAll(_present);
+        }
+    }
+
+    private sealed class Shared : PastKeyValues
+    {
+        private readonly OrtValue?[] _buffers;
+
+        public Shared(KvLayout layout) : base(layout)
+        {
+            _buffers = new OrtValue?[layout.Layers * 2];
+            try
+            {
+                for (int i = 0; i < _buffers.Length; i++) _buffers[i] = Allocate(layout.MaxLength);
+            }
+            catch
+            {
+                DisposeAll(_buffers);
+                throw;
+            }
+        }
+
+        public override int Capacity => Layout.MaxLength;
+
+        public override void Bind(OrtIoBinding binding, int newTokens)
+        {
+            for (int layer = 0; layer < Layout.Layers; layer++)
+            {
+                binding.BindInput(Layout.PastKeyNames[layer], _buffers[Slot(layer, false)]!);
+                binding.BindOutput(Layout.PresentKeyNames[layer], _buffers[Slot(layer, false)]!);
+                binding.BindInput(Layout.PastValueNames[layer], _buffers[Slot(layer, true)]!);
+                binding.BindOutput(Layout.PresentValueNames[layer], _buffers[Slot(layer, true)]!);
+            }
+        }
+
+        public override void Commit(int newTokens) => Length += newTokens;
+
+        public override void Abort() { }
+
+        public override void Truncate(int length) => Length = length;
+
+        public override Span<byte> TensorBytes(int layer, bool value) => _buffers[Slot(layer, value)]!.GetTensorMutableRawData();
+
+        public override void Dispose() => DisposeAll(_buffers);
+    }
+}

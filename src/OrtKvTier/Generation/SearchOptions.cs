@@ -1,0 +1,52 @@
+using OrtKvTier.Model;
+
+namespace OrtKvTier.Generation;
+
+/// <summary>
+/// How the next token is chosen and when generation stops. Start from <see cref="FromConfig"/>
+/// (the model's <c>search</c> section) and override with <c>with { ... }</c>.
+/// </summary>
+public sealed record SearchOptions
+{
+    /// <summary>Longest sequence, prompt included; at most the model's max length.</summary>
+    public required int MaxLength { get; init; }
+    /// <summary>Sample from the distribution; false picks the most likely token (first on ties).</summary>
+    public bool DoSample { get; init; }
+    /// <summary>Softmax temperature when sampling; positive. Default 1.</summary>
+    public double Temperature { get; init; } = 1.0;
+    /// <summary>Keep only the k most likely tokens when sampling; 0 keeps all. Default 0.</summary>
+    public int TopK { get; init; }
+    /// <summary>Keep the smallest set of tokens whose probability reaches p when sampling; in (0, 1]. Default 1.</summary>
+    public double TopP { get; init; } = 1.0;
+    /// <summary>Seed for sampling; the same seed, options and prompt give the same tokens. Null picks one at random.</summary>
+    public ulong? Seed { get; init; }
+
+    /// <summary>The defaults from the model's genai_config.json <c>search</c> section.</summary>
+    public static SearchOptions FromConfig(KvModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var search = model.Config.Search;
+        return new SearchOptions
+        {
+            MaxLength = Math.Min(search?.MaxLength ?? model.Layout.MaxLength, model.Layout.MaxLength),
+            DoSample = search?.DoSample ?? false,
+            Temperature = search?.Temperature ?? 1.0,
+            TopK = search?.TopK ?? 0,
+            TopP = search?.TopP ?? 1.0,
+        };
+    }
+
+    /// <summary>Throws when a value is out of range for <paramref name="model"/>.</summary>
+    public void Validate(KvModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (MaxLength < 1 || MaxLength > model.Layout.MaxLength)
+            throw new ArgumentOutOfRangeException(nameof(MaxLength), MaxLength, $"MaxLength must be between 1 and the model's max length {model.Layout.MaxLength}.");
+        if (!(Temperature > 0) || double.IsInfinity(Temperature))
+            throw new ArgumentOutOfRangeException(nameof(Temperature), Temperature, "Temperature must be a positive finite number.");
+        if (TopK < 0)
+            throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "TopK must be 0 (off) or positive.");
+        if (!(TopP > 0 && TopP <= 1))
+            throw new ArgumentOutOfRangeException(nameof(TopP), TopP, "TopP must be in (0, 1]; 1 turns it off.");
+    }
+}

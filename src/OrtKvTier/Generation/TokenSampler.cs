@@ -1,0 +1,60 @@
+namespace OrtKvTier.Generation;
+
+/// <summary>Greedy or temperature/top-k/top-p sampling over one row of logits, reproducible from a seed.</summary>
+internal sealed class TokenSampler(SearchOptions options)
+{
+    private ulong _state = options.Seed ?? (ulong)Random.Shared.NextInt64();
+    private int[] _order = [];
+    private double[] _probabilities = [];
+
+    public int Next(ReadOnlySpan<float> logits)
+    {
+        if (!options.DoSample) return ArgMax(logits);
+
+        if (_order.Length != logits.Length)
+        {
+            _order = new int[logits.Length];
+            _probabilities = new double[logits.Length];
+        }
+        for (int i = 0; i < _order.Length; i++) _order[i] = i;
+        var keys = logits.ToArray();
+        Array.Sort(keys, _order, Comparer<float>.Create((a, b) => b.CompareTo(a)));
+
+        int keep = options.TopK > 0 ? Math.Min(options.TopK, keys.Length) : keys.Length;
+        double max = keys[0], sum = 0;
+        for (int i = 0; i < keep; i++) sum += _probabilities[i] = Math.Exp((keys[i] - max) / options.Temperature);
+        double cumulative = 0;
+        int nucleus = keep;
+        for (int i = 0; i < keep; i++)
+        {
+            cumulative += _probabilities[i] / sum;
+            if (cumulative >= options.TopP) { nucleus = i + 1; break; }
+        }
+        double mass = 0;
+        for (int i = 0; i < nucleus; i++) mass += _probabilities[i];
+        double target = NextUniform() * mass;
+        for (int i = 0; i < nucleus; i++)
+        {
+            target -= _probabilities[i];
+            if (target < 0) return _order[i];
+        }
+        return _order[nucleus - 1];
+    }
+
+    internal static int ArgMax(ReadOnlySpan<float> logits)
+    {
+        int best = 0;
+        for (int i = 1; i < logits.Length; i++)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+
+    private double NextUniform()
+    {
+        ulong z = _state += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        z ^= z >> 31;
+        return (z >> 11) * (1.0 / (1UL << 53));
+    }
+}

@@ -1,0 +1,61 @@
+using Microsoft.ML.OnnxRuntime.Tensors;
+
+namespace OrtKvTier.Model;
+
+/// <summary>Element type of the past-key-value tensors.</summary>
+public enum KvElementType
+{
+    /// <summary>32-bit float.</summary>
+    Float32,
+    /// <summary>IEEE half.</summary>
+    Float16,
+}
+
+/// <summary>
+/// How a model lays out its past key/value tensors: one key and one value tensor per layer, each
+/// <c>[batch, KvHeads, tokens, HeadSize]</c>. In shared-buffer mode the token axis is always
+/// <see cref="MaxLength"/> long and the same buffer is bound as past and present.
+/// </summary>
+public sealed record KvLayout
+{
+    /// <summary>Decoder layers.</summary>
+    public required int Layers { get; init; }
+    /// <summary>Key/value heads.</summary>
+    public required int KvHeads { get; init; }
+    /// <summary>Size of one head.</summary>
+    public required int HeadSize { get; init; }
+    /// <summary>Element type.</summary>
+    public required KvElementType ElementType { get; init; }
+    /// <summary>Whether past and present share one max-length buffer.</summary>
+    public required bool SharedBuffer { get; init; }
+    /// <summary>Longest sequence, prompt included.</summary>
+    public required int MaxLength { get; init; }
+    /// <summary>Past key input names, one per layer.</summary>
+    public required IReadOnlyList<string> PastKeyNames { get; init; }
+    /// <summary>Past value input names, one per layer.</summary>
+    public required IReadOnlyList<string> PastValueNames { get; init; }
+    /// <summary>Present key output names, one per layer.</summary>
+    public required IReadOnlyList<string> PresentKeyNames { get; init; }
+    /// <summary>Present value output names, one per layer.</summary>
+    public required IReadOnlyList<string> PresentValueNames { get; init; }
+
+    /// <summary>Bytes of one element.</summary>
+    public int ElementSize => ElementType == KvElementType.Float16 ? 2 : 4;
+
+    /// <summary>ONNX Runtime's element type.</summary>
+    public TensorElementType OrtElementType => ElementType == KvElementType.Float16 ? TensorElementType.Float16 : TensorElementType.Float;
+
+    /// <summary>Bytes one token occupies in one head of one tensor (<c>HeadSize × element size</c>).</summary>
+    public int BytesPerHeadToken => HeadSize * ElementSize;
+
+    /// <summary>Bytes one token occupies across all layers, keys and values.</summary>
+    public long BytesPerToken => 2L * Layers * KvHeads * BytesPerHeadToken;
+
+    /// <summary>The identity that matters for stored bytes: shape and element type (names and mode excluded).</summary>
+    public string ShapeKey => $"{Layers}x{KvHeads}x{HeadSize}:{(ElementType == KvElementType.Float16 ? "fp16" : "fp32")}";
+
+    /// <summary>A short human description.</summary>
+    public override string ToString() =>
+        $"{Layers} layers × {KvHeads} kv heads × {HeadSize} head size, {(ElementType == KvElementType.Float16 ? "fp16" : "fp32")}, " +
+        $"{(SharedBuffer ? "shared buffer" : "growing past")}, max length {MaxLength}";
+}

@@ -1,0 +1,176 @@
+using System.Text.Json;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+
+namespace OrtKvTier.Model;
+
+/// <summary>
+/// A GenAI model folder opened for our own generation loop: its parsed config, the ONNX Runtime
+/// session on the CPU, the KV layout discovered from config and graph, and the model fingerprint.
+/// </summary>
+public sealed class KvModel : IDisposable
+{
+    /// <summary>The GroupQueryAttention kernel refuses other head sizes.</summary>
+    public const int HeadSizeMultiple = 16;
+
+    private KvModel(string folder, GenAiConfig config, InferenceSession session, KvLayout layout, ModelFingerprint fingerprint,
+        ModelNames names, int vocabSize, int[] eosTokenIds)
+    {
+        Folder = folder;
+        Config = config;
+        Session = session;
+        Layout = layout;
+        Fingerprint = fingerprint;
+        Names = names;
+        VocabSize = vocabSize;
+        EosTokenIds = eosTokenIds;
+    }
+
+    /// <summary>The model folder (full path).</summary>
+    public string Folder { get; }
+    /// <summary>The parsed genai_config.json.</summary>
+    public GenAiConfig Config { get; }
+    /// <summary>The decoder session.</summary>
+    public InferenceSession Session { get; }
+    /// <summary>How past key/values are laid out.</summary>
+    public KvLayout Layout { get; }
+    /// <summary>Identity of weights, config and layout.</summary>
+    public ModelFingerprint Fingerprint { get; }
+    /// <summary>Graph input/output names the loop binds.</summary>
+    public ModelNames Names { get; }
+    /// <summary>Vocabulary size (last dimension of the logits).</summary>
+    public int VocabSize { get; }
+    /// <summary>End-of-sequence token ids.</summary>
+    public IReadOnlyList<int> EosTokenIds { get; }
+    /// <summary>Element type of the logits output.</summary>
+    public TensorElementType LogitsType { get; private init; }
+
+    /// <summary>Opens a GenAI model folder. Throws <see cref="ModelFolderException"/> when it is not usable.</summary>
+    public static KvModel Load(string folder, KvModelOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(folder);
+        options ??= new KvModelOptions();
+        options.Validate();
+        folder = Path.GetFullPath(folder);
+        if (!Directory.Exists(folder))
+            throw new ModelFolderException(folder, "", "a GenAI model folder", "no such directory", "Pass the folder that holds genai_config.json and model.onnx.");
+
+        var configPath = Path.Combine(folder, "genai_config.json");
+        var config = ReadConfig(configPath);
+        var decoder = Require(configPath, "model.decoder", config.Model?.Decoder, "an object describing the decoder", "Is this a GenAI decoder folder?");
+        Require(configPath, "model.type", config.Model!.Type, "a model type such as \"llama\"", "Is this a GenAI decoder folder?");
+        int layers = Positive(configPath, "model.decoder.num_hidden_layers", decoder.NumHiddenLayers);
+        int kvHeads = Positive(configPath, "model.decoder.num_key_value_heads", decoder.NumKeyValueHeads ?? decoder.NumAttentionHeads);
+        int headSize = Positive(configPath, "model.decoder.head_size", decoder.HeadSize);
+        if (headSize % HeadSizeMultiple != 0)
+            throw new ModelFolderException(configPath, "model.decoder.head_size", $"a multiple of {HeadSizeMultiple} (GroupQueryAttention refuses others)",
+                headSize.ToString(), "Rebuild the model with a supported head size.");
+
+        var decoderFile = Require(configPath, "model.decoder.filename", decoder.Filename, "the decoder's ONNX file name");
+        var decoderPath = Path.Combine(folder, decoderFile);
+        if (!File.Exists(decoderPath))
+            throw new ModelFolderException(decoderPath, "", "the decoder ONNX file named by model.decoder.filename", "no such file");
+        var tokenizerPath = Path.Combine(folder, "tokenizer.json");
+        if (!File.Exists(tokenizerPath))
+            throw new ModelFolderException(tokenizerPath, "", "the tokenizer of the model", "no such file");
+
+        var names = ModelNames.FromConfig(configPath, decoder, layers);
+        bool shared = options.SharedBuffer ?? config.Search?.PastPresentShareBuffer ?? false;
+        int maxLength = config.Search?.MaxLength ?? config.Model.ContextLength
+            ?? throw new ModelFolderException(configPath, "search.max_length", "a positive integer (or model.context_length)", "neither");
+
+        OrtRuntime.EnsureLoaded();
+        using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (options.IntraOpThreads > 0) sessionOptions.IntraOpNumThreads = options.IntraOpThreads;
+        options.ConfigureSession?.Invoke(sessionOptions);
+        InferenceSession session;
+        try
+        {
+            session = new InferenceSession(decoderPath, sessionOptions);
+        }
+        catch (OnnxRuntimeException e)
+        {
+            throw new ModelFolderException(decoderPath, "", "an ONNX model ONNX Runtime can load", e.Message, inner: e);
+        }
+
+        try
+        {
+            var elementType = CheckGraph(decoderPath, configPath, session, names, kvHeads, headSize);
+            var layout = new KvLayout
+            {
+                Layers = layers, KvHeads = kvHeads, HeadSize = headSize, ElementType = elementType, SharedBuffer = shared,
+                MaxLength = maxLength, PastKeyNames = names.PastKeys, PastValueNames = names.PastValues,
+                PresentKeyNames = names.PresentKeys, PresentValueNames = names.PresentValues,
+            };
+            var logitsMeta = session.OutputMetadata[names.Logits];
+            int vocab = (int)logitsMeta.Dimensions[^1];
+            if (vocab <= 0) vocab = config.Model.VocabSize ?? throw new ModelFolderException(configPath, "model.vocab_size", "the vocabulary size", "nothing, and the logits output has no fixed last dimension");
+            var eos = config.Model.EosTokenId ?? [];
+            return new KvModel(folder, config, session, layout, ModelFingerprint.Compute(decoderPath, configPath, layout), names, vocab, eos)
+            {
+                LogitsType = logitsMeta.ElementDataType,
+            };
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => Session.Dispose();
+
+    private static GenAiConfig ReadConfig(string configPath)
+    {
+        if (!File.Exists(configPath))
+            throw new ModelFolderException(configPath, "", "a GenAI genai_config.json", "no such file", "Pass a GenAI model folder.");
+        try
+        {
+            return JsonSerializer.Deserialize(File.ReadAllBytes(configPath), GenAiConfigJson.Default.GenAiConfig)
+                ?? throw new ModelFolderException(configPath, "", "a JSON object", "null");
+        }
+        catch (JsonException e)
+        {
+            throw new ModelFolderException(configPath, e.Path ?? "", "valid GenAI config JSON", e.Message, inner: e);
+        }
+    }
+
+    private static KvElementType CheckGraph(string decoderPath, string configPath, InferenceSession session, ModelNames names, int kvHeads, int headSize)
+    {
+        var inputs = session.InputMetadata;
+        var outputs = session.OutputMetadata;
+        foreach (var (field, name) in names.RequiredInputs())
+            if (!inputs.ContainsKey(name))
+                throw new ModelFolderException(configPath, field, $"an input of {Path.GetFileName(decoderPath)}",
+                    $"'{name}', which the graph lacks; its inputs are {string.Join(", ", inputs.Keys)}");
+        foreach (var (field, name) in names.RequiredOutputs())
+            if (!outputs.ContainsKey(name))
+                throw new ModelFolderException(configPath, field, $"an output of {Path.GetFileName(decoderPath)}",
+                    $"'{name}', which the graph lacks; its outputs are {string.Join(", ", outputs.Keys)}");
+
+        var past = inputs[names.PastKeys[0]];
+        var type = past.ElementDataType;
+        if (type is not (TensorElementType.Float or TensorElementType.Float16))
+            throw new ModelFolderException(decoderPath, names.PastKeys[0], "fp32 or fp16 past key/values", type.ToString());
+        foreach (var name in names.PastKeys.Concat(names.PastValues))
+        {
+            var dims = inputs[name].Dimensions;
+            if (dims.Length != 4)
+                throw new ModelFolderException(decoderPath, name, "a rank-4 tensor [batch, kv_heads, past, head_size]", $"rank {dims.Length}");
+            if (dims[1] > 0 && dims[1] != kvHeads)
+                throw new ModelFolderException(decoderPath, name, $"{kvHeads} kv heads (model.decoder.num_key_value_heads in genai_config.json)", $"{dims[1]} in dimension 1");
+            if (dims[3] > 0 && dims[3] != headSize)
+                throw new ModelFolderException(decoderPath, name, $"head size {headSize} (model.decoder.head_size in genai_config.json)", $"{dims[3]} in dimension 3");
+            if (inputs[name].ElementDataType != type)
+                throw new ModelFolderException(decoderPath, name, $"{type} like {names.PastKeys[0]}", inputs[name].ElementDataType.ToString());
+        }
+        return type == TensorElementType.Float16 ? KvElementType.Float16 : KvElementType.Float32;
+    }
+
+    private static T Require<T>(string file, string field, T? value, string expected, string? fix = null) where T : class =>
+        value ?? throw new ModelFolderException(file, field, expected, "nothing (the field is missing)", fix);
+
+    private static int Positive(string file, string field, int? value) =>
+        value is > 0 ? value.Value : throw new ModelFolderException(file, field, "a positive integer", value?.ToString() ?? "nothing (the field is missing)");
+}
