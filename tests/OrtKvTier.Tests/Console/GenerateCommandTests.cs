@@ -8,7 +8,7 @@ public sealed class GenerateCommandTests
     [Fact]
     public void GenerateJsonOnTheShippedModelEqualsTheLibrary()
     {
-        var (code, stdout, stderr) = ConsoleProcess.Run("generate", "--prompt", "Hello", "--max-new-tokens", "8", "--json");
+        var (code, stdout, stderr) = ChildProcess.Console("generate", "--prompt", "Hello", "--max-new-tokens", "8", "--json");
         Assert.True(code == 0, stderr);
         using var json = JsonDocument.Parse(stdout);
         var root = json.RootElement;
@@ -27,8 +27,8 @@ public sealed class GenerateCommandTests
     [Fact]
     public void TokensPromptAndSamplingOptionsWork()
     {
-        var a = ConsoleProcess.Run("generate", "--tokens", "1,2,3", "--max-new-tokens", "6", "--sample", "--seed", "5", "--temperature", "1.3", "--json");
-        var b = ConsoleProcess.Run("generate", "--tokens", "1,2,3", "--max-new-tokens", "6", "--sample", "--seed", "5", "--temperature", "1.3", "--json");
+        var a = ChildProcess.Console("generate", "--tokens", "1,2,3", "--max-new-tokens", "6", "--sample", "--seed", "5", "--temperature", "1.3", "--json");
+        var b = ChildProcess.Console("generate", "--tokens", "1,2,3", "--max-new-tokens", "6", "--sample", "--seed", "5", "--temperature", "1.3", "--json");
         Assert.Equal(0, a.ExitCode);
         Assert.Equal(JsonDocument.Parse(a.StdOut).RootElement.GetProperty("tokens").ToString(), JsonDocument.Parse(b.StdOut).RootElement.GetProperty("tokens").ToString());
     }
@@ -42,7 +42,7 @@ public sealed class GenerateCommandTests
     [InlineData("Unknown command", "frobnicate")]
     public void ErrorsGoToStderrWithoutAStackTrace(string message, params string[] args)
     {
-        var (code, stdout, stderr) = ConsoleProcess.Run(args);
+        var (code, stdout, stderr) = ChildProcess.Console(args);
         Assert.NotEqual(0, code);
         Assert.Contains(message, stderr);
         Assert.DoesNotContain("   at ", stderr);

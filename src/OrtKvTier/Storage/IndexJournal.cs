@@ -1,0 +1,200 @@
+using System.Buffers.Binary;
+using Microsoft.Win32.SafeHandles;
+using static OrtKvTier.Storage.SlotPoolFormat;
+
+namespace OrtKvTier.Storage;
+
+/// <summary>Kinds of journal records.</summary>
+internal enum JournalRecordType : byte
+{
+    Put = 1,
+    Remove = 2,
+    Touch = 3,
+    Clear = 4,
+}
+
+/// <summary>
+/// Reads and writes the index journal (append-only, checksummed records) and the snapshot it is
+/// compacted into. A journal belongs to one pool (pool id) and one snapshot epoch; recovery
+/// replays records up to the first one that is torn or fails its checksum.
+/// </summary>
+internal static class IndexJournal
+{
+    public sealed record Contents(long Epoch, long ValidEnd, long FileLength, int Records);
+
+    /// <summary>The header of a fresh journal.</summary>
+    public static byte[] Header(ulong poolId, long epoch)
+    {
+        var header = new byte[JournalHeaderBytes];
+        BinaryPrimitives.WriteUInt64LittleEndian(header.AsSpan(JhMagic), JournalMagic);
+        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(JhVersion), FormatVersion);
+        BinaryPrimitives.WriteUInt64LittleEndian(header.AsSpan(JhPoolId), poolId);
+        BinaryPrimitives.WriteInt64LittleEndian(header.AsSpan(JhEpoch), epoch);
+        BinaryPrimitives.WriteUInt64LittleEndian(header.AsSpan(JhChecksum), Checksum64(header.AsSpan(0, JhChecksum)));
+        return header;
+    }
+
+    /// <summary>Reads the journal's epoch, or null when the header is missing, damaged or another pool's.</summary>
+    public static long? ReadEpoch(ReadOnlySpan<byte> bytes, ulong poolId)
+    {
+        if (bytes.Length < JournalHeaderBytes) return null;
+        if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[JhMagic..]) != JournalMagic) return null;
+        if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[JhChecksum..]) != Checksum64(bytes[..JhChecksum])) return null;
+        if (BinaryPrimitives.ReadUInt32LittleEndian(bytes[JhVersion..]) != FormatVersion) return null;
+        if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[JhPoolId..]) != poolId) return null;
+        return BinaryPrimitives.ReadInt64LittleEndian(bytes[JhEpoch..]);
+    }
+
+    /// <summary>
+    /// Applies the complete, valid records of <paramref name="bytes"/> from <paramref name="offset"/>
+    /// to <paramref name="index"/>; returns where the valid records end and how many there were.
+    /// </summary>
+    public static (long ValidEnd, int Records) Replay(ReadOnlySpan<byte> bytes, long offset, SlotIndex index, Action<ulong>? onGeneration = null)
+    {
+        int records = 0;
+        int pos = (int)offset;
+        while (pos + RecordOverhead <= bytes.Length)
+        {
+            int bodyLength = BinaryPrimitives.ReadUInt16LittleEndian(bytes[pos..]);
+            int total = RecordOverhead + bodyLength;
+            if (pos + total > bytes.Length) break;
+            var record = bytes.Slice(pos, total);
+            if (BinaryPrimitives.ReadUInt64LittleEndian(record[^8..]) != Checksum64(record[..^8])) break;
+            if (!Apply((JournalRecordType)record[2], record.Slice(3, bodyLength), index, onGeneration)) break;
+            pos += total;
+            records++;
+        }
+        return (pos, records);
+    }
+
+    public static byte[] PutRecord(SlotEntry e)
+    {
+        var body = new byte[40];
+        WriteEntry(body, e);
+        return Record(JournalRecordType.Put, body);
+    }
+
+    public static byte[] RemoveRecord(ChunkKey key)
+    {
+        var body = new byte[16];
+        WriteUInt128(body, key.Value);
+        return Record(JournalRecordType.Remove, body);
+    }
+
+    public static byte[] TouchRecord(ChunkKey key)
+    {
+        var body = new byte[16];
+        WriteUInt128(body, key.Value);
+        return Record(JournalRecordType.Touch, body);
+    }
+
+    public static byte[] ClearRecord() => Record(JournalRecordType.Clear, []);
+
+    /// <summary>The snapshot of <paramref name="entries"/> (least recently used first).</summary>
+    public static byte[] Snapshot(ulong poolId, long epoch, ulong nextGeneration, IReadOnlyList<SlotEntry> entries)
+    {
+        var bytes = new byte[SnapshotHeaderBytes + entries.Count * SnapshotEntryBytes + 8];
+        var span = bytes.AsSpan();
+        BinaryPrimitives.WriteUInt64LittleEndian(span[SnMagic..], SnapshotMagic);
+        BinaryPrimitives.WriteUInt32LittleEndian(span[SnVersion..], FormatVersion);
+        BinaryPrimitives.WriteInt32LittleEndian(span[SnCount..], entries.Count);
+        BinaryPrimitives.WriteUInt64LittleEndian(span[SnPoolId..], poolId);
+        BinaryPrimitives.WriteInt64LittleEndian(span[SnEpoch..], epoch);
+        BinaryPrimitives.WriteUInt64LittleEndian(span[SnNextGeneration..], nextGeneration);
+        for (int i = 0; i < entries.Count; i++) WriteEntry(span.Slice(SnapshotHeaderBytes + i * SnapshotEntryBytes), entries[i]);
+        BinaryPrimitives.WriteUInt64LittleEndian(span[^8..], Checksum64(span[..^8]));
+        return bytes;
+    }
+
+    /// <summary>Loads a snapshot into <paramref name="index"/>; returns its epoch, or null when it is absent, damaged or another pool's.</summary>
+    public static long? LoadSnapshot(ReadOnlySpan<byte> bytes, ulong poolId, SlotIndex index)
+    {
+        if (bytes.Length < SnapshotHeaderBytes + 8) return null;
+        if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[SnMagic..]) != SnapshotMagic) return null;
+        if (BinaryPrimitives.ReadUInt32LittleEndian(bytes[SnVersion..]) != FormatVersion) return null;
+        if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[SnPoolId..]) != poolId) return null;
+        int count = BinaryPrimitives.ReadInt32LittleEndian(bytes[SnCount..]);
+        if (count < 0 || bytes.Length != SnapshotHeaderBytes + (long)count * SnapshotEntryBytes + 8) return null;
+        if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[^8..]) != Checksum64(bytes[..^8])) return null;
+        for (int i = 0; i < count; i++) index.Put(ReadEntry(bytes.Slice(SnapshotHeaderBytes + i * SnapshotEntryBytes)));
+        return BinaryPrimitives.ReadInt64LittleEndian(bytes[SnEpoch..]);
+    }
+
+    /// <summary>Reads a whole file that another process may be writing or replacing; null when absent.</summary>
+    public static byte[]? ReadFile(string path)
+    {
+        try
+        {
+            using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            return ReadAll(handle);
+        }
+        catch (FileNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    public static byte[] ReadAll(SafeFileHandle handle, long from = 0)
+    {
+        long length = RandomAccess.GetLength(handle);
+        if (length <= from) return [];
+        var bytes = new byte[length - from];
+        int read = 0;
+        while (read < bytes.Length)
+        {
+            int n = RandomAccess.Read(handle, bytes.AsSpan(read), from + read);
+            if (n == 0) break;
+            read += n;
+        }
+        return read == bytes.Length ? bytes : bytes[..read];
+    }
+
+    private static bool Apply(JournalRecordType type, ReadOnlySpan<byte> body, SlotIndex index, Action<ulong>? onGeneration)
+    {
+        switch (type)
+        {
+            case JournalRecordType.Put when body.Length == 40:
+                var entry = ReadEntry(body);
+                index.Put(entry);
+                onGeneration?.Invoke(entry.Generation);
+                return true;
+            case JournalRecordType.Remove when body.Length == 16:
+                index.Remove(new ChunkKey(ReadUInt128(body)));
+                return true;
+            case JournalRecordType.Touch when body.Length == 16:
+                index.Touch(new ChunkKey(ReadUInt128(body)));
+                return true;
+            case JournalRecordType.Clear when body.Length == 0:
+                index.Clear();
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    private static byte[] Record(JournalRecordType type, ReadOnlySpan<byte> body)
+    {
+        var record = new byte[RecordOverhead + body.Length];
+        BinaryPrimitives.WriteUInt16LittleEndian(record, (ushort)body.Length);
+        record[2] = (byte)type;
+        body.CopyTo(record.AsSpan(3));
+        BinaryPrimitives.WriteUInt64LittleEndian(record.AsSpan(record.Length - 8), Checksum64(record.AsSpan(0, record.Length - 8)));
+        return record;
+    }
+
+    private static void WriteEntry(Span<byte> span, SlotEntry e)
+    {
+        WriteUInt128(span, e.Key.Value);
+        BinaryPrimitives.WriteInt32LittleEndian(span[16..], e.Slot);
+        BinaryPrimitives.WriteUInt64LittleEndian(span[20..], e.Generation);
+        BinaryPrimitives.WriteInt32LittleEndian(span[28..], e.TokenCount);
+        BinaryPrimitives.WriteInt64LittleEndian(span[32..], e.PayloadLength);
+    }
+
+    private static SlotEntry ReadEntry(ReadOnlySpan<byte> span) => new(
+        new ChunkKey(ReadUInt128(span)),
+        BinaryPrimitives.ReadInt32LittleEndian(span[16..]),
+        BinaryPrimitives.ReadUInt64LittleEndian(span[20..]),
+        BinaryPrimitives.ReadInt32LittleEndian(span[28..]),
+        BinaryPrimitives.ReadInt64LittleEndian(span[32..]));
+}

@@ -1,0 +1,107 @@
+namespace OrtKvTier.Storage;
+
+/// <summary>One indexed chunk: where it lives and which write put it there.</summary>
+internal readonly record struct SlotEntry(ChunkKey Key, int Slot, ulong Generation, int TokenCount, long PayloadLength);
+
+/// <summary>
+/// The in-memory index: key → slot, the free slots, and recency (least recently used first).
+/// LRU because a prefix cache's reuse follows recency: system prompts and live conversations are
+/// touched on every request, finished conversations and one-off documents age out.
+/// Not thread-safe: <see cref="SlotPool"/> guards it with its index lock.
+/// </summary>
+internal sealed class SlotIndex
+{
+    private readonly Dictionary<UInt128, LinkedListNode<SlotEntry>> _byKey = [];
+    private readonly LinkedList<SlotEntry> _recency = new();
+    private readonly LinkedListNode<SlotEntry>?[] _bySlot;
+    private readonly SortedSet<int> _free;
+
+    public SlotIndex(int slotCount)
+    {
+        _bySlot = new LinkedListNode<SlotEntry>?[slotCount];
+        _free = new SortedSet<int>(Enumerable.Range(0, slotCount));
+    }
+
+    public int Count => _byKey.Count;
+
+    public int SlotCount => _bySlot.Length;
+
+    public long PayloadBytes { get; private set; }
+
+    public bool TryGet(ChunkKey key, out SlotEntry entry)
+    {
+        if (_byKey.TryGetValue(key.Value, out var node))
+        {
+            entry = node.Value;
+            return true;
+        }
+        entry = default;
+        return false;
+    }
+
+    public bool Contains(ChunkKey key) => _byKey.ContainsKey(key.Value);
+
+    /// <summary>Adds or replaces; an entry already in the slot is dropped (the slot was reused).</summary>
+    public void Put(SlotEntry entry)
+    {
+        if ((uint)entry.Slot >= (uint)_bySlot.Length) return;
+        Remove(entry.Key);
+        if (_bySlot[entry.Slot] is { } occupant) Remove(occupant.Value.Key);
+        var node = _recency.AddLast(entry);
+        _byKey[entry.Key.Value] = node;
+        _bySlot[entry.Slot] = node;
+        _free.Remove(entry.Slot);
+        PayloadBytes += entry.PayloadLength;
+    }
+
+    public bool Remove(ChunkKey key)
+    {
+        if (!_byKey.Remove(key.Value, out var node)) return false;
+        _recency.Remove(node);
+        _bySlot[node.Value.Slot] = null;
+        _free.Add(node.Value.Slot);
+        PayloadBytes -= node.Value.PayloadLength;
+        return true;
+    }
+
+    /// <summary>Removes the entry only if it is still the same write (same slot and generation).</summary>
+    public bool RemoveIfSame(SlotEntry entry) =>
+        _byKey.TryGetValue(entry.Key.Value, out var node) && node.Value == entry && Remove(entry.Key);
+
+    public void Touch(ChunkKey key)
+    {
+        if (!_byKey.TryGetValue(key.Value, out var node) || node == _recency.Last) return;
+        _recency.Remove(node);
+        _recency.AddLast(node);
+    }
+
+    /// <summary>Takes a free slot, or null when every slot holds an entry.</summary>
+    public int? TakeFree()
+    {
+        if (_free.Count == 0) return null;
+        int slot = _free.Min;
+        _free.Remove(slot);
+        return slot;
+    }
+
+    /// <summary>Marks a slot taken by <see cref="TakeFree"/> as free again (its write failed).</summary>
+    public void Release(int slot)
+    {
+        if (_bySlot[slot] is null) _free.Add(slot);
+    }
+
+    public SlotEntry? Oldest => _recency.First?.Value;
+
+    public void Clear()
+    {
+        _byKey.Clear();
+        _recency.Clear();
+        Array.Clear(_bySlot);
+        _free.Clear();
+        _free.UnionWith(Enumerable.Range(0, _bySlot.Length));
+        PayloadBytes = 0;
+    }
+
+    /// <summary>Entries, least recently used first.</summary>
+    public List<SlotEntry> Entries() => [.. _recency];
+}

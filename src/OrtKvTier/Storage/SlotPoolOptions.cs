@@ -1,0 +1,77 @@
+using Microsoft.Extensions.Logging;
+
+namespace OrtKvTier.Storage;
+
+/// <summary>When written entries reach stable storage.</summary>
+public enum Durability
+{
+    /// <summary>Never fsync; the OS writes back when it likes. A crash may lose recent entries, never integrity.</summary>
+    None,
+    /// <summary>Group commit: data and journal are fsynced together every <see cref="SlotPoolOptions.BatchInterval"/> and on Flush/Dispose.</summary>
+    Batched,
+    /// <summary>Put returns after the slot and its journal record are fsynced.</summary>
+    EveryWrite,
+}
+
+/// <summary>What to do when the files on disk belong to another model, layout or format.</summary>
+public enum MismatchPolicy
+{
+    /// <summary>Throw <see cref="SlotPoolMismatchException"/> naming both values; nothing is touched.</summary>
+    Refuse,
+    /// <summary>Delete the pool's files and create a new, empty pool.</summary>
+    Recreate,
+}
+
+/// <summary>How to create or open a <see cref="SlotPool"/>.</summary>
+public sealed class SlotPoolOptions
+{
+    /// <summary>The pool's directory (created if missing).</summary>
+    public required string Directory { get; init; }
+
+    /// <summary>What the bytes belong to. Null only for <see cref="ReadOnly"/> tools that take the identity from the file.</summary>
+    public SlotPoolIdentity? Identity { get; init; }
+
+    /// <summary>Capacity of a new pool in bytes of disk, rounded down to whole slots. Give this or <see cref="CapacitySlots"/>.</summary>
+    public long? CapacityBytes { get; init; }
+
+    /// <summary>Capacity of a new pool in slots. An existing pool keeps the capacity it was created with.</summary>
+    public int? CapacitySlots { get; init; }
+
+    /// <summary>Open for reading only (no lock; other processes may write). Default false.</summary>
+    public bool ReadOnly { get; init; }
+
+    /// <summary>When entries become durable. Default <see cref="Durability.Batched"/>.</summary>
+    public Durability Durability { get; init; } = Durability.Batched;
+
+    /// <summary>Group-commit period for <see cref="Durability.Batched"/>. Default 200 ms.</summary>
+    public TimeSpan BatchInterval { get; init; } = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>What to do when existing files do not match. Default <see cref="MismatchPolicy.Refuse"/>.</summary>
+    public MismatchPolicy OnMismatch { get; init; } = MismatchPolicy.Refuse;
+
+    /// <summary>How long a writer waits for another process's writer lock before giving up. Default 0 (fail at once).</summary>
+    public TimeSpan WriterLockTimeout { get; init; } = TimeSpan.Zero;
+
+    /// <summary>Receives events for misses caused by damage or mismatch, and recoveries.</summary>
+    public ILogger? Logger { get; init; }
+
+    /// <summary>Test seam: called before every write to a pool file with the file name and offset; may throw.</summary>
+    internal Action<string, long>? BeforeWrite { get; init; }
+
+    /// <summary>Throws when the options are inconsistent.</summary>
+    public void Validate()
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(Directory);
+        if (!ReadOnly && Identity is null)
+            throw new ArgumentException("A writable pool needs an Identity (model fingerprint and layout).", nameof(Identity));
+        Identity?.Validate();
+        if (CapacityBytes is not null && CapacitySlots is not null)
+            throw new ArgumentException("Give CapacityBytes or CapacitySlots, not both.");
+        if (CapacityBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(CapacityBytes), CapacityBytes, "CapacityBytes must be positive.");
+        if (CapacitySlots is <= 0) throw new ArgumentOutOfRangeException(nameof(CapacitySlots), CapacitySlots, "CapacitySlots must be positive.");
+        if (Identity is not null && CapacityBytes is long bytes && bytes < Identity.SlotBytes)
+            throw new ArgumentOutOfRangeException(nameof(CapacityBytes), bytes, $"CapacityBytes must hold at least one slot of {Identity.SlotBytes} bytes.");
+        if (BatchInterval <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(BatchInterval), BatchInterval, "BatchInterval must be positive.");
+        if (WriterLockTimeout < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(WriterLockTimeout), WriterLockTimeout, "WriterLockTimeout must not be negative.");
+    }
+}

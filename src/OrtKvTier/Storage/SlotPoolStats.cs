@@ -1,0 +1,37 @@
+namespace OrtKvTier.Storage;
+
+/// <summary>A point-in-time view of a pool.</summary>
+public sealed record SlotPoolStats
+{
+    /// <summary>Directory.</summary>
+    public required string Directory { get; init; }
+    /// <summary>Identity of the stored bytes.</summary>
+    public required SlotPoolIdentity Identity { get; init; }
+    /// <summary>Whether this handle is read-only.</summary>
+    public required bool ReadOnly { get; init; }
+    /// <summary>Entries indexed.</summary>
+    public required int Entries { get; init; }
+    /// <summary>Slots in the file.</summary>
+    public required int SlotCount { get; init; }
+    /// <summary>Bytes per slot.</summary>
+    public required long SlotBytes { get; init; }
+    /// <summary>Size of the data file.</summary>
+    public required long FileBytes { get; init; }
+    /// <summary>Payload bytes held by the indexed entries.</summary>
+    public required long PayloadBytes { get; init; }
+    /// <summary>Successful reads since open.</summary>
+    public required long Hits { get; init; }
+    /// <summary>Reads that found no entry since open.</summary>
+    public required long Misses { get; init; }
+    /// <summary>Reads or scans that found damaged or rewritten bytes (each dropped the entry) since open.</summary>
+    public required long Damaged { get; init; }
+    /// <summary>Entries stored since open.</summary>
+    public required long Puts { get; init; }
+    /// <summary>Entries evicted to make room since open.</summary>
+    public required long Evictions { get; init; }
+    /// <summary>Journal records not yet compacted into the snapshot.</summary>
+    public required long JournalRecords { get; init; }
+}
+
+/// <summary>What <see cref="SlotPool.Verify"/> found.</summary>
+public sealed record SlotPoolVerifyReport(int Checked, int Valid, int Dropped, long BytesVerified, TimeSpan Elapsed);

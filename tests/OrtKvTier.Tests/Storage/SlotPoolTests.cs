@@ -1,0 +1,190 @@
+using System.Diagnostics;
+using OrtKvTier.Storage;
+using OrtKvTier.Tests.Support;
+
+namespace OrtKvTier.Tests.Storage;
+
+public sealed class SlotPoolTests : IDisposable
+{
+    private readonly TempDir _temp = new();
+
+    private SlotPool Open(int slots = 16, bool readOnly = false, Durability durability = Durability.None) =>
+        SlotPool.Open(new SlotPoolOptions
+        {
+            Directory = _temp.Path, Identity = TestPayloads.Identity, CapacitySlots = slots, ReadOnly = readOnly, Durability = durability,
+        });
+
+    private static void Put(SlotPool pool, int i)
+    {
+        var key = TestPayloads.Key(1, i);
+        Assert.True(pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key)));
+    }
+
+    private static bool Served(SlotPool pool, int i)
+    {
+        var key = TestPayloads.Key(1, i);
+        var buffer = new byte[pool.PayloadCapacity];
+        if (!pool.TryGet(key, TestPayloads.Tokens(key), buffer, out int length)) return false;
+        Assert.Equal(TestPayloads.Payload(key), buffer[..length]);
+        return true;
+    }
+
+    [Fact]
+    public void SlotSizeFollowsFromTheLayoutAndTheFileIsReallyAllocated()
+    {
+        using var pool = Open(slots: 10);
+        Assert.Equal(64 * 1024, TestPayloads.Identity.PayloadBytes);
+        Assert.Equal(4096 + 64 * 1024, pool.SlotBytes);
+        var file = Path.Combine(_temp.Path, "slots.bin");
+        Assert.Equal(4096 + 10 * pool.SlotBytes, new FileInfo(file).Length);
+        var stat = ChildProcessOutput("stat", "--format=%b %B", file).Split(' ');
+        Assert.True(long.Parse(stat[0]) * long.Parse(stat[1]) >= new FileInfo(file).Length, "the slot file is sparse");
+
+        using var bytes = SlotPool.Open(new SlotPoolOptions { Directory = _temp.Sub("b"), Identity = TestPayloads.Identity, CapacityBytes = 1_000_000 });
+        Assert.Equal((1_000_000 - 4096) / pool.SlotBytes, bytes.SlotCount);
+    }
+
+    [Fact]
+    public void PutGetRemoveClearAndStats()
+    {
+        using var pool = Open();
+        for (int i = 0; i < 5; i++) Put(pool, i);
+        var key0 = TestPayloads.Key(1, 0);
+        Assert.False(pool.Put(key0, TestPayloads.Tokens(key0), TestPayloads.Payload(key0)));
+        for (int i = 0; i < 5; i++) Assert.True(Served(pool, i));
+        Assert.False(Served(pool, 99));
+        Assert.True(pool.Contains(key0));
+        Assert.True(pool.Remove(key0));
+        Assert.False(pool.Remove(key0));
+        Assert.False(Served(pool, 0));
+        var stats = pool.GetStats();
+        Assert.Equal((4, 5L, 5L, 2L, 0L), (stats.Entries, stats.Puts, stats.Hits, stats.Misses, stats.Damaged));
+        Assert.Equal(4L * 64 * 1024, stats.PayloadBytes);
+        pool.Clear();
+        Assert.Equal(0, pool.GetStats().Entries);
+        Assert.False(Served(pool, 1));
+    }
+
+    [Fact]
+    public void WrongTokensOrKeyAreMissesAndBadArgumentsAreExplained()
+    {
+        using var pool = Open();
+        Put(pool, 1);
+        var key = TestPayloads.Key(1, 1);
+        var tokens = TestPayloads.Tokens(key);
+        tokens[3]++;
+        Assert.False(pool.TryGet(key, tokens, new byte[pool.PayloadCapacity], out _));
+        Put(pool, 2);
+        var key2 = TestPayloads.Key(1, 2);
+        Assert.Contains("destination holds 10 bytes", Assert.Throws<ArgumentException>(() => pool.TryGet(key2, TestPayloads.Tokens(key2), new byte[10], out _)).Message);
+        Assert.True(Served(pool, 2));
+        Assert.Contains("at most 32 tokens", Assert.Throws<ArgumentException>(() => pool.Put(key, new int[33], new byte[1])).Message);
+        Assert.Contains("at most 65536 payload bytes", Assert.Throws<ArgumentException>(() => pool.Put(key, new int[3], new byte[65537])).Message);
+    }
+
+    [Fact]
+    public void EntriesAndRecencySurviveARestartAndDriveEviction()
+    {
+        using (var pool = Open(slots: 4))
+        {
+            for (int i = 0; i < 4; i++) Put(pool, i);
+            Assert.True(Served(pool, 0)); // 0 becomes the most recent; 1 is now the oldest
+        }
+        using (var pool = Open(slots: 4))
+        {
+            for (int i = 0; i < 4; i++) Assert.True(Served(pool, i == 0 ? 0 : i)); // order of use now: 0,1,2,3 → oldest 0
+            Put(pool, 10);
+            Assert.False(pool.Contains(TestPayloads.Key(1, 0)));
+            Assert.Equal(1, pool.GetStats().Evictions);
+        }
+        using (var pool = Open(slots: 4))
+        {
+            Assert.Equal(4, pool.GetStats().Entries);
+            Assert.True(Served(pool, 10));
+            Assert.False(Served(pool, 0));
+        }
+    }
+
+    [Fact]
+    public void ReadOnlyHandlesSeeEntriesJournaledAfterTheyOpened()
+    {
+        using var writer = Open();
+        Put(writer, 1);
+        using var reader = Open(readOnly: true);
+        Assert.True(Served(reader, 1));
+        Put(writer, 2);
+        Assert.True(Served(reader, 2));
+        writer.Compact();
+        Put(writer, 3);
+        Assert.True(Served(reader, 3));
+        Assert.Throws<InvalidOperationException>(() => reader.Remove(TestPayloads.Key(1, 1)));
+        Assert.True(SlotPool.OpenExisting(_temp.Path).Contains(TestPayloads.Key(1, 2)));
+    }
+
+    [Fact]
+    public void ConcurrentPutsAndGetsInOneProcessServeOnlyCorrectBytes()
+    {
+        using var pool = Open(slots: 8);
+        long wrong = 0, hits = 0;
+        Parallel.For(0, 4, worker =>
+        {
+            var rng = new Random(worker);
+            var buffer = new byte[pool.PayloadCapacity];
+            for (int n = 0; n < 300; n++)
+            {
+                var key = TestPayloads.Key(1, rng.Next(20));
+                if (worker % 2 == 0) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
+                else if (pool.TryGet(key, TestPayloads.Tokens(key), buffer, out int length))
+                {
+                    Interlocked.Increment(ref hits);
+                    if (!buffer.AsSpan(0, length).SequenceEqual(TestPayloads.Payload(key))) Interlocked.Increment(ref wrong);
+                }
+            }
+        });
+        Assert.Equal(0, wrong);
+        Assert.True(hits > 0);
+        Assert.Equal(8, pool.Verify().Valid);
+    }
+
+    [Fact]
+    public void VerifyScansEverySlotAndDropsDamage()
+    {
+        using (var pool = Open())
+            for (int i = 0; i < 6; i++) Put(pool, i);
+        SlotFileDamage.FlipByte(_temp.Path, slot: 2, offsetInSlot: 4096 + 777);
+        using var reopened = Open();
+        var report = reopened.Verify();
+        Assert.Equal((6, 5, 1), (report.Checked, report.Valid, report.Dropped));
+        Assert.Equal(5, reopened.GetStats().Entries);
+        Assert.Equal(1, reopened.GetStats().Damaged);
+    }
+
+    [Fact]
+    public void DurabilitySettingsAllRoundTrip()
+    {
+        foreach (var durability in Enum.GetValues<Durability>())
+        {
+            using var temp = new TempDir();
+            using (var pool = SlotPool.Open(new SlotPoolOptions { Directory = temp.Path, Identity = TestPayloads.Identity, CapacitySlots = 4, Durability = durability, BatchInterval = TimeSpan.FromMilliseconds(10) }))
+            {
+                Put(pool, 1);
+                Thread.Sleep(30);
+                pool.Flush();
+            }
+            using var again = SlotPool.Open(new SlotPoolOptions { Directory = temp.Path, Identity = TestPayloads.Identity, ReadOnly = true });
+            Assert.True(Served(again, 1));
+        }
+    }
+
+    internal static string ChildProcessOutput(string file, params string[] args)
+    {
+        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true };
+        foreach (var a in args) info.ArgumentList.Add(a);
+        using var p = Process.Start(info)!;
+        var output = p.StandardOutput.ReadToEnd().Trim();
+        p.WaitForExit();
+        return output;
+    }
+
+    public void Dispose() => _temp.Dispose();
+}

@@ -1,0 +1,58 @@
+using System.Diagnostics;
+using System.Reflection;
+
+namespace OrtKvTier.Tests.Support;
+
+/// <summary>Runs a built .NET program of this repository as a real child process.</summary>
+internal static class ChildProcess
+{
+    /// <summary>The sample console, <c>ortkv</c>.</summary>
+    public static string ConsoleDll { get; } = Metadata("ConsoleDll");
+
+    /// <summary>The reliability tests' writer/reader/lock-holder child.</summary>
+    public static string TestChildDll { get; } = Metadata("TestChildDll");
+
+    /// <summary>Runs the console to completion.</summary>
+    public static (int ExitCode, string StdOut, string StdErr) Console(params string[] args) => Run(ConsoleDll, TimeSpan.FromMinutes(5), args);
+
+    public static (int ExitCode, string StdOut, string StdErr) Run(string dll, TimeSpan timeout, params string[] args)
+    {
+        using var process = Start(dll, args);
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(timeout))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{Path.GetFileName(dll)} {string.Join(' ', args)} did not finish in {timeout}.");
+        }
+        process.WaitForExit();
+        return (process.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    public static Process Start(string dll, params string[] args)
+    {
+        var info = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = TestPaths.RepoRoot,
+        };
+        info.ArgumentList.Add(dll);
+        foreach (var a in args) info.ArgumentList.Add(a);
+        return Process.Start(info) ?? throw new InvalidOperationException("Could not start dotnet.");
+    }
+
+    /// <summary>Reads stdout lines until one equals <paramref name="line"/>; throws with stderr if the child exits first.</summary>
+    public static void WaitForLine(Process process, string line, TimeSpan timeout)
+    {
+        var read = Task.Run(() =>
+        {
+            string? l;
+            while ((l = process.StandardOutput.ReadLine()) is not null)
+                if (l == line) return true;
+            return false;
+        });
+        if (!read.Wait(timeout) || !read.Result)
+            throw new InvalidOperationException($"Child did not print '{line}': {process.StandardError.ReadToEnd()}");
+    }
+
+    private static string Metadata(string key) => typeof(ChildProcess).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!;
+}
