@@ -157,9 +157,17 @@ public sealed unsafe class SlotPool : IDisposable
                 if (_index.TakeFree() is int free) slot = free;
                 else
                 {
+                    // Journal the eviction first: if that fails, nothing has changed.
                     var victim = _index.Oldest!.Value;
+                    try
+                    {
+                        AppendLocked(IndexJournal.RemoveRecord(victim.Key));
+                    }
+                    catch (IOException e)
+                    {
+                        throw new IOException($"Could not store chunk {key}: evicting the oldest entry failed to journal: {e.Message} Entries stored earlier are unaffected.", e);
+                    }
                     _index.Remove(victim.Key);
-                    AppendLocked(IndexJournal.RemoveRecord(victim.Key));
                     _evictions++;
                     slot = _index.TakeFree()!.Value;
                 }

@@ -23,7 +23,7 @@ public enum MismatchPolicy
 }
 
 /// <summary>How to create or open a <see cref="SlotPool"/>.</summary>
-public sealed class SlotPoolOptions
+public sealed record SlotPoolOptions
 {
     /// <summary>The pool's directory (created if missing).</summary>
     public required string Directory { get; init; }
