@@ -3,7 +3,7 @@ using OrtKvTier.Console.Commands;
 using OrtKvTier.Model;
 
 const string usage = "usage: ortkv <command> [options]   (--verbose shows stack traces)\n\n" +
-    GenerateCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
+    GenerateCommand.Usage + "\n" + CacheCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
 
 var verbose = args.Contains("--verbose");
 var rest = args.Where(a => a != "--verbose").ToArray();
@@ -20,6 +20,9 @@ try
     {
         "generate" => GenerateCommand.Run(new CommandLine(options, new HashSet<string> { "json", "sample" })),
         "build-model" => BuildModelCommand.Run(new CommandLine(options, new HashSet<string>())),
+        "cache" when rest.Length > 1 => CacheCommand.Run(rest[1], new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
+        "bench" when rest.Length > 1 && rest[1] == "disk" => BenchDiskCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
+        "cache" or "bench" => throw new UsageException($"{rest[0]} needs a subcommand.\n{usage}"),
         _ => throw new UsageException($"Unknown command '{rest[0]}'.\n{usage}"),
     };
 }

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text.Json;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
 
@@ -53,26 +52,19 @@ internal static class GenerateCommand
         return 0;
     }
 
-    private static void WriteJson(GenerationResult result, KvModel model)
+    private static void WriteJson(GenerationResult result, KvModel model) => JsonOutput.Write(w =>
     {
-        using var stdout = System.Console.OpenStandardOutput();
-        using (var w = new Utf8JsonWriter(stdout, new JsonWriterOptions { Indented = false }))
-        {
-            w.WriteStartObject();
-            w.WriteStartArray("tokens");
-            foreach (var t in result.Tokens) w.WriteNumberValue(t);
-            w.WriteEndArray();
-            w.WriteString("text", result.Text);
-            w.WriteNumber("prompt_tokens", result.PromptTokens);
-            w.WriteNumber("ttft_ms", Math.Round(result.TtftMs, 3));
-            w.WriteNumber("total_ms", Math.Round(result.TotalMs, 3));
-            w.WriteString("stop_reason", result.StopReason.ToString());
-            w.WriteString("model", model.Folder);
-            w.WriteString("fingerprint", model.Fingerprint.ToString());
-            w.WriteEndObject();
-        }
-        stdout.WriteByte((byte)'\n');
-    }
+        w.WriteStartArray("tokens");
+        foreach (var t in result.Tokens) w.WriteNumberValue(t);
+        w.WriteEndArray();
+        w.WriteString("text", result.Text);
+        w.WriteNumber("prompt_tokens", result.PromptTokens);
+        w.WriteNumber("ttft_ms", Math.Round(result.TtftMs, 3));
+        w.WriteNumber("total_ms", Math.Round(result.TotalMs, 3));
+        w.WriteString("stop_reason", result.StopReason.ToString());
+        w.WriteString("model", model.Folder);
+        w.WriteString("fingerprint", model.Fingerprint.ToString());
+    });
 
     private static string ReadPromptFile(string path) =>
         File.Exists(path) ? File.ReadAllText(path) : throw new UsageException($"--prompt-file: no such file '{path}'.");

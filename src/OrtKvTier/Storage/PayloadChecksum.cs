@@ -12,6 +12,9 @@ internal static unsafe class PayloadChecksum
     /// <summary>Copy pieces small enough that the hash reads them back from L2 cache.</summary>
     private const int CopyPieceBytes = 64 * 1024;
 
+    /// <summary>Below this many blocks, waking pool threads costs more than it saves.</summary>
+    private const int ParallelFromBlocks = 4;
+
     public static UInt128 Compute(ReadOnlySpan<byte> payload, int parallelism)
     {
         fixed (byte* p = payload)
@@ -27,7 +30,7 @@ internal static unsafe class PayloadChecksum
         int blocks = (int)((length + ChecksumBlockBytes - 1) / ChecksumBlockBytes);
         Span<byte> single = stackalloc byte[16];
         var blockHashes = blocks <= 1 ? single : new byte[blocks * 16];
-        if (blocks > 1 && parallelism > 1)
+        if (blocks >= ParallelFromBlocks && parallelism > 1)
         {
             var hashes = new byte[blocks * 16];
             Parallel.For(0, blocks, new ParallelOptions { MaxDegreeOfParallelism = parallelism },

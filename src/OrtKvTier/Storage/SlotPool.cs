@@ -41,7 +41,12 @@ public sealed unsafe class SlotPool : IDisposable
     private long _journalEpoch;
     private long _journalRecords;
     private uint _nextGenerationLow = 1;
+    /// <summary>Entries added or removed since the last fsync (recency-only records do not count: a read never causes an fsync).</summary>
     private bool _dirty;
+    /// <summary>Slot data written since the last fsync.</summary>
+    private bool _dataDirty;
+    private readonly List<ChunkKey> _pendingTouches = [];
+    private const int MaxPendingTouches = 1024;
 
     /// <summary>Serializes writers (put, remove, compact, clear) within the process.</summary>
     private readonly Lock _writeGate = new();
@@ -169,6 +174,7 @@ public sealed unsafe class SlotPool : IDisposable
                     }
                     _index.Remove(victim.Key);
                     _evictions++;
+                    _dirty = true;
                     slot = _index.TakeFree()!.Value;
                 }
                 generation = ((ulong)_writerEpoch << 32) | _nextGenerationLow++;
@@ -186,11 +192,12 @@ public sealed unsafe class SlotPool : IDisposable
                 if (_options.Durability == Durability.EveryWrite) _data.Flush(flushToDisk: true);
                 lock (_gate)
                 {
+                    WritePendingTouchesLocked();
                     AppendLocked(IndexJournal.PutRecord(entry));
                     if (_options.Durability == Durability.EveryWrite) _journal!.FlushToDisk();
                     _index.Put(entry);
                     _puts++;
-                    _dirty = true;
+                    _dirty = _dataDirty = true;
                 }
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -291,6 +298,7 @@ public sealed unsafe class SlotPool : IDisposable
             {
                 _index.Clear();
                 AppendLocked(IndexJournal.ClearRecord());
+                _dirty = true;
             }
             Compact();
         }
@@ -357,12 +365,18 @@ public sealed unsafe class SlotPool : IDisposable
         if (IsReadOnly) return;
         lock (_writeGate)
         {
-            _data.Flush(flushToDisk: true);
+            // fsync outside the index lock, so reads go on while the disk catches up.
+            bool dataDirty;
+            SafeFileHandle journal;
             lock (_gate)
             {
-                _journal!.FlushToDisk();
-                _dirty = false;
+                WritePendingTouchesLocked();
+                dataDirty = _dataDirty;
+                _dataDirty = _dirty = false;
+                journal = _journal!;
             }
+            if (dataDirty) _data.Flush(flushToDisk: true);
+            journal.FlushToDisk();
         }
     }
 
@@ -380,6 +394,7 @@ public sealed unsafe class SlotPool : IDisposable
             {
                 long epoch = _journalEpoch + 1;
                 ulong next = ((ulong)_writerEpoch << 32) | _nextGenerationLow;
+                _pendingTouches.Clear();
                 WriteAtomically(_snapshotPath, IndexJournal.Snapshot(_poolId, epoch, next, _index.Entries()));
                 _journal?.Dispose();
                 _journal = null;
@@ -402,7 +417,7 @@ public sealed unsafe class SlotPool : IDisposable
         {
             try
             {
-                if (_journalRecords > 0) Compact();
+                if (_journalRecords > 0 || _pendingTouches.Count > 0) Compact();
                 else if (_options.Durability != Durability.None) Flush();
             }
             catch (IOException e)
@@ -455,8 +470,8 @@ public sealed unsafe class SlotPool : IDisposable
                     data = OpenData(dataPath, FileAccess.ReadWrite);
                     header = header with { WriterEpoch = header.WriterEpoch + 1 };
                     options.BeforeWrite?.Invoke(DataFileName, 0);
+                    // No fsync: the epoch only makes generations distinct; integrity rests on key and checksums.
                     RandomAccess.Write(data.SafeFileHandle, FileHeader.Write(identity, header.SlotBytes, (int)header.SlotCount, header.PoolId, header.WriterEpoch), 0);
-                    data.Flush(flushToDisk: true);
                     return Load(new SlotPool(options, lockFile, data, header));
                 }
             }
@@ -747,10 +762,26 @@ public sealed unsafe class SlotPool : IDisposable
         RandomAccess.Write(_data.SafeFileHandle, bytes, offset);
     }
 
+    /// <summary>
+    /// Marks an entry used. The journal record waits in <see cref="_pendingTouches"/> and goes out
+    /// with the next put, flush or a full batch: a read never waits on the disk.
+    /// </summary>
     private void TouchLocked(ChunkKey key)
     {
         _index.Touch(key);
-        if (!IsReadOnly) TryAppendLocked(IndexJournal.TouchRecord(key));
+        if (IsReadOnly) return;
+        _pendingTouches.Add(key);
+        if (_pendingTouches.Count >= MaxPendingTouches) WritePendingTouchesLocked();
+    }
+
+    private void WritePendingTouchesLocked()
+    {
+        if (_pendingTouches.Count == 0) return;
+        var batch = _pendingTouches.SelectMany(IndexJournal.TouchRecord).ToArray();
+        int count = _pendingTouches.Count;
+        _pendingTouches.Clear();
+        TryAppendLocked(batch);
+        _journalRecords += count - 1;
     }
 
     private void AppendLocked(byte[] record)
@@ -768,7 +799,6 @@ public sealed unsafe class SlotPool : IDisposable
         }
         _journalEnd += record.Length;
         _journalRecords++;
-        _dirty = true;
     }
 
     private void TryAppendLocked(byte[] record)

@@ -1,0 +1,3 @@
+using BenchmarkDotNet.Running;
+
+BenchmarkSwitcher.FromAssembly(typeof(OrtKvTier.Benchmarks.SlotPoolBenchmarks).Assembly).Run(args);
