@@ -780,11 +780,10 @@ public sealed unsafe class SlotPool : IDisposable
         var batch = _pendingTouches.SelectMany(IndexJournal.TouchRecord).ToArray();
         int count = _pendingTouches.Count;
         _pendingTouches.Clear();
-        TryAppendLocked(batch);
-        _journalRecords += count - 1;
+        TryAppendLocked(batch, count);
     }
 
-    private void AppendLocked(byte[] record)
+    private void AppendLocked(byte[] record, int records = 1)
     {
         try
         {
@@ -798,14 +797,14 @@ public sealed unsafe class SlotPool : IDisposable
             throw;
         }
         _journalEnd += record.Length;
-        _journalRecords++;
+        _journalRecords += records;
     }
 
-    private void TryAppendLocked(byte[] record)
+    private void TryAppendLocked(byte[] record, int records = 1)
     {
         try
         {
-            AppendLocked(record);
+            AppendLocked(record, records);
         }
         catch (IOException e)
         {
