@@ -28,20 +28,19 @@ internal static unsafe class PayloadChecksum
     private static UInt128 Run(byte* source, byte* destination, long length, int parallelism)
     {
         int blocks = (int)((length + ChecksumBlockBytes - 1) / ChecksumBlockBytes);
-        Span<byte> single = stackalloc byte[16];
-        var blockHashes = blocks <= 1 ? single : new byte[blocks * 16];
-        if (blocks >= ParallelFromBlocks && parallelism > 1)
+        if (blocks <= 1)
         {
-            var hashes = new byte[blocks * 16];
+            Span<byte> single = stackalloc byte[16];
+            if (blocks == 1) HashBlock(source, destination, length, 0, single);
+            return XxHash128.HashToUInt128(single[..(blocks * 16)]);
+        }
+        var hashes = new byte[blocks * 16];
+        if (blocks >= ParallelFromBlocks && parallelism > 1)
             Parallel.For(0, blocks, new ParallelOptions { MaxDegreeOfParallelism = parallelism },
                 b => HashBlock(source, destination, length, b, hashes.AsSpan(b * 16, 16)));
-            hashes.CopyTo(blockHashes);
-        }
         else
-        {
-            for (int b = 0; b < blocks; b++) HashBlock(source, destination, length, b, blockHashes.Slice(b * 16, 16));
-        }
-        return XxHash128.HashToUInt128(blockHashes[..(blocks * 16)]);
+            for (int b = 0; b < blocks; b++) HashBlock(source, destination, length, b, hashes.AsSpan(b * 16, 16));
+        return XxHash128.HashToUInt128(hashes);
     }
 
     private static void HashBlock(byte* source, byte* destination, long length, int block, Span<byte> hashOut)

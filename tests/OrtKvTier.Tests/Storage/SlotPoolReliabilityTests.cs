@@ -296,7 +296,7 @@ public sealed class SlotPoolReliabilityTests(ITestOutputHelper output) : IDispos
     {
         var mount = _temp.Sub("small-fs");
         Directory.CreateDirectory(mount);
-        bool mounted = SlotPoolTests.ChildProcessOutput("sh", "-c", $"mount -t tmpfs -o size=1m tmpfs '{mount}' 2>&1 && echo mounted").EndsWith("mounted");
+        bool mounted = ChildProcess.Output("sh", "-c", $"mount -t tmpfs -o size=1m tmpfs '{mount}' 2>&1 && echo mounted").EndsWith("mounted");
         try
         {
             if (mounted) RealFullDisk(mount);
@@ -305,7 +305,7 @@ public sealed class SlotPoolReliabilityTests(ITestOutputHelper output) : IDispos
         }
         finally
         {
-            if (mounted) SlotPoolTests.ChildProcessOutput("umount", mount);
+            if (mounted) ChildProcess.Output("umount", mount);
         }
     }
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 
@@ -37,7 +36,7 @@ public sealed class SlotPoolTests : IDisposable
         Assert.Equal(4096 + 64 * 1024, pool.SlotBytes);
         var file = Path.Combine(_temp.Path, "slots.bin");
         Assert.Equal(4096 + 10 * pool.SlotBytes, new FileInfo(file).Length);
-        var stat = ChildProcessOutput("stat", "--format=%b %B", file).Split(' ');
+        var stat = ChildProcess.Output("stat", "--format=%b %B", file).Split(' ');
         Assert.True(long.Parse(stat[0]) * long.Parse(stat[1]) >= new FileInfo(file).Length, "the slot file is sparse");
 
         using var bytes = SlotPool.Open(new SlotPoolOptions { Directory = _temp.Sub("b"), Identity = TestPayloads.Identity, CapacityBytes = 1_000_000 });
@@ -174,16 +173,6 @@ public sealed class SlotPoolTests : IDisposable
             using var again = SlotPool.Open(new SlotPoolOptions { Directory = temp.Path, Identity = TestPayloads.Identity, ReadOnly = true });
             Assert.True(Served(again, 1));
         }
-    }
-
-    internal static string ChildProcessOutput(string file, params string[] args)
-    {
-        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true };
-        foreach (var a in args) info.ArgumentList.Add(a);
-        using var p = Process.Start(info)!;
-        var output = p.StandardOutput.ReadToEnd().Trim();
-        p.WaitForExit();
-        return output;
     }
 
     public void Dispose() => _temp.Dispose();

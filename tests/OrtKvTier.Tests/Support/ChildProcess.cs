@@ -40,6 +40,17 @@ internal static class ChildProcess
         return Process.Start(info) ?? throw new InvalidOperationException("Could not start dotnet.");
     }
 
+    /// <summary>Runs any program to completion and returns its trimmed stdout (system tools: stat, mount).</summary>
+    public static string Output(string file, params string[] args)
+    {
+        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true };
+        foreach (var a in args) info.ArgumentList.Add(a);
+        using var process = Process.Start(info) ?? throw new InvalidOperationException($"Could not start {file}.");
+        var output = process.StandardOutput.ReadToEnd().Trim();
+        process.WaitForExit();
+        return output;
+    }
+
     /// <summary>Reads stdout lines until one equals <paramref name="line"/>; throws with stderr if the child exits first.</summary>
     public static void WaitForLine(Process process, string line, TimeSpan timeout)
     {
