@@ -56,6 +56,24 @@ internal sealed class CommandLine
         return value;
     }
 
+    /// <summary>A byte size such as <c>4096</c>, <c>512MiB</c>, <c>2GiB</c> or <c>1.5G</c>.</summary>
+    public long Bytes(string name, long fallback)
+    {
+        var text = String(name);
+        if (text is null) return fallback;
+        var units = new (string Suffix, long Factor)[] { ("KiB", 1L << 10), ("MiB", 1L << 20), ("GiB", 1L << 30), ("TiB", 1L << 40), ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000), ("B", 1) };
+        var (number, factor) = (text.Trim(), 1L);
+        foreach (var (suffix, f) in units)
+            if (number.EndsWith(suffix, StringComparison.OrdinalIgnoreCase))
+            {
+                (number, factor) = (number[..^suffix.Length], f);
+                break;
+            }
+        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) || value <= 0)
+            throw new UsageException($"--{name} expects a positive size such as 512MiB or 2GiB; got '{text}'.");
+        return (long)(value * factor);
+    }
+
     /// <summary>Throws for options no reader asked for (likely typos).</summary>
     public void RejectUnknown()
     {

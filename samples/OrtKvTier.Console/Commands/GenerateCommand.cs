@@ -1,4 +1,5 @@
 using System.Globalization;
+using OrtKvTier.Cache;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
 
@@ -9,7 +10,8 @@ internal static class GenerateCommand
 {
     public const string Usage =
         "generate [--model DIR] (--prompt TEXT | --prompt-file FILE | --tokens 1,2,3) [--max-new-tokens N]\n" +
-        "         [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--shared-buffer true|false] [--json]";
+        "         [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--shared-buffer true|false] [--json]\n" +
+        "         " + CacheOptions.Usage;
 
     public static int Run(CommandLine cl)
     {
@@ -25,6 +27,7 @@ internal static class GenerateCommand
         var topKText = cl.String("top-k");
         var seedText = cl.String("seed");
         var sharedText = cl.String("shared-buffer");
+        var cacheOptions = CacheOptions.Read(cl);
         cl.RejectUnknown();
         if (new[] { prompt, promptFile, tokenList }.Count(x => x is not null) != 1)
             throw new UsageException("Give exactly one of --prompt, --prompt-file, --tokens.");
@@ -44,15 +47,20 @@ internal static class GenerateCommand
             TopK = topKText is null ? search.TopK : int.Parse(topKText, CultureInfo.InvariantCulture),
             Seed = seedText is null ? null : ulong.Parse(seedText, CultureInfo.InvariantCulture),
         };
-        var result = new TextGenerator(model, tokenizer).Generate(promptTokens, maxNew, search,
+        using var cache = cacheOptions.Open(model);
+        var result = new TextGenerator(model, tokenizer, cache).Generate(promptTokens, maxNew, search,
             json ? null : piece => System.Console.Out.Write(piece));
 
-        if (json) WriteJson(result, model);
-        else System.Console.Error.WriteLine($"\n[{result.Tokens.Length} tokens, prompt {result.PromptTokens}, TTFT {result.TtftMs:F1} ms, total {result.TotalMs:F1} ms, {result.StopReason}]");
+        if (json) WriteJson(result, model, cache);
+        else System.Console.Error.WriteLine($"\n[{result.Tokens.Length} tokens, prompt {result.PromptTokens} ({result.CachedTokens} cached{TierText(result.Restore)}), " +
+            $"TTFT {result.TtftMs:F1} ms, total {result.TotalMs:F1} ms, {result.StopReason}]");
         return 0;
     }
 
-    private static void WriteJson(GenerationResult result, KvModel model) => JsonOutput.Write(w =>
+    private static string TierText(PrefixRestoreReport restore) =>
+        restore.RestoredTokens == 0 ? "" : ": " + string.Join(", ", restore.TokensByTier.Select(t => $"{t.Value} {t.Key}"));
+
+    private static void WriteJson(GenerationResult result, KvModel model, PrefixCache? cache) => JsonOutput.Write(w =>
     {
         w.WriteStartArray("tokens");
         foreach (var t in result.Tokens) w.WriteNumberValue(t);
@@ -64,6 +72,26 @@ internal static class GenerateCommand
         w.WriteString("stop_reason", result.StopReason.ToString());
         w.WriteString("model", model.Folder);
         w.WriteString("fingerprint", model.Fingerprint.ToString());
+        w.WriteNumber("cached_tokens", result.CachedTokens);
+        w.WriteNumber("prefill_tokens", result.PrefillTokens);
+        w.WriteStartObject("cache");
+        w.WriteBoolean("enabled", cache is not null);
+        if (cache is not null)
+        {
+            if (cache.Disk is not null) w.WriteString("directory", cache.Disk.Pool.Directory);
+            w.WriteNumber("chunk_tokens", cache.ChunkTokens);
+        }
+        w.WriteStartObject("tokens_by_tier");
+        foreach (var (tier, tokens) in result.Restore.TokensByTier) w.WriteNumber(tier, tokens);
+        w.WriteEndObject();
+        w.WriteStartArray("chunk_tiers");
+        foreach (var tier in result.Restore.ChunkTiers) w.WriteStringValue(tier);
+        w.WriteEndArray();
+        w.WriteNumber("lookup_ms", Math.Round(result.Restore.LookupMs, 3));
+        w.WriteNumber("restore_ms", Math.Round(result.Restore.RestoreMs, 3));
+        w.WriteNumber("prefill_ms", Math.Round(result.PrefillMs, 3));
+        w.WriteNumber("captured_chunks", result.CapturedChunks);
+        w.WriteEndObject();
     });
 
     private static string ReadPromptFile(string path) =>

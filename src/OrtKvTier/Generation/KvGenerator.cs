@@ -1,7 +1,11 @@
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
+using OrtKvTier.Cache;
+using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
+using OrtKvTier.Storage;
 
 namespace OrtKvTier.Generation;
 
@@ -11,6 +15,9 @@ namespace OrtKvTier.Generation;
 /// <see cref="GenerateNextToken"/> picks the next token (running the previous one first),
 /// <see cref="IsDone"/>, <see cref="Sequence"/>, <see cref="RewindTo"/>. Works in both KV modes of
 /// <see cref="KvLayout.SharedBuffer"/>. One sequence, batch 1; not thread-safe.
+/// <para>With a <see cref="PrefixCache"/>, <see cref="AppendTokens"/> first restores the longest
+/// cached prefix of the sequence (always leaving the last token to run), and
+/// <see cref="CaptureToCache"/> stores the computed full chunks for later requests.</para>
 /// </summary>
 public sealed class KvGenerator : IDisposable
 {
@@ -24,14 +31,23 @@ public sealed class KvGenerator : IDisposable
     private bool _logitsCurrent;
     private bool _lastWasGenerated;
     private bool _disposed;
+    private readonly PrefixCache? _cache;
+    private readonly List<ChunkKey> _chunkKeys = [];
+    /// <summary>Leading chunks of the sequence known to be in the cache (restored or captured).</summary>
+    private int _cachedChunks;
 
-    /// <summary>Creates a generator; <paramref name="search"/> defaults to the model's config.</summary>
-    public KvGenerator(KvModel model, SearchOptions? search = null)
+    /// <summary>
+    /// Creates a generator; <paramref name="search"/> defaults to the model's config. With
+    /// <paramref name="cache"/> (opened for this model), prompts restore cached prefixes.
+    /// </summary>
+    public KvGenerator(KvModel model, SearchOptions? search = null, PrefixCache? cache = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         search ??= SearchOptions.FromConfig(model);
         search.Validate(model);
+        if (cache is not null) RequireCacheFor(model, cache);
         _model = model;
+        _cache = cache;
         Search = search;
         _sampler = new TokenSampler(search);
         _logits = new float[model.VocabSize];
@@ -61,7 +77,32 @@ public sealed class KvGenerator : IDisposable
 
     internal PastKeyValues Past => _past;
 
-    /// <summary>Appends prompt tokens and runs the model over everything not yet computed.</summary>
+    /// <summary>The cache in use, or null.</summary>
+    public PrefixCache? Cache => _cache;
+
+    /// <summary>What the restore of the last <see cref="AppendTokens"/> call found (<see cref="PrefixRestoreReport.None"/> without a cache).</summary>
+    public PrefixRestoreReport LastRestore { get; private set; } = PrefixRestoreReport.None();
+
+    /// <summary>Tokens the last <see cref="AppendTokens"/> call ran through the model.</summary>
+    public int LastPrefillTokens { get; private set; }
+
+    /// <summary>Milliseconds the last <see cref="AppendTokens"/> call spent running the model.</summary>
+    public double LastPrefillMs { get; private set; }
+
+    /// <summary>
+    /// Stores every computed full chunk of the sequence that the cache does not hold yet (after
+    /// a prompt and after generation, so the next turn hits). Returns the chunks stored; 0 without a cache.
+    /// </summary>
+    public int CaptureToCache()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_cache is null) return 0;
+        int stored = PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, _past, _chunkKeys, _cachedChunks);
+        _cachedChunks = Math.Max(_cachedChunks, _past.Length / _cache.ChunkTokens);
+        return stored;
+    }
+
+    /// <summary>Appends prompt tokens, restores what the cache holds of the sequence, and runs the model over the rest.</summary>
     public void AppendTokens(ReadOnlySpan<int> tokens)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -74,7 +115,14 @@ public sealed class KvGenerator : IDisposable
         _sequence.AddRange(tokens);
         _lastWasGenerated = false;
         _logitsCurrent = false;
+        if (_cache is not null) RestoreFromCache(_cache);
+        int pending = _sequence.Count - _past.Length;
+        long start = Stopwatch.GetTimestamp();
         ComputePending();
+        LastPrefillTokens = pending;
+        LastPrefillMs = KvCacheMetrics.Milliseconds(start);
+        KvCacheMetrics.PrefillTokens.Add(pending);
+        KvCacheMetrics.PrefillDuration.Record(LastPrefillMs);
     }
 
     /// <summary>Runs what is pending, picks the next token and appends it (it runs on the next step).</summary>
@@ -101,6 +149,12 @@ public sealed class KvGenerator : IDisposable
         // Keep the last token pending so its logits are computed again on the next step.
         int keep = Math.Max(0, length - 1);
         if (_past.Length > keep) _past.Truncate(keep);
+        if (_cache is not null)
+        {
+            int chunks = _cache.Chain.FullChunks(_past.Length);
+            if (_chunkKeys.Count > chunks) _chunkKeys.RemoveRange(chunks, _chunkKeys.Count - chunks);
+            _cachedChunks = Math.Min(_cachedChunks, chunks);
+        }
         _logitsCurrent = false;
         _lastWasGenerated = false;
     }
@@ -113,6 +167,27 @@ public sealed class KvGenerator : IDisposable
         _binding.Dispose();
         _runOptions.Dispose();
         _past.Dispose();
+    }
+
+    private void RestoreFromCache(PrefixCache cache)
+    {
+        LastRestore = PrefixTransfer.Restore(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
+        {
+            _past.PrepareRestore(length);
+            return _past;
+        });
+        // Chunks that came from host memory need no capture; the others are promoted by the next capture.
+        int fromHost = 0;
+        while (fromHost < LastRestore.ChunkTiers.Count && LastRestore.ChunkTiers[fromHost] == cache.Host.Name) fromHost++;
+        if (LastRestore.RestoredTokens > 0) _cachedChunks = Math.Min(fromHost, LastRestore.RestoredTokens / cache.ChunkTokens);
+    }
+
+    private static void RequireCacheFor(KvModel model, PrefixCache cache)
+    {
+        if (cache.Identity.Fingerprint != model.Fingerprint || cache.Layout.ShapeKey != model.Layout.ShapeKey)
+            throw new ArgumentException(
+                $"The cache was opened for model {cache.Identity.Fingerprint} ({cache.Identity.LayoutText}); this generator runs {model.Fingerprint} from {model.Folder}. " +
+                "Open a cache with PrefixCache.Open(model, options) for this model.", nameof(cache));
     }
 
     private void ComputePending()

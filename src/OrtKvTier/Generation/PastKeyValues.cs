@@ -1,5 +1,7 @@
 using Microsoft.ML.OnnxRuntime;
+using OrtKvTier.Cache;
 using OrtKvTier.Model;
+using OrtKvTier.Storage;
 
 namespace OrtKvTier.Generation;
 
@@ -9,7 +11,7 @@ namespace OrtKvTier.Generation;
 /// <see cref="Shared"/> binds one <c>[1, kvH, max, D]</c> buffer as both past and present.
 /// Owned by one generator; not thread-safe.
 /// </summary>
-internal abstract class PastKeyValues : IDisposable
+internal abstract class PastKeyValues : IKvTensorView, IDisposable
 {
     protected PastKeyValues(KvLayout layout) => Layout = layout;
 
@@ -32,6 +34,9 @@ internal abstract class PastKeyValues : IDisposable
     /// <summary>Keeps the first <paramref name="length"/> tokens.</summary>
     public abstract void Truncate(int length);
 
+    /// <summary>Makes room for exactly <paramref name="length"/> tokens whose rows the caller is about to write (a restore); their old contents are undefined.</summary>
+    public abstract void PrepareRestore(int length);
+
     /// <summary>
     /// The bytes of one layer's key (<paramref name="value"/> false) or value tensor. Rows of
     /// <see cref="KvLayout.BytesPerHeadToken"/>; head h's token t starts at
@@ -44,8 +49,14 @@ internal abstract class PastKeyValues : IDisposable
 
     public abstract void Dispose();
 
-    protected OrtValue Allocate(int tokens) =>
-        OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, Layout.OrtElementType, [1, Layout.KvHeads, tokens, Layout.HeadSize]);
+    /// <summary>A new <c>[1, kvH, tokens, D]</c> tensor, its pages mapped up front (cheaper than a fault per page when the run writes it).</summary>
+    protected unsafe OrtValue Allocate(int tokens)
+    {
+        var value = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, Layout.OrtElementType, [1, Layout.KvHeads, tokens, Layout.HeadSize]);
+        var bytes = value.GetTensorMutableRawData();
+        fixed (byte* start = bytes) MemoryAdvice.PopulateWrite(start, bytes.Length);
+        return value;
+    }
 
     protected static void DisposeAll(OrtValue?[] values)
     {
@@ -116,6 +127,18 @@ internal abstract class PastKeyValues : IDisposable
             Length = length;
         }
 
+        public override void PrepareRestore(int length)
+        {
+            DisposeAll(_present);
+            for (int i = 0; i < _past.Length; i++)
+            {
+                _past[i]?.Dispose();
+                _past[i] = null;
+                _past[i] = Allocate(length);
+            }
+            Length = length;
+        }
+
         public override Span<byte> TensorBytes(int layer, bool value) => _past[Slot(layer, value)]!.GetTensorMutableRawData();
 
         public override void Dispose()
@@ -161,6 +184,12 @@ internal abstract class PastKeyValues : IDisposable
         public override void Abort() { }
 
         public override void Truncate(int length) => Length = length;
+
+        public override void PrepareRestore(int length)
+        {
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Capacity);
+            Length = length;
+        }
 
         public override Span<byte> TensorBytes(int layer, bool value) => _buffers[Slot(layer, value)]!.GetTensorMutableRawData();
 

@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Text;
+using OrtKvTier.Cache;
+using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
 
 namespace OrtKvTier.Generation;
@@ -19,6 +21,16 @@ public sealed record GenerationResult
     public required double TotalMs { get; init; }
     /// <summary>Why generation stopped.</summary>
     public required StopReason StopReason { get; init; }
+    /// <summary>Prompt tokens restored from the prefix cache instead of computed.</summary>
+    public int CachedTokens => Restore.RestoredTokens;
+    /// <summary>What the prefix cache restored: tokens, tier of each chunk, lookup and restore times.</summary>
+    public PrefixRestoreReport Restore { get; init; } = PrefixRestoreReport.None();
+    /// <summary>Prompt tokens the model ran (the rest were restored).</summary>
+    public int PrefillTokens { get; init; }
+    /// <summary>Milliseconds spent running those prompt tokens.</summary>
+    public double PrefillMs { get; init; }
+    /// <summary>New chunks stored in the cache by this call.</summary>
+    public int CapturedChunks { get; init; }
 }
 
 /// <summary>Why generation stopped.</summary>
@@ -32,8 +44,12 @@ public enum StopReason
     MaxLength,
 }
 
-/// <summary>Prompt in, streamed text out: <see cref="KvGenerator"/> plus the model's tokenizer.</summary>
-public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer)
+/// <summary>
+/// Prompt in, streamed text out: <see cref="KvGenerator"/> plus the model's tokenizer. With a
+/// <see cref="PrefixCache"/>, the prompt's cached prefix is restored, and the prompt's chunks are
+/// captured right after the first token (off the time-to-first-token) and again at the end.
+/// </summary>
+public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null)
 {
     /// <summary>
     /// Generates up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/>,
@@ -48,22 +64,29 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer)
         var clock = Stopwatch.StartNew();
         search ??= SearchOptions.FromConfig(model);
         search = search with { MaxLength = Math.Min(search.MaxLength, prompt.Length + maxNewTokens) };
-        using var generator = new KvGenerator(model, search);
+        using var generator = new KvGenerator(model, search, cache);
         using var stream = tokenizer.CreateStream();
         var text = new StringBuilder();
         var tokens = new List<int>(maxNewTokens);
         double ttft = 0;
+        int captured = 0;
         generator.AppendTokens(prompt);
         while (!generator.IsDone)
         {
             cancellationToken.ThrowIfCancellationRequested();
             int token = generator.GenerateNextToken();
-            if (tokens.Count == 0) ttft = clock.Elapsed.TotalMilliseconds;
+            if (tokens.Count == 0)
+            {
+                ttft = clock.Elapsed.TotalMilliseconds;
+                KvCacheMetrics.TimeToFirstToken.Record(ttft);
+            }
             tokens.Add(token);
             var piece = stream.Decode(token);
             text.Append(piece);
             if (piece.Length > 0) onText?.Invoke(piece);
+            if (tokens.Count == 1) captured += generator.CaptureToCache();
         }
+        captured += generator.CaptureToCache();
         var reason = tokens.Count >= maxNewTokens ? StopReason.MaxNewTokens
             : generator.Sequence.Count >= search.MaxLength ? StopReason.MaxLength : StopReason.EndOfSequence;
         if (tokens.Count > 0 && model.EosTokenIds.Contains(tokens[^1])) reason = StopReason.EndOfSequence;
@@ -71,6 +94,8 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer)
         {
             Tokens = tokens.ToArray(), Text = text.ToString(), PromptTokens = prompt.Length,
             TtftMs = ttft, TotalMs = clock.Elapsed.TotalMilliseconds, StopReason = reason,
+            Restore = generator.LastRestore, PrefillTokens = generator.LastPrefillTokens, PrefillMs = generator.LastPrefillMs,
+            CapturedChunks = captured,
         };
     }
 }

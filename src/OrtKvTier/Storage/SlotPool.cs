@@ -111,6 +111,9 @@ public sealed unsafe class SlotPool : IDisposable
 
     private int SlotHeaderBytes { get; }
 
+    /// <summary>Raised (under the pool's lock; keep it short) when a read finds a damaged or rewritten slot and drops it.</summary>
+    internal event Action<ChunkKey, string>? Dropped;
+
     /// <summary>
     /// Creates or opens the pool in <see cref="SlotPoolOptions.Directory"/>. A writer takes the
     /// directory's lock and creates the file if missing (pre-allocated for real: a full disk fails
@@ -226,9 +229,19 @@ public sealed unsafe class SlotPool : IDisposable
     /// </summary>
     public bool TryGet(ChunkKey key, ReadOnlySpan<int> tokens, byte* destination, long capacity, out int payloadLength)
     {
+        if (destination is null && capacity > 0) throw new ArgumentNullException(nameof(destination));
+        return TryGet(key, tokens, PayloadScatter.Contiguous(destination, capacity), out payloadLength);
+    }
+
+    /// <summary>
+    /// Like <see cref="TryGet(ChunkKey, ReadOnlySpan{int}, Span{byte}, out int)"/>, scattering the payload's runs
+    /// straight into their destinations (past tensor rows) while verifying it. A payload of another
+    /// length than the scatter covers is a miss.
+    /// </summary>
+    internal bool TryGet(ChunkKey key, ReadOnlySpan<int> tokens, PayloadScatter scatter, out int payloadLength)
+    {
         payloadLength = 0;
         ThrowIfUnusable(write: false);
-        if (destination is null && capacity > 0) throw new ArgumentNullException(nameof(destination));
         SlotEntry entry;
         lock (_gate)
         {
@@ -241,14 +254,15 @@ public sealed unsafe class SlotPool : IDisposable
                 }
             }
         }
-        if (entry.PayloadLength > capacity)
-            throw new ArgumentException($"The destination holds {capacity} bytes; the entry for {key} has {entry.PayloadLength}.", nameof(capacity));
+        bool contiguous = scatter.IsContiguous;
+        if (contiguous ? entry.PayloadLength > scatter.CopyBytes : entry.PayloadLength != scatter.Length)
+            throw new ArgumentException($"The destination holds {(contiguous ? scatter.CopyBytes : scatter.Length)} bytes; the entry for {key} has {entry.PayloadLength}.", nameof(scatter));
 
         _lifetime.EnterReadLock();
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            var failure = ReadVerified(entry, tokens, destination, capacity, out payloadLength);
+            var failure = ReadVerified(entry, tokens, scatter, contiguous, out payloadLength);
             lock (_gate)
             {
                 if (failure is null)
@@ -715,14 +729,16 @@ public sealed unsafe class SlotPool : IDisposable
 
     // ---- reading ----
 
-    private string? ReadVerified(SlotEntry entry, ReadOnlySpan<int> tokens, byte* destination, long capacity, out int payloadLength)
+    private string? ReadVerified(SlotEntry entry, ReadOnlySpan<int> tokens, PayloadScatter scatter, bool contiguous, out int payloadLength)
     {
         payloadLength = 0;
         var failure = CheckSlot(entry, out var found, out var checksum, checkTokens: true, tokens: tokens);
         if (failure is not null) return failure;
-        if (found.PayloadLength > capacity)
-            return $"payload of {found.PayloadLength} bytes does not fit the {capacity}-byte destination";
-        var copied = PayloadChecksum.CopyAndCompute(_base + SlotOffset(entry.Slot) + SlotHeaderBytes, destination, found.PayloadLength, _parallelism);
+        if (contiguous ? found.PayloadLength > scatter.CopyBytes : found.PayloadLength != scatter.Length)
+            return $"payload of {found.PayloadLength} bytes does not match the {(contiguous ? scatter.CopyBytes : scatter.Length)}-byte destination";
+        byte* payload = _base + SlotOffset(entry.Slot) + SlotHeaderBytes;
+        MemoryAdvice.PopulateRead(payload, found.PayloadLength);
+        var copied = PayloadChecksum.CopyAndCompute(payload, scatter, found.PayloadLength, _parallelism);
         if (copied != checksum) return "payload checksum mismatch (damaged, or rewritten while reading)";
         payloadLength = (int)found.PayloadLength;
         return null;
@@ -748,6 +764,7 @@ public sealed unsafe class SlotPool : IDisposable
         _damaged++;
         _misses++;
         if (!_index.RemoveIfSame(entry)) return;
+        Dropped?.Invoke(entry.Key, reason);
         _logger?.LogWarning("Slot pool {Directory}: slot {Slot} for chunk {Key} is a miss: {Reason}. The entry was dropped.", Directory, entry.Slot, entry.Key, reason);
         if (!IsReadOnly) TryAppendLocked(IndexJournal.RemoveRecord(entry.Key));
     }

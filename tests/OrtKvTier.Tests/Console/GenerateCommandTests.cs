@@ -8,7 +8,7 @@ public sealed class GenerateCommandTests
     [Fact]
     public void GenerateJsonOnTheShippedModelEqualsTheLibrary()
     {
-        var (code, stdout, stderr) = ChildProcess.Console("generate", "--prompt", "Hello", "--max-new-tokens", "8", "--json");
+        var (code, stdout, stderr) = ChildProcess.Console("generate", "--prompt", "Hello", "--max-new-tokens", "8", "--json", "--no-cache");
         Assert.True(code == 0, stderr);
         using var json = JsonDocument.Parse(stdout);
         var root = json.RootElement;
@@ -27,10 +27,41 @@ public sealed class GenerateCommandTests
     [Fact]
     public void TokensPromptAndSamplingOptionsWork()
     {
-        var a = ChildProcess.Console("generate", "--tokens", "1,2,3", "--max-new-tokens", "6", "--sample", "--seed", "5", "--temperature", "1.3", "--json");
-        var b = ChildProcess.Console("generate", "--tokens", "1,2,3", "--max-new-tokens", "6", "--sample", "--seed", "5", "--temperature", "1.3", "--json");
+        var a = ChildProcess.Console("generate", "--tokens", "1,2,3", "--max-new-tokens", "6", "--sample", "--seed", "5", "--temperature", "1.3", "--json", "--no-cache");
+        var b = ChildProcess.Console("generate", "--tokens", "1,2,3", "--max-new-tokens", "6", "--sample", "--seed", "5", "--temperature", "1.3", "--json", "--no-cache");
         Assert.Equal(0, a.ExitCode);
         Assert.Equal(JsonDocument.Parse(a.StdOut).RootElement.GetProperty("tokens").ToString(), JsonDocument.Parse(b.StdOut).RootElement.GetProperty("tokens").ToString());
+    }
+
+    [Fact]
+    public void ASecondProcessRestoresTheFirstProcesssPromptFromDiskWithTheSameTokens()
+    {
+        using var temp = new TempDir();
+        var prompt = string.Join(' ', Enumerable.Repeat("The quick brown fox jumps over the lazy dog.", 6));
+        string[] Args(params string[] more) => ["generate", "--prompt", prompt, "--max-new-tokens", "8", "--json", "--chunk-tokens", "16", "--cache-size", "16MiB", .. more];
+        var reference = Json(ChildProcess.Console(Args("--no-cache")));
+        var first = Json(ChildProcess.Console(Args("--cache-dir", temp.Path)));
+        var second = Json(ChildProcess.Console(Args("--cache-dir", temp.Path)));
+
+        int promptTokens = reference.GetProperty("prompt_tokens").GetInt32();
+        Assert.Equal(0, first.GetProperty("cached_tokens").GetInt32());
+        Assert.True(first.GetProperty("cache").GetProperty("captured_chunks").GetInt32() >= promptTokens / 16);
+        int cached = second.GetProperty("cached_tokens").GetInt32();
+        Assert.Equal(Math.Min(promptTokens / 16 * 16, promptTokens - 2), cached);
+        Assert.Equal(cached, second.GetProperty("cache").GetProperty("tokens_by_tier").GetProperty("disk").GetInt32());
+        Assert.Equal(promptTokens - cached, second.GetProperty("prefill_tokens").GetInt32());
+        Assert.Equal(reference.GetProperty("tokens").ToString(), first.GetProperty("tokens").ToString());
+        Assert.Equal(reference.GetProperty("tokens").ToString(), second.GetProperty("tokens").ToString());
+
+        var stats = ChildProcess.Console("cache", "stats", "--cache-dir", temp.Path, "--json");
+        Assert.True(stats.ExitCode == 0, stats.StdErr);
+        Assert.True(JsonDocument.Parse(stats.StdOut).RootElement.GetProperty("pools")[0].GetProperty("entries").GetInt32() >= promptTokens / 16);
+    }
+
+    private static JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
+    {
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        return JsonDocument.Parse(run.StdOut).RootElement.Clone();
     }
 
     [Theory]
@@ -38,7 +69,9 @@ public sealed class GenerateCommandTests
     [InlineData("Give exactly one of", "generate")]
     [InlineData("--max-new-tokens expects an integer", "generate", "--prompt", "x", "--max-new-tokens", "many")]
     [InlineData("Unknown option: --frobnicate", "generate", "--prompt", "x", "--frobnicate", "1")]
-    [InlineData("[0, 512)", "generate", "--tokens", "1,99999")]
+    [InlineData("[0, 512)", "generate", "--tokens", "1,99999", "--no-cache")]
+    [InlineData("Give --cache-dir or --no-cache, not both", "generate", "--prompt", "x", "--no-cache", "--cache-dir", "/tmp/x")]
+    [InlineData("--cache-size expects a positive size", "generate", "--prompt", "x", "--cache-size", "lots")]
     [InlineData("Unknown command", "frobnicate")]
     public void ErrorsGoToStderrWithoutAStackTrace(string message, params string[] args)
     {

@@ -12,6 +12,9 @@ internal static class ChildProcess
     /// <summary>The reliability tests' writer/reader/lock-holder child.</summary>
     public static string TestChildDll { get; } = Metadata("TestChildDll");
 
+    /// <summary>Where child consoles put their cache unless told otherwise (small: tests pass --no-cache or their own --cache-dir).</summary>
+    public static string DefaultCacheDir { get; } = Path.Combine(Path.GetTempPath(), $"ortkv-test-default-cache-{Environment.ProcessId}");
+
     /// <summary>Runs the console to completion.</summary>
     public static (int ExitCode, string StdOut, string StdErr) Console(params string[] args) => Run(ConsoleDll, TimeSpan.FromMinutes(5), args);
 
@@ -35,6 +38,8 @@ internal static class ChildProcess
         {
             RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = TestPaths.RepoRoot,
         };
+        // Console runs that do not name --cache-dir must not touch the user's real cache.
+        info.Environment["ORTKV_CACHE_DIR"] = DefaultCacheDir;
         info.ArgumentList.Add(dll);
         foreach (var a in args) info.ArgumentList.Add(a);
         return Process.Start(info) ?? throw new InvalidOperationException("Could not start dotnet.");

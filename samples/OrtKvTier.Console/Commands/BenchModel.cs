@@ -1,0 +1,54 @@
+using System.Diagnostics;
+using System.Reflection;
+using OrtKvTier.ModelBuilder;
+
+namespace OrtKvTier.Console.Commands;
+
+/// <summary>What the model benches share: the bench-size model folder, synthetic prompts, medians and re-running this console as a child.</summary>
+internal static class BenchModel
+{
+    /// <summary><paramref name="folder"/> if given, else <c>models/bench</c> in the repository, built (about 30 s, 500 MB) when missing.</summary>
+    public static string Resolve(string? folder)
+    {
+        if (folder is not null) return folder;
+        var models = Path.GetDirectoryName(RepoPaths.FindShipped("tiny"))!;
+        var bench = Path.Combine(models, "bench");
+        if (!File.Exists(Path.Combine(bench, "genai_config.json")))
+            System.Console.Error.WriteLine($"Building the bench-size model in {bench} (about 500 MB, once)...");
+        return ModelFolderBuilder.EnsureBuilt(bench, ModelShape.Bench);
+    }
+
+    /// <summary>Deterministic token ids clear of byte and special tokens.</summary>
+    public static int[] Tokens(int count, int seed, int vocab)
+    {
+        var random = new Random(seed);
+        return Enumerable.Range(0, count).Select(_ => random.Next(300, vocab - 16)).ToArray();
+    }
+
+    public static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        if (sorted.Length == 0) return double.NaN;
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+
+    /// <summary>Runs this console again with <paramref name="args"/> and returns its stdout; throws with its stderr when it fails.</summary>
+    public static string RunSelf(TimeSpan timeout, params string[] args)
+    {
+        var self = Environment.ProcessPath!;
+        var info = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet") info.ArgumentList.Add(Assembly.GetEntryAssembly()!.Location);
+        foreach (var a in args) info.ArgumentList.Add(a);
+        using var process = Process.Start(info) ?? throw new InvalidOperationException($"Could not start {self}.");
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(timeout))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"The child bench process did not finish in {timeout}.");
+        }
+        process.WaitForExit();
+        if (process.ExitCode != 0) throw new InvalidOperationException($"The child bench process failed ({process.ExitCode}): {stderr.Result}");
+        return stdout.Result;
+    }
+}

@@ -1,0 +1,206 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Microsoft.ML.OnnxRuntimeGenAI;
+using OrtKvTier.Cache;
+using OrtKvTier.Generation;
+using OrtKvTier.Model;
+
+namespace OrtKvTier.Console.Commands;
+
+/// <summary>
+/// <c>bench ttft</c>: time to first token for one long prompt (a cached prefix plus a new question),
+/// with no cache, with a host-tier hit, with a disk hit in a fresh process and with GenAI's own
+/// Generator, all in one run on the same folder and prompts.
+/// </summary>
+internal static class BenchTtftCommand
+{
+    public const string Usage =
+        "bench ttft [--model DIR] [--prefix-tokens N] [--suffix-tokens S] [--new-tokens M] [--reps R] [--chunk-tokens C]\n" +
+        "           [--cache-dir DIR] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps)";
+
+    private sealed record Sample(double TtftMs, double LookupMs, double RestoreMs, double PrefillMs, int PrefillTokens, int CachedTokens, string Tiers);
+
+    public static int Run(CommandLine cl)
+    {
+        if (cl.String("child") is { } role) return RunChild(role, cl);
+        var folder = BenchModel.Resolve(cl.String("model"));
+        int prefix = cl.Int("prefix-tokens", 2048, 1);
+        int suffix = cl.Int("suffix-tokens", 16, 2);
+        int newTokens = cl.Int("new-tokens", 32, 1);
+        int reps = cl.Int("reps", 3, 1);
+        int chunk = cl.Int("chunk-tokens", PrefixCacheOptions.DefaultChunkTokens, 1);
+        var cacheDir = cl.String("cache-dir");
+        bool json = cl.Flag("json");
+        cl.RejectUnknown();
+        bool ownDir = cacheDir is null;
+        cacheDir ??= Path.Combine(Path.GetTempPath(), "ortkv-bench-ttft-" + Guid.NewGuid().ToString("N")[..8]);
+
+        using var model = KvModel.Load(folder);
+        using var tokenizer = new ModelTokenizer(model.Folder);
+        var prefixTokens = BenchModel.Tokens(prefix, 1, model.VocabSize);
+        int[] Prompt(int rep) => [.. prefixTokens, .. BenchModel.Tokens(suffix, 1000 + rep, model.VocabSize)];
+        var search = SearchOptions.FromConfig(model) with { DoSample = false };
+        var rows = new Dictionary<string, List<Sample>>();
+        try
+        {
+            Progress($"model {model.Folder} ({model.Layout.ShapeKey}), prompt {prefix}+{suffix} tokens, {newTokens} new, {reps} reps, {chunk}-token chunks");
+            WarmUp(model, tokenizer, search);
+
+            rows["no_cache"] = Repeat(reps, rep => Measure(new TextGenerator(model, tokenizer), Prompt(rep), newTokens, search), "no cache");
+            var options = new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk, DiskCapacityBytes = Math.Max(256L << 20, 4L * prefix * model.Layout.BytesPerToken) };
+            using (var cache = PrefixCache.Open(model, options))
+            {
+                new TextGenerator(model, tokenizer, cache).Generate(Prompt(-1), 1, search);
+                cache.Flush();
+                rows["host_hit"] = Repeat(reps, rep => Measure(new TextGenerator(model, tokenizer, cache), Prompt(rep), newTokens, search), "host hit");
+            }
+            rows["disk_hit"] = Repeat(reps, rep => JsonSerializer.Deserialize<Sample>(BenchModel.RunSelf(TimeSpan.FromMinutes(10),
+                "bench", "ttft", "--child", "disk-hit", "--model", model.Folder, "--cache-dir", cacheDir, "--chunk-tokens", chunk.ToString(CultureInfo.InvariantCulture),
+                "--tokens", string.Join(',', Prompt(rep)), "--new-tokens", newTokens.ToString(CultureInfo.InvariantCulture)))!, "disk hit (fresh process)");
+            rows["genai"] = Repeat(reps, rep => MeasureGenAi(model.Folder, Prompt(rep), WarmUpPrompt(model), newTokens), "GenAI Generator");
+        }
+        finally
+        {
+            if (ownDir) TryDelete(cacheDir);
+        }
+
+        var median = rows.ToDictionary(r => r.Key, r => BenchModel.Median(r.Value.Select(s => s.TtftMs)));
+        if (json) WriteJson(model, prefix, suffix, newTokens, reps, chunk, rows, median);
+        else WriteTable(rows, median);
+        return 0;
+    }
+
+    /// <summary>A fresh process: load, warm up on unrelated prompts, then one request against the disk tier with an empty host tier.</summary>
+    private static int RunChild(string role, CommandLine cl)
+    {
+        if (role != "disk-hit") throw new UsageException($"Unknown bench child role '{role}'.");
+        var folder = cl.String("model")!;
+        var cacheDir = cl.String("cache-dir")!;
+        int chunk = cl.Int("chunk-tokens", PrefixCacheOptions.DefaultChunkTokens, 1);
+        var prompt = cl.String("tokens")!.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
+        int newTokens = cl.Int("new-tokens", 32, 1);
+        cl.RejectUnknown();
+        using var model = KvModel.Load(folder);
+        using var tokenizer = new ModelTokenizer(model.Folder);
+        var search = SearchOptions.FromConfig(model) with { DoSample = false };
+        WarmUp(model, tokenizer, search);
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk });
+        var sample = Measure(new TextGenerator(model, tokenizer, cache), prompt, newTokens, search);
+        System.Console.WriteLine(JsonSerializer.Serialize(sample));
+        return 0;
+    }
+
+    /// <summary>
+    /// What a server has done before its first real request: runs the model on an unrelated prompt,
+    /// stores it in a scratch cache on disk, and restores it from there in a new cache (so the
+    /// code of every path has run once; the measured prompt's bytes have not been touched).
+    /// </summary>
+    private static void WarmUp(KvModel model, ModelTokenizer tokenizer, SearchOptions search)
+    {
+        var prompt = WarmUpPrompt(model);
+        var scratchDir = Path.Combine(Path.GetTempPath(), "ortkv-bench-warmup-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            var options = new PrefixCacheOptions { Directory = scratchDir, ChunkTokens = 32, DiskCapacityBytes = 64L << 20 };
+            using (var scratch = PrefixCache.Open(model, options)) new TextGenerator(model, tokenizer, scratch).Generate(prompt, 2, search);
+            using (var scratch = PrefixCache.Open(model, options)) new TextGenerator(model, tokenizer, scratch).Generate(prompt, 2, search);
+        }
+        finally
+        {
+            TryDelete(scratchDir);
+        }
+    }
+
+    private static int[] WarmUpPrompt(KvModel model) => BenchModel.Tokens(200, 77, model.VocabSize);
+
+    private static Sample Measure(TextGenerator generator, int[] prompt, int newTokens, SearchOptions search)
+    {
+        var r = generator.Generate(prompt, newTokens, search);
+        return new Sample(r.TtftMs, r.Restore.LookupMs, r.Restore.RestoreMs, r.PrefillMs, r.PrefillTokens, r.CachedTokens,
+            string.Join(' ', r.Restore.TokensByTier.Select(t => $"{t.Key}:{t.Value}")));
+    }
+
+    private static Sample MeasureGenAi(string folder, int[] prompt, int[] warmPrompt, int newTokens)
+    {
+        using var model = new Microsoft.ML.OnnxRuntimeGenAI.Model(folder);
+        using (var warm = new GeneratorParams(model))
+        {
+            warm.SetSearchOption("max_length", 202);
+            using var g = new Generator(model, warm);
+            g.AppendTokens(warmPrompt);
+            g.GenerateNextToken();
+        }
+        using var parameters = new GeneratorParams(model);
+        parameters.SetSearchOption("max_length", prompt.Length + newTokens);
+        parameters.SetSearchOption("do_sample", false);
+        var clock = Stopwatch.StartNew();
+        using var generator = new Generator(model, parameters);
+        generator.AppendTokens(prompt);
+        double prefill = clock.Elapsed.TotalMilliseconds;
+        generator.GenerateNextToken();
+        double ttft = clock.Elapsed.TotalMilliseconds;
+        while (!generator.IsDone()) generator.GenerateNextToken();
+        return new Sample(ttft, 0, 0, prefill, prompt.Length, 0, "");
+    }
+
+    private static List<Sample> Repeat(int reps, Func<int, Sample> measure, string what)
+    {
+        var samples = new List<Sample>();
+        for (int rep = 0; rep < reps; rep++)
+        {
+            samples.Add(measure(rep));
+            Progress($"{what}: rep {rep + 1}/{reps} TTFT {samples[^1].TtftMs:F1} ms");
+        }
+        return samples;
+    }
+
+    private static void WriteTable(Dictionary<string, List<Sample>> rows, Dictionary<string, double> median)
+    {
+        System.Console.WriteLine($"{"row",-10} {"ttft_ms",9} {"lookup_ms",10} {"restore_ms",11} {"prefill_ms",11} {"prefill_tok",11} {"cached_tok",10}  tiers");
+        foreach (var (name, samples) in rows)
+            System.Console.WriteLine($"{name,-10} {median[name],9:F1} {BenchModel.Median(samples.Select(s => s.LookupMs)),10:F2} {BenchModel.Median(samples.Select(s => s.RestoreMs)),11:F2} " +
+                $"{BenchModel.Median(samples.Select(s => s.PrefillMs)),11:F1} {samples[0].PrefillTokens,11} {samples[0].CachedTokens,10}  {samples[0].Tiers}");
+        System.Console.WriteLine($"no_cache / disk_hit = {median["no_cache"] / median["disk_hit"]:F1}x (target >= 10x); disk_hit / host_hit = {median["disk_hit"] / median["host_hit"]:F2}x (target <= 1.25x); " +
+            $"genai / disk_hit = {median["genai"] / median["disk_hit"]:F1}x");
+    }
+
+    private static void WriteJson(KvModel model, int prefix, int suffix, int newTokens, int reps, int chunk, Dictionary<string, List<Sample>> rows, Dictionary<string, double> median) =>
+        JsonOutput.Write(w =>
+        {
+            w.WriteString("model", model.Folder);
+            w.WriteString("layout", model.Layout.ShapeKey);
+            w.WriteNumber("prefix_tokens", prefix);
+            w.WriteNumber("suffix_tokens", suffix);
+            w.WriteNumber("new_tokens", newTokens);
+            w.WriteNumber("reps", reps);
+            w.WriteNumber("chunk_tokens", chunk);
+            w.WriteStartObject("ttft_ms");
+            foreach (var (name, value) in median) w.WriteNumber(name, Math.Round(value, 2));
+            w.WriteEndObject();
+            w.WriteStartObject("phases_ms");
+            foreach (var (name, samples) in rows)
+            {
+                w.WriteStartObject(name);
+                w.WriteNumber("lookup", Math.Round(BenchModel.Median(samples.Select(s => s.LookupMs)), 3));
+                w.WriteNumber("restore", Math.Round(BenchModel.Median(samples.Select(s => s.RestoreMs)), 3));
+                w.WriteNumber("prefill", Math.Round(BenchModel.Median(samples.Select(s => s.PrefillMs)), 3));
+                w.WriteNumber("prefill_tokens", samples[0].PrefillTokens);
+                w.WriteNumber("cached_tokens", samples[0].CachedTokens);
+                w.WriteEndObject();
+            }
+            w.WriteEndObject();
+            w.WriteStartObject("ratios");
+            w.WriteNumber("no_cache_over_disk_hit", Math.Round(median["no_cache"] / median["disk_hit"], 2));
+            w.WriteNumber("disk_hit_over_host_hit", Math.Round(median["disk_hit"] / median["host_hit"], 3));
+            w.WriteNumber("genai_over_disk_hit", Math.Round(median["genai"] / median["disk_hit"], 2));
+            w.WriteEndObject();
+        });
+
+    private static void Progress(string line) => System.Console.Error.WriteLine(line);
+
+    private static void TryDelete(string dir)
+    {
+        try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+}

@@ -1,0 +1,101 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using OrtKvTier.Model;
+using OrtKvTier.Storage;
+
+namespace OrtKvTier.Cache;
+
+/// <summary>
+/// Where the past tensors of one sequence live, in the model's layout: per layer a key and a value
+/// tensor <c>[1, kvH, Capacity, D]</c>, head h's token t at row <c>h × Capacity + t</c>.
+/// </summary>
+internal interface IKvTensorView
+{
+    /// <summary>Token rows per head.</summary>
+    int Capacity { get; }
+
+    /// <summary>The bytes of one layer's key (<paramref name="value"/> false) or value tensor.</summary>
+    Span<byte> TensorBytes(int layer, bool value);
+}
+
+/// <summary>
+/// The byte layout of one stored chunk: for each layer, key then value, for each kv head, the
+/// chunk's <c>C</c> token rows of <c>D</c> elements — <c>[L][2][kvH][C][D]</c>. Each (layer, k/v, head)
+/// run is contiguous both here and in the past tensors, so a chunk moves as <c>2 × L × kvH</c> copies.
+/// </summary>
+internal sealed unsafe class ChunkLayout(KvLayout layout, int chunkTokens)
+{
+    public KvLayout Layout { get; } = layout;
+    public int ChunkTokens { get; } = chunkTokens;
+
+    /// <summary>Bytes of one chunk.</summary>
+    public long ChunkBytes => (long)Layout.BytesPerToken * ChunkTokens;
+
+    private long RunBytes => (long)ChunkTokens * Layout.BytesPerHeadToken;
+
+    /// <summary>
+    /// Copies the first <paramref name="tokens"/> token rows of the chunk at <paramref name="source"/>
+    /// into the past tensors as chunk number <paramref name="chunkIndex"/> of the sequence.
+    /// </summary>
+    public void CopyToPast(byte* source, int chunkIndex, int tokens, byte*[] past, int capacity)
+    {
+        RequireRoom(chunkIndex, tokens, capacity);
+        long row = Layout.BytesPerHeadToken, bytes = tokens * row, run = 0;
+        for (int tensor = 0; tensor < past.Length; tensor++)
+            for (int h = 0; h < Layout.KvHeads; h++, run++)
+                Buffer.MemoryCopy(source + run * RunBytes, past[tensor] + ((long)h * capacity + (long)chunkIndex * ChunkTokens) * row, bytes, bytes);
+    }
+
+    /// <summary>Where a stored chunk's runs go in the past tensors: the same placement as <see cref="CopyToPast"/>, for a verified read straight from a slot.</summary>
+    public PayloadScatter ScatterToPast(byte*[] past, int capacity, int chunkIndex, int tokens)
+    {
+        RequireRoom(chunkIndex, tokens, capacity);
+        long row = Layout.BytesPerHeadToken;
+        var targets = new nint[past.Length * Layout.KvHeads];
+        for (int tensor = 0, run = 0; tensor < past.Length; tensor++)
+            for (int h = 0; h < Layout.KvHeads; h++, run++)
+                targets[run] = (nint)(past[tensor] + ((long)h * capacity + (long)chunkIndex * ChunkTokens) * row);
+        return new PayloadScatter(targets, RunBytes, tokens * row);
+    }
+
+    /// <summary>Copies chunk number <paramref name="chunkIndex"/> of the sequence out of the past tensors into <paramref name="destination"/>.</summary>
+    public void CopyFromPast(byte*[] past, int capacity, int chunkIndex, byte* destination)
+    {
+        RequireRoom(chunkIndex, ChunkTokens, capacity);
+        long row = Layout.BytesPerHeadToken, run = 0;
+        for (int tensor = 0; tensor < past.Length; tensor++)
+            for (int h = 0; h < Layout.KvHeads; h++, run++)
+                Buffer.MemoryCopy(past[tensor] + ((long)h * capacity + (long)chunkIndex * ChunkTokens) * row, destination + run * RunBytes, RunBytes, RunBytes);
+    }
+
+    /// <summary>Backs the rows a restore of <paramref name="tokens"/> tokens writes with pages up front (a fresh tensor would fault them in one by one).</summary>
+    public void PopulateRows(byte*[] past, int capacity, int tokens)
+    {
+        long row = Layout.BytesPerHeadToken;
+        foreach (var tensor in past)
+            for (int h = 0; h < Layout.KvHeads; h++)
+                MemoryAdvice.PopulateWrite(tensor + (long)h * capacity * row, tokens * row);
+    }
+
+    /// <summary>Pointers to the view's tensors in chunk-layout order (layer 0 key, layer 0 value, layer 1 key, …).</summary>
+    public byte*[] Pointers(IKvTensorView view)
+    {
+        var pointers = new byte*[Layout.Layers * 2];
+        long expected = (long)Layout.KvHeads * view.Capacity * Layout.BytesPerHeadToken;
+        for (int layer = 0; layer < Layout.Layers; layer++)
+            for (int v = 0; v < 2; v++)
+            {
+                var bytes = view.TensorBytes(layer, v == 1);
+                if (bytes.Length < expected)
+                    throw new ArgumentException($"Past tensor {layer}/{(v == 1 ? "value" : "key")} holds {bytes.Length} bytes; [1, {Layout.KvHeads}, {view.Capacity}, {Layout.HeadSize}] needs {expected}.");
+                pointers[layer * 2 + v] = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(bytes));
+            }
+        return pointers;
+    }
+
+    private void RequireRoom(int chunkIndex, int tokens, int capacity)
+    {
+        if (tokens < 0 || tokens > ChunkTokens || (long)chunkIndex * ChunkTokens + tokens > capacity)
+            throw new ArgumentOutOfRangeException(nameof(chunkIndex), $"Chunk {chunkIndex} ({tokens} tokens) does not fit a past of {capacity} token rows.");
+    }
+}

@@ -1,0 +1,338 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using OrtKvTier.Cache.Tiers;
+using OrtKvTier.Diagnostics;
+using OrtKvTier.Model;
+using OrtKvTier.Storage;
+
+namespace OrtKvTier.Cache;
+
+/// <summary>
+/// The tiered prefix cache of one model: chunks of past keys and values named by chained keys
+/// (<see cref="ChunkChain"/>), held in host memory under a byte budget and in a disk slot pool
+/// (plus any <see cref="PrefixCacheOptions.ExtraTiers"/>). A hit in a lower tier is promoted to
+/// host memory; stored chunks reach the lower tiers on a background thread. One cache serves any
+/// number of generators and threads. Use it through <see cref="Generation.KvGenerator"/>,
+/// <see cref="Generation.TextGenerator"/> or, in your own loop, <see cref="Generation.PrefixCacheHook"/>.
+/// </summary>
+public sealed class PrefixCache : IDisposable
+{
+    private const int PendingWriteLimit = 256;
+
+    private readonly PrefixCacheOptions _options;
+    private readonly ILogger? _logger;
+    private readonly IKvChunkTier[] _lower;
+    private readonly BlockingCollection<(HostChunk Chunk, int TierLimit)> _writes = new(PendingWriteLimit);
+    private readonly Thread _writer;
+    private readonly object _pendingGate = new();
+    private int _pending;
+    private bool _disposed;
+
+    /// <summary>Opens the cache for <paramref name="model"/>.</summary>
+    public static PrefixCache Open(KvModel model, PrefixCacheOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return new PrefixCache(model.Fingerprint, model.Layout, options);
+    }
+
+    /// <summary>Opens the cache for a model fingerprint and KV layout (a model loaded some other way).</summary>
+    public PrefixCache(ModelFingerprint fingerprint, KvLayout layout, PrefixCacheOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _options = options;
+        _logger = options.Logger;
+        Layout = layout;
+        Chain = new ChunkChain(fingerprint, options.ChunkTokens, options.Salt);
+        Identity = SlotPoolIdentity.For(fingerprint, layout, options.ChunkTokens);
+        ChunkLayout = new ChunkLayout(layout, options.ChunkTokens);
+        Host = new HostTier(options.HostBudgetBytes, ChunkLayout.ChunkBytes);
+        if (options.LowerTierWrites == LowerTierWrites.WriteBack) Host.Evicted = OnHostEviction;
+
+        var lower = new List<IKvChunkTier>();
+        if (options.Directory is not null)
+        {
+            Disk = DiskTier.Open(options.Directory, Identity, options.DiskCapacityBytes, options.Durability, _logger);
+            Disk.Pool.Dropped += (_, _) => KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Disk.Name));
+            lower.Add(Disk);
+        }
+        lower.AddRange(options.ExtraTiers);
+        _lower = lower.ToArray();
+        Tiers = [Host, .. _lower];
+        _writer = new Thread(WriteLowerTiers) { IsBackground = true, Name = "ortkv-cache-writer" };
+        _writer.Start();
+    }
+
+    /// <summary>The model's KV layout.</summary>
+    public KvLayout Layout { get; }
+
+    /// <summary>How keys are made.</summary>
+    public ChunkChain Chain { get; }
+
+    /// <summary>Tokens per chunk.</summary>
+    public int ChunkTokens => Chain.ChunkTokens;
+
+    /// <summary>Bytes of one chunk's keys and values.</summary>
+    public long ChunkBytes => ChunkLayout.ChunkBytes;
+
+    /// <summary>Model fingerprint, layout and chunk length of the stored bytes.</summary>
+    public SlotPoolIdentity Identity { get; }
+
+    /// <summary>The host-memory tier.</summary>
+    public HostTier Host { get; }
+
+    /// <summary>The disk tier, or null for a memory-only cache.</summary>
+    public DiskTier? Disk { get; }
+
+    /// <summary>Every tier, fastest first.</summary>
+    public IReadOnlyList<IKvChunkTier> Tiers { get; }
+
+    internal ChunkLayout ChunkLayout { get; }
+
+    /// <summary>
+    /// How many leading tokens of <paramref name="tokens"/> some tier holds, in whole chunks
+    /// (from the index only; bytes are verified when restored).
+    /// </summary>
+    public int CachedPrefixLength(ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var keys = Chain.Keys(tokens);
+        int chunks = 0;
+        while (chunks < keys.Length && Tiers.Any(t => t.Contains(keys[chunks]))) chunks++;
+        return chunks * ChunkTokens;
+    }
+
+    /// <summary>Waits until every stored chunk has reached the lower tiers and makes the disk tier durable.</summary>
+    public void Flush()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_options.LowerTierWrites == LowerTierWrites.WriteBack)
+            foreach (var chunk in Host.TakePendingLowerWrites())
+            {
+                Enqueue(chunk, _lower.Length);
+                chunk.Release();
+            }
+        lock (_pendingGate)
+            while (_pending > 0) Monitor.Wait(_pendingGate);
+        Disk?.Flush();
+    }
+
+    /// <summary>Drops every chunk from every tier that can be written.</summary>
+    public void Clear()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Flush();
+        Host.Clear();
+        if (Disk is { Pool.IsReadOnly: false }) Disk.Pool.Clear();
+    }
+
+    /// <summary>Counters of every tier and the writes still queued.</summary>
+    public PrefixCacheStats GetStats()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_pendingGate)
+            return new PrefixCacheStats(ChunkTokens, ChunkBytes, Tiers.Select(t => t.GetStats()).ToArray(), _pending);
+    }
+
+    /// <summary>Writes what is queued to the lower tiers, then closes every tier.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        try
+        {
+            Flush();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _logger?.LogWarning(e, "Prefix cache: flushing on dispose failed; entries written earlier are unaffected.");
+        }
+        _disposed = true;
+        _writes.CompleteAdding();
+        _writer.Join();
+        _writes.Dispose();
+        foreach (var tier in Tiers) tier.Dispose();
+    }
+
+    /// <summary>
+    /// Finds the longest chain of chunks some tier indexes at the start of <paramref name="tokens"/>,
+    /// up to <paramref name="maxChunks"/>, leasing those in host memory. Nothing is read from lower
+    /// tiers yet: <see cref="FillChunk"/> reads them straight into the past tensors. When fewer than
+    /// <paramref name="minChunks"/> are found the plan is empty.
+    /// </summary>
+    internal ChainPlan Plan(ReadOnlySpan<int> tokens, int maxChunks, int minChunks = 1)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        long start = Stopwatch.GetTimestamp();
+        int chunks = Math.Min(maxChunks, Chain.FullChunks(tokens.Length));
+        var keys = Chain.Keys(tokens[..(chunks * ChunkTokens)]);
+        int count = 0;
+        while (count < keys.Length && Tiers.Any(t => t.Contains(keys[count]))) count++;
+        if (count < minChunks) count = 0;
+        var leased = new HostChunk?[count];
+        for (int i = 0; i < count; i++)
+            if (Host.TryLease(keys[i], ChunkTokensOf(tokens, i), out var chunk)) leased[i] = chunk;
+        return new ChainPlan(keys[..count], tokens[..(count * ChunkTokens)].ToArray(), leased, start);
+    }
+
+    /// <summary>
+    /// Puts the first <paramref name="tokens"/> rows of plan chunk <paramref name="index"/> into the
+    /// past tensors: copied from its host lease, or read and verified straight from the first lower
+    /// tier that returns it. Returns the tier's name, or null when no tier returned it intact.
+    /// </summary>
+    internal unsafe string? FillChunk(ChainPlan plan, int index, int tokens, byte*[] past, int capacity)
+    {
+        if (plan.Leased[index] is { } leased)
+        {
+            ChunkLayout.CopyToPast(leased.Pointer, index, tokens, past, capacity);
+            return Count(Host.Name);
+        }
+        var key = plan.Keys[index];
+        var chunkTokens = plan.Tokens.AsSpan(index * ChunkTokens, ChunkTokens);
+        foreach (var tier in _lower)
+        {
+            try
+            {
+                if (tier is DiskTier disk)
+                {
+                    if (disk.TryRead(key, chunkTokens, ChunkLayout.ScatterToPast(past, capacity, index, tokens))) return Count(tier.Name);
+                    continue;
+                }
+                var chunk = new HostChunk(key, chunkTokens, ChunkBytes);
+                try
+                {
+                    if (!tier.TryRead(key, chunkTokens, chunk.Bytes)) continue;
+                    ChunkLayout.CopyToPast(chunk.Pointer, index, tokens, past, capacity);
+                    if (Host.Add(chunk)) PromoteAbove(chunk, tier.Name);
+                    return Count(tier.Name);
+                }
+                finally
+                {
+                    chunk.Release();
+                }
+            }
+            catch (Exception e) when (e is IOException or TimeoutException or InvalidOperationException)
+            {
+                _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the {Tier} tier failed; treating it as a miss.", key, tier.Name);
+            }
+        }
+        return null;
+
+        string Count(string tier)
+        {
+            KvCacheMetrics.ChunkHits.Add(1, KvCacheMetrics.Tier(tier));
+            KvCacheMetrics.BytesRead.Add(ChunkBytes, KvCacheMetrics.Tier(tier));
+            return tier;
+        }
+    }
+
+    /// <summary>
+    /// Stores the full chunks <paramref name="firstChunk"/>.. of <paramref name="tokens"/> that host
+    /// memory does not hold, filling each one's bytes with <paramref name="fill"/>(chunk index,
+    /// destination): new chunks go to every tier, chunks restored from a lower tier are promoted.
+    /// Returns how many chunks no tier held before.
+    /// </summary>
+    internal int Store(ReadOnlySpan<int> tokens, IReadOnlyList<ChunkKey> keys, int firstChunk, Action<int, HostChunk> fill)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int stored = 0;
+        for (int i = firstChunk; i < keys.Count; i++)
+        {
+            if (Host.Contains(keys[i])) continue;
+            bool isNew = !_lower.Any(t => t.Contains(keys[i]));
+            var chunk = new HostChunk(keys[i], ChunkTokensOf(tokens, i), ChunkBytes);
+            try
+            {
+                fill(i, chunk);
+                bool writeBack = _options.LowerTierWrites == LowerTierWrites.WriteBack;
+                chunk.PendingLowerWrite = isNew && writeBack && _lower.Length > 0;
+                bool held = Host.Add(chunk);
+                if (held) KvCacheMetrics.BytesWritten.Add(ChunkBytes, KvCacheMetrics.Tier(Host.Name));
+                if (isNew && _lower.Length > 0 && (!writeBack || !held))
+                {
+                    chunk.PendingLowerWrite = false;
+                    Enqueue(chunk, _lower.Length);
+                }
+                if (isNew && (held || _lower.Length > 0)) stored++;
+            }
+            finally
+            {
+                chunk.Release();
+            }
+        }
+        return stored;
+    }
+
+    private ReadOnlySpan<int> ChunkTokensOf(ReadOnlySpan<int> tokens, int chunk) => tokens.Slice(chunk * ChunkTokens, ChunkTokens);
+
+    /// <summary>A chunk read from a lower tier is also written to the lower tiers above that one.</summary>
+    private void PromoteAbove(HostChunk chunk, string tierName)
+    {
+        int index = Array.FindIndex(_lower, t => t.Name == tierName);
+        if (index > 0) Enqueue(chunk, index);
+    }
+
+    private void OnHostEviction(HostChunk chunk)
+    {
+        KvCacheMetrics.Evictions.Add(1, KvCacheMetrics.Tier(Host.Name));
+        if (chunk.PendingLowerWrite && !_disposed)
+        {
+            chunk.PendingLowerWrite = false;
+            Enqueue(chunk, _lower.Length);
+        }
+    }
+
+    private void Enqueue(HostChunk chunk, int tierLimit)
+    {
+        lock (_pendingGate) _pending++;
+        _writes.Add((chunk.Retain(), tierLimit));
+    }
+
+    private void WriteLowerTiers()
+    {
+        foreach (var (chunk, limit) in _writes.GetConsumingEnumerable())
+        {
+            try
+            {
+                for (int t = 0; t < limit; t++)
+                {
+                    var tier = _lower[t];
+                    if (!tier.Contains(chunk.Key) && tier.Write(chunk.Key, chunk.Tokens, chunk.Bytes))
+                        KvCacheMetrics.BytesWritten.Add(chunk.Length, KvCacheMetrics.Tier(tier.Name));
+                }
+            }
+            catch (Exception e)
+            {
+                _logger?.LogWarning(e, "Prefix cache: writing chunk {Key} to the lower tiers failed; it stays in memory only.", chunk.Key);
+            }
+            finally
+            {
+                chunk.Release();
+                lock (_pendingGate)
+                {
+                    _pending--;
+                    Monitor.PulseAll(_pendingGate);
+                }
+            }
+        }
+    }
+}
+
+/// <summary>What a cache holds: per-tier counters and the chunks still queued for the lower tiers.</summary>
+public sealed record PrefixCacheStats(int ChunkTokens, long ChunkBytes, IReadOnlyList<KvTierStats> Tiers, int PendingWrites);
+
+/// <summary>A chain found in the tiers' indexes: keys, token ids and host leases (null where a lower tier holds the chunk). Dispose releases the leases.</summary>
+internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leased, long startTimestamp) : IDisposable
+{
+    public ChunkKey[] Keys { get; } = keys;
+    public int[] Tokens { get; } = tokens;
+    public HostChunk?[] Leased { get; } = leased;
+    public int Count => Keys.Length;
+    public long StartTimestamp { get; } = startTimestamp;
+
+    public void Dispose()
+    {
+        foreach (var chunk in Leased) chunk?.Release();
+    }
+}

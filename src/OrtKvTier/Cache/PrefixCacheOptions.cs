@@ -1,0 +1,81 @@
+using Microsoft.Extensions.Logging;
+using OrtKvTier.Cache.Tiers;
+using OrtKvTier.Storage;
+
+namespace OrtKvTier.Cache;
+
+/// <summary>When chunks stored in host memory reach the lower tiers (disk, remote).</summary>
+public enum LowerTierWrites
+{
+    /// <summary>Every stored chunk is also written below, on a background thread (survives restarts and is shared with other processes at once).</summary>
+    WriteThrough,
+    /// <summary>Chunks are written below only when evicted from host memory, on <see cref="PrefixCache.Flush"/> and on dispose.</summary>
+    WriteBack,
+}
+
+/// <summary>How to open a <see cref="PrefixCache"/>.</summary>
+public sealed record PrefixCacheOptions
+{
+    /// <summary>
+    /// Tokens per chunk. 64 by default: <c>ortkv bench chunks</c> on the bench model (README) restores
+    /// 64-token chunks within a few percent of the GB/s of 256-token ones, while a partial match wastes
+    /// on average half a chunk of prefill, so shorter is better once the copy rate has levelled off.
+    /// </summary>
+    public int ChunkTokens { get; init; } = DefaultChunkTokens;
+
+    /// <summary>The default <see cref="ChunkTokens"/>.</summary>
+    public const int DefaultChunkTokens = 64;
+
+    /// <summary>Root directory of the disk tier (one pool per model and chunk length below it); null keeps the cache in memory only.</summary>
+    public string? Directory { get; init; }
+
+    /// <summary>Most bytes of chunks held in host memory. Default 1 GiB.</summary>
+    public long HostBudgetBytes { get; init; } = 1L << 30;
+
+    /// <summary>Size of a new disk pool (pre-allocated). Default 2 GiB; an existing pool keeps its size.</summary>
+    public long DiskCapacityBytes { get; init; } = 2L << 30;
+
+    /// <summary>Mixed into every key, so caches with different salts never share entries (for example per tenant). Default none.</summary>
+    public string? Salt { get; init; }
+
+    /// <summary>When chunks reach the disk tier. Default <see cref="LowerTierWrites.WriteThrough"/>.</summary>
+    public LowerTierWrites LowerTierWrites { get; init; } = LowerTierWrites.WriteThrough;
+
+    /// <summary>When disk writes become durable. Default <see cref="Storage.Durability.Batched"/>.</summary>
+    public Durability Durability { get; init; } = Durability.Batched;
+
+    /// <summary>More tiers below the disk (for example a remote one), tried in order after it. The cache disposes them.</summary>
+    public IReadOnlyList<IKvChunkTier> ExtraTiers { get; init; } = [];
+
+    /// <summary>Receives events for misses caused by damage or mismatch, recreated pools and failed writes.</summary>
+    public ILogger? Logger { get; init; }
+
+    /// <summary>
+    /// The per-user default for <see cref="Directory"/>: <c>$ORTKV_CACHE_DIR</c>, else
+    /// <c>$XDG_CACHE_HOME/ortkvtier</c>, else <c>~/.cache/ortkvtier</c> (the local application data folder on Windows).
+    /// </summary>
+    public static string DefaultDirectory
+    {
+        get
+        {
+            var explicitDir = Environment.GetEnvironmentVariable("ORTKV_CACHE_DIR");
+            if (!string.IsNullOrWhiteSpace(explicitDir)) return explicitDir;
+            if (OperatingSystem.IsWindows())
+                return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "OrtKvTier", "cache");
+            var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+            var root = string.IsNullOrWhiteSpace(xdg) ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache") : xdg;
+            return Path.Combine(root, "ortkvtier");
+        }
+    }
+
+    /// <summary>Throws when a setting is out of range, naming it.</summary>
+    public void Validate()
+    {
+        if (ChunkTokens < 1 || ChunkTokens > 65536)
+            throw new ArgumentOutOfRangeException(nameof(ChunkTokens), ChunkTokens, "ChunkTokens must be between 1 and 65536.");
+        ArgumentOutOfRangeException.ThrowIfNegative(HostBudgetBytes);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(DiskCapacityBytes);
+        if (Directory is not null) ArgumentException.ThrowIfNullOrWhiteSpace(Directory);
+        ArgumentNullException.ThrowIfNull(ExtraTiers);
+    }
+}

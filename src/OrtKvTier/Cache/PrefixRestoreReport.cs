@@ -1,0 +1,20 @@
+namespace OrtKvTier.Cache;
+
+/// <summary>What one restore found and how long it took.</summary>
+public sealed record PrefixRestoreReport
+{
+    /// <summary>Prompt tokens whose keys and values were restored (at most the prompt length minus one).</summary>
+    public required int RestoredTokens { get; init; }
+    /// <summary>The tier each restored chunk came from, in order (<c>host</c>, <c>disk</c>, …).</summary>
+    public required IReadOnlyList<string> ChunkTiers { get; init; }
+    /// <summary>Milliseconds to hash the prompt, find the chain and read its chunks into host memory.</summary>
+    public required double LookupMs { get; init; }
+    /// <summary>Milliseconds to copy the chunks into the past tensors.</summary>
+    public required double RestoreMs { get; init; }
+
+    /// <summary>Restored tokens per tier (the last chunk may be restored in part).</summary>
+    public IReadOnlyDictionary<string, int> TokensByTier { get; init; } = new Dictionary<string, int>();
+
+    /// <summary>Nothing restored.</summary>
+    public static PrefixRestoreReport None(double lookupMs = 0) => new() { RestoredTokens = 0, ChunkTiers = [], LookupMs = lookupMs, RestoreMs = 0 };
+}

@@ -1,0 +1,94 @@
+using System.Diagnostics;
+using OrtKvTier.Diagnostics;
+using OrtKvTier.Storage;
+
+namespace OrtKvTier.Cache;
+
+/// <summary>Moves chunks between a <see cref="PrefixCache"/> and past tensors: the restore and capture steps behind every hook.</summary>
+internal static unsafe class PrefixTransfer
+{
+    /// <summary>Below this many bytes, one thread copies faster than waking the pool.</summary>
+    private const long ParallelCopyBytes = 8L << 20;
+
+    /// <summary>
+    /// Prompt tokens always left to run after a restore. One would yield logits; two keep them
+    /// bitwise equal to a full prefill's, because ONNX Runtime's CPU matmul takes another kernel
+    /// (another summation order) for a single row than for several.
+    /// </summary>
+    public const int MinimumSuffixTokens = 2;
+
+    /// <summary>
+    /// Restores the longest cached chain at the start of <paramref name="tokens"/>, leaving at least
+    /// <see cref="MinimumSuffixTokens"/> to run, when it covers more than <paramref name="computedTokens"/>.
+    /// <paramref name="preparePast"/>(n) makes the past hold n tokens and returns it; it is not called when nothing is restored.
+    /// </summary>
+    public static PrefixRestoreReport Restore(PrefixCache cache, ReadOnlySpan<int> tokens, int computedTokens, Func<int, IKvTensorView> preparePast) =>
+        Restore(cache, tokens, computedTokens, preparePast, int.MaxValue);
+
+    private static PrefixRestoreReport Restore(PrefixCache cache, ReadOnlySpan<int> tokens, int computedTokens, Func<int, IKvTensorView> preparePast, int chunkLimit)
+    {
+        int chunkTokens = cache.ChunkTokens;
+        int usable = tokens.Length - MinimumSuffixTokens;
+        if (usable < 1) return PrefixRestoreReport.None();
+        int maxChunks = Math.Min(chunkLimit, (usable + chunkTokens - 1) / chunkTokens);
+        using var plan = cache.Plan(tokens, maxChunks, minChunks: computedTokens / chunkTokens + 1);
+        int restored = Math.Min(plan.Count * chunkTokens, usable);
+        if (restored <= computedTokens)
+        {
+            if (chunkLimit != int.MaxValue) preparePast(0); // a retry after a failed read: what the first try wrote is gone
+            KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "miss"));
+            return PrefixRestoreReport.None(KvCacheMetrics.Milliseconds(plan.StartTimestamp));
+        }
+
+        long start = Stopwatch.GetTimestamp();
+        double lookupMs = KvCacheMetrics.Milliseconds(plan.StartTimestamp);
+        var view = preparePast(restored);
+        var past = cache.ChunkLayout.Pointers(view);
+        int capacity = view.Capacity;
+        cache.ChunkLayout.PopulateRows(past, capacity, restored);
+        int chunks = (restored + chunkTokens - 1) / chunkTokens;
+        var tiers = new string?[chunks];
+        void Fill(int j) => tiers[j] = cache.FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
+        if (chunks > 1 && (long)restored * cache.Layout.BytesPerToken >= ParallelCopyBytes) Parallel.For(0, chunks, Fill);
+        else for (int j = 0; j < chunks; j++) Fill(j);
+
+        int intact = Array.IndexOf(tiers, null);
+        if (intact >= 0) // a chunk was damaged or vanished: restore the chain before it instead
+            return Restore(cache, tokens, 0, preparePast, intact);
+
+        double restoreMs = KvCacheMetrics.Milliseconds(start);
+        var byTier = new Dictionary<string, int>();
+        for (int j = 0; j < chunks; j++)
+            byTier[tiers[j]!] = byTier.GetValueOrDefault(tiers[j]!) + Math.Min(chunkTokens, restored - j * chunkTokens);
+        KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "hit"));
+        KvCacheMetrics.LookupDuration.Record(lookupMs);
+        KvCacheMetrics.RestoredTokens.Add(restored);
+        KvCacheMetrics.RestoreDuration.Record(restoreMs);
+        return new PrefixRestoreReport
+        {
+            RestoredTokens = restored, ChunkTiers = tiers!, LookupMs = lookupMs, RestoreMs = restoreMs, TokensByTier = byTier,
+        };
+    }
+
+    /// <summary>
+    /// Stores every full chunk of the first <paramref name="validTokens"/> of <paramref name="tokens"/>
+    /// from chunk <paramref name="firstChunk"/> on that the cache does not hold, copying it out of
+    /// <paramref name="view"/>. <paramref name="keys"/> is extended as needed (callers keep it between calls).
+    /// Returns the chunks stored.
+    /// </summary>
+    public static int Capture(PrefixCache cache, ReadOnlySpan<int> tokens, int validTokens, IKvTensorView view, List<ChunkKey> keys, int firstChunk)
+    {
+        var prefix = tokens[..validTokens];
+        cache.Chain.Extend(keys, prefix);
+        int chunks = cache.Chain.FullChunks(validTokens);
+        if (firstChunk >= chunks) return 0;
+        long start = Stopwatch.GetTimestamp();
+        var layout = cache.ChunkLayout;
+        var past = layout.Pointers(view);
+        int capacity = view.Capacity;
+        int stored = cache.Store(prefix, keys.GetRange(0, chunks), firstChunk,
+            (i, chunk) => layout.CopyFromPast(past, capacity, i, chunk.Pointer));
+        if (stored > 0) KvCacheMetrics.CaptureDuration.Record(KvCacheMetrics.Milliseconds(start));
+        return stored;
+    }
+}

@@ -1,0 +1,54 @@
+using System.Runtime.InteropServices;
+using OrtKvTier.Storage;
+
+namespace OrtKvTier.Cache.Tiers;
+
+/// <summary>
+/// One chunk's bytes in native host memory with its key and token ids, reference-counted so a
+/// restore can keep reading a chunk that the host tier evicts meanwhile.
+/// </summary>
+internal sealed unsafe class HostChunk
+{
+    private const nuint Alignment = 64;
+    private byte* _data;
+    private int _references = 1;
+
+    public HostChunk(ChunkKey key, ReadOnlySpan<int> tokens, long bytes)
+    {
+        Key = key;
+        Tokens = tokens.ToArray();
+        Length = bytes;
+        _data = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, Alignment);
+    }
+
+    public ChunkKey Key { get; }
+    public int[] Tokens { get; }
+    public long Length { get; }
+
+    /// <summary>Set while the bytes still have to reach the lower tiers (write-back).</summary>
+    public volatile bool PendingLowerWrite;
+
+    public byte* Pointer => _data != null ? _data : throw new ObjectDisposedException(nameof(HostChunk));
+    public Span<byte> Bytes => new(Pointer, checked((int)Length));
+
+    public bool TokensEqual(ReadOnlySpan<int> tokens) => tokens.SequenceEqual(Tokens);
+
+    /// <summary>Adds a reference; pair with <see cref="Release"/>.</summary>
+    public HostChunk Retain()
+    {
+        Interlocked.Increment(ref _references);
+        return this;
+    }
+
+    /// <summary>Drops a reference; the memory is freed with the last one.</summary>
+    public void Release()
+    {
+        int left = Interlocked.Decrement(ref _references);
+        if (left == 0)
+        {
+            NativeMemory.AlignedFree(_data);
+            _data = null;
+        }
+        else if (left < 0) throw new InvalidOperationException($"Chunk {Key} was released more often than retained.");
+    }
+}

@@ -1,0 +1,193 @@
+using OrtKvTier.Storage;
+
+namespace OrtKvTier.Cache.Tiers;
+
+/// <summary>
+/// Chunks in native host memory under a byte budget, least recently used evicted first. Reads by
+/// <see cref="TryRead"/> copy; the prefix cache leases chunks instead and copies them straight
+/// into the model's past tensors. Thread-safe.
+/// </summary>
+public sealed class HostTier : IKvChunkTier
+{
+    private readonly object _gate = new();
+    private readonly Dictionary<ChunkKey, (HostChunk Chunk, LinkedListNode<HostChunk> Node)> _entries = [];
+    private readonly LinkedList<HostChunk> _recency = [];
+    private long _bytes, _hits, _misses, _writes, _evictions;
+
+    /// <summary>Creates an empty tier for chunks of <paramref name="chunkBytes"/> bytes that holds at most <paramref name="budgetBytes"/>.</summary>
+    public HostTier(long budgetBytes, long chunkBytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(budgetBytes);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunkBytes);
+        BudgetBytes = budgetBytes;
+        ChunkBytes = chunkBytes;
+    }
+
+    /// <inheritdoc />
+    public string Name => "host";
+
+    /// <summary>Most payload bytes held at once.</summary>
+    public long BudgetBytes { get; }
+
+    /// <summary>Bytes of one chunk.</summary>
+    public long ChunkBytes { get; }
+
+    /// <summary>Called (outside the tier's lock) with each chunk evicted to make room; the chunk is valid during the call.</summary>
+    internal Action<HostChunk>? Evicted { get; set; }
+
+    /// <inheritdoc />
+    public bool Contains(ChunkKey key)
+    {
+        lock (_gate) return _entries.ContainsKey(key);
+    }
+
+    /// <inheritdoc />
+    public bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination)
+    {
+        RequireChunkSize(destination.Length, nameof(destination));
+        if (!TryLease(key, tokens, out var chunk)) return false;
+        try
+        {
+            chunk.Bytes.CopyTo(destination);
+            return true;
+        }
+        finally
+        {
+            chunk.Release();
+        }
+    }
+
+    /// <inheritdoc />
+    public bool Write(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
+    {
+        RequireChunkSize(payload.Length, nameof(payload));
+        var chunk = new HostChunk(key, tokens, ChunkBytes);
+        payload.CopyTo(chunk.Bytes);
+        bool added = Add(chunk);
+        chunk.Release();
+        return added;
+    }
+
+    /// <inheritdoc />
+    public bool Remove(ChunkKey key)
+    {
+        HostChunk chunk;
+        lock (_gate)
+        {
+            if (!_entries.Remove(key, out var entry)) return false;
+            _recency.Remove(entry.Node);
+            _bytes -= ChunkBytes;
+            chunk = entry.Chunk;
+        }
+        chunk.Release();
+        return true;
+    }
+
+    /// <summary>Drops every chunk.</summary>
+    public void Clear()
+    {
+        List<HostChunk> dropped;
+        lock (_gate)
+        {
+            dropped = _recency.ToList();
+            _entries.Clear();
+            _recency.Clear();
+            _bytes = 0;
+        }
+        foreach (var chunk in dropped) chunk.Release();
+    }
+
+    /// <inheritdoc />
+    public KvTierStats GetStats()
+    {
+        lock (_gate)
+            return new KvTierStats
+            {
+                Name = Name, Entries = _entries.Count, Bytes = _bytes, CapacityBytes = BudgetBytes,
+                Hits = _hits, Misses = _misses, Writes = _writes, Evictions = _evictions,
+            };
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => Clear();
+
+    /// <summary>A retained reference to the chunk under <paramref name="key"/> if its tokens match (the caller releases it); marks it used.</summary>
+    internal bool TryLease(ChunkKey key, ReadOnlySpan<int> tokens, out HostChunk chunk)
+    {
+        lock (_gate)
+        {
+            if (_entries.TryGetValue(key, out var entry) && entry.Chunk.TokensEqual(tokens))
+            {
+                _recency.Remove(entry.Node);
+                _recency.AddLast(entry.Node);
+                _hits++;
+                chunk = entry.Chunk.Retain();
+                return true;
+            }
+            _misses++;
+            chunk = null!;
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Holds <paramref name="chunk"/> (taking its own reference), evicting the least recently used
+    /// chunks over budget. False when its key is already held or the budget is below one chunk.
+    /// </summary>
+    internal bool Add(HostChunk chunk)
+    {
+        RequireChunkSize(chunk.Length, nameof(chunk));
+        if (ChunkBytes > BudgetBytes) return false;
+        List<HostChunk>? evicted = null;
+        lock (_gate)
+        {
+            if (_entries.ContainsKey(chunk.Key)) return false;
+            while (_bytes + ChunkBytes > BudgetBytes)
+            {
+                var oldest = _recency.First!.Value;
+                _recency.RemoveFirst();
+                _entries.Remove(oldest.Key);
+                _bytes -= ChunkBytes;
+                _evictions++;
+                (evicted ??= []).Add(oldest);
+            }
+            _entries.Add(chunk.Key, (chunk.Retain(), _recency.AddLast(chunk)));
+            _bytes += ChunkBytes;
+            _writes++;
+        }
+        if (evicted is not null)
+            foreach (var old in evicted)
+            {
+                try
+                {
+                    Evicted?.Invoke(old);
+                }
+                finally
+                {
+                    old.Release();
+                }
+            }
+        return true;
+    }
+
+    /// <summary>Chunks still waiting for the lower tiers (write-back), retained, their flag cleared; the caller releases them.</summary>
+    internal List<HostChunk> TakePendingLowerWrites()
+    {
+        lock (_gate)
+        {
+            var pending = _recency.Where(c => c.PendingLowerWrite).ToList();
+            foreach (var chunk in pending)
+            {
+                chunk.PendingLowerWrite = false;
+                chunk.Retain();
+            }
+            return pending;
+        }
+    }
+
+    private void RequireChunkSize(long length, string name)
+    {
+        if (length != ChunkBytes)
+            throw new ArgumentException($"A host-tier chunk is {ChunkBytes} bytes; got {length}.", name);
+    }
+}
