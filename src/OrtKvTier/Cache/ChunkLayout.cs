@@ -37,6 +37,7 @@ internal sealed unsafe class ChunkLayout(KvLayout layout, int chunkTokens)
     /// Copies the first <paramref name="tokens"/> token rows of the chunk at <paramref name="source"/>
     /// into the past tensors as chunk number <paramref name="chunkIndex"/> of the sequence.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void CopyToPast(byte* source, int chunkIndex, int tokens, byte*[] past, int capacity)
     {
         RequireRoom(chunkIndex, tokens, capacity);
@@ -59,6 +60,7 @@ internal sealed unsafe class ChunkLayout(KvLayout layout, int chunkTokens)
     }
 
     /// <summary>Copies chunk number <paramref name="chunkIndex"/> of the sequence out of the past tensors into <paramref name="destination"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void CopyFromPast(byte*[] past, int capacity, int chunkIndex, byte* destination)
     {
         RequireRoom(chunkIndex, ChunkTokens, capacity);

@@ -1,4 +1,5 @@
 using System.IO.Hashing;
+using System.Runtime.CompilerServices;
 using static OrtKvTier.Storage.SlotPoolFormat;
 
 namespace OrtKvTier.Storage;
@@ -40,6 +41,8 @@ internal static unsafe class PayloadChecksum
         return XxHash128.HashToUInt128(hashes);
     }
 
+    // Optimized from the first call: a restarted process serves its first restore with it.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void HashBlock(byte* source, PayloadScatter? scatter, long length, int block, Span<byte> hashOut)
     {
         long start = (long)block * ChecksumBlockBytes;
