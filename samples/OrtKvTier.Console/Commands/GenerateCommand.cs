@@ -10,7 +10,7 @@ internal static class GenerateCommand
 {
     public const string Usage =
         "generate [--model DIR] (--prompt TEXT | --prompt-file FILE | --tokens 1,2,3) [--max-new-tokens N]\n" +
-        "         [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--shared-buffer true|false] [--json]\n" +
+        "         [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--shared-buffer true|false] [--device cpu|cuda] [--json]\n" +
         "         " + CacheOptions.Usage;
 
     public static int Run(CommandLine cl)
@@ -27,12 +27,19 @@ internal static class GenerateCommand
         var topKText = cl.String("top-k");
         var seedText = cl.String("seed");
         var sharedText = cl.String("shared-buffer");
+        var device = (cl.String("device") ?? "cpu") switch
+        {
+            "cpu" => ExecutionDevice.Cpu,
+            "cuda" => ExecutionDevice.Cuda,
+            var d => throw new UsageException($"--device expects cpu or cuda; got '{d}'."),
+        };
         var cacheOptions = CacheOptions.Read(cl);
         cl.RejectUnknown();
         if (new[] { prompt, promptFile, tokenList }.Count(x => x is not null) != 1)
             throw new UsageException("Give exactly one of --prompt, --prompt-file, --tokens.");
 
-        using var model = KvModel.Load(modelDir, new KvModelOptions { SharedBuffer = sharedText is null ? null : ParseBool("shared-buffer", sharedText) });
+        using var model = KvModel.Load(modelDir, new KvModelOptions { SharedBuffer = sharedText is null ? null : ParseBool("shared-buffer", sharedText), Device = device });
+        if (model.DeviceNote is not null) System.Console.Error.WriteLine($"note: {model.DeviceNote}");
         using var tokenizer = new ModelTokenizer(model.Folder);
         int[] promptTokens = tokenList is not null ? ParseTokens(tokenList)
             : tokenizer.Encode(prompt ?? ReadPromptFile(promptFile!));
@@ -72,6 +79,7 @@ internal static class GenerateCommand
         w.WriteString("stop_reason", result.StopReason.ToString());
         w.WriteString("model", model.Folder);
         w.WriteString("fingerprint", model.Fingerprint.ToString());
+        w.WriteString("device", model.Device.ToString().ToLowerInvariant());
         w.WriteNumber("cached_tokens", result.CachedTokens);
         w.WriteNumber("prefill_tokens", result.PrefillTokens);
         w.WriteStartObject("cache");

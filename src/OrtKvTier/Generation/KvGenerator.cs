@@ -46,6 +46,9 @@ public sealed class KvGenerator : IDisposable
         search ??= SearchOptions.FromConfig(model);
         search.Validate(model);
         if (cache is not null) RequireCacheFor(model, cache);
+        if (model.Device == ExecutionDevice.Cuda && model.Layout.SharedBuffer)
+            throw new NotSupportedException("Shared-buffer KV on CUDA needs the buffers in device memory, which this loop does not bind yet " +
+                "(host buffers break GroupQueryAttention's shared-buffer detection: NaN logits on an H100). Load the model with KvModelOptions.SharedBuffer = false.");
         _model = model;
         _cache = cache;
         Search = search;

@@ -50,8 +50,9 @@ internal sealed class OrtKvTensors : IKvTensorView, IDisposable
             if (info.ElementDataType != layout.OrtElementType || shape.Length != 4 || shape[0] != 1 || shape[1] != layout.KvHeads || shape[3] != layout.HeadSize || (rows >= 0 && shape[2] != rows))
                 throw new ArgumentException(
                     $"Tensor {i} is {info.ElementDataType} [{string.Join(", ", shape)}]; expected {layout.OrtElementType} [1, {layout.KvHeads}, {(rows >= 0 ? rows : "rows")}, {layout.HeadSize}] like every other one.", parameter);
-            if (values[i].GetTensorMemoryInfo().GetDeviceType() != OrtMemoryInfoDeviceType.CPU)
-                throw new ArgumentException($"Tensor {i} lives in device memory; this hook reads and writes host tensors. Bind host past/present tensors, or copy them to the host first.", parameter);
+            var memory = values[i].GetTensorMemoryInfo();
+            if (memory.GetDeviceType() != OrtMemoryInfoDeviceType.CPU && memory.GetDeviceMemoryType() != OrtDeviceMemoryType.HOST_ACCESSIBLE)
+                throw new ArgumentException($"Tensor {i} lives in device memory; this hook reads and writes host (or pinned) tensors. Bind host past/present tensors, or copy them to pinned memory first (DeviceKvTransfer).", parameter);
             rows = shape[2];
         }
         return new OrtKvTensors(values.ToArray(), checked((int)rows));

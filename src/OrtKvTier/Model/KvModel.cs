@@ -45,6 +45,32 @@ public sealed class KvModel : IDisposable
     /// <summary>Element type of the logits output.</summary>
     public TensorElementType LogitsType { get; private init; }
 
+    /// <summary>Where the decoder runs (<see cref="ExecutionDevice.Cpu"/> after a fallback).</summary>
+    public ExecutionDevice Device { get; private init; }
+
+    /// <summary>The CUDA device the session runs on, or null on the CPU.</summary>
+    public OrtEpDevice? EpDevice { get; private init; }
+
+    /// <summary>Why the model runs on the CPU although CUDA was asked for; null otherwise.</summary>
+    public string? DeviceNote { get; private init; }
+
+    /// <summary>Appends the CUDA provider when asked for and available; otherwise says why the CPU runs.</summary>
+    private static (ExecutionDevice, OrtEpDevice?, string?) ChooseDevice(KvModelOptions options, SessionOptions sessionOptions)
+    {
+        if (options.Device == ExecutionDevice.Cpu) return (ExecutionDevice.Cpu, null, null);
+        var devices = CudaExecutionProvider.Devices(options.CudaProviderPath, out var reason);
+        if (devices.Count > options.CudaDeviceIndex)
+        {
+            var device = devices[options.CudaDeviceIndex];
+            sessionOptions.AppendExecutionProvider(OrtEnv.Instance(), [device], new Dictionary<string, string>());
+            return (ExecutionDevice.Cuda, device, null);
+        }
+        reason ??= $"CUDA device {options.CudaDeviceIndex} was asked for; ONNX Runtime offers {devices.Count}";
+        if (!options.FallBackToCpu)
+            throw new InvalidOperationException($"The model cannot run on CUDA: {reason}. Set FallBackToCpu to run on the CPU instead.");
+        return (ExecutionDevice.Cpu, null, $"running on the CPU: {reason}");
+    }
+
     /// <summary>Opens a GenAI model folder. Throws <see cref="ModelFolderException"/> when it is not usable.</summary>
     public static KvModel Load(string folder, KvModelOptions? options = null)
     {
@@ -82,6 +108,7 @@ public sealed class KvModel : IDisposable
         OrtRuntime.EnsureLoaded();
         using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
         if (options.IntraOpThreads > 0) sessionOptions.IntraOpNumThreads = options.IntraOpThreads;
+        var (device, epDevice, deviceNote) = ChooseDevice(options, sessionOptions);
         options.ConfigureSession?.Invoke(sessionOptions);
         InferenceSession session;
         try
@@ -108,7 +135,7 @@ public sealed class KvModel : IDisposable
             var eos = config.Model.EosTokenId ?? [];
             return new KvModel(folder, config, session, layout, ModelFingerprint.Compute(decoderPath, configPath, layout), names, vocab, eos)
             {
-                LogitsType = logitsMeta.ElementDataType,
+                LogitsType = logitsMeta.ElementDataType, Device = device, EpDevice = epDevice, DeviceNote = deviceNote,
             };
         }
         catch

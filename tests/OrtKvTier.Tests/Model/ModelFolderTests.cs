@@ -124,3 +124,25 @@ public sealed class ModelFolderTests : IDisposable
 
     public void Dispose() => _temp.Dispose();
 }
+
+public sealed class ExecutionDeviceTests
+{
+    [Fact]
+    public void AskingForCudaWithoutAGpuRunsOnTheCpuAndSaysWhy()
+    {
+        var cuda = OrtKvTier.Model.CudaExecutionProvider.Devices(null, out var reason);
+        if (cuda.Count > 0) return; // a GPU machine: nothing to fall back from (GpuChecks covers it)
+        using var model = KvModel.Load(TestPaths.Tiny, new KvModelOptions { Device = ExecutionDevice.Cuda });
+        Assert.Equal(ExecutionDevice.Cpu, model.Device);
+        Assert.NotNull(model.DeviceNote);
+        Assert.Contains("CUDA", model.DeviceNote);
+        Assert.Equal(reason, model.DeviceNote["running on the CPU: ".Length..]);
+        Assert.Equal(Generation.GenAiParityTests.Greedy(model, [5, 6, 7], 4), Generation.GenAiParityTests.Greedy(KvModel.Load(TestPaths.Tiny), [5, 6, 7], 4));
+
+        var e = Assert.Throws<InvalidOperationException>(() => KvModel.Load(TestPaths.Tiny, new KvModelOptions { Device = ExecutionDevice.Cuda, FallBackToCpu = false }));
+        Assert.Contains("cannot run on CUDA", e.Message);
+        var missing = Assert.Throws<InvalidOperationException>(() => KvModel.Load(TestPaths.Tiny,
+            new KvModelOptions { Device = ExecutionDevice.Cuda, FallBackToCpu = false, CudaProviderPath = "/nonexistent/libonnxruntime_providers_cuda.so" }));
+        Assert.Contains("CUDA", missing.Message);
+    }
+}

@@ -1,0 +1,172 @@
+using System.Diagnostics;
+using Microsoft.ML.OnnxRuntime;
+using OrtKvTier.Cache;
+using OrtKvTier.Generation;
+using OrtKvTier.Model;
+
+namespace OrtKvTier.Transfer;
+
+/// <summary>
+/// Moves restored prefixes into past tensors in device memory: chunks are gathered (and slot reads
+/// verified, on all cores) into pinned host tensors laid out exactly like the device past, then
+/// copied with one synchronous <see cref="OrtEnv.CopyTensors"/> call. With no device (no GPU) the same
+/// path runs with ordinary host memory, which is how it is tested. Not yet double-buffered or on an
+/// <see cref="OrtSyncStream"/>: staging finishes before the device copy starts.
+/// </summary>
+public sealed class DeviceKvTransfer : IDisposable
+{
+    private readonly KvLayout _layout;
+    private readonly OrtAllocator _deviceAllocator;
+    private readonly OrtAllocator _stagingAllocator;
+    private readonly OrtEpDevice? _device;
+    private readonly object _stagingGate = new();
+    /// <summary>Pinned buffers, one per past tensor, reused by every restore (pinning memory costs far more than copying it).</summary>
+    private OrtValue[]? _staging;
+    private int _stagingTokens;
+
+    /// <summary>
+    /// For <paramref name="device"/> (a CUDA <see cref="OrtEpDevice"/> from <see cref="KvModel.EpDevice"/>):
+    /// device memory and pinned staging from <see cref="OrtEnv.CreateSharedAllocator"/>. Null: host memory for both.
+    /// </summary>
+    public DeviceKvTransfer(KvLayout layout, OrtEpDevice? device)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        _layout = layout;
+        _device = device;
+        if (device is null)
+        {
+            _deviceAllocator = _stagingAllocator = OrtAllocator.DefaultInstance;
+            return;
+        }
+        var env = OrtEnv.Instance();
+        _deviceAllocator = env.CreateSharedAllocator(device, OrtDeviceMemoryType.DEFAULT, OrtAllocatorType.DeviceAllocator, new Dictionary<string, string>());
+        _stagingAllocator = env.CreateSharedAllocator(device, OrtDeviceMemoryType.HOST_ACCESSIBLE, OrtAllocatorType.DeviceAllocator, new Dictionary<string, string>());
+    }
+
+    /// <summary>Whether the target memory is a device's (false: host memory).</summary>
+    public bool OnDevice => _device is not null;
+
+    /// <summary>New <c>[1, kvH, tokens, D]</c> tensors in target memory (key 0, value 0, key 1, …).</summary>
+    public OrtValue[] AllocatePast(int tokens) => Allocate(_deviceAllocator, tokens);
+
+    /// <summary>
+    /// Restores the longest cached prefix of <paramref name="tokens"/> into new target-memory past
+    /// tensors and returns them with the report (the caller disposes the tensors).
+    /// </summary>
+    public (OrtValue[] Past, PrefixRestoreReport Report, double CopyMs) Restore(PrefixCache cache, ReadOnlySpan<int> tokens)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        lock (_stagingGate)
+        {
+            OrtValue[]? views = null;
+            try
+            {
+                var report = PrefixTransfer.Restore(cache, tokens, 0, length =>
+                {
+                    DisposeAll(views);
+                    views = StagingViews(length);
+                    return new StagedView(views, length);
+                });
+                int restored = report.RestoredTokens;
+                var past = AllocatePast(restored);
+                long start = Stopwatch.GetTimestamp();
+                if (restored > 0) CopyTensors(views!, past);
+                return (past, report, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            }
+            finally
+            {
+                DisposeAll(views);
+            }
+        }
+    }
+
+    /// <summary>Views <c>[1, kvH, tokens, D]</c> over the start of the reused pinned buffers, grown when too small.</summary>
+    private OrtValue[] StagingViews(int tokens)
+    {
+        if (_staging is null || tokens > _stagingTokens)
+        {
+            DisposeAll(_staging);
+            _staging = null;
+            _stagingTokens = Math.Max(tokens, _stagingTokens + _stagingTokens / 4);
+            _staging = Allocate(_stagingAllocator, _stagingTokens);
+        }
+        var views = new OrtValue[_staging.Length];
+        long bytes = (long)_layout.KvHeads * tokens * _layout.BytesPerHeadToken;
+        try
+        {
+            for (int i = 0; i < views.Length; i++)
+                views[i] = OrtValue.CreateTensorValueWithData(_staging[i].GetTensorMemoryInfo(), _layout.OrtElementType,
+                    [1, _layout.KvHeads, tokens, _layout.HeadSize], StartOf(_staging[i]), bytes);
+        }
+        catch
+        {
+            DisposeAll(views);
+            throw;
+        }
+        return views;
+    }
+
+    private static unsafe nint StartOf(OrtValue value) =>
+        (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(value.GetTensorMutableRawData()));
+
+    /// <summary>Copies tensors pairwise (same shapes) between host, pinned and device memory, waiting for completion.</summary>
+    public void CopyTensors(IReadOnlyList<OrtValue> sources, IReadOnlyList<OrtValue> destinations)
+    {
+        if (sources.Count != destinations.Count) throw new ArgumentException($"{sources.Count} sources for {destinations.Count} destinations.");
+        if (_device is null)
+        {
+            // ONNX Runtime has no host-to-host data transfer ("not found"): copy the bytes.
+            for (int i = 0; i < sources.Count; i++) sources[i].GetTensorMutableRawData().CopyTo(destinations[i].GetTensorMutableRawData());
+            return;
+        }
+        // A null stream makes ONNX Runtime copy synchronously.
+        OrtEnv.Instance().CopyTensors(sources, destinations, null);
+    }
+
+    /// <summary>Pinned host tensors of <paramref name="tokens"/> rows (host memory without a device).</summary>
+    public OrtValue[] AllocateStaging(int tokens) => Allocate(_stagingAllocator, tokens);
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        lock (_stagingGate)
+        {
+            DisposeAll(_staging);
+            _staging = null;
+        }
+        if (_device is not null)
+        {
+            var env = OrtEnv.Instance();
+            env.ReleaseSharedAllocator(_device, OrtDeviceMemoryType.DEFAULT);
+            env.ReleaseSharedAllocator(_device, OrtDeviceMemoryType.HOST_ACCESSIBLE);
+        }
+    }
+
+    private OrtValue[] Allocate(OrtAllocator allocator, int tokens)
+    {
+        var values = new OrtValue[_layout.Layers * 2];
+        try
+        {
+            for (int i = 0; i < values.Length; i++)
+                values[i] = OrtValue.CreateAllocatedTensorValue(allocator, _layout.OrtElementType, [1, _layout.KvHeads, tokens, _layout.HeadSize]);
+        }
+        catch
+        {
+            DisposeAll(values);
+            throw;
+        }
+        return values;
+    }
+
+    private static void DisposeAll(OrtValue?[]? values)
+    {
+        if (values is null) return;
+        foreach (var v in values) v?.Dispose();
+    }
+
+    private sealed class StagedView(OrtValue[] values, int capacity) : IKvTensorView
+    {
+        public int Capacity => capacity;
+        public Span<byte> TensorBytes(int layer, bool value) => values[2 * layer + (value ? 1 : 0)].GetTensorMutableRawData();
+    }
+}

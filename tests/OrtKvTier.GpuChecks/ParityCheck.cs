@@ -1,0 +1,52 @@
+using System.Runtime.InteropServices;
+using OrtKvTier.Cache;
+using OrtKvTier.Generation;
+using OrtKvTier.Model;
+
+namespace OrtKvTier.GpuChecks;
+
+/// <summary>(a): on the device, logits after a restored prefix equal those of a full prefill; greedy tokens equal the CPU loop's.</summary>
+internal static class ParityCheck
+{
+    public static ParityResult Run(string folder, bool shared)
+    {
+        using var device = KvModel.Load(folder, new KvModelOptions { Device = ExecutionDevice.Cuda, SharedBuffer = shared });
+        using var cpu = KvModel.Load(folder, new KvModelOptions { SharedBuffer = shared });
+        var prompt = Enumerable.Range(0, 70).Select(i => 3 + (i * 37) % 490).ToArray();
+        using var cache = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16 });
+
+        var full = Logits(device, prompt, cache: null, out _);
+        Logits(device, prompt, cache, out _); // captures
+        var restored = Logits(device, prompt, cache, out int restoredTokens);
+        float maxDiff = 0;
+        for (int i = 0; i < full.Length; i++) maxDiff = Math.Max(maxDiff, Math.Abs(full[i] - restored[i]));
+        bool bitwise = MemoryMarshal.AsBytes(full.AsSpan()).SequenceEqual(MemoryMarshal.AsBytes(restored.AsSpan()));
+
+        var onDevice = Greedy(device, prompt, cache, 24);
+        var onCpu = Greedy(cpu, prompt, cache: null, 24);
+        int firstDifference = Enumerable.Range(0, onCpu.Length).FirstOrDefault(i => onDevice[i] != onCpu[i], -1);
+        var result = new ParityResult(shared ? "shared buffer" : "growing past", device.Device.ToString(), restoredTokens, bitwise, maxDiff,
+            firstDifference < 0, firstDifference);
+        Console.WriteLine($"parity {result.Mode}: restored {restoredTokens} tokens, logits bitwise equal {bitwise} (max |diff| {maxDiff}), " +
+            $"greedy tokens equal to CPU {result.TokensEqualCpu}{(firstDifference >= 0 ? $" (first difference at {firstDifference})" : "")}");
+        return result;
+    }
+
+    private static float[] Logits(KvModel model, int[] prompt, PrefixCache? cache, out int restored)
+    {
+        using var generator = new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = prompt.Length + 1, DoSample = false }, cache);
+        generator.AppendTokens(prompt);
+        generator.CaptureToCache();
+        restored = generator.LastRestore.RestoredTokens;
+        return generator.GetLogits().ToArray();
+    }
+
+    private static int[] Greedy(KvModel model, int[] prompt, PrefixCache? cache, int count)
+    {
+        using var generator = new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = prompt.Length + count, DoSample = false }, cache);
+        generator.AppendTokens(prompt);
+        var tokens = new List<int>();
+        while (!generator.IsDone) tokens.Add(generator.GenerateNextToken());
+        return tokens.ToArray();
+    }
+}
