@@ -6,7 +6,7 @@ using OrtKvTier.Model;
 
 namespace OrtKvTier.Generation;
 
-/// <summary>What one <see cref="TextGenerator.Generate"/> call produced and how long it took.</summary>
+/// <summary>What one <c>TextGenerator.Generate</c> call produced and how long it took.</summary>
 public sealed record GenerationResult
 {
     /// <summary>Generated token ids (prompt excluded).</summary>
@@ -42,6 +42,8 @@ public enum StopReason
     MaxNewTokens,
     /// <summary>The sequence reached <see cref="SearchOptions.MaxLength"/>.</summary>
     MaxLength,
+    /// <summary>The text ended with one of the stop sequences (which is left out of the text).</summary>
+    StopSequence,
 }
 
 /// <summary>
@@ -56,7 +58,18 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
     /// calling <paramref name="onText"/> with each piece of text as it is decoded.
     /// </summary>
     public GenerationResult Generate(ReadOnlySpan<int> prompt, int maxNewTokens, SearchOptions? search = null,
-        Action<string>? onText = null, CancellationToken cancellationToken = default)
+        Action<string>? onText = null, CancellationToken cancellationToken = default) =>
+        Generate(prompt, maxNewTokens, search, onText, stopSequences: null, cancellationToken);
+
+    /// <summary>
+    /// Like <see cref="Generate(ReadOnlySpan{int}, int, SearchOptions?, Action{string}?, CancellationToken)"/>, also stopping
+    /// when the text ends with one of <paramref name="stopSequences"/> (left out of the text; text that might
+    /// begin one is held back from <paramref name="onText"/> until it is clear). Cancellation is checked
+    /// before every token: a cancelled call throws <see cref="OperationCanceledException"/> within one step, and
+    /// what it captured so far stays valid in the cache.
+    /// </summary>
+    public GenerationResult Generate(ReadOnlySpan<int> prompt, int maxNewTokens, SearchOptions? search,
+        Action<string>? onText, IReadOnlyList<string>? stopSequences, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -69,9 +82,12 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
         var text = new StringBuilder();
         var tokens = new List<int>(maxNewTokens);
         double ttft = 0;
-        int captured = 0;
+        int captured = 0, emitted = 0;
+        bool stopped = false;
+        var stops = stopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
+        cancellationToken.ThrowIfCancellationRequested();
         generator.AppendTokens(prompt);
-        while (!generator.IsDone)
+        while (!generator.IsDone && !stopped)
         {
             cancellationToken.ThrowIfCancellationRequested();
             int token = generator.GenerateNextToken();
@@ -81,15 +97,27 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
                 KvCacheMetrics.TimeToFirstToken.Record(ttft);
             }
             tokens.Add(token);
-            var piece = stream.Decode(token);
-            text.Append(piece);
-            if (piece.Length > 0) onText?.Invoke(piece);
+            int before = text.Length;
+            text.Append(stream.Decode(token));
+            if (StopAt(text, before, stops) is int cut)
+            {
+                text.Length = cut;
+                stopped = true;
+            }
+            int safe = stopped ? text.Length : text.Length - HeldBack(text, stops);
+            if (safe > emitted)
+            {
+                onText?.Invoke(text.ToString(emitted, safe - emitted));
+                emitted = safe;
+            }
             if (tokens.Count == 1) captured += generator.CaptureToCache();
         }
         captured += generator.CaptureToCache();
-        var reason = tokens.Count >= maxNewTokens ? StopReason.MaxNewTokens
+        if (!stopped && text.Length > emitted) onText?.Invoke(text.ToString(emitted, text.Length - emitted));
+        var reason = stopped ? StopReason.StopSequence
+            : tokens.Count > 0 && model.EosTokenIds.Contains(tokens[^1]) ? StopReason.EndOfSequence
+            : tokens.Count >= maxNewTokens ? StopReason.MaxNewTokens
             : generator.Sequence.Count >= search.MaxLength ? StopReason.MaxLength : StopReason.EndOfSequence;
-        if (tokens.Count > 0 && model.EosTokenIds.Contains(tokens[^1])) reason = StopReason.EndOfSequence;
         return new GenerationResult
         {
             Tokens = tokens.ToArray(), Text = text.ToString(), PromptTokens = prompt.Length,
@@ -97,5 +125,32 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
             Restore = generator.LastRestore, PrefillTokens = generator.LastPrefillTokens, PrefillMs = generator.LastPrefillMs,
             CapturedChunks = captured,
         };
+    }
+
+    /// <summary>Where the text must be cut if a stop sequence now appears in it (it can end inside the piece just added).</summary>
+    private static int? StopAt(StringBuilder text, int previousLength, string[] stops)
+    {
+        int? cut = null;
+        foreach (var stop in stops)
+        {
+            int from = Math.Max(0, previousLength - stop.Length + 1);
+            int at = text.ToString(from, text.Length - from).IndexOf(stop, StringComparison.Ordinal);
+            if (at >= 0 && (cut is null || from + at < cut)) cut = from + at;
+        }
+        return cut;
+    }
+
+    /// <summary>Characters at the end of the text that could be the start of a stop sequence.</summary>
+    private static int HeldBack(StringBuilder text, string[] stops)
+    {
+        int held = 0;
+        foreach (var stop in stops)
+            for (int n = Math.Min(stop.Length - 1, text.Length); n > held; n--)
+                if (text.ToString(text.Length - n, n) == stop[..n])
+                {
+                    held = n;
+                    break;
+                }
+        return held;
     }
 }

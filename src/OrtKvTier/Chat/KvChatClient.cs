@@ -1,0 +1,214 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+using Microsoft.Extensions.AI;
+using OrtKvTier.Cache;
+using OrtKvTier.Generation;
+using OrtKvTier.Model;
+
+namespace OrtKvTier.Chat;
+
+/// <summary>How <see cref="KvChatClient"/> answers when <see cref="ChatOptions"/> leave something open.</summary>
+public sealed record KvChatClientOptions
+{
+    /// <summary>Most tokens generated when <see cref="ChatOptions.MaxOutputTokens"/> is not set. Default 256.</summary>
+    public int DefaultMaxOutputTokens { get; init; } = 256;
+
+    /// <summary>The model id reported in metadata and responses. Default: the model folder's name.</summary>
+    public string? ModelId { get; init; }
+}
+
+/// <summary>
+/// <see cref="IChatClient"/> over a <see cref="KvModel"/>, its chat template and a shared
+/// <see cref="PrefixCache"/>: every request restores the longest prefix any earlier request (any
+/// conversation, an earlier process, another process sharing the cache directory) computed, and
+/// stores its own. Usage reports input, output and cached input tokens. Any number of concurrent
+/// requests may share one client; each runs its own generation loop.
+/// </summary>
+public sealed class KvChatClient : IChatClient
+{
+    private readonly KvModel _model;
+    private readonly ModelTokenizer _tokenizer;
+    private readonly PrefixCache? _cache;
+    private readonly KvChatClientOptions _options;
+    private readonly ChatClientMetadata _metadata;
+
+    /// <summary>A client over <paramref name="model"/> and its <paramref name="tokenizer"/>; <paramref name="cache"/> null answers without prefix reuse.</summary>
+    public KvChatClient(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null, KvChatClientOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        _model = model;
+        _tokenizer = tokenizer;
+        _cache = cache;
+        _options = options ?? new KvChatClientOptions();
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(_options.DefaultMaxOutputTokens);
+        _metadata = new ChatClientMetadata("OrtKvTier", new Uri("file://" + model.Folder), _options.ModelId ?? Path.GetFileName(model.Folder));
+    }
+
+    /// <summary>The prompt tokens the chat template makes of <paramref name="messages"/> (ending with the assistant prompt).</summary>
+    public int[] PromptTokens(IEnumerable<ChatMessage> messages, ChatOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        return _tokenizer.Encode(_tokenizer.ApplyChatTemplate(MessagesJson(messages, options)));
+    }
+
+    /// <inheritdoc />
+    public Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var prompt = PromptTokens(messages, options);
+        return Task.Run(() =>
+        {
+            var result = Generate(prompt, options, onText: null, cancellationToken);
+            var response = new ChatResponse(new ChatMessage(ChatRole.Assistant, result.Text))
+            {
+                ModelId = _metadata.DefaultModelId, FinishReason = FinishReason(result.StopReason), Usage = Usage(result),
+                CreatedAt = DateTimeOffset.UtcNow, ResponseId = Guid.NewGuid().ToString("N"),
+                AdditionalProperties = Details(result),
+            };
+            return response;
+        }, cancellationToken);
+    }
+
+    /// <inheritdoc />
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var prompt = PromptTokens(messages, options);
+        // A small buffer: generation runs at most a couple of pieces ahead of the reader, so a reader that
+        // cancels or stops reading stops it within a token.
+        var pieces = Channel.CreateBounded<string>(new BoundedChannelOptions(1) { SingleReader = true, SingleWriter = true, FullMode = BoundedChannelFullMode.Wait });
+        var responseId = Guid.NewGuid().ToString("N");
+        // Stops the generation when the caller stops reading, not only when it cancels.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var run = Task.Run(() =>
+        {
+            try
+            {
+                return Generate(prompt, options, piece => pieces.Writer.WriteAsync(piece, stop.Token).AsTask().GetAwaiter().GetResult(), stop.Token);
+            }
+            finally
+            {
+                pieces.Writer.TryComplete();
+            }
+        }, stop.Token);
+
+        GenerationResult result;
+        try
+        {
+            await foreach (var piece in pieces.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+                yield return new ChatResponseUpdate(ChatRole.Assistant, piece) { ResponseId = responseId, ModelId = _metadata.DefaultModelId };
+            result = await run.ConfigureAwait(false);
+        }
+        finally
+        {
+            if (!run.IsCompleted)
+            {
+                await stop.CancelAsync().ConfigureAwait(false);
+                try { await run.ConfigureAwait(false); } catch (OperationCanceledException) { }
+            }
+        }
+        yield return new ChatResponseUpdate
+        {
+            Role = ChatRole.Assistant, ResponseId = responseId, ModelId = _metadata.DefaultModelId, FinishReason = FinishReason(result.StopReason),
+            Contents = [new UsageContent(Usage(result))], AdditionalProperties = Details(result),
+        };
+    }
+
+    /// <inheritdoc />
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(serviceType);
+        if (serviceKey is not null) return null;
+        if (serviceType == typeof(ChatClientMetadata)) return _metadata;
+        if (serviceType == typeof(KvModel)) return _model;
+        if (serviceType == typeof(PrefixCache)) return _cache;
+        return serviceType.IsInstanceOfType(this) ? this : null;
+    }
+
+    /// <summary>Nothing to release: the model, tokenizer and cache belong to the caller.</summary>
+    public void Dispose() { }
+
+    private GenerationResult Generate(int[] prompt, ChatOptions? options, Action<string>? onText, CancellationToken cancellationToken)
+    {
+        var search = SearchFor(options);
+        int maxNew = options?.MaxOutputTokens ?? _options.DefaultMaxOutputTokens;
+        if (maxNew <= 0) throw new ArgumentOutOfRangeException(nameof(options), maxNew, "ChatOptions.MaxOutputTokens must be positive.");
+        int room = search.MaxLength - prompt.Length;
+        if (room <= 0)
+            throw new ArgumentException($"The conversation is {prompt.Length} tokens; the model takes at most {search.MaxLength}. Shorten the history.", nameof(options));
+        return new TextGenerator(_model, _tokenizer, _cache).Generate(prompt, Math.Min(maxNew, room), search, onText, options?.StopSequences?.ToArray(), cancellationToken);
+    }
+
+    private SearchOptions SearchFor(ChatOptions? options)
+    {
+        var search = SearchOptions.FromConfig(_model);
+        if (options is null) return search;
+        bool sample = options.Temperature is > 0 || options.TopP is not null || options.TopK is not null;
+        if (options.Temperature is 0) sample = false;
+        search = search with
+        {
+            DoSample = sample || (search.DoSample && options.Temperature is not 0),
+            Temperature = options.Temperature is > 0 ? options.Temperature.Value : search.Temperature,
+            TopP = options.TopP ?? search.TopP,
+            TopK = options.TopK ?? search.TopK,
+            Seed = options.Seed is long seed ? unchecked((ulong)seed) : search.Seed,
+        };
+        search.Validate(_model);
+        return search;
+    }
+
+    private static string MessagesJson(IEnumerable<ChatMessage> messages, ChatOptions? options)
+    {
+        using var buffer = new MemoryStream();
+        using (var w = new Utf8JsonWriter(buffer))
+        {
+            w.WriteStartArray();
+            if (!string.IsNullOrEmpty(options?.Instructions)) Message(w, "system", options.Instructions);
+            foreach (var message in messages)
+            {
+                ArgumentNullException.ThrowIfNull(message, nameof(messages));
+                Message(w, message.Role.Value, message.Text);
+            }
+            w.WriteEndArray();
+        }
+        return Encoding.UTF8.GetString(buffer.ToArray());
+
+        static void Message(Utf8JsonWriter w, string role, string content)
+        {
+            w.WriteStartObject();
+            w.WriteString("role", role);
+            w.WriteString("content", content);
+            w.WriteEndObject();
+        }
+    }
+
+    private static UsageDetails Usage(GenerationResult result) => new()
+    {
+        InputTokenCount = result.PromptTokens, OutputTokenCount = result.Tokens.Length, TotalTokenCount = result.PromptTokens + result.Tokens.Length,
+        CachedInputTokenCount = result.CachedTokens,
+    };
+
+    private static AdditionalPropertiesDictionary Details(GenerationResult result) => new()
+    {
+        ["ttft_ms"] = result.TtftMs,
+        ["cached_tokens"] = result.CachedTokens,
+        ["tokens_by_tier"] = result.Restore.TokensByTier,
+        ["prefill_ms"] = result.PrefillMs,
+    };
+
+    private static ChatFinishReason FinishReason(StopReason reason) => reason switch
+    {
+        StopReason.MaxNewTokens or StopReason.MaxLength => ChatFinishReason.Length,
+        _ => ChatFinishReason.Stop,
+    };
+}
+
+/// <summary>Extensions that make chat clients.</summary>
+public static class KvChatClientExtensions
+{
+    /// <summary>An <see cref="IChatClient"/> over this model, its tokenizer and (optionally) a shared prefix cache.</summary>
+    public static KvChatClient AsChatClient(this KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null, KvChatClientOptions? options = null) =>
+        new(model, tokenizer, cache, options);
+}
