@@ -3,7 +3,7 @@ using OrtKvTier.Console.Commands;
 using OrtKvTier.Model;
 
 const string usage = "usage: ortkv <command> [options]   (--verbose shows stack traces)\n\n" +
-    GenerateCommand.Usage + "\n" + CacheCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
+    GenerateCommand.Usage + "\n" + ChatCommand.ChatUsage + "\n" + ChatCommand.WarmUsage + "\n" + CacheCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
 
 var verbose = args.Contains("--verbose");
 var rest = args.Where(a => a != "--verbose").ToArray();
@@ -19,6 +19,8 @@ try
     return rest[0] switch
     {
         "generate" => GenerateCommand.Run(new CommandLine(options, new HashSet<string>(["json", "sample", .. CacheOptions.Flags]))),
+        "chat" => ChatCommand.Chat(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
+        "warm" => ChatCommand.Warm(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
         "build-model" => BuildModelCommand.Run(new CommandLine(options, new HashSet<string>())),
         "cache" when rest.Length > 1 => CacheCommand.Run(rest[1], new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "bench" when rest.Length > 1 && rest[1] == "disk" => BenchDiskCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),

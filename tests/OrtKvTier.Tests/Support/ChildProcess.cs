@@ -18,9 +18,16 @@ internal static class ChildProcess
     /// <summary>Runs the console to completion.</summary>
     public static (int ExitCode, string StdOut, string StdErr) Console(params string[] args) => Run(ConsoleDll, TimeSpan.FromMinutes(5), args);
 
-    public static (int ExitCode, string StdOut, string StdErr) Run(string dll, TimeSpan timeout, params string[] args)
+    public static (int ExitCode, string StdOut, string StdErr) Run(string dll, TimeSpan timeout, params string[] args) => Run(dll, timeout, stdin: null, args);
+
+    /// <summary>Runs the console with <paramref name="stdin"/> as its input (then end of input).</summary>
+    public static (int ExitCode, string StdOut, string StdErr) ConsoleWithInput(string stdin, params string[] args) => Run(ConsoleDll, TimeSpan.FromMinutes(5), stdin, args);
+
+    private static (int ExitCode, string StdOut, string StdErr) Run(string dll, TimeSpan timeout, string? stdin, string[] args)
     {
         using var process = Start(dll, args);
+        if (stdin is not null) process.StandardInput.Write(stdin);
+        process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         if (!process.WaitForExit(timeout))
