@@ -1,0 +1,43 @@
+using System.Text.Json;
+using OrtKvTier.Tests.Support;
+
+namespace OrtKvTier.Tests.Console;
+
+/// <summary>The model benches run end to end on the tiny model and report what the README reads from them.</summary>
+public sealed class BenchCommandTests
+{
+    [Fact]
+    public void BenchTtftReportsAllFourRowsAndRestoresThePrefixFromHostAndDisk()
+    {
+        var run = ChildProcess.Console("bench", "ttft", "--model", TestPaths.Tiny, "--prefix-tokens", "128", "--suffix-tokens", "4", "--new-tokens", "2", "--reps", "1", "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        var root = JsonDocument.Parse(run.StdOut).RootElement;
+        foreach (var row in new[] { "no_cache", "host_hit", "disk_hit", "genai" })
+            Assert.True(root.GetProperty("ttft_ms").GetProperty(row).GetDouble() > 0, row);
+        var phases = root.GetProperty("phases_ms");
+        Assert.Equal(128, phases.GetProperty("host_hit").GetProperty("cached_tokens").GetInt32());
+        Assert.Equal(128, phases.GetProperty("disk_hit").GetProperty("cached_tokens").GetInt32());
+        Assert.Equal(4, phases.GetProperty("disk_hit").GetProperty("prefill_tokens").GetInt32());
+        Assert.Equal(132, phases.GetProperty("no_cache").GetProperty("prefill_tokens").GetInt32());
+    }
+
+    [Fact]
+    public void BenchChunksAndBenchChatRunAndReportEveryRow()
+    {
+        var chunks = ChildProcess.Console("bench", "chunks", "--model", TestPaths.Tiny, "--prefix-tokens", "128", "--sizes", "16,32", "--reps", "1", "--json");
+        Assert.True(chunks.ExitCode == 0, chunks.StdErr);
+        var rows = JsonDocument.Parse(chunks.StdOut).RootElement.GetProperty("rows").EnumerateArray().ToArray();
+        Assert.Equal([16, 32], rows.Select(r => r.GetProperty("chunk_tokens").GetInt32()));
+        Assert.All(rows, r => Assert.True(r.GetProperty("disk_restore_ms").GetDouble() > 0));
+
+        using var temp = new TempDir();
+        var svg = temp.Sub("chat.svg");
+        var chat = ChildProcess.Console("bench", "chat", "--model", TestPaths.Tiny, "--conversations", "2", "--turns", "2", "--system-tokens", "64",
+            "--user-tokens", "8", "--new-tokens", "4", "--chart", svg, "--json");
+        Assert.True(chat.ExitCode == 0, chat.StdErr);
+        var turns = JsonDocument.Parse(chat.StdOut).RootElement.GetProperty("per_turn").EnumerateArray().ToArray();
+        Assert.Equal(2, turns.Length);
+        Assert.True(turns[1].GetProperty("kv_cache_cached_tokens").GetDouble() >= 64);
+        Assert.StartsWith("<svg", File.ReadAllText(svg));
+    }
+}
