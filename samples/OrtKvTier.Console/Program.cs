@@ -3,7 +3,7 @@ using OrtKvTier.Console.Commands;
 using OrtKvTier.Model;
 
 const string usage = "usage: ortkv <command> [options]   (--verbose shows stack traces)\n\n" +
-    GenerateCommand.Usage + "\n" + ChatCommand.ChatUsage + "\n" + ChatCommand.WarmUsage + "\n" + CacheCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BenchChatCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
+    GenerateCommand.Usage + "\n" + ChatCommand.ChatUsage + "\n" + ChatCommand.WarmUsage + "\n" + CacheCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BenchChatCommand.Usage + "\n" + BenchRemoteCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
 
 var verbose = args.Contains("--verbose");
 var rest = args.Where(a => a != "--verbose").ToArray();
@@ -24,6 +24,7 @@ try
         "build-model" => BuildModelCommand.Run(new CommandLine(options, new HashSet<string>())),
         "cache" when rest.Length > 1 => CacheCommand.Run(rest[1], new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "bench" when rest.Length > 1 && rest[1] == "disk" => BenchDiskCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
+        "bench" when rest.Length > 1 && rest[1] == "remote" => BenchRemoteCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "bench" when rest.Length > 1 && rest[1] == "chat" => BenchChatCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "bench" when rest.Length > 1 && rest[1] == "chunks" => BenchChunksCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "bench" when rest.Length > 1 && rest[1] == "ttft" => BenchTtftCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Cache.Tiers;
+using OrtKvTier.Cache.Tiers.Remote;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
@@ -171,9 +172,50 @@ public sealed class PrefixCache : IDisposable
         while (count < keys.Length && Tiers.Any(t => t.Contains(keys[count]))) count++;
         if (count < minChunks) count = 0;
         var leased = new HostChunk?[count];
+        var from = new string?[count];
         for (int i = 0; i < count; i++)
-            if (Host.TryLease(keys[i], ChunkTokensOf(tokens, i), out var chunk)) leased[i] = chunk;
-        return new ChainPlan(keys[..count], tokens[..(count * ChunkTokens)].ToArray(), leased, start);
+            if (Host.TryLease(keys[i], ChunkTokensOf(tokens, i), out var chunk)) (leased[i], from[i]) = (chunk, Host.Name);
+        var plan = new ChainPlan(keys[..count], tokens[..(count * ChunkTokens)].ToArray(), leased, from, start);
+        PrefetchRemote(plan);
+        return plan;
+    }
+
+    /// <summary>
+    /// Chunks that neither host memory nor the disk hold are fetched from remote tiers now, in one round
+    /// trip per tier, into host memory (and promoted: host at once, disk by the writer thread).
+    /// </summary>
+    private void PrefetchRemote(ChainPlan plan)
+    {
+        var missing = Enumerable.Range(0, plan.Count).Where(i => plan.Leased[i] is null && Disk?.Contains(plan.Keys[i]) != true).ToList();
+        foreach (var remote in _lower.OfType<RemoteTier>())
+        {
+            if (missing.Count == 0) return;
+            var chunks = missing.Select(i => new HostChunk(plan.Keys[i], plan.Tokens.AsSpan(i * ChunkTokens, ChunkTokens), ChunkBytes)).ToArray();
+            bool[] found;
+            try
+            {
+                found = remote.TryReadMany(missing.Select(i => plan.Keys[i]).ToArray(), chunks.Select(c => c.Tokens).ToArray(),
+                    chunks.Select(c => c.Memory).ToArray());
+            }
+            catch
+            {
+                foreach (var c in chunks) c.Release();
+                throw;
+            }
+            var still = new List<int>();
+            for (int j = 0; j < missing.Count; j++)
+            {
+                if (!found[j])
+                {
+                    chunks[j].Release();
+                    still.Add(missing[j]);
+                    continue;
+                }
+                (plan.Leased[missing[j]], plan.From[missing[j]]) = (chunks[j], remote.Name);
+                if (Host.Add(chunks[j])) PromoteAbove(chunks[j], remote.Name);
+            }
+            missing = still;
+        }
     }
 
     /// <summary>
@@ -186,7 +228,7 @@ public sealed class PrefixCache : IDisposable
         if (plan.Leased[index] is { } leased)
         {
             ChunkLayout.CopyToPast(leased.Pointer, index, tokens, past, capacity);
-            return Count(Host.Name);
+            return Count(plan.From[index] ?? Host.Name);
         }
         var key = plan.Keys[index];
         var chunkTokens = plan.Tokens.AsSpan(index * ChunkTokens, ChunkTokens);
@@ -240,7 +282,8 @@ public sealed class PrefixCache : IDisposable
         for (int i = firstChunk; i < keys.Count; i++)
         {
             if (Host.Contains(keys[i])) continue;
-            bool isNew = !_lower.Any(t => t.Contains(keys[i]));
+            // Only the local disk is asked here; the writer thread asks each lower tier before writing to it.
+            bool isNew = Disk?.Contains(keys[i]) != true;
             var chunk = new HostChunk(keys[i], ChunkTokensOf(tokens, i), ChunkBytes);
             try
             {
@@ -323,11 +366,13 @@ public sealed class PrefixCache : IDisposable
 public sealed record PrefixCacheStats(int ChunkTokens, long ChunkBytes, IReadOnlyList<KvTierStats> Tiers, int PendingWrites);
 
 /// <summary>A chain found in the tiers' indexes: keys, token ids and host leases (null where a lower tier holds the chunk). Dispose releases the leases.</summary>
-internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leased, long startTimestamp) : IDisposable
+internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leased, string?[] from, long startTimestamp) : IDisposable
 {
     public ChunkKey[] Keys { get; } = keys;
     public int[] Tokens { get; } = tokens;
     public HostChunk?[] Leased { get; } = leased;
+    /// <summary>The tier each leased chunk came from (host, or a remote tier it was just fetched from).</summary>
+    public string?[] From { get; } = from;
     public int Count => Keys.Length;
     public long StartTimestamp { get; } = startTimestamp;
 

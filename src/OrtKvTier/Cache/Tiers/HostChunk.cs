@@ -31,6 +31,9 @@ internal sealed unsafe class HostChunk
     public byte* Pointer => _data != null ? _data : throw new ObjectDisposedException(nameof(HostChunk));
     public Span<byte> Bytes => new(Pointer, checked((int)Length));
 
+    /// <summary>The bytes as <see cref="Memory{T}"/> (valid while a reference is held).</summary>
+    public Memory<byte> Memory => new NativeMemoryManager(this).Memory;
+
     public bool TokensEqual(ReadOnlySpan<int> tokens) => tokens.SequenceEqual(Tokens);
 
     /// <summary>Adds a reference; pair with <see cref="Release"/>.</summary>
@@ -51,4 +54,13 @@ internal sealed unsafe class HostChunk
         }
         else if (left < 0) throw new InvalidOperationException($"Chunk {Key} was released more often than retained.");
     }
+}
+
+/// <summary>Exposes a <see cref="HostChunk"/>'s native bytes as <see cref="Memory{T}"/>.</summary>
+internal sealed unsafe class NativeMemoryManager(HostChunk chunk) : System.Buffers.MemoryManager<byte>
+{
+    public override Span<byte> GetSpan() => chunk.Bytes;
+    public override System.Buffers.MemoryHandle Pin(int elementIndex = 0) => new(chunk.Pointer + elementIndex);
+    public override void Unpin() { }
+    protected override void Dispose(bool disposing) { }
 }

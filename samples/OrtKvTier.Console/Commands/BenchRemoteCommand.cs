@@ -1,0 +1,148 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using OrtKvTier.Cache;
+using OrtKvTier.Cache.Tiers.Remote;
+using OrtKvTier.Generation;
+using OrtKvTier.Model;
+using OrtKvTier.Storage;
+
+namespace OrtKvTier.Console.Commands;
+
+/// <summary>
+/// <c>bench remote</c>: restore GB/s of a prefix from a Redis-compatible server against the local disk
+/// tier (each from a fresh cache with an empty host tier), and time to first token with a remote hit
+/// against no cache, on the same folder and prompts in one run.
+/// </summary>
+internal static class BenchRemoteCommand
+{
+    public const string Usage = "bench remote [--model DIR] [--remote redis://HOST:PORT] [--prefix-tokens N] [--reps R] [--json]   (no --remote: starts redis-server on a free loopback port)";
+
+    public static int Run(CommandLine cl)
+    {
+        var folder = BenchModel.Resolve(cl.String("model"));
+        var remoteText = cl.String("remote");
+        int prefix = cl.Int("prefix-tokens", 2048, PrefixCacheOptions.DefaultChunkTokens);
+        prefix -= prefix % PrefixCacheOptions.DefaultChunkTokens;
+        int reps = cl.Int("reps", 3, 1);
+        bool json = cl.Flag("json");
+        cl.RejectUnknown();
+
+        using var server = remoteText is null ? LocalServer.Start() : null;
+        var connection = remoteText ?? server!.Endpoint;
+        using var model = KvModel.Load(folder);
+        using var tokenizer = new ModelTokenizer(model.Folder);
+        var search = SearchOptions.FromConfig(model) with { DoSample = false };
+        var prefixTokens = BenchModel.Tokens(prefix, 3, model.VocabSize);
+        int[] Prompt(int rep) => [.. prefixTokens, .. BenchModel.Tokens(QuestionTokens, 2000 + rep, model.VocabSize)];
+        var ns = "bench-" + Guid.NewGuid().ToString("N")[..8];
+        var dir = Path.Combine(Path.GetTempPath(), "ortkv-bench-remote-" + ns);
+        var remoteOptions = new RemoteTierOptions { Connection = connection, Namespace = ns, Admission = RemoteAdmission.Always, OperationTimeout = TimeSpan.FromSeconds(2) };
+        var diskOptions = new PrefixCacheOptions { Directory = dir, DiskCapacityBytes = 4L * prefix * model.Layout.BytesPerToken + (64L << 20) };
+        PrefixCache RemoteOnly()
+        {
+            var remote = new RemoteTier(remoteOptions, SlotPoolIdentity.For(model, PrefixCacheOptions.DefaultChunkTokens), StderrLogger.Instance);
+            remote.Contains(default); // connect now: a server keeps its connection, the restore should not pay for opening it
+            return PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remote] });
+        }
+        try
+        {
+            System.Console.Error.WriteLine($"{model.Folder}, {prefix}-token prefix, server {connection}");
+            new TextGenerator(model, tokenizer).Generate(BenchModel.Tokens(64, 9, model.VocabSize), 1, search); // warm-up
+            using (var fill = PrefixCache.Open(model, diskOptions with { ExtraTiers = [new RemoteTier(remoteOptions, SlotPoolIdentity.For(model, PrefixCacheOptions.DefaultChunkTokens))] }))
+            {
+                new TextGenerator(model, tokenizer, fill).Generate(Prompt(-1), 1, search);
+                fill.Flush();
+                var remote = (RemoteTier)fill.Tiers[^1];
+                System.Console.Error.WriteLine($"remote tier after the fill: {remote.GetStats().Writes} chunks written, {remote.Failures} failures");
+            }
+            long bytes = (long)prefix * model.Layout.BytesPerToken;
+            var remoteMs = Repeat(reps, _ => { using var c = RemoteOnly(); return RestoreMs(model, c, Prompt(-1)); });
+            var diskMs = Repeat(reps, _ => { using var c = PrefixCache.Open(model, diskOptions); return RestoreMs(model, c, Prompt(-1)); });
+            var noCache = Repeat(reps, r => new TextGenerator(model, tokenizer).Generate(Prompt(r), 8, search).TtftMs);
+            var remoteHit = Repeat(reps, r => { using var c = RemoteOnly(); return new TextGenerator(model, tokenizer, c).Generate(Prompt(r), 8, search).TtftMs; });
+
+            double remoteGbps = bytes / BenchModel.Median(remoteMs) / 1e6, diskGbps = bytes / BenchModel.Median(diskMs) / 1e6;
+            double noCacheTtft = BenchModel.Median(noCache), remoteTtft = BenchModel.Median(remoteHit);
+            if (json)
+                JsonOutput.Write(w =>
+                {
+                    w.WriteString("model", model.Folder);
+                    w.WriteNumber("prefix_tokens", prefix);
+                    w.WriteNumber("restore_bytes", bytes);
+                    w.WriteNumber("remote_restore_gbps", Math.Round(remoteGbps, 3));
+                    w.WriteNumber("disk_restore_gbps", Math.Round(diskGbps, 3));
+                    w.WriteNumber("no_cache_ttft_ms", Math.Round(noCacheTtft, 2));
+                    w.WriteNumber("remote_hit_ttft_ms", Math.Round(remoteTtft, 2));
+                    w.WriteNumber("no_cache_over_remote_hit", Math.Round(noCacheTtft / remoteTtft, 2));
+                });
+            else
+            {
+                System.Console.WriteLine($"restore {bytes / 1e6:F1} MB: remote {BenchModel.Median(remoteMs):F1} ms = {remoteGbps:F2} GB/s; local disk {BenchModel.Median(diskMs):F1} ms = {diskGbps:F2} GB/s (medians of {reps})");
+                System.Console.WriteLine($"TTFT: no cache {noCacheTtft:F1} ms, remote hit {remoteTtft:F1} ms ({noCacheTtft / remoteTtft:F1}x)");
+            }
+        }
+        finally
+        {
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
+        return 0;
+    }
+
+    private static double RestoreMs(KvModel model, PrefixCache cache, int[] prompt)
+    {
+        using var binding = model.Session.CreateIoBinding();
+        using var restored = new PrefixCacheHook(cache, model.Layout).Restore(prompt, binding);
+        if (restored.Tokens != prompt.Length - QuestionTokens)
+            throw new InvalidOperationException($"Restored {restored.Tokens} of {prompt.Length} prompt tokens ({string.Join(", ", restored.Report.TokensByTier)}); is the server reachable?");
+        return restored.Report.LookupMs + restored.Report.RestoreMs;
+    }
+
+    /// <summary>Each prompt is the prefix (whole chunks) plus a question of this many tokens: everything but the question is restored.</summary>
+    private const int QuestionTokens = 16;
+
+    private static List<double> Repeat(int reps, Func<int, double> measure) => Enumerable.Range(0, reps).Select(measure).ToList();
+
+    /// <summary>A private redis-server on a free loopback port for the bench's duration.</summary>
+    private sealed class LocalServer : IDisposable
+    {
+        private readonly Process _process;
+        private LocalServer(Process process, string endpoint) => (_process, Endpoint) = (process, endpoint);
+        public string Endpoint { get; }
+
+        public static LocalServer Start()
+        {
+            var listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            int port = ((IPEndPoint)listener.LocalEndpoint).Port;
+            listener.Stop();
+            var info = new ProcessStartInfo("redis-server") { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in new[] { "--port", port.ToString(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no" }) info.ArgumentList.Add(a);
+            Process process;
+            try
+            {
+                process = Process.Start(info)!;
+            }
+            catch (System.ComponentModel.Win32Exception)
+            {
+                throw new UsageException("bench remote needs --remote redis://HOST:PORT or redis-server on the PATH (apt-get install redis-server).");
+            }
+            for (var clock = Stopwatch.StartNew(); clock.Elapsed < TimeSpan.FromSeconds(10); Thread.Sleep(50))
+                try
+                {
+                    using var probe = new TcpClient("127.0.0.1", port);
+                    return new LocalServer(process, $"127.0.0.1:{port}");
+                }
+                catch (SocketException) { }
+            process.Kill();
+            throw new InvalidOperationException("redis-server did not start listening within 10 s.");
+        }
+
+        public void Dispose()
+        {
+            _process.Kill();
+            _process.WaitForExit();
+            _process.Dispose();
+        }
+    }
+}

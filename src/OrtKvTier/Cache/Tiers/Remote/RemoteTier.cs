@@ -1,0 +1,193 @@
+using Microsoft.Extensions.Logging;
+using OrtKvTier.Diagnostics;
+using OrtKvTier.Storage;
+using StackExchange.Redis;
+
+namespace OrtKvTier.Cache.Tiers.Remote;
+
+/// <summary>
+/// A tier on a Redis-compatible server shared by a fleet: chunk entries under
+/// <c>namespace:fingerprint:chunk-key</c>, self-verifying like a slot, with a time to live. Give it to
+/// <see cref="PrefixCacheOptions.ExtraTiers"/>: reads come through on a local miss (and are promoted
+/// into host memory and disk), writes go behind on the cache's writer thread, filtered by
+/// <see cref="RemoteTierOptions.Admission"/>. A slow, absent or restarting server never fails a
+/// request: operations time out quickly, repeated failures open a circuit breaker, and the local
+/// tiers carry on. A foreign, truncated or tampered value is a miss and is deleted.
+/// </summary>
+public sealed class RemoteTier : IKvChunkTier
+{
+    private readonly RemoteTierOptions _options;
+    private readonly SlotPoolIdentity _identity;
+    private readonly ILogger? _logger;
+    private readonly ConnectionMultiplexer _connection;
+    private readonly string _prefix;
+    private readonly object _breakerGate = new();
+    private int _consecutiveFailures;
+    private long _openUntilTicks;
+    private long _hits, _misses, _writes, _rejected, _failures, _damaged, _bytes;
+
+    /// <summary>Connects (in the background if the server is not up yet) for the cache's <paramref name="identity"/>.</summary>
+    public RemoteTier(RemoteTierOptions options, SlotPoolIdentity identity, ILogger? logger = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(identity);
+        options.Validate();
+        _options = options;
+        _identity = identity;
+        _logger = logger;
+        _prefix = $"{options.Namespace}:{identity.Fingerprint}:{identity.ChunkTokens}:";
+        var config = ConfigurationOptions.Parse(RemoteTierOptions.ConfigurationFor(options.Connection));
+        config.AbortOnConnectFail = false;
+        int timeout = (int)Math.Max(1, options.OperationTimeout.TotalMilliseconds);
+        config.ConnectTimeout = timeout;
+        config.SyncTimeout = timeout;
+        config.AsyncTimeout = timeout;
+        config.ConnectRetry = 1;
+        _connection = ConnectionMultiplexer.Connect(config);
+    }
+
+    /// <summary>For a cache: the identity comes from it.</summary>
+    public static RemoteTier For(PrefixCacheOptions cacheOptions, Model.KvModel model, RemoteTierOptions options, ILogger? logger = null)
+    {
+        ArgumentNullException.ThrowIfNull(cacheOptions);
+        return new RemoteTier(options, SlotPoolIdentity.For(model, cacheOptions.ChunkTokens), logger);
+    }
+
+    /// <inheritdoc />
+    public string Name => "remote";
+
+    /// <summary>Whether the circuit breaker is open (the server is being left alone).</summary>
+    public bool IsBroken => DateTime.UtcNow.Ticks < Interlocked.Read(ref _openUntilTicks);
+
+    /// <summary>Operations that failed (timeouts, refused connections) since creation.</summary>
+    public long Failures => Interlocked.Read(ref _failures);
+
+    /// <summary>Values found foreign, truncated or tampered with (each deleted) since creation.</summary>
+    public long Damaged => Interlocked.Read(ref _damaged);
+
+    /// <inheritdoc />
+    public bool Contains(ChunkKey key) => Guarded(db => db.KeyExists(Key(key)), false);
+
+    /// <inheritdoc />
+    public bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination) =>
+        Accept(key, tokens, Guarded(db => (byte[]?)db.StringGet(Key(key)), null), destination);
+
+    /// <summary>Checks a fetched value and copies its payload; a bad value is counted, logged and deleted.</summary>
+    private bool Accept(ChunkKey key, ReadOnlySpan<int> tokens, byte[]? value, Span<byte> destination)
+    {
+        if (value is null)
+        {
+            Interlocked.Increment(ref _misses);
+            return false;
+        }
+        var failure = value.LongLength > _options.MaxValueBytes ? $"{value.LongLength} bytes is over MaxValueBytes" : RemoteEntry.Decode(value, _identity, key, tokens, destination);
+        if (failure is null)
+        {
+            Interlocked.Increment(ref _hits);
+            return true;
+        }
+        Interlocked.Increment(ref _misses);
+        Interlocked.Increment(ref _damaged);
+        KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Name));
+        _logger?.LogWarning("Remote tier: the value for chunk {Key} is a miss: {Reason}. It was deleted.", key, failure);
+        Guarded(db => db.KeyDelete(Key(key)), false);
+        return false;
+    }
+
+    /// <summary>
+    /// Reads several chunks in one round trip (MGET) into <paramref name="destinations"/>; true where one
+    /// came back intact. One waiting thread instead of one per chunk: synchronous calls from many pool
+    /// threads at once can starve the client's own reader of threads.
+    /// </summary>
+    public bool[] TryReadMany(IReadOnlyList<ChunkKey> keys, IReadOnlyList<int[]> tokens, IReadOnlyList<Memory<byte>> destinations)
+    {
+        var found = new bool[keys.Count];
+        if (keys.Count == 0) return found;
+        var values = Guarded(db => db.StringGet(keys.Select(k => (RedisKey)Key(k)).ToArray()), null);
+        if (values is null)
+        {
+            Interlocked.Add(ref _misses, keys.Count);
+            return found;
+        }
+        for (int i = 0; i < keys.Count; i++)
+            found[i] = Accept(keys[i], tokens[i], (byte[]?)values[i], destinations[i].Span);
+        return found;
+    }
+
+    /// <inheritdoc />
+    public bool Write(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
+    {
+        if (IsBroken) return false;
+        if (_options.Admission == RemoteAdmission.SeenTwice)
+        {
+            var seen = _prefix + "seen:" + key;
+            long count = Guarded(db =>
+            {
+                long n = db.StringIncrement(seen);
+                if (n == 1) db.KeyExpire(seen, _options.TimeToLive);
+                return n;
+            }, 0L);
+            if (count < 2)
+            {
+                Interlocked.Increment(ref _rejected);
+                return false;
+            }
+        }
+        var value = RemoteEntry.Encode(_identity, key, tokens, payload);
+        if (value.LongLength > _options.MaxValueBytes)
+        {
+            Interlocked.Increment(ref _rejected);
+            return false;
+        }
+        bool stored = Guarded(db => db.StringSet(Key(key), value, _options.TimeToLive), false);
+        if (stored)
+        {
+            Interlocked.Increment(ref _writes);
+            Interlocked.Add(ref _bytes, payload.Length);
+        }
+        return stored;
+    }
+
+    /// <inheritdoc />
+    public bool Remove(ChunkKey key) => Guarded(db => db.KeyDelete(Key(key)), false);
+
+    /// <inheritdoc />
+    public KvTierStats GetStats() => new()
+    {
+        Name = Name, Entries = Interlocked.Read(ref _writes), Bytes = Interlocked.Read(ref _bytes), CapacityBytes = 0,
+        Hits = Interlocked.Read(ref _hits), Misses = Interlocked.Read(ref _misses), Writes = Interlocked.Read(ref _writes), Evictions = 0,
+    };
+
+    /// <inheritdoc />
+    public void Dispose() => _connection.Dispose();
+
+    /// <summary>The server key of a chunk.</summary>
+    public string Key(ChunkKey key) => _prefix + key;
+
+    /// <summary>Runs a server call unless the circuit is open; a failure returns <paramref name="fallback"/> and counts towards opening it.</summary>
+    private T Guarded<T>(Func<IDatabase, T> call, T fallback)
+    {
+        if (IsBroken) return fallback;
+        try
+        {
+            var result = call(_connection.GetDatabase());
+            Volatile.Write(ref _consecutiveFailures, 0);
+            return result;
+        }
+        catch (Exception e) when (e is RedisException or TimeoutException or ObjectDisposedException)
+        {
+            Interlocked.Increment(ref _failures);
+            lock (_breakerGate)
+            {
+                if (++_consecutiveFailures >= _options.FailuresToBreak && !IsBroken)
+                {
+                    Interlocked.Exchange(ref _openUntilTicks, DateTime.UtcNow.Add(_options.BreakDuration).Ticks);
+                    _consecutiveFailures = 0;
+                    _logger?.LogWarning("Remote tier {Connection}: {Failures} operations failed in a row ({Error}); leaving it alone for {Seconds:F1} s. Local tiers carry on.",
+                        _options.Connection, _options.FailuresToBreak, e.Message, _options.BreakDuration.TotalSeconds);
+                }
+            }
+            return fallback;
+        }
+    }
+}

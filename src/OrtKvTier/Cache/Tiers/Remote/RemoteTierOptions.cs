@@ -1,0 +1,64 @@
+namespace OrtKvTier.Cache.Tiers.Remote;
+
+/// <summary>Which chunks a process uploads to the remote tier.</summary>
+public enum RemoteAdmission
+{
+    /// <summary>Every chunk this process computes (fine for a few instances or a big server).</summary>
+    Always,
+    /// <summary>
+    /// A chunk is uploaded once the fleet has computed it twice: each offer bumps a small counter on
+    /// the server, and the second offer (from any instance) uploads the bytes. One-off prompts never
+    /// cross the network; shared system prompts and documents do.
+    /// </summary>
+    SeenTwice,
+}
+
+/// <summary>How to reach and use a Redis-compatible server (Redis, Valkey) as a shared chunk tier.</summary>
+public sealed record RemoteTierOptions
+{
+    /// <summary>StackExchange.Redis configuration, e.g. <c>localhost:6379</c> or <c>redis://host:port</c>.</summary>
+    public required string Connection { get; init; }
+
+    /// <summary>Prefix of every key, so several apps can share a server. Default <c>ortkv</c>.</summary>
+    public string Namespace { get; init; } = "ortkv";
+
+    /// <summary>How long an entry lives after it is written. Default 1 day.</summary>
+    public TimeSpan TimeToLive { get; init; } = TimeSpan.FromDays(1);
+
+    /// <summary>Which chunks are uploaded. Default <see cref="RemoteAdmission.SeenTwice"/>.</summary>
+    public RemoteAdmission Admission { get; init; } = RemoteAdmission.SeenTwice;
+
+    /// <summary>Largest value uploaded or accepted, in bytes. Default 64 MiB.</summary>
+    public long MaxValueBytes { get; init; } = 64L << 20;
+
+    /// <summary>Time allowed for connecting and for one operation before it counts as a failure. Default 250 ms.</summary>
+    public TimeSpan OperationTimeout { get; init; } = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>Consecutive failures that open the circuit (no server calls until <see cref="BreakDuration"/> passes). Default 3.</summary>
+    public int FailuresToBreak { get; init; } = 3;
+
+    /// <summary>How long an open circuit stays open. Default 5 s.</summary>
+    public TimeSpan BreakDuration { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Parses <c>redis://host:port</c> (or <c>host:port</c>) into a StackExchange.Redis configuration string.</summary>
+    public static string ConfigurationFor(string connection)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(connection);
+        if (!connection.Contains("://", StringComparison.Ordinal)) return connection;
+        if (!Uri.TryCreate(connection, UriKind.Absolute, out var uri) || uri.Scheme is not ("redis" or "valkey"))
+            throw new ArgumentException($"Expected redis://host:port (or host:port); got '{connection}'.", nameof(connection));
+        return $"{uri.Host}:{(uri.IsDefaultPort || uri.Port < 0 ? 6379 : uri.Port)}";
+    }
+
+    /// <summary>Throws when a setting is out of range, naming it.</summary>
+    public void Validate()
+    {
+        ConfigurationFor(Connection);
+        ArgumentException.ThrowIfNullOrWhiteSpace(Namespace);
+        if (TimeToLive <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(TimeToLive), TimeToLive, "TimeToLive must be positive.");
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxValueBytes);
+        if (OperationTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(OperationTimeout), OperationTimeout, "OperationTimeout must be positive.");
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(FailuresToBreak);
+        if (BreakDuration < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(BreakDuration), BreakDuration, "BreakDuration must not be negative.");
+    }
+}

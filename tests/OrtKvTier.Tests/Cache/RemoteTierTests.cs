@@ -1,0 +1,136 @@
+using System.Text.Json;
+using OrtKvTier.Cache;
+using OrtKvTier.Cache.Tiers.Remote;
+using OrtKvTier.Model;
+using OrtKvTier.Storage;
+using OrtKvTier.Tests.Support;
+using StackExchange.Redis;
+
+namespace OrtKvTier.Tests.Cache;
+
+/// <summary>The remote tier against a real Redis server.</summary>
+public sealed class RemoteTierTests : IDisposable
+{
+    private const int Chunk = 16;
+    private readonly TempDir _temp = new();
+    private readonly string _namespace = "test-" + Guid.NewGuid().ToString("N")[..8];
+
+    private RemoteTierOptions Options(RedisServer server, RemoteAdmission admission = RemoteAdmission.Always) =>
+        new() { Connection = "redis://" + server.Endpoint, Namespace = _namespace, Admission = admission, BreakDuration = TimeSpan.FromSeconds(30) };
+
+    private PrefixCache Cache(KvModel model, RemoteTier remote, string? directory) =>
+        PrefixCache.Open(model, new PrefixCacheOptions { Directory = directory, ChunkTokens = Chunk, DiskCapacityBytes = 16L << 20, ExtraTiers = [remote] });
+
+    [RedisFact]
+    public void ASecondProcessWithItsOwnLocalCacheRestoresTheFirstsPrefixFromTheServer()
+    {
+        using var server = RedisServer.Shared();
+        var prompt = string.Join(' ', Enumerable.Repeat("The quick brown fox jumps over the lazy dog.", 6));
+        string[] Args(string dir) => ["generate", "--prompt", prompt, "--max-new-tokens", "8", "--json", "--chunk-tokens", "16", "--cache-size", "16MiB",
+            "--cache-dir", dir, "--remote", "redis://" + server.Endpoint, "--remote-admission", "always", "--remote-namespace", _namespace];
+        var first = Json(ChildProcess.Console(Args(_temp.Sub("a"))));
+        var second = Json(ChildProcess.Console(Args(_temp.Sub("b"))));
+        int promptTokens = first.GetProperty("prompt_tokens").GetInt32();
+        Assert.Equal(0, first.GetProperty("cached_tokens").GetInt32());
+        Assert.Equal(promptTokens / Chunk * Chunk, second.GetProperty("cached_tokens").GetInt32());
+        Assert.Equal(second.GetProperty("cached_tokens").GetInt32(), second.GetProperty("cache").GetProperty("tokens_by_tier").GetProperty("remote").GetInt32());
+        Assert.Equal(first.GetProperty("tokens").ToString(), second.GetProperty("tokens").ToString());
+        // The second process promoted what it read into its own disk tier.
+        var stats = ChildProcess.Console("cache", "stats", "--cache-dir", _temp.Sub("b"), "--json");
+        Assert.True(JsonDocument.Parse(stats.StdOut).RootElement.GetProperty("pools")[0].GetProperty("entries").GetInt32() >= promptTokens / Chunk);
+    }
+
+    [RedisFact]
+    public void SeenTwiceUploadsAChunkOnlyOnceTwoInstancesHaveComputedIt()
+    {
+        using var server = RedisServer.Shared();
+        using var model = KvModel.Load(TestPaths.Tiny);
+        var prompt = CacheTestKit.Prompt(3 * Chunk + 2, seed: 70);
+        int Restored(string name)
+        {
+            using var remote = new RemoteTier(Options(server, RemoteAdmission.SeenTwice), SlotPoolIdentity.For(model, Chunk));
+            using var cache = Cache(model, remote, directory: null);
+            var run = CacheTestKit.Greedy(model, prompt, cache);
+            cache.Flush();
+            return run.Restore.TokensByTier.GetValueOrDefault("remote");
+        }
+        Assert.Equal(0, Restored("first"));   // computed; the server only counted it
+        Assert.Equal(0, Restored("second"));  // computed again: now uploaded
+        Assert.Equal(3 * Chunk, Restored("third"));
+    }
+
+    [RedisFact]
+    public void TamperedTruncatedAndForeignValuesAreMissesAndAreDeleted()
+    {
+        using var server = RedisServer.Shared();
+        using var model = KvModel.Load(TestPaths.Tiny);
+        var identity = SlotPoolIdentity.For(model, Chunk);
+        using var remote = new RemoteTier(Options(server), identity);
+        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        var db = redis.GetDatabase();
+        var keys = Enumerable.Range(0, 3).Select(i => TestPayloads.Key(9, i)).ToArray();
+        var tokens = keys.Select(k => TestPayloads.Tokens(k, Chunk)).ToArray();
+        var payload = new byte[identity.PayloadBytes];
+        new Random(5).NextBytes(payload);
+        foreach (var (key, i) in keys.Select((k, i) => (k, i))) Assert.True(remote.Write(key, tokens[i], payload));
+        var buffer = new byte[payload.Length];
+        Assert.True(remote.TryRead(keys[0], tokens[0], buffer));
+        Assert.Equal(payload, buffer);
+
+        // Tampered: one payload byte flipped on the server.
+        var value = (byte[])db.StringGet(remote.Key(keys[0]))!;
+        value[^100] ^= 0x20;
+        db.StringSet(remote.Key(keys[0]), value);
+        // Truncated.
+        var truncated = (byte[])db.StringGet(remote.Key(keys[1]))!;
+        db.StringSet(remote.Key(keys[1]), truncated[..(truncated.Length / 2)]);
+        // Foreign: another model's valid entry stored under this model's key name.
+        using var other = new RemoteTier(Options(server), identity with { Fingerprint = new ModelFingerprint(42) });
+        Assert.True(other.Write(keys[2], tokens[2], payload));
+        db.StringSet(remote.Key(keys[2]), db.StringGet(other.Key(keys[2])));
+
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.False(remote.TryRead(keys[i], tokens[i], buffer), $"value {i}");
+            Assert.False(db.KeyExists(remote.Key(keys[i])), $"value {i} should be deleted");
+        }
+        Assert.Equal(3, remote.Damaged);
+    }
+
+    [RedisFact(ownServer: true)]
+    public void WhenTheServerDiesRequestsStillSucceedFromLocalTiersOrByPrefill()
+    {
+        using var server = RedisServer.StartOwn();
+        using var model = KvModel.Load(TestPaths.Tiny);
+        var logger = new ListLogger();
+        using var remote = new RemoteTier(Options(server) with { OperationTimeout = TimeSpan.FromMilliseconds(100) }, SlotPoolIdentity.For(model, Chunk), logger);
+        using var cache = Cache(model, remote, _temp.Sub("cache"));
+        var seen = CacheTestKit.Prompt(4 * Chunk + 2, seed: 71);
+        var fresh = CacheTestKit.Prompt(4 * Chunk + 2, seed: 72);
+        CacheTestKit.Greedy(model, seen, cache);
+        cache.Flush();
+
+        server.Kill();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var restored = CacheTestKit.Greedy(model, seen, cache);
+        var prefilled = CacheTestKit.Greedy(model, fresh, cache);
+        var again = CacheTestKit.Greedy(model, fresh, cache);
+        cache.Flush();
+        Assert.Equal(4 * Chunk, restored.Restore.RestoredTokens);
+        Assert.All(restored.Restore.ChunkTiers, t => Assert.Equal("host", t));
+        PrefixCacheParityTests.AssertSame(CacheTestKit.Greedy(model, fresh, cache: null), prefilled, "prefill with the server down");
+        Assert.Equal(4 * Chunk, again.Restore.RestoredTokens);
+        Assert.True(remote.Failures > 0);
+        Assert.True(remote.IsBroken);
+        Assert.Contains(logger.Entries, e => e.Message.Contains("leaving it alone"));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"requests took {clock.Elapsed} with the server down");
+    }
+
+    private static JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
+    {
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        return JsonDocument.Parse(run.StdOut).RootElement.Clone();
+    }
+
+    public void Dispose() => _temp.Dispose();
+}
