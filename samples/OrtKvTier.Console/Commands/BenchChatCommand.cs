@@ -65,12 +65,13 @@ internal static class BenchChatCommand
                 Replay(plain, system, users[c], options, (t, ms, _) => ttft["no_cache"][t].Add(ms), "no_cache", c);
 
             using var genAiModel = new Microsoft.ML.OnnxRuntimeGenAI.Model(model.Folder);
+            var prompts = model.AsChatClient(tokenizer); // the same chat template for GenAI's client
             for (int c = 0; c < conversations; c++)
             {
                 using var genAi = new OnnxRuntimeGenAIChatClient(genAiModel, ownsModel: false, new OnnxRuntimeGenAIChatClientOptions
                 {
                     EnableCaching = true,
-                    PromptFormatter = (messages, _) => tokenizer.ApplyChatTemplate(ChatJson(messages)),
+                    PromptFormatter = (messages, _) => prompts.RenderPrompt(messages),
                 });
                 if (c == 0) WarmUp(genAi, options);
                 Replay(genAi, system, users[c], options, (t, ms, _) => ttft["genai_caching"][t].Add(ms), "genai_caching", c);
@@ -78,7 +79,7 @@ internal static class BenchChatCommand
         }
         finally
         {
-            try { Directory.Delete(cacheDir, recursive: true); } catch (IOException) { }
+            BenchModel.TryDelete(cacheDir);
         }
 
         var mean = Rows.ToDictionary(r => r, r => ttft[r].Select(l => l.Average()).ToArray());
@@ -153,24 +154,6 @@ internal static class BenchChatCommand
         while (tokenizer.Encode(text.ToString()).Length < tokens)
             for (int i = 0; i < 16; i++) text.Append(words[random.Next(words.Length)]).Append(' ');
         return text.ToString().TrimEnd();
-    }
-
-    private static string ChatJson(IEnumerable<ChatMessage> messages)
-    {
-        using var buffer = new MemoryStream();
-        using (var w = new System.Text.Json.Utf8JsonWriter(buffer))
-        {
-            w.WriteStartArray();
-            foreach (var m in messages)
-            {
-                w.WriteStartObject();
-                w.WriteString("role", m.Role.Value);
-                w.WriteString("content", m.Text);
-                w.WriteEndObject();
-            }
-            w.WriteEndArray();
-        }
-        return Encoding.UTF8.GetString(buffer.ToArray());
     }
 
     private static void WriteJson(Dictionary<string, double[]> mean, List<long>[] cached, int conversations, int turns, int systemTokens, int userTokens, int newTokens) =>

@@ -76,7 +76,7 @@ internal static class BenchChunksCommand
         }
         finally
         {
-            try { Directory.Delete(root, recursive: true); } catch (IOException) { }
+            BenchModel.TryDelete(root);
         }
 
         if (json)

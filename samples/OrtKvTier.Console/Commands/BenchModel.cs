@@ -32,6 +32,12 @@ internal static class BenchModel
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
     }
 
+    /// <summary>Removes a bench's scratch directory, ignoring what cannot be removed.</summary>
+    public static void TryDelete(string dir)
+    {
+        try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
     /// <summary>Runs this console again with <paramref name="args"/> and returns its stdout; throws with its stderr when it fails.</summary>
     public static string RunSelf(TimeSpan timeout, params string[] args)
     {

@@ -84,7 +84,7 @@ internal static class BenchRemoteCommand
         }
         finally
         {
-            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+            BenchModel.TryDelete(dir);
         }
         return 0;
     }

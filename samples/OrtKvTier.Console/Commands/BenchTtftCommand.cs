@@ -62,7 +62,7 @@ internal static class BenchTtftCommand
         }
         finally
         {
-            if (ownDir) TryDelete(cacheDir);
+            if (ownDir) BenchModel.TryDelete(cacheDir);
         }
 
         var median = rows.ToDictionary(r => r.Key, r => BenchModel.Median(r.Value.Select(s => s.TtftMs)));
@@ -108,7 +108,7 @@ internal static class BenchTtftCommand
         }
         finally
         {
-            TryDelete(scratchDir);
+            BenchModel.TryDelete(scratchDir);
         }
     }
 
@@ -199,8 +199,4 @@ internal static class BenchTtftCommand
 
     private static void Progress(string line) => System.Console.Error.WriteLine(line);
 
-    private static void TryDelete(string dir)
-    {
-        try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    }
 }

@@ -48,10 +48,13 @@ public sealed class KvChatClient : IChatClient
     }
 
     /// <summary>The prompt tokens the chat template makes of <paramref name="messages"/> (ending with the assistant prompt).</summary>
-    public int[] PromptTokens(IEnumerable<ChatMessage> messages, ChatOptions? options = null)
+    public int[] PromptTokens(IEnumerable<ChatMessage> messages, ChatOptions? options = null) => _tokenizer.Encode(RenderPrompt(messages, options));
+
+    /// <summary>The prompt text the model's chat template makes of <paramref name="messages"/> (and <see cref="ChatOptions.Instructions"/>), ending with the assistant prompt.</summary>
+    public string RenderPrompt(IEnumerable<ChatMessage> messages, ChatOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(messages);
-        return _tokenizer.Encode(_tokenizer.ApplyChatTemplate(MessagesJson(messages, options)));
+        return _tokenizer.ApplyChatTemplate(MessagesJson(messages, options));
     }
 
     /// <inheritdoc />
