@@ -9,7 +9,7 @@ namespace OrtKvTier.Console.Commands;
 internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, RemoteTierOptions? Remote)
 {
     public const string Usage = "[--cache-dir DIR | --no-cache] [--chunk-tokens N] [--cache-size SIZE] [--host-cache-size SIZE]\n" +
-        "         [--remote redis://HOST:PORT [--remote-admission always|seen-twice] [--remote-namespace NS]]";
+        "         [--remote redis://HOST:PORT [--remote-admission always|seen-twice] [--remote-namespace NS] [--remote-ttl 12h]]";
 
     public static readonly string[] Flags = ["no-cache"];
 
@@ -29,7 +29,8 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
         var remote = cl.String("remote");
         var admission = cl.String("remote-admission");
         var ns = cl.String("remote-namespace");
-        if (remote is null && (admission ?? ns) is not null) throw new UsageException("--remote-admission and --remote-namespace need --remote redis://HOST:PORT.");
+        var ttl = cl.String("remote-ttl");
+        if (remote is null && (admission ?? ns ?? ttl) is not null) throw new UsageException("--remote-admission, --remote-namespace and --remote-ttl need --remote redis://HOST:PORT.");
         RemoteTierOptions? remoteOptions = null;
         if (remote is not null)
         {
@@ -44,6 +45,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
                     var a => throw new UsageException($"--remote-admission expects always or seen-twice; got '{a}'."),
                 },
                 Namespace = ns ?? "ortkv",
+                TimeToLive = ttl is null ? new RemoteTierOptions { Connection = remote }.TimeToLive : Duration("remote-ttl", ttl),
             };
             try
             {
@@ -55,6 +57,16 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
             }
         }
         return new CacheOptions(!disabled, options, remoteOptions);
+    }
+
+    /// <summary>A duration such as <c>90s</c>, <c>30m</c>, <c>12h</c> or <c>2d</c>.</summary>
+    private static TimeSpan Duration(string name, string text)
+    {
+        var units = new Dictionary<char, double> { ['s'] = 1, ['m'] = 60, ['h'] = 3600, ['d'] = 86400 };
+        if (text.Length > 1 && units.TryGetValue(char.ToLowerInvariant(text[^1]), out var seconds)
+            && double.TryParse(text[..^1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var value) && value > 0)
+            return TimeSpan.FromSeconds(value * seconds);
+        throw new UsageException($"--{name} expects a duration such as 90s, 30m, 12h or 2d; got '{text}'.");
     }
 
     /// <summary>The cache for <paramref name="model"/>, or null with --no-cache.</summary>

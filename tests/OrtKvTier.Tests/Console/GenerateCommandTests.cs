@@ -72,6 +72,8 @@ public sealed class GenerateCommandTests
     [InlineData("[0, 512)", "generate", "--tokens", "1,99999", "--no-cache")]
     [InlineData("Give --cache-dir or --no-cache, not both", "generate", "--prompt", "x", "--no-cache", "--cache-dir", "/tmp/x")]
     [InlineData("--cache-size expects a positive size", "generate", "--prompt", "x", "--cache-size", "lots")]
+    [InlineData("--remote-ttl expects a duration", "generate", "--prompt", "x", "--remote", "redis://127.0.0.1:1", "--remote-ttl", "forever")]
+    [InlineData("Expected redis://host:port", "generate", "--prompt", "x", "--remote", "http://example:1")]
     [InlineData("Unknown command", "frobnicate")]
     public void ErrorsGoToStderrWithoutAStackTrace(string message, params string[] args)
     {
