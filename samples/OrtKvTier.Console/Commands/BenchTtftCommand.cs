@@ -45,7 +45,7 @@ internal static class BenchTtftCommand
         try
         {
             Progress($"model {model.Folder} ({model.Layout.ShapeKey}), prompt {prefix}+{suffix} tokens, {newTokens} new, {reps} reps, {chunk}-token chunks");
-            WarmUp(model, tokenizer, search);
+            WarmUp(model, tokenizer, search, prefix);
 
             rows["no_cache"] = Repeat(reps, rep => Measure(new TextGenerator(model, tokenizer), Prompt(rep), newTokens, search), "no cache");
             var options = new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk, DiskCapacityBytes = Math.Max(256L << 20, 4L * prefix * model.Layout.BytesPerToken) };
@@ -57,7 +57,8 @@ internal static class BenchTtftCommand
             }
             rows["disk_hit"] = Repeat(reps, rep => JsonSerializer.Deserialize<Sample>(BenchModel.RunSelf(TimeSpan.FromMinutes(10),
                 "bench", "ttft", "--child", "disk-hit", "--model", model.Folder, "--cache-dir", cacheDir, "--chunk-tokens", chunk.ToString(CultureInfo.InvariantCulture),
-                "--tokens", string.Join(',', Prompt(rep)), "--new-tokens", newTokens.ToString(CultureInfo.InvariantCulture)))!, "disk hit (fresh process)");
+                "--tokens", string.Join(',', Prompt(rep)), "--new-tokens", newTokens.ToString(CultureInfo.InvariantCulture),
+                "--prefix-tokens", prefix.ToString(CultureInfo.InvariantCulture)))!, "disk hit (fresh process)");
             rows["genai"] = Repeat(reps, rep => MeasureGenAi(model.Folder, Prompt(rep), WarmUpPrompt(model), newTokens), "GenAI Generator");
         }
         finally
@@ -80,11 +81,12 @@ internal static class BenchTtftCommand
         int chunk = cl.Int("chunk-tokens", PrefixCacheOptions.DefaultChunkTokens, 1);
         var prompt = cl.String("tokens")!.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
         int newTokens = cl.Int("new-tokens", 32, 1);
+        int prefix = cl.Int("prefix-tokens", 2048, 1);
         cl.RejectUnknown();
         using var model = KvModel.Load(folder);
         using var tokenizer = new ModelTokenizer(model.Folder);
         var search = SearchOptions.FromConfig(model) with { DoSample = false };
-        WarmUp(model, tokenizer, search);
+        WarmUp(model, tokenizer, search, prefix);
         using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk });
         var sample = Measure(new TextGenerator(model, tokenizer, cache), prompt, newTokens, search);
         System.Console.WriteLine(JsonSerializer.Serialize(sample));
@@ -93,11 +95,14 @@ internal static class BenchTtftCommand
 
     /// <summary>
     /// What a server has done before its first real request: runs the model on an unrelated prompt,
-    /// stores it in a scratch cache on disk, and restores it from there in a new cache (so the
-    /// code of every path has run once; the measured prompt's bytes have not been touched).
+    /// stores it in a scratch cache on disk and restores it from there in a new cache (so the code of
+    /// every path has run once), and runs a question after an unrelated past as long as the measured
+    /// one (so ONNX Runtime's allocations have grown to that size). The measured prompt's bytes are
+    /// touched by none of it.
     /// </summary>
-    private static void WarmUp(KvModel model, ModelTokenizer tokenizer, SearchOptions search)
+    private static void WarmUp(KvModel model, ModelTokenizer tokenizer, SearchOptions search, int pastTokens)
     {
+        WarmUpLongPast(model, tokenizer, search, pastTokens);
         var prompt = WarmUpPrompt(model);
         var scratchDir = Path.Combine(Path.GetTempPath(), "ortkv-bench-warmup-" + Guid.NewGuid().ToString("N")[..8]);
         try
@@ -113,6 +118,27 @@ internal static class BenchTtftCommand
     }
 
     private static int[] WarmUpPrompt(KvModel model) => BenchModel.Tokens(200, 77, model.VocabSize);
+
+    /// <summary>A 16-token question after <paramref name="pastTokens"/> rows of zeros, restored from a memory-only scratch cache.</summary>
+    private static void WarmUpLongPast(KvModel model, ModelTokenizer tokenizer, SearchOptions search, int pastTokens)
+    {
+        var layout = model.Layout;
+        var prompt = BenchModel.Tokens(pastTokens + 16, 78, model.VocabSize);
+        using var scratch = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 32, HostBudgetBytes = 2L * pastTokens * layout.BytesPerToken });
+        var zeros = Enumerable.Range(0, layout.Layers * 2)
+            .Select(_ => Microsoft.ML.OnnxRuntime.OrtValue.CreateAllocatedTensorValue(Microsoft.ML.OnnxRuntime.OrtAllocator.DefaultInstance, layout.OrtElementType, [1, layout.KvHeads, pastTokens, layout.HeadSize]))
+            .ToArray();
+        try
+        {
+            foreach (var z in zeros) z.GetTensorMutableRawData().Clear();
+            new PrefixCacheHook(scratch, layout).Capture(prompt.AsSpan(0, pastTokens), zeros);
+        }
+        finally
+        {
+            foreach (var z in zeros) z.Dispose();
+        }
+        new TextGenerator(model, tokenizer, scratch).Generate(prompt, 2, search);
+    }
 
     private static Sample Measure(TextGenerator generator, int[] prompt, int newTokens, SearchOptions search)
     {
