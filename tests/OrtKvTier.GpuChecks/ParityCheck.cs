@@ -22,7 +22,7 @@ internal static class ParityCheck
         for (int i = 0; i < full.Length; i++) maxDiff = Math.Max(maxDiff, Math.Abs(full[i] - restored[i]));
         bool bitwise = MemoryMarshal.AsBytes(full.AsSpan()).SequenceEqual(MemoryMarshal.AsBytes(restored.AsSpan()));
 
-        var onDevice = Greedy(device, prompt, cache, 24);
+        var onDevice = Greedy(device, prompt, cache, 24, rewindAndRepeat: true);
         var onCpu = Greedy(cpu, prompt, cache: null, 24);
         int firstDifference = Enumerable.Range(0, onCpu.Length).FirstOrDefault(i => onDevice[i] != onCpu[i], -1);
         var result = new ParityResult(shared ? "shared buffer" : "growing past", device.Device.ToString(), restoredTokens, bitwise, maxDiff,
@@ -41,12 +41,20 @@ internal static class ParityCheck
         return generator.GetLogits().ToArray();
     }
 
-    private static int[] Greedy(KvModel model, int[] prompt, PrefixCache? cache, int count)
+    /// <summary>Greedy tokens; with <paramref name="rewindAndRepeat"/>, rewinds to the prompt (truncating the past where it lives) and checks the repeat matches.</summary>
+    private static int[] Greedy(KvModel model, int[] prompt, PrefixCache? cache, int count, bool rewindAndRepeat = false)
     {
         using var generator = new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = prompt.Length + count, DoSample = false }, cache);
         generator.AppendTokens(prompt);
         var tokens = new List<int>();
         while (!generator.IsDone) tokens.Add(generator.GenerateNextToken());
+        if (rewindAndRepeat)
+        {
+            generator.RewindTo(prompt.Length + count / 2);
+            var again = tokens.Take(count / 2).ToList();
+            while (!generator.IsDone) again.Add(generator.GenerateNextToken());
+            if (!again.SequenceEqual(tokens)) throw new InvalidOperationException($"After RewindTo the tokens differ: {string.Join(',', tokens)} then {string.Join(',', again)}.");
+        }
         return tokens.ToArray();
     }
 }

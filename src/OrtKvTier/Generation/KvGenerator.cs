@@ -6,6 +6,7 @@ using OrtKvTier.Cache;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
+using OrtKvTier.Transfer;
 
 namespace OrtKvTier.Generation;
 
@@ -46,15 +47,12 @@ public sealed class KvGenerator : IDisposable
         search ??= SearchOptions.FromConfig(model);
         search.Validate(model);
         if (cache is not null) RequireCacheFor(model, cache);
-        if (model.Device == ExecutionDevice.Cuda && model.Layout.SharedBuffer)
-            throw new NotSupportedException("Shared-buffer KV on CUDA needs the buffers in device memory, which this loop does not bind yet " +
-                "(host buffers break GroupQueryAttention's shared-buffer detection: NaN logits on an H100). Load the model with KvModelOptions.SharedBuffer = false.");
         _model = model;
         _cache = cache;
         Search = search;
         _sampler = new TokenSampler(search);
         _logits = new float[model.VocabSize];
-        _past = PastKeyValues.Create(model.Layout);
+        _past = PastKeyValues.Create(model.Layout, model.KvMemory);
         _binding = model.Session.CreateIoBinding();
     }
 
@@ -100,7 +98,16 @@ public sealed class KvGenerator : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_cache is null) return 0;
-        int stored = PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, _past, _chunkKeys, _cachedChunks);
+        int stored;
+        if (!_past.Memory.OnDevice) stored = PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, _past, _chunkKeys, _cachedChunks);
+        else if (_cache.Chain.FullChunks(_past.Length) <= _cachedChunks) stored = 0;
+        else
+        {
+            // Device memory: copy the computed rows to the host, then capture from there.
+            using var host = OrtKvTensors.Allocate(_model.Layout, _past.Length);
+            ForEachTensor((layer, value, i) => KvMemory.CopyRows(_model.Layout, _past.Tensor(layer, value), _past.Capacity, host.Values[i], _past.Length, _past.Length));
+            stored = PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, host, _chunkKeys, _cachedChunks);
+        }
         _cachedChunks = Math.Max(_cachedChunks, _past.Length / _cache.ChunkTokens);
         return stored;
     }
@@ -174,15 +181,48 @@ public sealed class KvGenerator : IDisposable
 
     private void RestoreFromCache(PrefixCache cache)
     {
-        LastRestore = PrefixTransfer.Restore(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
+        if (!_past.Memory.OnDevice)
+            LastRestore = PrefixTransfer.Restore(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
+            {
+                _past.PrepareRestore(length);
+                return _past;
+            });
+        else
         {
-            _past.PrepareRestore(length);
-            return _past;
-        });
+            // Device memory: restore into host tensors, then copy the rows into the device past.
+            OrtKvTensors? host = null;
+            try
+            {
+                LastRestore = PrefixTransfer.Restore(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
+                {
+                    _past.PrepareRestore(length);
+                    host?.Dispose();
+                    host = OrtKvTensors.Allocate(_model.Layout, length);
+                    return host;
+                });
+                int restored = LastRestore.RestoredTokens;
+                if (restored > 0)
+                    ForEachTensor((layer, value, i) => KvMemory.CopyRows(_model.Layout, host!.Values[i], restored, _past.Tensor(layer, value), _past.Capacity, restored));
+            }
+            finally
+            {
+                host?.Dispose();
+            }
+        }
         // Chunks that came from host memory need no capture; the others are promoted by the next capture.
         int fromHost = 0;
         while (fromHost < LastRestore.ChunkTiers.Count && LastRestore.ChunkTiers[fromHost] == cache.Host.Name) fromHost++;
         if (LastRestore.RestoredTokens > 0) _cachedChunks = Math.Min(fromHost, LastRestore.RestoredTokens / cache.ChunkTokens);
+    }
+
+    /// <summary>Calls <paramref name="action"/>(layer, value, index) for each past tensor in chunk order (key 0, value 0, key 1, …).</summary>
+    private void ForEachTensor(Action<int, bool, int> action)
+    {
+        for (int layer = 0; layer < _model.Layout.Layers; layer++)
+        {
+            action(layer, false, 2 * layer);
+            action(layer, true, 2 * layer + 1);
+        }
     }
 
     private static void RequireCacheFor(KvModel model, PrefixCache cache)

@@ -2,6 +2,7 @@ using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Cache;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
+using OrtKvTier.Transfer;
 
 namespace OrtKvTier.Generation;
 
@@ -13,14 +14,25 @@ namespace OrtKvTier.Generation;
 /// </summary>
 internal abstract class PastKeyValues : IKvTensorView, IDisposable
 {
-    protected PastKeyValues(KvLayout layout) => Layout = layout;
+    protected PastKeyValues(KvLayout layout, KvMemory memory)
+    {
+        Layout = layout;
+        Memory = memory;
+    }
 
     public KvLayout Layout { get; }
+
+    /// <summary>Where the tensors live; on a device, <see cref="TensorBytes"/> is not available (copy through <see cref="Tensor"/>).</summary>
+    public KvMemory Memory { get; }
 
     /// <summary>Tokens whose keys and values are held.</summary>
     public int Length { get; protected set; }
 
-    public static PastKeyValues Create(KvLayout layout) => layout.SharedBuffer ? new Shared(layout) : new Growing(layout);
+    public static PastKeyValues Create(KvLayout layout, KvMemory? memory = null) =>
+        layout.SharedBuffer ? new Shared(layout, memory ?? KvMemory.Host) : new Growing(layout, memory ?? KvMemory.Host);
+
+    /// <summary>The tensor of one layer's key or value (its first <see cref="Length"/> rows per head are valid, of <see cref="Capacity"/>).</summary>
+    public abstract OrtValue Tensor(int layer, bool value);
 
     /// <summary>Binds past inputs and present outputs for a run that adds <paramref name="newTokens"/>.</summary>
     public abstract void Bind(OrtIoBinding binding, int newTokens);
@@ -52,11 +64,15 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
     /// <summary>A new <c>[1, kvH, tokens, D]</c> tensor, its pages mapped up front (cheaper than a fault per page when the run writes it).</summary>
     protected unsafe OrtValue Allocate(int tokens)
     {
-        var value = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, Layout.OrtElementType, [1, Layout.KvHeads, tokens, Layout.HeadSize]);
+        var value = OrtValue.CreateAllocatedTensorValue(Memory.Allocator, Layout.OrtElementType, [1, Layout.KvHeads, tokens, Layout.HeadSize]);
+        if (Memory.OnDevice) return value;
         var bytes = value.GetTensorMutableRawData();
         fixed (byte* start = bytes) MemoryAdvice.PopulateWrite(start, bytes.Length);
         return value;
     }
+
+    protected Span<byte> HostBytes(OrtValue value) =>
+        Memory.OnDevice ? throw new InvalidOperationException("The past tensors are in device memory; copy them through Tensor().") : value.GetTensorMutableRawData();
 
     protected static void DisposeAll(OrtValue?[] values)
     {
@@ -75,7 +91,7 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
         private readonly OrtValue?[] _past;
         private readonly OrtValue?[] _present;
 
-        public Growing(KvLayout layout) : base(layout)
+        public Growing(KvLayout layout, KvMemory memory) : base(layout, memory)
         {
             _past = new OrtValue?[layout.Layers * 2];
             _present = new OrtValue?[layout.Layers * 2];
@@ -113,14 +129,10 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
         public override void Truncate(int length)
         {
             if (length == Length) return;
-            int row = Layout.BytesPerHeadToken;
             for (int i = 0; i < _past.Length; i++)
             {
                 var shorter = Allocate(length);
-                var source = _past[i]!.GetTensorMutableRawData();
-                var target = shorter.GetTensorMutableRawData();
-                for (int h = 0; h < Layout.KvHeads; h++)
-                    source.Slice(h * Length * row, length * row).CopyTo(target.Slice(h * length * row));
+                KvMemory.CopyRows(Layout, _past[i]!, Length, shorter, length, length);
                 _past[i]!.Dispose();
                 _past[i] = shorter;
             }
@@ -139,7 +151,9 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
             Length = length;
         }
 
-        public override Span<byte> TensorBytes(int layer, bool value) => _past[Slot(layer, value)]!.GetTensorMutableRawData();
+        public override Span<byte> TensorBytes(int layer, bool value) => HostBytes(_past[Slot(layer, value)]!);
+
+        public override OrtValue Tensor(int layer, bool value) => _past[Slot(layer, value)]!;
 
         public override void Dispose()
         {
@@ -152,7 +166,7 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
     {
         private readonly OrtValue?[] _buffers;
 
-        public Shared(KvLayout layout) : base(layout)
+        public Shared(KvLayout layout, KvMemory memory) : base(layout, memory)
         {
             _buffers = new OrtValue?[layout.Layers * 2];
             try
@@ -191,7 +205,9 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
             Length = length;
         }
 
-        public override Span<byte> TensorBytes(int layer, bool value) => _buffers[Slot(layer, value)]!.GetTensorMutableRawData();
+        public override Span<byte> TensorBytes(int layer, bool value) => HostBytes(_buffers[Slot(layer, value)]!);
+
+        public override OrtValue Tensor(int layer, bool value) => _buffers[Slot(layer, value)]!;
 
         public override void Dispose() => DisposeAll(_buffers);
     }

@@ -51,6 +51,9 @@ public sealed class KvModel : IDisposable
     /// <summary>The CUDA device the session runs on, or null on the CPU.</summary>
     public OrtEpDevice? EpDevice { get; private init; }
 
+    /// <summary>Where generators keep the past tensors: device memory on CUDA, else host memory.</summary>
+    internal Transfer.KvMemory KvMemory { get; private init; } = Transfer.KvMemory.Host;
+
     /// <summary>Why the model runs on the CPU although CUDA was asked for; null otherwise.</summary>
     public string? DeviceNote { get; private init; }
 
@@ -136,6 +139,7 @@ public sealed class KvModel : IDisposable
             return new KvModel(folder, config, session, layout, ModelFingerprint.Compute(decoderPath, configPath, layout), names, vocab, eos)
             {
                 LogitsType = logitsMeta.ElementDataType, Device = device, EpDevice = epDevice, DeviceNote = deviceNote,
+                KvMemory = Transfer.KvMemory.For(session, epDevice),
             };
         }
         catch

@@ -1,0 +1,71 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Microsoft.ML.OnnxRuntime;
+using OrtKvTier.Model;
+
+namespace OrtKvTier.Transfer;
+
+/// <summary>
+/// Where a generator's past tensors live: host memory, or the device a CUDA session runs on (then
+/// restores and captures go through host tensors and <see cref="OrtEnv.CopyTensors"/>).
+/// </summary>
+internal sealed class KvMemory
+{
+    public static readonly KvMemory Host = new(OrtAllocator.DefaultInstance, onDevice: false);
+
+    public KvMemory(OrtAllocator allocator, bool onDevice)
+    {
+        Allocator = allocator;
+        OnDevice = onDevice;
+    }
+
+    /// <summary>Allocates the past and present tensors.</summary>
+    public OrtAllocator Allocator { get; }
+
+    /// <summary>Whether those tensors are in device memory (not addressable from the host).</summary>
+    public bool OnDevice { get; }
+
+    /// <summary>The model's device memory when it runs on CUDA (the session's own allocator), else host memory.</summary>
+    public static KvMemory For(InferenceSession session, OrtEpDevice? device) =>
+        device is null ? Host : new KvMemory(new OrtAllocator(session, device.GetMemoryInfo(OrtDeviceMemoryType.DEFAULT)), onDevice: true);
+
+    /// <summary>
+    /// Copies the first <paramref name="rows"/> token rows of every head from <paramref name="source"/>
+    /// (<c>[1, kvH, sourceRows, D]</c>) to <paramref name="destination"/> (<c>[1, kvH, destinationRows, D]</c>),
+    /// in whatever memory each lives.
+    /// </summary>
+    public static unsafe void CopyRows(KvLayout layout, OrtValue source, int sourceRows, OrtValue destination, int destinationRows, int rows)
+    {
+        if (rows == 0) return;
+        long row = layout.BytesPerHeadToken, bytes = rows * row;
+        var from = source.GetTensorMemoryInfo();
+        var to = destination.GetTensorMemoryInfo();
+        byte* src = Start(source), dst = Start(destination);
+        if (from.GetDeviceType() == OrtMemoryInfoDeviceType.CPU && to.GetDeviceType() == OrtMemoryInfoDeviceType.CPU)
+        {
+            for (int h = 0; h < layout.KvHeads; h++)
+                Buffer.MemoryCopy(src + h * sourceRows * row, dst + h * destinationRows * row, bytes, bytes);
+            return;
+        }
+        var sources = new OrtValue[layout.KvHeads];
+        var destinations = new OrtValue[layout.KvHeads];
+        try
+        {
+            long[] shape = [1, 1, rows, layout.HeadSize];
+            for (int h = 0; h < layout.KvHeads; h++)
+            {
+                sources[h] = OrtValue.CreateTensorValueWithData(from, layout.OrtElementType, shape, (nint)(src + h * sourceRows * row), bytes);
+                destinations[h] = OrtValue.CreateTensorValueWithData(to, layout.OrtElementType, shape, (nint)(dst + h * destinationRows * row), bytes);
+            }
+            OrtEnv.Instance().CopyTensors(sources, destinations, null);
+        }
+        finally
+        {
+            foreach (var v in sources) v?.Dispose();
+            foreach (var v in destinations) v?.Dispose();
+        }
+    }
+
+    /// <summary>The tensor's data address (device memory is never dereferenced here).</summary>
+    private static unsafe byte* Start(OrtValue value) => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(value.GetTensorMutableRawData()));
+}
