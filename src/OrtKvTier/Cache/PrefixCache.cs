@@ -99,10 +99,7 @@ public sealed class PrefixCache : IDisposable
     public int CachedPrefixLength(ReadOnlySpan<int> tokens)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var keys = Chain.Keys(tokens);
-        int chunks = 0;
-        while (chunks < keys.Length && Tiers.Any(t => t.Contains(keys[chunks]))) chunks++;
-        return chunks * ChunkTokens;
+        return IndexedChainLength(Chain.Keys(tokens)) * ChunkTokens;
     }
 
     /// <summary>Waits until every stored chunk has reached the lower tiers and makes the disk tier durable.</summary>
@@ -168,8 +165,7 @@ public sealed class PrefixCache : IDisposable
         long start = Stopwatch.GetTimestamp();
         int chunks = Math.Min(maxChunks, Chain.FullChunks(tokens.Length));
         var keys = Chain.Keys(tokens[..(chunks * ChunkTokens)]);
-        int count = 0;
-        while (count < keys.Length && Tiers.Any(t => t.Contains(keys[count]))) count++;
+        int count = IndexedChainLength(keys);
         if (count < minChunks) count = 0;
         var leased = new HostChunk?[count];
         var from = new string?[count];
@@ -305,6 +301,14 @@ public sealed class PrefixCache : IDisposable
             }
         }
         return stored;
+    }
+
+    /// <summary>Leading keys that some tier's index holds (their bytes are verified only when read).</summary>
+    private int IndexedChainLength(ChunkKey[] keys)
+    {
+        int count = 0;
+        while (count < keys.Length && Tiers.Any(t => t.Contains(keys[count]))) count++;
+        return count;
     }
 
     private ReadOnlySpan<int> ChunkTokensOf(ReadOnlySpan<int> tokens, int chunk) => tokens.Slice(chunk * ChunkTokens, ChunkTokens);

@@ -19,14 +19,17 @@ internal sealed class OrtKvTensors : IKvTensorView, IDisposable
 
     public Span<byte> TensorBytes(int layer, bool value) => Values[2 * layer + (value ? 1 : 0)].GetTensorMutableRawData();
 
-    /// <summary>New CPU tensors <c>[1, kvH, tokens, D]</c>.</summary>
-    public static OrtKvTensors Allocate(KvLayout layout, int tokens)
+    /// <summary>Sees <paramref name="values"/> (key 0, value 0, …; <paramref name="capacity"/> rows per head) as KV tensors, without checks; the caller keeps owning them.</summary>
+    public static OrtKvTensors View(OrtValue[] values, int capacity) => new(values, capacity);
+
+    /// <summary>New tensors <c>[1, kvH, tokens, D]</c> from <paramref name="allocator"/> (default: host memory).</summary>
+    public static OrtKvTensors Allocate(KvLayout layout, int tokens, OrtAllocator? allocator = null)
     {
         var values = new OrtValue[layout.Layers * 2];
         try
         {
             for (int i = 0; i < values.Length; i++)
-                values[i] = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, layout.OrtElementType, [1, layout.KvHeads, tokens, layout.HeadSize]);
+                values[i] = OrtValue.CreateAllocatedTensorValue(allocator ?? OrtAllocator.DefaultInstance, layout.OrtElementType, [1, layout.KvHeads, tokens, layout.HeadSize]);
         }
         catch
         {

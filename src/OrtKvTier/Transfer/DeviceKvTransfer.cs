@@ -65,7 +65,7 @@ public sealed class DeviceKvTransfer : IDisposable
                 {
                     DisposeAll(views);
                     views = StagingViews(length);
-                    return new StagedView(views, length);
+                    return OrtKvTensors.View(views, length);
                 });
                 int restored = report.RestoredTokens;
                 var past = AllocatePast(restored);
@@ -142,31 +142,11 @@ public sealed class DeviceKvTransfer : IDisposable
         }
     }
 
-    private OrtValue[] Allocate(OrtAllocator allocator, int tokens)
-    {
-        var values = new OrtValue[_layout.Layers * 2];
-        try
-        {
-            for (int i = 0; i < values.Length; i++)
-                values[i] = OrtValue.CreateAllocatedTensorValue(allocator, _layout.OrtElementType, [1, _layout.KvHeads, tokens, _layout.HeadSize]);
-        }
-        catch
-        {
-            DisposeAll(values);
-            throw;
-        }
-        return values;
-    }
+    private OrtValue[] Allocate(OrtAllocator allocator, int tokens) => OrtKvTensors.Allocate(_layout, tokens, allocator).Values;
 
     private static void DisposeAll(OrtValue?[]? values)
     {
         if (values is null) return;
         foreach (var v in values) v?.Dispose();
-    }
-
-    private sealed class StagedView(OrtValue[] values, int capacity) : IKvTensorView
-    {
-        public int Capacity => capacity;
-        public Span<byte> TensorBytes(int layer, bool value) => values[2 * layer + (value ? 1 : 0)].GetTensorMutableRawData();
     }
 }
