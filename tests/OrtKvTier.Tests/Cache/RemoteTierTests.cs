@@ -16,7 +16,8 @@ public sealed class RemoteTierTests : IDisposable
     private readonly string _namespace = "test-" + Guid.NewGuid().ToString("N")[..8];
 
     private RemoteTierOptions Options(RedisServer server, RemoteAdmission admission = RemoteAdmission.Always) =>
-        new() { Connection = "redis://" + server.Endpoint, Namespace = _namespace, Admission = admission, BreakDuration = TimeSpan.FromSeconds(30) };
+        // Generous timeouts: these tests are about what is stored, not about a slow server (the kill test sets its own).
+        new() { Connection = "redis://" + server.Endpoint, Namespace = _namespace, Admission = admission, BreakDuration = TimeSpan.FromSeconds(30), OperationTimeout = TimeSpan.FromSeconds(5) };
 
     private PrefixCache Cache(KvModel model, RemoteTier remote, string? directory) =>
         PrefixCache.Open(model, new PrefixCacheOptions { Directory = directory, ChunkTokens = Chunk, DiskCapacityBytes = 16L << 20, ExtraTiers = [remote] });

@@ -39,7 +39,8 @@ public sealed class RemoteTier : IKvChunkTier
         var config = ConfigurationOptions.Parse(RemoteTierOptions.ConfigurationFor(options.Connection));
         config.AbortOnConnectFail = false;
         int timeout = (int)Math.Max(1, options.OperationTimeout.TotalMilliseconds);
-        config.ConnectTimeout = timeout;
+        // Connecting happens once, at open: give a loaded machine a second even when operations must be quick.
+        config.ConnectTimeout = Math.Max(timeout, 1000);
         config.SyncTimeout = timeout;
         config.AsyncTimeout = timeout;
         config.ConnectRetry = 1;

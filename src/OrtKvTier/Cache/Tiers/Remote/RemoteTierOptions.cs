@@ -31,7 +31,7 @@ public sealed record RemoteTierOptions
     /// <summary>Largest value uploaded or accepted, in bytes. Default 64 MiB.</summary>
     public long MaxValueBytes { get; init; } = 64L << 20;
 
-    /// <summary>Time allowed for connecting and for one operation before it counts as a failure. Default 250 ms.</summary>
+    /// <summary>Time allowed for one operation before it counts as a failure (connecting gets at least 1 s). Default 250 ms.</summary>
     public TimeSpan OperationTimeout { get; init; } = TimeSpan.FromMilliseconds(250);
 
     /// <summary>Consecutive failures that open the circuit (no server calls until <see cref="BreakDuration"/> passes). Default 3.</summary>
