@@ -9,7 +9,7 @@ namespace OrtKvTier.Console.Commands;
 internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, RemoteTierOptions? Remote)
 {
     public const string Usage = "[--cache-dir DIR | --no-cache] [--chunk-tokens N] [--cache-size SIZE] [--host-cache-size SIZE]\n" +
-        "         [--remote redis://HOST:PORT [--remote-admission always|seen-twice] [--remote-namespace NS] [--remote-ttl 12h]]";
+        "         [--remote redis://HOST:PORT [--remote-admission always|seen-twice] [--remote-namespace NS] [--remote-ttl 12h] [--remote-timeout 250ms]]";
 
     public static readonly string[] Flags = ["no-cache"];
 
@@ -30,7 +30,9 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
         var admission = cl.String("remote-admission");
         var ns = cl.String("remote-namespace");
         var ttl = cl.String("remote-ttl");
-        if (remote is null && (admission ?? ns ?? ttl) is not null) throw new UsageException("--remote-admission, --remote-namespace and --remote-ttl need --remote redis://HOST:PORT.");
+        var timeout = cl.String("remote-timeout");
+        if (remote is null && (admission ?? ns ?? ttl ?? timeout) is not null)
+            throw new UsageException("--remote-admission, --remote-namespace, --remote-ttl and --remote-timeout need --remote redis://HOST:PORT.");
         RemoteTierOptions? remoteOptions = null;
         if (remote is not null)
         {
@@ -46,6 +48,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
                 },
                 Namespace = ns ?? "ortkv",
                 TimeToLive = ttl is null ? new RemoteTierOptions { Connection = remote }.TimeToLive : Duration("remote-ttl", ttl),
+                OperationTimeout = timeout is null ? new RemoteTierOptions { Connection = remote }.OperationTimeout : Duration("remote-timeout", timeout),
             };
             try
             {
@@ -59,14 +62,15 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
         return new CacheOptions(!disabled, options, remoteOptions);
     }
 
-    /// <summary>A duration such as <c>90s</c>, <c>30m</c>, <c>12h</c> or <c>2d</c>.</summary>
+    /// <summary>A duration such as <c>250ms</c>, <c>90s</c>, <c>30m</c>, <c>12h</c> or <c>2d</c>.</summary>
     private static TimeSpan Duration(string name, string text)
     {
-        var units = new Dictionary<char, double> { ['s'] = 1, ['m'] = 60, ['h'] = 3600, ['d'] = 86400 };
-        if (text.Length > 1 && units.TryGetValue(char.ToLowerInvariant(text[^1]), out var seconds)
-            && double.TryParse(text[..^1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var value) && value > 0)
-            return TimeSpan.FromSeconds(value * seconds);
-        throw new UsageException($"--{name} expects a duration such as 90s, 30m, 12h or 2d; got '{text}'.");
+        var units = new (string Suffix, double Seconds)[] { ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400) };
+        foreach (var (suffix, seconds) in units)
+            if (text.EndsWith(suffix, StringComparison.OrdinalIgnoreCase)
+                && double.TryParse(text[..^suffix.Length], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var value) && value > 0)
+                return TimeSpan.FromSeconds(value * seconds);
+        throw new UsageException($"--{name} expects a duration such as 250ms, 90s, 30m, 12h or 2d; got '{text}'.");
     }
 
     /// <summary>The cache for <paramref name="model"/>, or null with --no-cache.</summary>

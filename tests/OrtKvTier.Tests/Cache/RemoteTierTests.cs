@@ -28,7 +28,7 @@ public sealed class RemoteTierTests : IDisposable
         using var server = RedisServer.Shared();
         var prompt = string.Join(' ', Enumerable.Repeat("The quick brown fox jumps over the lazy dog.", 6));
         string[] Args(string dir) => ["generate", "--prompt", prompt, "--max-new-tokens", "8", "--json", "--chunk-tokens", "16", "--cache-size", "16MiB",
-            "--cache-dir", dir, "--remote", "redis://" + server.Endpoint, "--remote-admission", "always", "--remote-namespace", _namespace];
+            "--cache-dir", dir, "--remote", "redis://" + server.Endpoint, "--remote-admission", "always", "--remote-namespace", _namespace, "--remote-timeout", "5s"];
         var first = Json(ChildProcess.Console(Args(_temp.Sub("a"))));
         var second = Json(ChildProcess.Console(Args(_temp.Sub("b"))));
         int promptTokens = first.GetProperty("prompt_tokens").GetInt32();
