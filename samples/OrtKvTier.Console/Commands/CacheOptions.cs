@@ -78,7 +78,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
     {
         if (!Enabled) return null;
         if (Remote is null) return PrefixCache.Open(model, Options);
-        var remote = new RemoteTier(Remote, SlotPoolIdentity.For(model, Options.ChunkTokens));
+        var remote = RemoteTier.For(Options, model, Remote);
         try
         {
             return PrefixCache.Open(model, Options with { ExtraTiers = [remote] });

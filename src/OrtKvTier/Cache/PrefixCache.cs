@@ -186,7 +186,7 @@ public sealed class PrefixCache : IDisposable
         foreach (var remote in _lower.OfType<RemoteTier>())
         {
             if (missing.Count == 0) return;
-            var chunks = missing.Select(i => new HostChunk(plan.Keys[i], plan.Tokens.AsSpan(i * ChunkTokens, ChunkTokens), ChunkBytes)).ToArray();
+            var chunks = missing.Select(i => new HostChunk(plan.Keys[i], ChunkTokensOf(plan.Tokens, i), ChunkBytes)).ToArray();
             bool[] found;
             try
             {
@@ -227,7 +227,7 @@ public sealed class PrefixCache : IDisposable
             return Count(plan.From[index] ?? Host.Name);
         }
         var key = plan.Keys[index];
-        var chunkTokens = plan.Tokens.AsSpan(index * ChunkTokens, ChunkTokens);
+        var chunkTokens = ChunkTokensOf(plan.Tokens, index);
         foreach (var tier in _lower)
         {
             try

@@ -148,11 +148,10 @@ public sealed class KvChatClient : IChatClient
     {
         var search = SearchOptions.FromConfig(_model);
         if (options is null) return search;
-        bool sample = options.Temperature is > 0 || options.TopP is not null || options.TopK is not null;
-        if (options.Temperature is 0) sample = false;
         search = search with
         {
-            DoSample = sample || (search.DoSample && options.Temperature is not 0),
+            // Temperature 0 is greedy; a positive temperature, top-p or top-k asks for sampling; otherwise the config decides.
+            DoSample = options.Temperature is not 0 && (options.Temperature is > 0 || options.TopP is not null || options.TopK is not null || search.DoSample),
             Temperature = options.Temperature is > 0 ? options.Temperature.Value : search.Temperature,
             TopP = options.TopP ?? search.TopP,
             TopK = options.TopK ?? search.TopK,
