@@ -3,32 +3,26 @@ using System.Runtime.InteropServices;
 namespace OrtKvTier.Storage;
 
 /// <summary>
-/// Pre-faults memory in one system call (Linux <c>madvise</c> MADV_POPULATE_READ/WRITE) instead of
-/// one page fault per 4 KiB page during a copy, which a fresh process pays for every page of a
-/// mapping or a new tensor. Best effort: elsewhere, or on kernels before 5.14, it does nothing.
+/// Pre-faults memory in one system call (Linux <c>madvise</c> MADV_POPULATE_WRITE) instead of one
+/// page fault per 4 KiB page during a copy, which a fresh process pays for every page of a new
+/// tensor. Best effort: elsewhere, or on kernels before 5.14, it does nothing.
 /// </summary>
 internal static unsafe partial class MemoryAdvice
 {
-    private const int PopulateReadAdvice = 22, PopulateWriteAdvice = 23;
+    private const int PopulateWriteAdvice = 23;
     private const long Page = 4096;
     private static volatile bool _unsupported = !OperatingSystem.IsLinux();
 
-    /// <summary>Maps the file pages behind a read-only mapping range.</summary>
-    public static void PopulateRead(byte* address, long length) => Populate(address, length, PopulateReadAdvice);
-
     /// <summary>Backs a writable range with pages (only the whole pages inside it, so neighbours are untouched).</summary>
-    public static void PopulateWrite(byte* address, long length) => Populate(address, length, PopulateWriteAdvice);
-
-    private static void Populate(byte* address, long length, int advice)
+    public static void PopulateWrite(byte* address, long length)
     {
         if (_unsupported || length < 16 * Page) return;
         long start = ((long)address + Page - 1) & ~(Page - 1);
         long end = ((long)address + length) & ~(Page - 1);
-        if (advice == PopulateReadAdvice) start = (long)address & ~(Page - 1); // reading whole pages is harmless
         if (end <= start) return;
         try
         {
-            int rc = Madvise((void*)start, (nuint)(end - start), advice);
+            int rc = Madvise((void*)start, (nuint)(end - start), PopulateWriteAdvice);
             if (rc != 0 && Marshal.GetLastPInvokeError() == 22 /* EINVAL: old kernel */)
                 _unsupported = true;
         }

@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
-using System.IO.MemoryMappedFiles;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
@@ -25,9 +24,6 @@ public sealed unsafe class SlotPool : IDisposable
     private readonly string _dataPath, _journalPath, _snapshotPath;
     private readonly FileStream? _lockFile;
     private readonly FileStream _data;
-    private readonly MemoryMappedFile _map;
-    private readonly MemoryMappedViewAccessor _view;
-    private readonly byte* _base;
     private readonly ulong _poolId;
     private readonly uint _writerEpoch;
     private readonly int _parallelism = Math.Clamp(Environment.ProcessorCount, 1, 8);
@@ -51,7 +47,7 @@ public sealed unsafe class SlotPool : IDisposable
     /// <summary>Serializes writers (put, remove, compact, clear) within the process.</summary>
     private readonly Lock _writeGate = new();
 
-    /// <summary>Read lock held while the mapping is in use; Dispose takes it for writing before unmapping.</summary>
+    /// <summary>Read lock held while a read uses the data file; Dispose takes it for writing before closing it.</summary>
     private readonly ReaderWriterLockSlim _lifetime = new();
     private readonly Timer? _batchTimer;
     private bool _disposed;
@@ -78,20 +74,6 @@ public sealed unsafe class SlotPool : IDisposable
         IsReadOnly = lockFile is null;
         _index = new SlotIndex(SlotCount);
 
-        _map = MemoryMappedFile.CreateFromFile(data, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: true);
-        try
-        {
-            _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            byte* pointer = null;
-            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
-            _base = pointer + _view.PointerOffset;
-        }
-        catch
-        {
-            _view?.Dispose();
-            _map.Dispose();
-            throw;
-        }
         if (!IsReadOnly && options.Durability == Durability.Batched)
             _batchTimer = new Timer(_ => FlushIfDirty(), null, options.BatchInterval, options.BatchInterval);
     }
@@ -353,7 +335,7 @@ public sealed unsafe class SlotPool : IDisposable
             foreach (var entry in entries)
             {
                 var failure = CheckSlot(entry, out var found, out var checksum)
-                    ?? (PayloadChecksum.Compute(new ReadOnlySpan<byte>(_base + SlotOffset(entry.Slot) + SlotHeaderBytes, (int)found.PayloadLength), _parallelism) == checksum
+                    ?? (PayloadChecksum.Compute(_data.SafeFileHandle, SlotOffset(entry.Slot) + SlotHeaderBytes, found.PayloadLength, _parallelism) == checksum
                         ? null : "payload checksum mismatch");
                 if (failure is null)
                 {
@@ -443,9 +425,6 @@ public sealed unsafe class SlotPool : IDisposable
         try
         {
             _disposed = true;
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-            _view.Dispose();
-            _map.Dispose();
             _data.Dispose();
             lock (_gate) _journal?.Dispose();
             _lockFile?.Dispose();
@@ -736,9 +715,7 @@ public sealed unsafe class SlotPool : IDisposable
         if (failure is not null) return failure;
         if (contiguous ? found.PayloadLength > scatter.CopyBytes : found.PayloadLength != scatter.Length)
             return $"payload of {found.PayloadLength} bytes does not match the {(contiguous ? scatter.CopyBytes : scatter.Length)}-byte destination";
-        byte* payload = _base + SlotOffset(entry.Slot) + SlotHeaderBytes;
-        MemoryAdvice.PopulateRead(payload, found.PayloadLength);
-        var copied = PayloadChecksum.CopyAndCompute(payload, scatter, found.PayloadLength, _parallelism);
+        var copied = PayloadChecksum.ReadAndCompute(_data.SafeFileHandle, SlotOffset(entry.Slot) + SlotHeaderBytes, scatter, found.PayloadLength, _parallelism);
         if (copied != checksum) return "payload checksum mismatch (damaged, or rewritten while reading)";
         payloadLength = (int)found.PayloadLength;
         return null;
@@ -750,9 +727,9 @@ public sealed unsafe class SlotPool : IDisposable
     /// </summary>
     private string? CheckSlot(SlotEntry expected, out SlotEntry found, out UInt128 checksum, bool checkTokens = false, ReadOnlySpan<int> tokens = default, bool anyKey = false)
     {
-        // Copy the header out of the shared mapping first, so every check sees the same bytes.
+        // One copy of the header, so every check sees the same bytes.
         Span<byte> header = stackalloc byte[SlotHeaderBytes];
-        new ReadOnlySpan<byte>(_base + SlotOffset(expected.Slot), SlotHeaderBytes).CopyTo(header);
+        PayloadSource.File(_data.SafeFileHandle, SlotOffset(expected.Slot)).Read(0, header);
         var failure = SlotHeader.Check(header, Identity, expected.Slot, anyKey ? null : expected.Generation, anyKey ? null : expected.Key,
             checkTokens, tokens, PayloadCapacity, out found, out checksum);
         if (failure is null && !anyKey && found.TokenCount != expected.TokenCount) return "token count differs from the index";
