@@ -19,13 +19,14 @@ namespace OrtKvTier.Cache;
 /// </summary>
 public sealed class PrefixCache : IDisposable
 {
-    private const int PendingWriteLimit = 256;
+    /// <summary>Bytes of chunks queued for the lower tiers, at most (a capture waits when it is reached).</summary>
+    private const long PendingWriteBytes = 256L << 20;
 
     private readonly PrefixCacheOptions _options;
     private readonly ILogger? _logger;
     private readonly IKvChunkTier[] _lower;
-    private readonly BlockingCollection<(HostChunk Chunk, int TierLimit)> _writes = new(PendingWriteLimit);
-    private readonly Thread _writer;
+    private readonly BlockingCollection<(HostChunk Chunk, int TierLimit)> _writes;
+    private readonly Thread[] _writers;
     private readonly object _pendingGate = new();
     private int _pending;
     private bool _disposed;
@@ -62,9 +63,15 @@ public sealed class PrefixCache : IDisposable
         lower.AddRange(options.ExtraTiers);
         _lower = lower.ToArray();
         Tiers = [Host, .. _lower];
-        _writer = new Thread(WriteLowerTiers) { IsBackground = true, Name = "ortkv-cache-writer" };
-        _writer.Start();
+        _writes = new(checked((int)Math.Clamp(PendingWriteBytes / ChunkBytes, 8, 256)));
+        // Several writers: the disk tier writes slots in parallel, a remote tier overlaps round trips.
+        _writers = Enumerable.Range(0, _lower.Length == 0 ? 0 : WriterThreads)
+            .Select(i => new Thread(WriteLowerTiers) { IsBackground = true, Name = $"ortkv-cache-writer-{i}" }).ToArray();
+        foreach (var writer in _writers) writer.Start();
     }
+
+    /// <summary>Threads writing stored chunks to the lower tiers.</summary>
+    public static int WriterThreads { get; } = Math.Clamp(Environment.ProcessorCount / 2, 2, 4);
 
     /// <summary>The model's KV layout.</summary>
     public KvLayout Layout { get; }
@@ -148,7 +155,7 @@ public sealed class PrefixCache : IDisposable
         }
         _disposed = true;
         _writes.CompleteAdding();
-        _writer.Join();
+        foreach (var writer in _writers) writer.Join();
         _writes.Dispose();
         foreach (var tier in Tiers) tier.Dispose();
     }
@@ -186,7 +193,7 @@ public sealed class PrefixCache : IDisposable
         foreach (var remote in _lower.OfType<RemoteTier>())
         {
             if (missing.Count == 0) return;
-            var chunks = missing.Select(i => new HostChunk(plan.Keys[i], ChunkTokensOf(plan.Tokens, i), ChunkBytes)).ToArray();
+            var chunks = missing.Select(i => Host.NewChunk(plan.Keys[i], ChunkTokensOf(plan.Tokens, i))).ToArray();
             bool[] found;
             try
             {
@@ -237,7 +244,7 @@ public sealed class PrefixCache : IDisposable
                     if (disk.TryRead(key, chunkTokens, ChunkLayout.ScatterToPast(past, capacity, index, tokens))) return Count(tier.Name);
                     continue;
                 }
-                var chunk = new HostChunk(key, chunkTokens, ChunkBytes);
+                var chunk = Host.NewChunk(key, chunkTokens);
                 try
                 {
                     if (!tier.TryRead(key, chunkTokens, chunk.Bytes)) continue;
@@ -280,7 +287,7 @@ public sealed class PrefixCache : IDisposable
             if (Host.Contains(keys[i])) continue;
             // Only the local disk is asked here; the writer thread asks each lower tier before writing to it.
             bool isNew = Disk?.Contains(keys[i]) != true;
-            var chunk = new HostChunk(keys[i], ChunkTokensOf(tokens, i), ChunkBytes);
+            var chunk = Host.NewChunk(keys[i], ChunkTokensOf(tokens, i));
             try
             {
                 fill(i, chunk);

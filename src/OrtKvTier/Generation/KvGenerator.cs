@@ -189,25 +189,14 @@ public sealed class KvGenerator : IDisposable
             });
         else
         {
-            // Device memory: restore into host tensors, then copy the rows into the device past.
-            OrtKvTensors? host = null;
-            try
+            // Device memory: stage the chunks in pinned memory, then one CopyTensors into the device past.
+            LastRestore = _model.DeviceTransfer!.RestoreInto(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
             {
-                LastRestore = PrefixTransfer.Restore(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
-                {
-                    _past.PrepareRestore(length);
-                    host?.Dispose();
-                    host = OrtKvTensors.Allocate(_model.Layout, length);
-                    return host;
-                });
-                int restored = LastRestore.RestoredTokens;
-                if (restored > 0)
-                    ForEachTensor((layer, value, i) => KvMemory.CopyRows(_model.Layout, host!.Values[i], restored, _past.Tensor(layer, value), _past.Capacity, restored));
-            }
-            finally
-            {
-                host?.Dispose();
-            }
+                _past.PrepareRestore(length);
+                var targets = new OrtValue[_model.Layout.Layers * 2];
+                ForEachTensor((layer, value, i) => targets[i] = _past.Tensor(layer, value));
+                return (targets, _past.Capacity);
+            }).Report;
         }
         // Chunks that came from host memory need no capture; the others are promoted by the next capture.
         int fromHost = 0;

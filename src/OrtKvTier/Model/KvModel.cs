@@ -24,6 +24,7 @@ public sealed class KvModel : IDisposable
         Names = names;
         VocabSize = vocabSize;
         EosTokenIds = eosTokenIds;
+        _deviceTransfer = new(() => EpDevice is null ? null : new Transfer.DeviceKvTransfer(Layout, EpDevice), LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>The model folder (full path).</summary>
@@ -53,6 +54,11 @@ public sealed class KvModel : IDisposable
 
     /// <summary>Where generators keep the past tensors: device memory on CUDA, else host memory.</summary>
     internal Transfer.KvMemory KvMemory { get; private init; } = Transfer.KvMemory.Host;
+
+    private readonly Lazy<Transfer.DeviceKvTransfer?> _deviceTransfer;
+
+    /// <summary>On CUDA, the pinned staging that restores into device past tensors go through (created on first use); null on the CPU.</summary>
+    internal Transfer.DeviceKvTransfer? DeviceTransfer => _deviceTransfer.Value;
 
     /// <summary>Why the model runs on the CPU although CUDA was asked for; null otherwise.</summary>
     public string? DeviceNote { get; private init; }
@@ -150,7 +156,11 @@ public sealed class KvModel : IDisposable
     }
 
     /// <inheritdoc />
-    public void Dispose() => Session.Dispose();
+    public void Dispose()
+    {
+        if (_deviceTransfer.IsValueCreated) _deviceTransfer.Value?.Dispose();
+        Session.Dispose();
+    }
 
     private static GenAiConfig ReadConfig(string configPath)
     {

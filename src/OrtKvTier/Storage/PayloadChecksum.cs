@@ -21,6 +21,17 @@ internal static unsafe class PayloadChecksum
             return Run(PayloadSource.Memory(p), null, payload.Length, parallelism);
     }
 
+    /// <summary>
+    /// Returns the checksum of <paramref name="payload"/> and writes it to <paramref name="file"/> at
+    /// <paramref name="offset"/>, each block written right after it is hashed (while it is in cache), on
+    /// several threads. <paramref name="beforeWrite"/>(file offset) runs before each write (fault injection in tests).
+    /// </summary>
+    public static UInt128 ComputeAndWrite(ReadOnlySpan<byte> payload, SafeFileHandle file, long offset, int parallelism, Action<long>? beforeWrite = null)
+    {
+        fixed (byte* p = payload)
+            return Run(PayloadSource.Memory(p), null, payload.Length, parallelism, new PayloadSink(file, offset, beforeWrite));
+    }
+
     /// <summary>The checksum of <paramref name="length"/> bytes of a file from <paramref name="offset"/>, read with positional reads.</summary>
     public static UInt128 Compute(SafeFileHandle file, long offset, long length, int parallelism) =>
         Run(PayloadSource.File(file, offset), null, length, parallelism);
@@ -33,33 +44,43 @@ internal static unsafe class PayloadChecksum
     public static UInt128 ReadAndCompute(SafeFileHandle file, long offset, PayloadScatter scatter, long length, int parallelism) =>
         Run(PayloadSource.File(file, offset), scatter, length, parallelism);
 
-    private static UInt128 Run(PayloadSource source, PayloadScatter? scatter, long length, int parallelism)
+    private static UInt128 Run(PayloadSource source, PayloadScatter? scatter, long length, int parallelism, PayloadSink? sink = null)
     {
         int blocks = (int)((length + ChecksumBlockBytes - 1) / ChecksumBlockBytes);
         if (blocks <= 1)
         {
             Span<byte> single = stackalloc byte[16];
-            if (blocks == 1) HashBlock(source, scatter, length, 0, single);
+            if (blocks == 1) HashBlock(source, scatter, sink, length, 0, single);
             return XxHash128.HashToUInt128(single[..(blocks * 16)]);
         }
         var hashes = new byte[blocks * 16];
         if (blocks >= ParallelFromBlocks && parallelism > 1)
-            Parallel.For(0, blocks, new ParallelOptions { MaxDegreeOfParallelism = parallelism },
-                b => HashBlock(source, scatter, length, b, hashes.AsSpan(b * 16, 16)));
+            try
+            {
+                Parallel.For(0, blocks, new ParallelOptions { MaxDegreeOfParallelism = parallelism },
+                    b => HashBlock(source, scatter, sink, length, b, hashes.AsSpan(b * 16, 16)));
+            }
+            catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+            {
+                // Callers handle the I/O error itself (IOException, ObjectDisposedException), as from one thread.
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
+            }
         else
-            for (int b = 0; b < blocks; b++) HashBlock(source, scatter, length, b, hashes.AsSpan(b * 16, 16));
+            for (int b = 0; b < blocks; b++) HashBlock(source, scatter, sink, length, b, hashes.AsSpan(b * 16, 16));
         return XxHash128.HashToUInt128(hashes);
     }
 
     // Optimized from the first call: a restarted process serves its first restore with it.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void HashBlock(PayloadSource source, PayloadScatter? scatter, long length, int block, Span<byte> hashOut)
+    private static void HashBlock(PayloadSource source, PayloadScatter? scatter, PayloadSink? sink, long length, int block, Span<byte> hashOut)
     {
         long start = (long)block * ChecksumBlockBytes;
         int size = (int)(Math.Min(start + ChecksumBlockBytes, length) - start);
         if (scatter is not { } to)
         {
-            XxHash128.Hash(source.IsMemory ? new ReadOnlySpan<byte>(source.At(start), size) : source.Read(start, Staging(size)), hashOut);
+            var bytes = source.IsMemory ? new ReadOnlySpan<byte>(source.At(start), size) : source.Read(start, Staging(size));
+            XxHash128.Hash(bytes, hashOut);
+            sink?.Write(start, bytes);
             return;
         }
         // Hash the bytes as read, in one shot: XxHash128's streaming Append runs at about 1 GB/s
@@ -148,6 +169,16 @@ internal readonly unsafe struct PayloadSource
             done += read;
         }
         return into;
+    }
+}
+
+/// <summary>Where a payload's bytes are written as they are hashed: a file from an offset, with positional writes.</summary>
+internal readonly struct PayloadSink(SafeFileHandle file, long offset, Action<long>? beforeWrite)
+{
+    public void Write(long position, ReadOnlySpan<byte> bytes)
+    {
+        beforeWrite?.Invoke(offset + position);
+        RandomAccess.Write(file, bytes, offset + position);
     }
 }
 

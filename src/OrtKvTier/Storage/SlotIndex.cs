@@ -15,6 +15,8 @@ internal sealed class SlotIndex
     private readonly LinkedList<SlotEntry> _recency = new();
     private readonly LinkedListNode<SlotEntry>?[] _bySlot;
     private readonly SortedSet<int> _free;
+    /// <summary>Slots taken by <see cref="TakeFree"/> whose write has not been put or released yet.</summary>
+    private readonly HashSet<int> _writing = [];
 
     public SlotIndex(int slotCount)
     {
@@ -51,6 +53,7 @@ internal sealed class SlotIndex
         _byKey[entry.Key.Value] = node;
         _bySlot[entry.Slot] = node;
         _free.Remove(entry.Slot);
+        _writing.Remove(entry.Slot);
         PayloadBytes += entry.PayloadLength;
     }
 
@@ -75,19 +78,20 @@ internal sealed class SlotIndex
         _recency.AddLast(node);
     }
 
-    /// <summary>Takes a free slot, or null when every slot holds an entry.</summary>
+    /// <summary>Takes a free slot for a write (until <see cref="Put"/> or <see cref="Release"/>), or null when every slot holds an entry or is being written.</summary>
     public int? TakeFree()
     {
         if (_free.Count == 0) return null;
         int slot = _free.Min;
         _free.Remove(slot);
+        _writing.Add(slot);
         return slot;
     }
 
     /// <summary>Marks a slot taken by <see cref="TakeFree"/> as free again (its write failed).</summary>
     public void Release(int slot)
     {
-        if (_bySlot[slot] is null) _free.Add(slot);
+        if (_writing.Remove(slot) && _bySlot[slot] is null) _free.Add(slot);
     }
 
     public SlotEntry? Oldest => _recency.First?.Value;
@@ -98,7 +102,7 @@ internal sealed class SlotIndex
         _recency.Clear();
         Array.Clear(_bySlot);
         _free.Clear();
-        _free.UnionWith(Enumerable.Range(0, _bySlot.Length));
+        _free.UnionWith(Enumerable.Range(0, _bySlot.Length).Where(slot => !_writing.Contains(slot)));
         PayloadBytes = 0;
     }
 

@@ -44,8 +44,10 @@ public sealed unsafe class SlotPool : IDisposable
     private readonly List<ChunkKey> _pendingTouches = [];
     private const int MaxPendingTouches = 1024;
 
-    /// <summary>Serializes writers (put, remove, compact, clear) within the process.</summary>
+    /// <summary>Serializes compaction, flushes and clears within the process (puts only take <see cref="_gate"/> briefly).</summary>
     private readonly Lock _writeGate = new();
+    /// <summary>Keys whose slot is being written by a put in progress.</summary>
+    private readonly HashSet<ChunkKey> _writingKeys = [];
 
     /// <summary>Read lock held while a read uses the data file; Dispose takes it for writing before closing it.</summary>
     private readonly ReaderWriterLockSlim _lifetime = new();
@@ -122,8 +124,11 @@ public sealed unsafe class SlotPool : IDisposable
     /// <summary>
     /// Stores <paramref name="payload"/> under <paramref name="key"/> with the chunk's token ids,
     /// evicting the least recently used entry when full. Returns false when the key is already
-    /// stored (it is marked used). Throws <see cref="IOException"/> when the write fails; earlier
-    /// entries stay readable.
+    /// stored (it is marked used), is being stored by another thread, or every slot is being written.
+    /// Throws <see cref="IOException"/> when the write fails; earlier entries stay readable.
+    /// Any number of threads may put at once: each writes its own slot (payload hashed and written
+    /// block by block on several threads, then the header); only choosing the slot and journaling
+    /// the entry are serialized.
     /// </summary>
     public bool Put(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
     {
@@ -133,64 +138,83 @@ public sealed unsafe class SlotPool : IDisposable
         if (payload.Length > PayloadCapacity)
             throw new ArgumentException($"A slot holds at most {PayloadCapacity} payload bytes; got {payload.Length}.", nameof(payload));
 
-        lock (_writeGate)
+        if (!TryReserveSlot(key, out int slot, out ulong generation)) return false;
+        var entry = new SlotEntry(key, slot, generation, tokens.Length, payload.Length);
+        bool published = false;
+        _lifetime.EnterReadLock();
+        try
         {
-            int slot;
-            ulong generation;
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            long offset = SlotOffset(slot);
+            var checksum = PayloadChecksum.ComputeAndWrite(payload, _data.SafeFileHandle, offset + SlotHeaderBytes, _parallelism,
+                _options.BeforeWrite is { } hook ? position => hook(DataFileName, position) : null);
+            var header = new byte[SlotHeaderBytes];
+            int used = SlotHeader.Write(header, Identity, slot, generation, key, tokens, payload.Length, checksum);
+            WriteData(header.AsSpan(0, AlignUp(used, 512)), offset);
+            if (_options.Durability == Durability.EveryWrite) _data.Flush(flushToDisk: true);
             lock (_gate)
             {
-                if (_index.Contains(key))
-                {
-                    TouchLocked(key);
-                    return false;
-                }
-                if (_index.TakeFree() is int free) slot = free;
-                else
-                {
-                    // Journal the eviction first: if that fails, nothing has changed.
-                    var victim = _index.Oldest!.Value;
-                    try
-                    {
-                        AppendLocked(IndexJournal.RemoveRecord(victim.Key));
-                    }
-                    catch (IOException e)
-                    {
-                        throw new IOException($"Could not store chunk {key}: evicting the oldest entry failed to journal: {e.Message} Entries stored earlier are unaffected.", e);
-                    }
-                    _index.Remove(victim.Key);
-                    _evictions++;
-                    _dirty = true;
-                    slot = _index.TakeFree()!.Value;
-                }
-                generation = ((ulong)_writerEpoch << 32) | _nextGenerationLow++;
+                WritePendingTouchesLocked();
+                AppendLocked(IndexJournal.PutRecord(entry));
+                if (_options.Durability == Durability.EveryWrite) _journal!.FlushToDisk();
+                _writingKeys.Remove(key);
+                _index.Put(entry);
+                _puts++;
+                _dirty = _dataDirty = true;
+                published = true;
             }
-
-            var entry = new SlotEntry(key, slot, generation, tokens.Length, payload.Length);
-            try
-            {
-                var checksum = PayloadChecksum.Compute(payload, _parallelism);
-                long offset = SlotOffset(slot);
-                WriteData(payload, offset + SlotHeaderBytes);
-                var header = new byte[SlotHeaderBytes];
-                int used = SlotHeader.Write(header, Identity, slot, generation, key, tokens, payload.Length, checksum);
-                WriteData(header.AsSpan(0, AlignUp(used, 512)), offset);
-                if (_options.Durability == Durability.EveryWrite) _data.Flush(flushToDisk: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"Could not store chunk {key} in slot {slot} of {_dataPath}: {e.Message} Entries stored earlier are unaffected.", e);
+        }
+        finally
+        {
+            _lifetime.ExitReadLock();
+            if (!published)
                 lock (_gate)
                 {
-                    WritePendingTouchesLocked();
-                    AppendLocked(IndexJournal.PutRecord(entry));
-                    if (_options.Durability == Durability.EveryWrite) _journal!.FlushToDisk();
-                    _index.Put(entry);
-                    _puts++;
-                    _dirty = _dataDirty = true;
+                    _writingKeys.Remove(key);
+                    _index.Release(slot);
                 }
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        }
+        MaybeCompact();
+        return true;
+    }
+
+    /// <summary>Takes a slot for <paramref name="key"/> (free, or the least recently used entry's, journaled as removed first).</summary>
+    private bool TryReserveSlot(ChunkKey key, out int slot, out ulong generation)
+    {
+        slot = 0;
+        generation = 0;
+        lock (_gate)
+        {
+            if (_index.Contains(key))
             {
-                lock (_gate) _index.Release(slot);
-                throw new IOException($"Could not store chunk {key} in slot {slot} of {_dataPath}: {e.Message} Entries stored earlier are unaffected.", e);
+                TouchLocked(key);
+                return false;
             }
-            MaybeCompact();
+            if (_writingKeys.Contains(key)) return false;
+            if (_index.TakeFree() is int free) slot = free;
+            else
+            {
+                if (_index.Oldest is not { } victim) return false; // every slot is being written by another thread
+                // Journal the eviction first: if that fails, nothing has changed.
+                try
+                {
+                    AppendLocked(IndexJournal.RemoveRecord(victim.Key));
+                }
+                catch (IOException e)
+                {
+                    throw new IOException($"Could not store chunk {key}: evicting the oldest entry failed to journal: {e.Message} Entries stored earlier are unaffected.", e);
+                }
+                _index.Remove(victim.Key);
+                _evictions++;
+                _dirty = true;
+                slot = _index.TakeFree()!.Value;
+            }
+            generation = ((ulong)_writerEpoch << 32) | _nextGenerationLow++;
+            _writingKeys.Add(key);
             return true;
         }
     }

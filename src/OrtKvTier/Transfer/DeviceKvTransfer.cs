@@ -11,7 +11,8 @@ namespace OrtKvTier.Transfer;
 /// verified, on all cores) into pinned host tensors laid out exactly like the device past, then
 /// copied with one synchronous <see cref="OrtEnv.CopyTensors"/> call. With no device (no GPU) the same
 /// path runs with ordinary host memory, which is how it is tested. Not yet double-buffered or on an
-/// <see cref="OrtSyncStream"/>: staging finishes before the device copy starts.
+/// <see cref="OrtSyncStream"/>: staging finishes before the device copy starts. A model on CUDA
+/// restores through one of these (<see cref="KvModel"/> keeps it).
 /// </summary>
 public sealed class DeviceKvTransfer : IDisposable
 {
@@ -55,23 +56,43 @@ public sealed class DeviceKvTransfer : IDisposable
     /// </summary>
     public (OrtValue[] Past, PrefixRestoreReport Report, double CopyMs) Restore(PrefixCache cache, ReadOnlySpan<int> tokens)
     {
+        OrtValue[]? past = null;
+        var (report, copyMs) = RestoreInto(cache, tokens, 0, rows => (past = AllocatePast(rows), rows));
+        return (past ?? AllocatePast(0), report, copyMs);
+    }
+
+    /// <summary>
+    /// Restores the longest cached prefix of <paramref name="tokens"/>, when it covers more than
+    /// <paramref name="computedTokens"/>, into the caller's target-memory tensors: chunks are staged
+    /// (and verified) in the pinned buffers, then <paramref name="prepareTargets"/>(rows) returns the
+    /// past tensors to fill (key 0, value 0, key 1, …, <c>Capacity</c> rows per head, rows 0.. are
+    /// written) and one <see cref="OrtEnv.CopyTensors"/> call fills them. Returns the report and the
+    /// milliseconds of that copy.
+    /// </summary>
+    public (PrefixRestoreReport Report, double CopyMs) RestoreInto(PrefixCache cache, ReadOnlySpan<int> tokens, int computedTokens,
+        Func<int, (IReadOnlyList<OrtValue> Targets, int Capacity)> prepareTargets)
+    {
         ArgumentNullException.ThrowIfNull(cache);
+        ArgumentNullException.ThrowIfNull(prepareTargets);
         lock (_stagingGate)
         {
             OrtValue[]? views = null;
             try
             {
-                var report = PrefixTransfer.Restore(cache, tokens, 0, length =>
+                var report = PrefixTransfer.Restore(cache, tokens, computedTokens, length =>
                 {
                     DisposeAll(views);
                     views = StagingViews(length);
                     return OrtKvTensors.View(views, length);
                 });
                 int restored = report.RestoredTokens;
-                var past = AllocatePast(restored);
+                if (restored == 0) return (report, 0);
+                var (targets, capacity) = prepareTargets(restored);
+                if (targets.Count != views!.Length)
+                    throw new ArgumentException($"Expected {views.Length} target tensors (key and value per layer); got {targets.Count}.", nameof(prepareTargets));
                 long start = Stopwatch.GetTimestamp();
-                if (restored > 0) CopyTensors(views!, past);
-                return (past, report, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+                KvMemory.CopyRows(_layout, views, restored, targets, capacity, restored);
+                return (report, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             }
             finally
             {
@@ -112,15 +133,11 @@ public sealed class DeviceKvTransfer : IDisposable
     /// <summary>Copies tensors pairwise (same shapes) between host, pinned and device memory, waiting for completion.</summary>
     public void CopyTensors(IReadOnlyList<OrtValue> sources, IReadOnlyList<OrtValue> destinations)
     {
-        if (sources.Count != destinations.Count) throw new ArgumentException($"{sources.Count} sources for {destinations.Count} destinations.");
-        if (_device is null)
-        {
-            // ONNX Runtime has no host-to-host data transfer ("not found"): copy the bytes.
-            for (int i = 0; i < sources.Count; i++) sources[i].GetTensorMutableRawData().CopyTo(destinations[i].GetTensorMutableRawData());
-            return;
-        }
-        // A null stream makes ONNX Runtime copy synchronously.
-        OrtEnv.Instance().CopyTensors(sources, destinations, null);
+        ArgumentNullException.ThrowIfNull(sources);
+        ArgumentNullException.ThrowIfNull(destinations);
+        if (sources.Count == 0) return;
+        int rows = checked((int)sources[0].GetTensorTypeAndShape().Shape[2]);
+        KvMemory.CopyRows(_layout, sources, rows, destinations, rows, rows);
     }
 
     /// <summary>Pinned host tensors of <paramref name="tokens"/> rows (host memory without a device).</summary>

@@ -34,35 +34,57 @@ internal sealed class KvMemory
     /// (<c>[1, kvH, sourceRows, D]</c>) to <paramref name="destination"/> (<c>[1, kvH, destinationRows, D]</c>),
     /// in whatever memory each lives.
     /// </summary>
-    public static unsafe void CopyRows(KvLayout layout, OrtValue source, int sourceRows, OrtValue destination, int destinationRows, int rows)
+    public static void CopyRows(KvLayout layout, OrtValue source, int sourceRows, OrtValue destination, int destinationRows, int rows) =>
+        CopyRows(layout, [source], sourceRows, [destination], destinationRows, rows);
+
+    /// <summary>
+    /// <see cref="CopyRows(KvLayout, OrtValue, int, OrtValue, int, int)"/> for tensors pairwise, in one
+    /// <see cref="OrtEnv.CopyTensors"/> call when either side is device memory: whole tensors when both
+    /// hold exactly <paramref name="rows"/> rows, else one view per head.
+    /// </summary>
+    public static unsafe void CopyRows(KvLayout layout, IReadOnlyList<OrtValue> sources, int sourceRows, IReadOnlyList<OrtValue> destinations, int destinationRows, int rows)
     {
-        if (rows == 0) return;
+        if (sources.Count != destinations.Count) throw new ArgumentException($"{sources.Count} sources for {destinations.Count} destinations.");
+        if (rows == 0 || sources.Count == 0) return;
         long row = layout.BytesPerHeadToken, bytes = rows * row;
-        var from = source.GetTensorMemoryInfo();
-        var to = destination.GetTensorMemoryInfo();
-        byte* src = Start(source), dst = Start(destination);
+        var from = sources[0].GetTensorMemoryInfo();
+        var to = destinations[0].GetTensorMemoryInfo();
         if (from.GetDeviceType() == OrtMemoryInfoDeviceType.CPU && to.GetDeviceType() == OrtMemoryInfoDeviceType.CPU)
         {
-            for (int h = 0; h < layout.KvHeads; h++)
-                Buffer.MemoryCopy(src + h * sourceRows * row, dst + h * destinationRows * row, bytes, bytes);
+            // ONNX Runtime has no host-to-host data transfer ("not found"): copy the bytes.
+            for (int i = 0; i < sources.Count; i++)
+            {
+                byte* src = Start(sources[i]), dst = Start(destinations[i]);
+                for (int h = 0; h < layout.KvHeads; h++)
+                    Buffer.MemoryCopy(src + h * sourceRows * row, dst + h * destinationRows * row, bytes, bytes);
+            }
             return;
         }
-        var sources = new OrtValue[layout.KvHeads];
-        var destinations = new OrtValue[layout.KvHeads];
+        if (sourceRows == rows && destinationRows == rows)
+        {
+            OrtEnv.Instance().CopyTensors(sources, destinations, null);
+            return;
+        }
+        var sourceViews = new List<OrtValue>(sources.Count * layout.KvHeads);
+        var destinationViews = new List<OrtValue>(sources.Count * layout.KvHeads);
         try
         {
             long[] shape = [1, 1, rows, layout.HeadSize];
-            for (int h = 0; h < layout.KvHeads; h++)
+            for (int i = 0; i < sources.Count; i++)
             {
-                sources[h] = OrtValue.CreateTensorValueWithData(from, layout.OrtElementType, shape, (nint)(src + h * sourceRows * row), bytes);
-                destinations[h] = OrtValue.CreateTensorValueWithData(to, layout.OrtElementType, shape, (nint)(dst + h * destinationRows * row), bytes);
+                byte* src = Start(sources[i]), dst = Start(destinations[i]);
+                for (int h = 0; h < layout.KvHeads; h++)
+                {
+                    sourceViews.Add(OrtValue.CreateTensorValueWithData(from, layout.OrtElementType, shape, (nint)(src + h * sourceRows * row), bytes));
+                    destinationViews.Add(OrtValue.CreateTensorValueWithData(to, layout.OrtElementType, shape, (nint)(dst + h * destinationRows * row), bytes));
+                }
             }
-            OrtEnv.Instance().CopyTensors(sources, destinations, null);
+            OrtEnv.Instance().CopyTensors(sourceViews, destinationViews, null);
         }
         finally
         {
-            foreach (var v in sources) v?.Dispose();
-            foreach (var v in destinations) v?.Dispose();
+            foreach (var v in sourceViews) v.Dispose();
+            foreach (var v in destinationViews) v.Dispose();
         }
     }
 

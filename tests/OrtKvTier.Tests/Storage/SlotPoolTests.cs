@@ -44,6 +44,45 @@ public sealed class SlotPoolTests : IDisposable
     }
 
     [Fact]
+    public void PutsFromManyThreadsAtOnceEachGetTheirOwnSlotAndEveryKeyIsServedOnceWritten()
+    {
+        // 8 threads put 48 keys (each key twice, by two threads) into 16 slots while 2 threads read: the pool
+        // evicts as it goes, never hands one slot to two writers, and serves only bytes stored under the key.
+        using var pool = Open(slots: 16);
+        int stored = 0, wrong = 0;
+        using var stop = new CancellationTokenSource();
+        var readers = Enumerable.Range(0, 2).Select(r => Task.Run(() =>
+        {
+            var buffer = new byte[pool.PayloadCapacity];
+            for (int n = 0; !stop.IsCancellationRequested; n++)
+            {
+                var key = TestPayloads.Key(1, n % 48);
+                if (pool.TryGet(key, TestPayloads.Tokens(key), buffer, out int length) && !buffer.AsSpan(0, length).SequenceEqual(TestPayloads.Payload(key)))
+                    Interlocked.Increment(ref wrong);
+            }
+        })).ToArray();
+        Parallel.For(0, 96, new ParallelOptions { MaxDegreeOfParallelism = 8 }, n =>
+        {
+            var key = TestPayloads.Key(1, n % 48);
+            if (pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key))) Interlocked.Increment(ref stored);
+        });
+        stop.Cancel();
+        Task.WaitAll(readers);
+
+        Assert.Equal(0, wrong);
+        Assert.InRange(stored, 48, 96);
+        var stats = pool.GetStats();
+        Assert.Equal(16, stats.Entries);
+        Assert.Equal(0, stats.Damaged);
+        Assert.Equal(16, Enumerable.Range(0, 48).Count(i => Served(pool, i)));
+        // What the journal says after all that matches the slots: a reopened pool serves the same 16 keys.
+        var served = Enumerable.Range(0, 48).Where(i => pool.Contains(TestPayloads.Key(1, i))).ToList();
+        pool.Dispose();
+        using var reopened = Open(slots: 16);
+        Assert.Equal(served, Enumerable.Range(0, 48).Where(i => Served(reopened, i)).ToList());
+    }
+
+    [Fact]
     public void PutGetRemoveClearAndStats()
     {
         using var pool = Open();

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using OrtKvTier.Storage;
 
 namespace OrtKvTier.Cache.Tiers;
@@ -9,16 +8,18 @@ namespace OrtKvTier.Cache.Tiers;
 /// </summary>
 internal sealed unsafe class HostChunk
 {
-    private const nuint Alignment = 64;
+    private readonly ChunkBuffers _buffers;
     private byte* _data;
     private int _references = 1;
 
-    public HostChunk(ChunkKey key, ReadOnlySpan<int> tokens, long bytes)
+    /// <summary>A chunk whose bytes (undefined until written) come from <paramref name="buffers"/>.</summary>
+    public HostChunk(ChunkKey key, ReadOnlySpan<int> tokens, ChunkBuffers buffers)
     {
         Key = key;
         Tokens = tokens.ToArray();
-        Length = bytes;
-        _data = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, Alignment);
+        Length = buffers.ChunkBytes;
+        _buffers = buffers;
+        _data = buffers.Rent();
     }
 
     public ChunkKey Key { get; }
@@ -43,13 +44,13 @@ internal sealed unsafe class HostChunk
         return this;
     }
 
-    /// <summary>Drops a reference; the memory is freed with the last one.</summary>
+    /// <summary>Drops a reference; the buffer goes back with the last one.</summary>
     public void Release()
     {
         int left = Interlocked.Decrement(ref _references);
         if (left == 0)
         {
-            NativeMemory.AlignedFree(_data);
+            _buffers.Return(_data);
             _data = null;
         }
         else if (left < 0) throw new InvalidOperationException($"Chunk {Key} was released more often than retained.");

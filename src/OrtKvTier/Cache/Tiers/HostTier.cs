@@ -21,6 +21,7 @@ public sealed class HostTier : IKvChunkTier
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunkBytes);
         BudgetBytes = budgetBytes;
         ChunkBytes = chunkBytes;
+        Buffers = new ChunkBuffers(chunkBytes);
     }
 
     /// <inheritdoc />
@@ -31,6 +32,12 @@ public sealed class HostTier : IKvChunkTier
 
     /// <summary>Bytes of one chunk.</summary>
     public long ChunkBytes { get; }
+
+    /// <summary>Where every chunk of this size gets its memory (recycled).</summary>
+    internal ChunkBuffers Buffers { get; }
+
+    /// <summary>A new chunk (not held yet) whose bytes the caller fills.</summary>
+    internal HostChunk NewChunk(ChunkKey key, ReadOnlySpan<int> tokens) => new(key, tokens, Buffers);
 
     /// <summary>Called (outside the tier's lock) with each chunk evicted to make room; the chunk is valid during the call.</summary>
     internal Action<HostChunk>? Evicted { get; set; }
@@ -61,7 +68,7 @@ public sealed class HostTier : IKvChunkTier
     public bool Write(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
     {
         RequireChunkSize(payload.Length, nameof(payload));
-        var chunk = new HostChunk(key, tokens, ChunkBytes);
+        var chunk = NewChunk(key, tokens);
         payload.CopyTo(chunk.Bytes);
         bool added = Add(chunk);
         chunk.Release();
@@ -109,7 +116,11 @@ public sealed class HostTier : IKvChunkTier
     }
 
     /// <inheritdoc />
-    public void Dispose() => Clear();
+    public void Dispose()
+    {
+        Clear();
+        Buffers.Dispose();
+    }
 
     /// <summary>A retained reference to the chunk under <paramref name="key"/> if its tokens match (the caller releases it); marks it used.</summary>
     internal bool TryLease(ChunkKey key, ReadOnlySpan<int> tokens, out HostChunk chunk)
