@@ -25,10 +25,17 @@ internal static class ParityCheck
         var onDevice = Greedy(device, prompt, cache, 24, rewindAndRepeat: true);
         var onCpu = Greedy(cpu, prompt, cache: null, 24);
         int firstDifference = Enumerable.Range(0, onCpu.Length).FirstOrDefault(i => onDevice[i] != onCpu[i], -1);
+
+        // The device tier: the first request stores the prefix in device memory, the next restores it device to device.
+        using var withDeviceTier = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16, DeviceBudgetBytes = 64L << 20 });
+        Logits(device, prompt, withDeviceTier, out _);
+        var fromDevice = Restore(device, prompt, withDeviceTier);
+        var deviceTierTokens = Greedy(device, prompt, withDeviceTier, 24);
         var result = new ParityResult(shared ? "shared buffer" : "growing past", device.Device.ToString(), restoredTokens, bitwise, maxDiff,
-            firstDifference < 0, firstDifference);
+            firstDifference < 0, firstDifference, string.Join(", ", fromDevice.TokensByTier.Select(t => $"{t.Value} from {t.Key}")), deviceTierTokens.SequenceEqual(onCpu));
         Console.WriteLine($"parity {result.Mode}: restored {restoredTokens} tokens, logits bitwise equal {bitwise} (max |diff| {maxDiff}), " +
-            $"greedy tokens equal to CPU {result.TokensEqualCpu}{(firstDifference >= 0 ? $" (first difference at {firstDifference})" : "")}");
+            $"greedy tokens equal to CPU {result.TokensEqualCpu}{(firstDifference >= 0 ? $" (first difference at {firstDifference})" : "")}; " +
+            $"device tier: restored {result.DeviceTierRestore}, greedy tokens equal to CPU {result.DeviceTierTokensEqualCpu}");
         return result;
     }
 
@@ -39,6 +46,13 @@ internal static class ParityCheck
         generator.CaptureToCache();
         restored = generator.LastRestore.RestoredTokens;
         return generator.GetLogits().ToArray();
+    }
+
+    private static PrefixRestoreReport Restore(KvModel model, int[] prompt, PrefixCache cache)
+    {
+        using var generator = new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = prompt.Length + 1, DoSample = false }, cache);
+        generator.AppendTokens(prompt);
+        return generator.LastRestore;
     }
 
     /// <summary>Greedy tokens; with <paramref name="rewindAndRepeat"/>, rewinds to the prompt (truncating the past where it lives) and checks the repeat matches.</summary>

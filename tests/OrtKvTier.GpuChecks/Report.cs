@@ -2,7 +2,8 @@ using System.Text.Json.Serialization;
 
 namespace OrtKvTier.GpuChecks;
 
-internal sealed record ParityResult(string Mode, string Device, int RestoredTokens, bool LogitsBitwiseEqual, float MaxAbsDiff, bool TokensEqualCpu, int FirstTokenDifference);
+internal sealed record ParityResult(string Mode, string Device, int RestoredTokens, bool LogitsBitwiseEqual, float MaxAbsDiff, bool TokensEqualCpu, int FirstTokenDifference,
+    string DeviceTierRestore, bool DeviceTierTokensEqualCpu);
 
 internal sealed record ThroughputResult(int Tokens, long Bytes, string Target, double RestoreGbps, double RestoreGatherGbps, double RestoreCopyGbps,
     double FirstRestoreGbps, double RestoreOpenPoolGbps, double CaptureGbps, double CaptureRewriteGbps, double CaptureToPinnedGbps, double PlainCopyGbps);
@@ -21,7 +22,8 @@ internal sealed class Report
         Console.WriteLine($"OrtKvTier GPU checks on {Device}");
         Console.WriteLine($"{"check",-34} {"result",-40}");
         foreach (var p in Parity)
-            Console.WriteLine($"{"parity, " + p.Mode,-34} {(p.LogitsBitwiseEqual ? "logits bitwise equal" : $"logits differ (max {p.MaxAbsDiff})")}, {(p.TokensEqualCpu ? "tokens = CPU" : $"tokens differ at {p.FirstTokenDifference}")}");
+            Console.WriteLine($"{"parity, " + p.Mode,-34} {(p.LogitsBitwiseEqual ? "logits bitwise equal" : $"logits differ (max {p.MaxAbsDiff})")}, {(p.TokensEqualCpu ? "tokens = CPU" : $"tokens differ at {p.FirstTokenDifference}")}; " +
+                $"device tier: restored {p.DeviceTierRestore}, {(p.DeviceTierTokensEqualCpu ? "tokens = CPU" : "tokens differ")}");
         foreach (var t in Throughput)
             Console.WriteLine($"{$"Llama-8B-like, {t.Tokens} tokens",-34} restore {t.RestoreGbps:F1} GB/s reopened / {t.RestoreOpenPoolGbps:F1} open pool, capture {t.CaptureToPinnedGbps:F1} GB/s to pinned / " +
                 $"{t.CaptureRewriteGbps:F1} to slots (rewrite) / {t.CaptureGbps:F1} (fresh file), plain copy {t.PlainCopyGbps:F1} GB/s ({t.Target})");

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Cache.Tiers;
 using OrtKvTier.Cache.Tiers.Remote;
+using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
@@ -94,8 +95,36 @@ public sealed class PrefixCache : IDisposable
     /// <summary>The disk tier, or null for a memory-only cache.</summary>
     public DiskTier? Disk { get; }
 
-    /// <summary>Every tier, fastest first.</summary>
+    /// <summary>Every tier that holds chunks as host-addressable bytes, fastest first (the device tier is <see cref="Device"/>).</summary>
     public IReadOnlyList<IKvChunkTier> Tiers { get; }
+
+    /// <summary>
+    /// The device tier: null until a generator on CUDA uses this cache with
+    /// <see cref="PrefixCacheOptions.DeviceBudgetBytes"/> above 0.
+    /// </summary>
+    public DeviceTier? Device { get; private set; }
+
+    private readonly object _deviceGate = new();
+
+    /// <summary>The device tier for a model on CUDA (created on first use), or null on the CPU or with no device budget.</summary>
+    internal DeviceTier? DeviceTierFor(KvModel model) =>
+        model.KvMemory.OnDevice && _options.DeviceBudgetBytes > 0 ? EnableDeviceTier(model.KvMemory.Allocator) : null;
+
+    /// <summary>Creates the device tier on first call, its tensors from <paramref name="allocator"/>; later calls return it.</summary>
+    internal DeviceTier EnableDeviceTier(OrtAllocator allocator)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_deviceGate)
+        {
+            if (Device is null)
+            {
+                var tier = new DeviceTier(Layout, ChunkTokens, _options.DeviceBudgetBytes, allocator);
+                tier.Evicted = OnDeviceEviction;
+                Device = tier;
+            }
+            return Device;
+        }
+    }
 
     internal ChunkLayout ChunkLayout { get; }
 
@@ -137,8 +166,10 @@ public sealed class PrefixCache : IDisposable
     public PrefixCacheStats GetStats()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        var tiers = Tiers.Select(t => t.GetStats());
+        if (Device is { } device) tiers = tiers.Prepend(device.GetStats());
         lock (_pendingGate)
-            return new PrefixCacheStats(ChunkTokens, ChunkBytes, Tiers.Select(t => t.GetStats()).ToArray(), _pending);
+            return new PrefixCacheStats(ChunkTokens, ChunkBytes, tiers.ToArray(), _pending);
     }
 
     /// <summary>Writes what is queued to the lower tiers, then closes every tier.</summary>
@@ -153,6 +184,7 @@ public sealed class PrefixCache : IDisposable
         {
             _logger?.LogWarning(e, "Prefix cache: flushing on dispose failed; entries written earlier are unaffected.");
         }
+        Device?.Dispose();
         _disposed = true;
         _writes.CompleteAdding();
         foreach (var writer in _writers) writer.Join();
@@ -325,6 +357,24 @@ public sealed class PrefixCache : IDisposable
     {
         int index = Array.FindIndex(_lower, t => t.Name == tierName);
         if (index > 0) Enqueue(chunk, index);
+    }
+
+    /// <summary>A prefix leaving device memory: the chunks host memory lacks are copied there (and on to the lower tiers).</summary>
+    private void OnDeviceEviction(IReadOnlyList<ChunkKey> keys, int[] tokens, OrtValue[] tensors)
+    {
+        KvCacheMetrics.Evictions.Add(1, KvCacheMetrics.Tier(DeviceTier.TierName));
+        if (_disposed || keys.All(Host.Contains)) return;
+        try
+        {
+            int rows = keys.Count * ChunkTokens;
+            using var host = Generation.OrtKvTensors.Allocate(Layout, rows);
+            Transfer.KvMemory.CopyRows(Layout, tensors, rows, host.Values, rows, rows);
+            PrefixTransfer.Capture(this, tokens, rows, host, [.. keys], firstChunk: 0);
+        }
+        catch (Exception e) when (e is OnnxRuntimeException or OutOfMemoryException or InvalidOperationException)
+        {
+            _logger?.LogWarning(e, "Prefix cache: copying a prefix of {Chunks} chunks evicted from device memory to host memory failed; it is dropped.", keys.Count);
+        }
     }
 
     private void OnHostEviction(HostChunk chunk)

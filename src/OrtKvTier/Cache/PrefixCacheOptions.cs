@@ -37,6 +37,13 @@ public sealed record PrefixCacheOptions
     /// <summary>Size of a new disk pool (pre-allocated). Default 1 GiB; an existing pool keeps its size.</summary>
     public long DiskCapacityBytes { get; init; } = 1L << 30;
 
+    /// <summary>
+    /// Device memory for the device tier when the model runs on CUDA: recent prefixes stay there and are
+    /// restored device to device; evicted ones go to host memory. 0 (the default) turns it off: device
+    /// memory is shared with the model's weights and activations, so size it for your GPU.
+    /// </summary>
+    public long DeviceBudgetBytes { get; init; }
+
     /// <summary>Mixed into every key, so caches with different salts never share entries (for example per tenant). Default none.</summary>
     public string? Salt { get; init; }
 
@@ -76,6 +83,7 @@ public sealed record PrefixCacheOptions
         if (ChunkTokens < 1 || ChunkTokens > 65536)
             throw new ArgumentOutOfRangeException(nameof(ChunkTokens), ChunkTokens, "ChunkTokens must be between 1 and 65536.");
         ArgumentOutOfRangeException.ThrowIfNegative(HostBudgetBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(DeviceBudgetBytes);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(DiskCapacityBytes);
         if (Directory is not null) ArgumentException.ThrowIfNullOrWhiteSpace(Directory);
         ArgumentNullException.ThrowIfNull(ExtraTiers);

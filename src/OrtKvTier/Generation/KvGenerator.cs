@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using OrtKvTier.Cache;
+using OrtKvTier.Cache.Tiers;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
@@ -105,8 +106,13 @@ public sealed class KvGenerator : IDisposable
         {
             // Device memory: copy the computed rows to the host, then capture from there.
             using var host = OrtKvTensors.Allocate(_model.Layout, _past.Length);
-            ForEachTensor((layer, value, i) => KvMemory.CopyRows(_model.Layout, _past.Tensor(layer, value), _past.Capacity, host.Values[i], _past.Length, _past.Length));
+            KvMemory.CopyRows(_model.Layout, PastTensors(), _past.Capacity, host.Values, _past.Length, _past.Length);
             stored = PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, host, _chunkKeys, _cachedChunks);
+        }
+        if (_past.Memory.OnDevice && _cache.DeviceTierFor(_model) is { } device)
+        {
+            int chunks = _cache.Chain.FullChunks(_past.Length);
+            if (chunks > 0) device.Store(_cache.Chain.Keys(CollectionsMarshal.AsSpan(_sequence)[..(chunks * _cache.ChunkTokens)]), CollectionsMarshal.AsSpan(_sequence), PastTensors(), _past.Capacity);
         }
         _cachedChunks = Math.Max(_cachedChunks, _past.Length / _cache.ChunkTokens);
         return stored;
@@ -187,21 +193,62 @@ public sealed class KvGenerator : IDisposable
                 _past.PrepareRestore(length);
                 return _past;
             });
-        else
+        else if (cache.DeviceTierFor(_model) is not { } device || RestoreFromDeviceTier(cache, device) is not { } fromDevice)
         {
             // Device memory: stage the chunks in pinned memory, then one CopyTensors into the device past.
             LastRestore = _model.DeviceTransfer!.RestoreInto(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
             {
                 _past.PrepareRestore(length);
-                var targets = new OrtValue[_model.Layout.Layers * 2];
-                ForEachTensor((layer, value, i) => targets[i] = _past.Tensor(layer, value));
-                return (targets, _past.Capacity);
+                return (PastTensors(), _past.Capacity);
             }).Report;
         }
+        else LastRestore = fromDevice;
         // Chunks that came from host memory need no capture; the others are promoted by the next capture.
         int fromHost = 0;
         while (fromHost < LastRestore.ChunkTiers.Count && LastRestore.ChunkTiers[fromHost] == cache.Host.Name) fromHost++;
         if (LastRestore.RestoredTokens > 0) _cachedChunks = Math.Min(fromHost, LastRestore.RestoredTokens / cache.ChunkTokens);
+    }
+
+    /// <summary>
+    /// Restores from the device tier, device to device, when it holds at least as long a prefix as the
+    /// other tiers and more than is computed; null otherwise.
+    /// </summary>
+    private PrefixRestoreReport? RestoreFromDeviceTier(PrefixCache cache, DeviceTier device)
+    {
+        long start = Stopwatch.GetTimestamp();
+        var sequence = CollectionsMarshal.AsSpan(_sequence);
+        int usable = sequence.Length - PrefixTransfer.MinimumSuffixTokens;
+        int chunkTokens = cache.ChunkTokens;
+        if (usable <= _past.Length) return null;
+        int maxChunks = Math.Min((usable + chunkTokens - 1) / chunkTokens, cache.Chain.FullChunks(sequence.Length));
+        using var hit = device.Find(cache.Chain.Keys(sequence[..(maxChunks * chunkTokens)]), sequence);
+        if (hit is null) return null;
+        int restored = Math.Min(hit.Chunks * chunkTokens, usable);
+        if (restored <= _past.Length || hit.Chunks < Math.Min(maxChunks, cache.CachedPrefixLength(sequence) / chunkTokens)) return null;
+        double lookupMs = KvCacheMetrics.Milliseconds(start);
+        start = Stopwatch.GetTimestamp();
+        _past.PrepareRestore(restored);
+        hit.CopyInto(PastTensors(), _past.Capacity, restored);
+        double restoreMs = KvCacheMetrics.Milliseconds(start);
+        int chunks = (restored + chunkTokens - 1) / chunkTokens;
+        KvCacheMetrics.ChunkHits.Add(chunks, KvCacheMetrics.Tier(DeviceTier.TierName));
+        KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "hit"));
+        KvCacheMetrics.LookupDuration.Record(lookupMs);
+        KvCacheMetrics.RestoredTokens.Add(restored);
+        KvCacheMetrics.RestoreDuration.Record(restoreMs);
+        return new PrefixRestoreReport
+        {
+            RestoredTokens = restored, ChunkTiers = Enumerable.Repeat(DeviceTier.TierName, chunks).ToArray(), LookupMs = lookupMs, RestoreMs = restoreMs,
+            TokensByTier = new Dictionary<string, int> { [DeviceTier.TierName] = restored },
+        };
+    }
+
+    /// <summary>The past tensors in chunk order (key 0, value 0, key 1, …).</summary>
+    private OrtValue[] PastTensors()
+    {
+        var tensors = new OrtValue[_model.Layout.Layers * 2];
+        ForEachTensor((layer, value, i) => tensors[i] = _past.Tensor(layer, value));
+        return tensors;
     }
 
     /// <summary>Calls <paramref name="action"/>(layer, value, index) for each past tensor in chunk order (key 0, value 0, key 1, …).</summary>
