@@ -13,7 +13,7 @@ namespace OrtKvTier.Storage;
 internal static unsafe class PayloadChecksum
 {
     /// <summary>Below this many blocks, waking pool threads costs more than it saves.</summary>
-    private const int ParallelFromBlocks = 4;
+    private const int ParallelFromBlocks = 2;
 
     public static UInt128 Compute(ReadOnlySpan<byte> payload, int parallelism)
     {
