@@ -59,7 +59,6 @@ internal static class ThroughputCheck
             Dispose(source);
             Dispose(staging);
 
-            // Restore from the warm slot file, in a fresh cache (empty host tier), best of 3.
             // Restore from the warm slot file, each time in a fresh cache (empty host tier); the first
             // pins the staging buffers, later ones reuse them as a long-running process does. Best of 3.
             var restores = new List<(double Total, double Lookup, double Gather, double Copy)>();
@@ -75,7 +74,7 @@ internal static class ThroughputCheck
             }
             var best = restores.Skip(1).MinBy(r => r.Total);
 
-            // A long-running process keeps its pool open: its mapping's page tables are warm. Host tier off, so every restore reads slots.
+            // A long-running process keeps its pool open. Host tier off, so every restore reads slots.
             var steady = new List<double>();
             using (var cache = new PrefixCache(fingerprint, Llama8B, options))
                 for (int i = 0; i < 4; i++)

@@ -151,7 +151,7 @@ public sealed unsafe class SlotPool : IDisposable
             var header = new byte[SlotHeaderBytes];
             int used = SlotHeader.Write(header, Identity, slot, generation, key, tokens, payload.Length, checksum);
             WriteData(header.AsSpan(0, AlignUp(used, 512)), offset);
-            if (_options.Durability == Durability.EveryWrite) _data.Flush(flushToDisk: true);
+            if (_options.Durability == Durability.EveryWrite) _data.SafeFileHandle.FlushToDisk();
             lock (_gate)
             {
                 WritePendingTouchesLocked();
