@@ -5,7 +5,7 @@ namespace OrtKvTier.GpuChecks;
 internal sealed record ParityResult(string Mode, string Device, int RestoredTokens, bool LogitsBitwiseEqual, float MaxAbsDiff, bool TokensEqualCpu, int FirstTokenDifference,
     string DeviceTierRestore, bool DeviceTierTokensEqualCpu);
 
-internal sealed record ThroughputResult(int Tokens, long Bytes, string Target, double RestoreGbps, double RestoreGatherGbps, double RestoreCopyGbps,
+internal sealed record ThroughputResult(int Tokens, long Bytes, string Target, double RestoreGbps, double RestoreGatherGbps, double RestoreCopyAfterStagingMs,
     double FirstRestoreGbps, double RestoreOpenPoolGbps, double CaptureGbps, double CaptureRewriteGbps, double CaptureToPinnedGbps, double PlainCopyGbps);
 
 internal sealed class Report

@@ -263,45 +263,83 @@ public sealed class PrefixCache : IDisposable
         if (plan.Leased[index] is { } leased)
         {
             ChunkLayout.CopyToPast(leased.Pointer, index, tokens, past, capacity);
-            return Count(plan.From[index] ?? Host.Name);
+            return CountHit(plan.From[index] ?? Host.Name);
         }
         var key = plan.Keys[index];
         var chunkTokens = ChunkTokensOf(plan.Tokens, index);
-        foreach (var tier in _lower)
-        {
+        if (Disk is { } disk && disk.Contains(key))
             try
             {
-                if (tier is DiskTier disk)
-                {
-                    if (disk.TryRead(key, chunkTokens, ChunkLayout.ScatterToPast(past, capacity, index, tokens))) return Count(tier.Name);
-                    continue;
-                }
-                var chunk = Host.NewChunk(key, chunkTokens);
-                try
-                {
-                    if (!tier.TryRead(key, chunkTokens, chunk.Bytes)) continue;
-                    ChunkLayout.CopyToPast(chunk.Pointer, index, tokens, past, capacity);
-                    if (Host.Add(chunk)) PromoteAbove(chunk, tier.Name);
-                    return Count(tier.Name);
-                }
-                finally
-                {
-                    chunk.Release();
-                }
+                if (disk.TryRead(key, chunkTokens, ChunkLayout.ScatterToPast(past, capacity, index, tokens))) return CountHit(disk.Name);
+            }
+            catch (Exception e) when (e is IOException or InvalidOperationException)
+            {
+                _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the disk tier failed; treating it as a miss.", key);
+            }
+        if (ReadFromOtherTiers(key, chunkTokens) is not var (chunk, tier)) return null;
+        try
+        {
+            ChunkLayout.CopyToPast(chunk.Pointer, index, tokens, past, capacity);
+            return CountHit(tier);
+        }
+        finally
+        {
+            chunk.Release();
+        }
+    }
+
+    /// <summary>
+    /// Opens plan chunk <paramref name="index"/> for a restore in stages (<see cref="StagedChunk.Fill"/> a range of
+    /// checksum blocks at a time, then <see cref="StagedChunk.Finish"/>): its host lease, a verified read from the
+    /// disk tier begun, or the chunk read whole from another lower tier. Null when no tier has it.
+    /// </summary>
+    internal StagedChunk? OpenStaged(ChainPlan plan, int index, PayloadScatter scatter)
+    {
+        if (plan.Leased[index] is { } leased) return new StagedChunk(this, scatter, leased, owned: false, plan.From[index] ?? Host.Name);
+        var key = plan.Keys[index];
+        var chunkTokens = ChunkTokensOf(plan.Tokens, index);
+        if (Disk is { } disk && disk.Contains(key))
+            try
+            {
+                if (disk.Pool.BeginRead(key, chunkTokens, scatter) is { } read) return new StagedChunk(this, disk, read);
+            }
+            catch (Exception e) when (e is IOException or InvalidOperationException)
+            {
+                _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the disk tier failed; treating it as a miss.", key);
+            }
+        return ReadFromOtherTiers(key, chunkTokens) is var (chunk, tier) ? new StagedChunk(this, scatter, chunk, owned: true, tier) : null;
+    }
+
+    /// <summary>A chunk read whole from the first lower tier other than the disk that returns it (and promoted), or null.</summary>
+    private (HostChunk Chunk, string Tier)? ReadFromOtherTiers(ChunkKey key, ReadOnlySpan<int> tokens)
+    {
+        foreach (var tier in _lower)
+        {
+            if (tier is DiskTier) continue;
+            var chunk = Host.NewChunk(key, tokens);
+            try
+            {
+                if (!tier.TryRead(key, tokens, chunk.Bytes)) continue;
+                if (Host.Add(chunk)) PromoteAbove(chunk, tier.Name);
+                return (chunk.Retain(), tier.Name);
             }
             catch (Exception e) when (e is IOException or TimeoutException or InvalidOperationException)
             {
                 _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the {Tier} tier failed; treating it as a miss.", key, tier.Name);
             }
+            finally
+            {
+                chunk.Release();
+            }
         }
         return null;
+    }
 
-        string Count(string tier)
-        {
-            KvCacheMetrics.ChunkHits.Add(1, KvCacheMetrics.Tier(tier));
-            KvCacheMetrics.BytesRead.Add(ChunkBytes, KvCacheMetrics.Tier(tier));
-            return tier;
-        }
+    internal string CountHit(string tier)
+    {
+        KvCacheMetrics.ChunkHits.Add(1, KvCacheMetrics.Tier(tier));
+        KvCacheMetrics.BytesRead.Add(ChunkBytes, KvCacheMetrics.Tier(tier));
+        return tier;
     }
 
     /// <summary>
@@ -440,5 +478,66 @@ internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leas
     public void Dispose()
     {
         foreach (var chunk in Leased) chunk?.Release();
+    }
+}
+
+/// <summary>
+/// One plan chunk restored in stages: its bytes come from host memory or from a verified disk read
+/// done a range of checksum blocks at a time, so past tensors can be copied on while later blocks are read.
+/// </summary>
+internal sealed unsafe class StagedChunk
+{
+    private readonly PrefixCache _cache;
+    private readonly PayloadScatter _scatter;
+    private readonly HostChunk? _memory;
+    private readonly bool _owned;
+    private readonly DiskTier? _disk;
+    private readonly SlotRead? _read;
+    private readonly string _tier;
+    private bool _failed;
+
+    public StagedChunk(PrefixCache cache, PayloadScatter scatter, HostChunk memory, bool owned, string tier)
+    {
+        (_cache, _scatter, _memory, _owned, _tier) = (cache, scatter, memory, owned, tier);
+    }
+
+    public StagedChunk(PrefixCache cache, DiskTier disk, SlotRead read)
+    {
+        (_cache, _scatter, _disk, _read, _tier) = (cache, read.Scatter, disk, read, disk.Name);
+    }
+
+    /// <summary>Places payload blocks <paramref name="firstBlock"/>..<paramref name="endBlock"/> (exclusive).</summary>
+    public void Fill(int firstBlock, int endBlock)
+    {
+        if (_failed) return;
+        if (_memory is not null)
+        {
+            long start = (long)firstBlock * SlotPoolFormat.ChecksumBlockBytes;
+            long end = Math.Min((long)endBlock * SlotPoolFormat.ChecksumBlockBytes, _memory.Length);
+            if (end > start) _scatter.Place(_memory.Pointer + start, start, end - start);
+            return;
+        }
+        try
+        {
+            _disk!.Pool.ReadBlocks(_read!, firstBlock, Math.Min(endBlock, _read!.Blocks));
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        {
+            _failed = true;
+        }
+    }
+
+    /// <summary>After every block is placed: the tier the chunk came from, or null when its bytes failed verification (then it is a miss).</summary>
+    public string? Finish()
+    {
+        try
+        {
+            if (_read is not null && (_failed || !_disk!.Pool.EndRead(_read))) return null;
+            return _cache.CountHit(_tier);
+        }
+        finally
+        {
+            if (_owned) _memory!.Release();
+        }
     }
 }

@@ -27,47 +27,118 @@ internal static unsafe class PrefixTransfer
 
     private static PrefixRestoreReport Restore(PrefixCache cache, ReadOnlySpan<int> tokens, int computedTokens, Func<int, IKvTensorView> preparePast, int chunkLimit)
     {
-        int chunkTokens = cache.ChunkTokens;
-        int usable = tokens.Length - MinimumSuffixTokens;
-        if (usable < 1) return PrefixRestoreReport.None();
-        int maxChunks = Math.Min(chunkLimit, (usable + chunkTokens - 1) / chunkTokens);
-        using var plan = cache.Plan(tokens, maxChunks, minChunks: computedTokens / chunkTokens + 1);
-        int restored = Math.Min(plan.Count * chunkTokens, usable);
-        if (restored <= computedTokens)
+        var found = PlanRestore(cache, tokens, computedTokens, chunkLimit);
+        if (found is not { Plan: { } plan, Restored: var restored, LookupMs: var lookupMs })
         {
             if (chunkLimit != int.MaxValue) preparePast(0); // a retry after a failed read: what the first try wrote is gone
-            KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "miss"));
-            return PrefixRestoreReport.None(KvCacheMetrics.Milliseconds(plan.StartTimestamp));
+            return Missed(found);
         }
+        using (plan)
+        {
+            long start = Stopwatch.GetTimestamp();
+            var view = preparePast(restored);
+            var past = cache.ChunkLayout.Pointers(view);
+            int capacity = view.Capacity;
+            cache.ChunkLayout.PopulateRows(past, capacity, restored);
+            int chunkTokens = cache.ChunkTokens;
+            int chunks = (restored + chunkTokens - 1) / chunkTokens;
+            var tiers = new string?[chunks];
+            void Fill(int j) => tiers[j] = cache.FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
+            if (chunks > 1 && (long)restored * cache.Layout.BytesPerToken >= ParallelCopyBytes) Parallel.For(0, chunks, Fill);
+            else for (int j = 0; j < chunks; j++) Fill(j);
 
-        long start = Stopwatch.GetTimestamp();
+            int intact = Array.IndexOf(tiers, null);
+            if (intact >= 0) // a chunk was damaged or vanished: restore the chain before it instead
+                return Restore(cache, tokens, 0, preparePast, intact);
+            return Hit(cache, restored, tiers!, lookupMs, KvCacheMetrics.Milliseconds(start));
+        }
+    }
+
+    /// <summary>
+    /// Like <see cref="Restore(PrefixCache, ReadOnlySpan{int}, int, Func{int, IKvTensorView})"/>, filling the past
+    /// tensors one checksum block of every chunk at a time (the blocks of a chunk hold consecutive tensors,
+    /// layer by layer) and calling <paramref name="tensorsReady"/>(first, end) as soon as tensors first..end-1
+    /// hold all their rows, so the caller can copy them on while later blocks are read. Chunks are verified
+    /// at the end; when one fails (damaged, rewritten, vanished) nothing is reported restored and null is
+    /// returned: restore again the plain way, which restores the chain before it.
+    /// </summary>
+    public static PrefixRestoreReport? RestoreInStages(PrefixCache cache, ReadOnlySpan<int> tokens, int computedTokens, Func<int, IKvTensorView> preparePast,
+        Action<int, int> tensorsReady)
+    {
+        var found = PlanRestore(cache, tokens, computedTokens, int.MaxValue);
+        if (found is not { Plan: { } plan, Restored: var restored, LookupMs: var lookupMs }) return Missed(found);
+        using (plan)
+        {
+            long start = Stopwatch.GetTimestamp();
+            var layout = cache.ChunkLayout;
+            var view = preparePast(restored);
+            var past = layout.Pointers(view);
+            int capacity = view.Capacity;
+            layout.PopulateRows(past, capacity, restored);
+            int chunkTokens = cache.ChunkTokens;
+            int chunks = (restored + chunkTokens - 1) / chunkTokens;
+            var staged = new StagedChunk?[chunks];
+            var tiers = new string?[chunks];
+            try
+            {
+                Parallel.For(0, chunks, j => staged[j] = cache.OpenStaged(plan, j, layout.ScatterToPast(past, capacity, j, Math.Min(chunkTokens, restored - j * chunkTokens))));
+                if (Array.IndexOf(staged, null) < 0)
+                {
+                    int blocks = PayloadChecksum.BlockCount(layout.ChunkBytes), tensors = past.Length, ready = 0;
+                    long tensorBytes = layout.ChunkBytes / tensors;
+                    for (int block = 0; block < blocks; block++)
+                    {
+                        Parallel.For(0, chunks, j => staged[j]!.Fill(block, block + 1));
+                        int complete = block == blocks - 1 ? tensors : (int)Math.Min(tensors, (block + 1L) * SlotPoolFormat.ChecksumBlockBytes / tensorBytes);
+                        if (complete > ready) tensorsReady(ready, complete);
+                        ready = Math.Max(ready, complete);
+                    }
+                }
+            }
+            finally
+            {
+                for (int j = 0; j < chunks; j++) tiers[j] = staged[j]?.Finish();
+            }
+            return Array.IndexOf(tiers, null) >= 0 ? null : Hit(cache, restored, tiers!, lookupMs, KvCacheMetrics.Milliseconds(start));
+        }
+    }
+
+    /// <summary>What a lookup found: the chain to restore and how many tokens of it (no plan when it covers no more than is computed).</summary>
+    private readonly record struct RestorePlan(ChainPlan? Plan, int Restored, double LookupMs);
+
+    /// <summary>Looks the prompt up; null when it is too short to restore anything (no lookup made).</summary>
+    private static RestorePlan? PlanRestore(PrefixCache cache, ReadOnlySpan<int> tokens, int computedTokens, int chunkLimit)
+    {
+        int chunkTokens = cache.ChunkTokens;
+        int usable = tokens.Length - MinimumSuffixTokens;
+        if (usable < 1) return null;
+        int maxChunks = Math.Min(chunkLimit, (usable + chunkTokens - 1) / chunkTokens);
+        var plan = cache.Plan(tokens, maxChunks, minChunks: computedTokens / chunkTokens + 1);
+        int restored = Math.Min(plan.Count * chunkTokens, usable);
         double lookupMs = KvCacheMetrics.Milliseconds(plan.StartTimestamp);
-        var view = preparePast(restored);
-        var past = cache.ChunkLayout.Pointers(view);
-        int capacity = view.Capacity;
-        cache.ChunkLayout.PopulateRows(past, capacity, restored);
-        int chunks = (restored + chunkTokens - 1) / chunkTokens;
-        var tiers = new string?[chunks];
-        void Fill(int j) => tiers[j] = cache.FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
-        if (chunks > 1 && (long)restored * cache.Layout.BytesPerToken >= ParallelCopyBytes) Parallel.For(0, chunks, Fill);
-        else for (int j = 0; j < chunks; j++) Fill(j);
+        if (restored > computedTokens) return new RestorePlan(plan, restored, lookupMs);
+        plan.Dispose();
+        return new RestorePlan(null, 0, lookupMs);
+    }
 
-        int intact = Array.IndexOf(tiers, null);
-        if (intact >= 0) // a chunk was damaged or vanished: restore the chain before it instead
-            return Restore(cache, tokens, 0, preparePast, intact);
+    private static PrefixRestoreReport Missed(RestorePlan? lookup)
+    {
+        if (lookup is not { } made) return PrefixRestoreReport.None();
+        KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "miss"));
+        return PrefixRestoreReport.None(made.LookupMs);
+    }
 
-        double restoreMs = KvCacheMetrics.Milliseconds(start);
+    private static PrefixRestoreReport Hit(PrefixCache cache, int restored, string[] tiers, double lookupMs, double restoreMs)
+    {
+        int chunkTokens = cache.ChunkTokens;
         var byTier = new Dictionary<string, int>();
-        for (int j = 0; j < chunks; j++)
-            byTier[tiers[j]!] = byTier.GetValueOrDefault(tiers[j]!) + Math.Min(chunkTokens, restored - j * chunkTokens);
+        for (int j = 0; j < tiers.Length; j++)
+            byTier[tiers[j]] = byTier.GetValueOrDefault(tiers[j]) + Math.Min(chunkTokens, restored - j * chunkTokens);
         KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "hit"));
         KvCacheMetrics.LookupDuration.Record(lookupMs);
         KvCacheMetrics.RestoredTokens.Add(restored);
         KvCacheMetrics.RestoreDuration.Record(restoreMs);
-        return new PrefixRestoreReport
-        {
-            RestoredTokens = restored, ChunkTiers = tiers!, LookupMs = lookupMs, RestoreMs = restoreMs, TokensByTier = byTier,
-        };
+        return new PrefixRestoreReport { RestoredTokens = restored, ChunkTiers = tiers, LookupMs = lookupMs, RestoreMs = restoreMs, TokensByTier = byTier };
     }
 
     /// <summary>

@@ -36,28 +36,35 @@ internal static unsafe class PayloadChecksum
     public static UInt128 Compute(SafeFileHandle file, long offset, long length, int parallelism) =>
         Run(PayloadSource.File(file, offset), null, length, parallelism);
 
+    /// <summary>Blocks of a payload of <paramref name="length"/> bytes.</summary>
+    public static int BlockCount(long length) => (int)((length + ChecksumBlockBytes - 1) / ChecksumBlockBytes);
+
     /// <summary>
-    /// Reads <paramref name="length"/> bytes of a file from <paramref name="offset"/> to where
-    /// <paramref name="scatter"/> says and returns the checksum of the bytes as read (bytes it does not
-    /// place are read and hashed all the same).
+    /// Reads blocks <paramref name="firstBlock"/>..<paramref name="endBlock"/> (exclusive) of a payload of
+    /// <paramref name="length"/> bytes at <paramref name="offset"/> in a file to where <paramref name="scatter"/>
+    /// says, writing each block's hash at its place in <paramref name="hashes"/> (16 bytes per block) for
+    /// <see cref="Combine"/>: a payload read in several steps.
     /// </summary>
-    public static UInt128 ReadAndCompute(SafeFileHandle file, long offset, PayloadScatter scatter, long length, int parallelism) =>
-        Run(PayloadSource.File(file, offset), scatter, length, parallelism);
+    public static void ReadBlocks(SafeFileHandle file, long offset, PayloadScatter scatter, long length, int firstBlock, int endBlock, byte[] hashes, int parallelism) =>
+        RunBlocks(PayloadSource.File(file, offset), scatter, null, length, firstBlock, endBlock, hashes, parallelism);
+
+    /// <summary>The payload checksum from the hashes of all its blocks.</summary>
+    public static UInt128 Combine(ReadOnlySpan<byte> hashes) => XxHash128.HashToUInt128(hashes);
 
     private static UInt128 Run(PayloadSource source, PayloadScatter? scatter, long length, int parallelism, PayloadSink? sink = null)
     {
-        int blocks = (int)((length + ChecksumBlockBytes - 1) / ChecksumBlockBytes);
-        if (blocks <= 1)
-        {
-            Span<byte> single = stackalloc byte[16];
-            if (blocks == 1) HashBlock(source, scatter, sink, length, 0, single);
-            return XxHash128.HashToUInt128(single[..(blocks * 16)]);
-        }
+        int blocks = BlockCount(length);
         var hashes = new byte[blocks * 16];
-        if (blocks >= ParallelFromBlocks && parallelism > 1)
+        RunBlocks(source, scatter, sink, length, 0, blocks, hashes, parallelism);
+        return Combine(hashes);
+    }
+
+    private static void RunBlocks(PayloadSource source, PayloadScatter? scatter, PayloadSink? sink, long length, int firstBlock, int endBlock, byte[] hashes, int parallelism)
+    {
+        if (endBlock - firstBlock >= ParallelFromBlocks && parallelism > 1)
             try
             {
-                Parallel.For(0, blocks, new ParallelOptions { MaxDegreeOfParallelism = parallelism },
+                Parallel.For(firstBlock, endBlock, new ParallelOptions { MaxDegreeOfParallelism = parallelism },
                     b => HashBlock(source, scatter, sink, length, b, hashes.AsSpan(b * 16, 16)));
             }
             catch (AggregateException e) when (e.InnerExceptions.Count > 0)
@@ -66,8 +73,7 @@ internal static unsafe class PayloadChecksum
                 System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
             }
         else
-            for (int b = 0; b < blocks; b++) HashBlock(source, scatter, sink, length, b, hashes.AsSpan(b * 16, 16));
-        return XxHash128.HashToUInt128(hashes);
+            for (int b = firstBlock; b < endBlock; b++) HashBlock(source, scatter, sink, length, b, hashes.AsSpan(b * 16, 16));
     }
 
     // Optimized from the first call: a restarted process serves its first restore with it.
@@ -93,17 +99,7 @@ internal static unsafe class PayloadChecksum
         }
         var staged = source.Read(start, Staging(size));
         XxHash128.Hash(staged, hashOut);
-        fixed (byte* stage = staged)
-            for (long position = start, end = start + size; position < end;)
-            {
-                int run = (int)(position / to.RunBytes);
-                long runStart = (long)run * to.RunBytes;
-                long runEnd = Math.Min(end, runStart + to.RunBytes);
-                long copyEnd = Math.Min(runEnd, runStart + to.CopyBytes);
-                if (position < copyEnd && to.Target(run) is var target && target is not null)
-                    Buffer.MemoryCopy(stage + (position - start), target + (position - runStart), copyEnd - position, copyEnd - position);
-                position = runEnd;
-            }
+        fixed (byte* stage = staged) to.Place(stage, start, size);
     }
 
     /// <summary>
@@ -217,4 +213,25 @@ internal readonly unsafe struct PayloadScatter
     public long Length => _targets.Length * RunBytes;
 
     public byte* Target(int run) => (byte*)_targets[run];
+
+    /// <summary>Copies <paramref name="size"/> payload bytes that start at payload offset <paramref name="start"/>, held at <paramref name="source"/>, to their destinations.</summary>
+    public void Place(byte* source, long start, long size)
+    {
+        if (IsContiguous)
+        {
+            long copy = Math.Min(start + size, CopyBytes) - start;
+            if (copy > 0) Buffer.MemoryCopy(source, Target(0) + start, copy, copy);
+            return;
+        }
+        for (long position = start, end = start + size; position < end;)
+        {
+            int run = (int)(position / RunBytes);
+            long runStart = (long)run * RunBytes;
+            long runEnd = Math.Min(end, runStart + RunBytes);
+            long copyEnd = Math.Min(runEnd, runStart + CopyBytes);
+            if (position < copyEnd && Target(run) is var target && target is not null)
+                Buffer.MemoryCopy(source + (position - start), target + (position - runStart), copyEnd - position, copyEnd - position);
+            position = runEnd;
+        }
+    }
 }

@@ -247,6 +247,20 @@ public sealed unsafe class SlotPool : IDisposable
     internal bool TryGet(ChunkKey key, ReadOnlySpan<int> tokens, PayloadScatter scatter, out int payloadLength)
     {
         payloadLength = 0;
+        if (BeginRead(key, tokens, scatter) is not { } read) return false;
+        ReadBlocks(read, 0, read.Blocks);
+        if (!EndRead(read)) return false;
+        payloadLength = (int)read.PayloadLength;
+        return true;
+    }
+
+    /// <summary>
+    /// Starts a verified read of the entry under <paramref name="key"/> into <paramref name="scatter"/> that
+    /// may be done in steps (<see cref="ReadBlocks"/>, then <see cref="EndRead"/>, which verifies the whole
+    /// payload): finds the entry and checks its slot header. Null on a miss.
+    /// </summary>
+    internal SlotRead? BeginRead(ChunkKey key, ReadOnlySpan<int> tokens, PayloadScatter scatter)
+    {
         ThrowIfUnusable(write: false);
         SlotEntry entry;
         lock (_gate)
@@ -256,7 +270,7 @@ public sealed unsafe class SlotPool : IDisposable
                 if (!IsReadOnly || !RefreshLocked() || !_index.TryGet(key, out entry))
                 {
                     _misses++;
-                    return false;
+                    return null;
                 }
             }
         }
@@ -268,22 +282,49 @@ public sealed unsafe class SlotPool : IDisposable
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            var failure = ReadVerified(entry, tokens, scatter, contiguous, out payloadLength);
-            lock (_gate)
-            {
-                if (failure is null)
-                {
-                    _hits++;
-                    TouchLocked(key);
-                    return true;
-                }
-                DropLocked(entry, failure);
-                return false;
-            }
+            var failure = CheckSlot(entry, out var found, out var checksum, checkTokens: true, tokens: tokens);
+            if (failure is null && (contiguous ? found.PayloadLength > scatter.CopyBytes : found.PayloadLength != scatter.Length))
+                failure = $"payload of {found.PayloadLength} bytes does not match the {(contiguous ? scatter.CopyBytes : scatter.Length)}-byte destination";
+            if (failure is null) return new SlotRead(entry, checksum, found.PayloadLength, scatter);
+            lock (_gate) DropLocked(entry, failure);
+            return null;
         }
         finally
         {
             _lifetime.ExitReadLock();
+        }
+    }
+
+    /// <summary>Reads (and hashes) blocks <paramref name="firstBlock"/>..<paramref name="endBlock"/> (exclusive) of a read begun by <see cref="BeginRead"/>.</summary>
+    internal void ReadBlocks(SlotRead read, int firstBlock, int endBlock)
+    {
+        _lifetime.EnterReadLock();
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            PayloadChecksum.ReadBlocks(_data.SafeFileHandle, SlotOffset(read.Entry.Slot) + SlotHeaderBytes, read.Scatter, read.PayloadLength,
+                firstBlock, endBlock, read.BlockHashes, _parallelism);
+        }
+        finally
+        {
+            _lifetime.ExitReadLock();
+        }
+    }
+
+    /// <summary>Verifies a read whose every block was read: true when the bytes read are the bytes stored (a hit), else a miss that drops the entry.</summary>
+    internal bool EndRead(SlotRead read)
+    {
+        bool intact = PayloadChecksum.Combine(read.BlockHashes) == read.Checksum;
+        lock (_gate)
+        {
+            if (intact)
+            {
+                _hits++;
+                TouchLocked(read.Entry.Key);
+                return true;
+            }
+            DropLocked(read.Entry, "payload checksum mismatch (damaged, or rewritten while reading)");
+            return false;
         }
     }
 
@@ -732,19 +773,6 @@ public sealed unsafe class SlotPool : IDisposable
 
     // ---- reading ----
 
-    private string? ReadVerified(SlotEntry entry, ReadOnlySpan<int> tokens, PayloadScatter scatter, bool contiguous, out int payloadLength)
-    {
-        payloadLength = 0;
-        var failure = CheckSlot(entry, out var found, out var checksum, checkTokens: true, tokens: tokens);
-        if (failure is not null) return failure;
-        if (contiguous ? found.PayloadLength > scatter.CopyBytes : found.PayloadLength != scatter.Length)
-            return $"payload of {found.PayloadLength} bytes does not match the {(contiguous ? scatter.CopyBytes : scatter.Length)}-byte destination";
-        var copied = PayloadChecksum.ReadAndCompute(_data.SafeFileHandle, SlotOffset(entry.Slot) + SlotHeaderBytes, scatter, found.PayloadLength, _parallelism);
-        if (copied != checksum) return "payload checksum mismatch (damaged, or rewritten while reading)";
-        payloadLength = (int)found.PayloadLength;
-        return null;
-    }
-
     /// <summary>
     /// Checks the header of <paramref name="expected"/>'s slot: against its key and generation, the
     /// caller's token ids when given, or (<paramref name="anyKey"/>) only for being a valid header.
@@ -894,4 +922,15 @@ public sealed unsafe class SlotPool : IDisposable
 internal static class SafeFileHandleExtensions
 {
     public static void FlushToDisk(this SafeFileHandle handle) => RandomAccess.FlushToDisk(handle);
+}
+
+/// <summary>A verified slot read in progress (<see cref="SlotPool.BeginRead"/>): the entry, its stored checksum, and the hash of each block read so far.</summary>
+internal sealed class SlotRead(SlotEntry entry, UInt128 checksum, long payloadLength, PayloadScatter scatter)
+{
+    public SlotEntry Entry { get; } = entry;
+    public UInt128 Checksum { get; } = checksum;
+    public long PayloadLength { get; } = payloadLength;
+    public PayloadScatter Scatter { get; } = scatter;
+    public int Blocks { get; } = PayloadChecksum.BlockCount(payloadLength);
+    public byte[] BlockHashes { get; } = new byte[PayloadChecksum.BlockCount(payloadLength) * 16];
 }

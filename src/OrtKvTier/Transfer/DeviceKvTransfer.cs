@@ -1,8 +1,10 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Cache;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
+using OrtKvTier.Storage;
 
 namespace OrtKvTier.Transfer;
 
@@ -10,8 +12,9 @@ namespace OrtKvTier.Transfer;
 /// Moves restored prefixes into past tensors in device memory: chunks are gathered (and slot reads
 /// verified, on all cores) into pinned host tensors laid out exactly like the device past, then
 /// copied with one synchronous <see cref="OrtEnv.CopyTensors"/> call. With no device (no GPU) the same
-/// path runs with ordinary host memory, which is how it is tested. Not yet double-buffered or on an
-/// <see cref="OrtSyncStream"/>: staging finishes before the device copy starts. A model on CUDA
+/// path runs with ordinary host memory, which is how it is tested. When a chunk spans several 1 MiB
+/// checksum blocks, staging and device copies overlap: tensors go to the device as soon as their
+/// rows are staged. Copies are synchronous (no <see cref="OrtSyncStream"/>). A model on CUDA
 /// restores through one of these (<see cref="KvModel"/> keeps it).
 /// </summary>
 public sealed class DeviceKvTransfer : IDisposable
@@ -76,6 +79,13 @@ public sealed class DeviceKvTransfer : IDisposable
         ArgumentNullException.ThrowIfNull(prepareTargets);
         lock (_stagingGate)
         {
+            bool clobbered = false;
+            if (PayloadChecksum.BlockCount(cache.ChunkBytes) > 1)
+            {
+                if (RestoreOverlapped(cache, tokens, computedTokens, prepareTargets, out clobbered) is { } overlapped) return overlapped;
+                // A chunk failed verification after the targets were prepared: their rows are gone, restore what is intact from scratch.
+                if (clobbered) computedTokens = 0;
+            }
             OrtValue[]? views = null;
             try
             {
@@ -86,10 +96,13 @@ public sealed class DeviceKvTransfer : IDisposable
                     return OrtKvTensors.View(views, length);
                 });
                 int restored = report.RestoredTokens;
-                if (restored == 0) return (report, 0);
+                if (restored == 0)
+                {
+                    if (clobbered) prepareTargets(0);
+                    return (report, 0);
+                }
                 var (targets, capacity) = prepareTargets(restored);
-                if (targets.Count != views!.Length)
-                    throw new ArgumentException($"Expected {views.Length} target tensors (key and value per layer); got {targets.Count}.", nameof(prepareTargets));
+                RequireTargets(targets, views!.Length);
                 long start = Stopwatch.GetTimestamp();
                 KvMemory.CopyRows(_layout, views, restored, targets, capacity, restored);
                 return (report, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
@@ -99,6 +112,59 @@ public sealed class DeviceKvTransfer : IDisposable
                 DisposeAll(views);
             }
         }
+    }
+
+    /// <summary>
+    /// The restore with staging and device copies overlapped: chunks are staged one checksum block (1 MiB,
+    /// a run of whole layers) of every chunk at a time, and a copy thread moves the tensors that are complete
+    /// to the device while the next blocks are read and verified. Null when a chunk failed verification
+    /// (nothing is restored; the plain restore then restores the chain before it); <paramref name="clobbered"/>
+    /// says whether the targets had been prepared by then. CopyMs is the copying left after the last block was staged.
+    /// </summary>
+    private (PrefixRestoreReport Report, double CopyMs)? RestoreOverlapped(PrefixCache cache, ReadOnlySpan<int> tokens, int computedTokens,
+        Func<int, (IReadOnlyList<OrtValue> Targets, int Capacity)> prepareTargets, out bool clobbered)
+    {
+        bool prepared = false;
+        OrtValue[]? views = null;
+        IReadOnlyList<OrtValue>? targets = null;
+        int rows = 0, capacity = 0;
+        using var ready = new BlockingCollection<(int First, int End)>();
+        Task? copier = null;
+        try
+        {
+            var report = PrefixTransfer.RestoreInStages(cache, tokens, computedTokens, length =>
+            {
+                views = StagingViews(length);
+                (targets, capacity) = prepareTargets(length);
+                prepared = true;
+                RequireTargets(targets, views.Length);
+                rows = length;
+                copier = Task.Factory.StartNew(() =>
+                {
+                    foreach (var (first, end) in ready.GetConsumingEnumerable())
+                        KvMemory.CopyRows(_layout, views[first..end], rows, targets.Skip(first).Take(end - first).ToArray(), capacity, rows);
+                }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+                return OrtKvTensors.View(views, length);
+            }, (first, end) => ready.Add((first, end)));
+            ready.CompleteAdding();
+            long start = Stopwatch.GetTimestamp();
+            copier?.GetAwaiter().GetResult();
+            double copyMs = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+            clobbered = report is null && prepared;
+            return report is null ? null : (report, copyMs);
+        }
+        finally
+        {
+            ready.CompleteAdding();
+            try { copier?.Wait(); } catch (AggregateException) { } // already thrown above, or superseded by the staging error
+            DisposeAll(views);
+        }
+    }
+
+    private static void RequireTargets(IReadOnlyList<OrtValue> targets, int expected)
+    {
+        if (targets.Count != expected)
+            throw new ArgumentException($"Expected {expected} target tensors (key and value per layer); got {targets.Count}.", nameof(targets));
     }
 
     /// <summary>Views <c>[1, kvH, tokens, D]</c> over the start of the reused pinned buffers, grown when too small.</summary>

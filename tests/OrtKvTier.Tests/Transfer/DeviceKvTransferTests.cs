@@ -1,4 +1,6 @@
 using OrtKvTier.Cache;
+using OrtKvTier.Generation;
+using OrtKvTier.Storage;
 using OrtKvTier.Model;
 using OrtKvTier.Tests.Support;
 using OrtKvTier.Transfer;
@@ -95,6 +97,109 @@ public sealed class DeviceKvTransferTests : IDisposable
         {
             foreach (var v in targets) v.Dispose();
         }
+    }
+
+    /// <summary>Chunks of 2 MiB (two checksum blocks) restore with staging and copies overlapped, from disk or host memory, into exact or larger targets.</summary>
+    [Theory]
+    [InlineData(false, 0)]
+    [InlineData(true, 0)]
+    [InlineData(false, 40)]
+    public void ChunksOfSeveralBlocksRestoreInStagesWithTheCopiesOverlapped(bool fromHostMemory, int extraRows)
+    {
+        var layout = LlamaLike();
+        const int chunk = 16, tokens = 8 * chunk + 5;
+        var options = new PrefixCacheOptions
+        {
+            Directory = _temp.Sub($"staged-{fromHostMemory}-{extraRows}"), ChunkTokens = chunk, DiskCapacityBytes = 40L << 20,
+            HostBudgetBytes = fromHostMemory ? 64L << 20 : 0,
+        };
+        var fingerprint = new ModelFingerprint(new UInt128(0x5354414745, 1));
+        var prompt = CacheTestKit.Prompt(tokens, seed: 42);
+        using var source = OrtKvTensors.Allocate(layout, tokens);
+        var random = new Random(9);
+        foreach (var v in source.Values) random.NextBytes(v.GetTensorMutableRawData());
+        var cache = new PrefixCache(fingerprint, layout, options);
+        try
+        {
+            new PrefixCacheHook(cache, layout).Capture(prompt, source.Values);
+            cache.Flush();
+            if (!fromHostMemory)
+            {
+                cache.Dispose();
+                cache = new PrefixCache(fingerprint, layout, options);
+            }
+            using var transfer = new DeviceKvTransfer(layout, device: null);
+            Assert.True(cache.ChunkBytes > SlotPoolFormat.ChecksumBlockBytes);
+            int expected = 8 * chunk;
+            using var target = OrtKvTensors.Allocate(layout, expected + extraRows);
+            int prepared = 0;
+            var (report, _) = transfer.RestoreInto(cache, prompt, computedTokens: 0, rows =>
+            {
+                Assert.Equal(expected, rows);
+                prepared++;
+                return (target.Values, target.Capacity);
+            });
+            Assert.Equal(1, prepared); // one staged pass, no fallback
+            Assert.Equal(expected, report.RestoredTokens);
+            Assert.All(report.ChunkTiers, t => Assert.Equal(fromHostMemory ? "host" : "disk", t));
+            for (int t = 0; t < target.Values.Length; t++)
+                Assert.True(RowsEqual(layout, target.Values[t].GetTensorMutableRawData(), source.Values[t].GetTensorMutableRawData(), expected, tokens, target.Capacity), $"tensor {t}");
+        }
+        finally
+        {
+            cache.Dispose();
+        }
+    }
+
+    [Fact]
+    public void ADamagedChunkFoundAfterTheStagedCopiesEndsTheRestoreAtTheChunkBeforeIt()
+    {
+        var layout = LlamaLike();
+        const int chunk = 16, tokens = 6 * chunk + 3;
+        var options = new PrefixCacheOptions { Directory = _temp.Sub("staged-damaged"), ChunkTokens = chunk, DiskCapacityBytes = 40L << 20, HostBudgetBytes = 0 };
+        var fingerprint = new ModelFingerprint(new UInt128(0x5354414745, 2));
+        var prompt = CacheTestKit.Prompt(tokens, seed: 43);
+        using var source = OrtKvTensors.Allocate(layout, tokens);
+        var random = new Random(10);
+        foreach (var v in source.Values) random.NextBytes(v.GetTensorMutableRawData());
+        using (var writer = new PrefixCache(fingerprint, layout, options)) new PrefixCacheHook(writer, layout).Capture(prompt, source.Values);
+        using var cache = new PrefixCache(fingerprint, layout, options);
+        CacheTestKit.DamageSlotOf(cache.Disk!, cache.Chain.Keys(prompt.AsSpan(0, 6 * chunk))[4]);
+
+        using var transfer = new DeviceKvTransfer(layout, device: null);
+        var asked = new List<int>();
+        OrtKvTensors? target = null;
+        try
+        {
+            var (report, _) = transfer.RestoreInto(cache, prompt, computedTokens: 0, rows =>
+            {
+                asked.Add(rows);
+                target?.Dispose();
+                target = OrtKvTensors.Allocate(layout, rows);
+                return (target.Values, target.Capacity);
+            });
+            Assert.Equal([6 * chunk, 4 * chunk], asked); // staged try over all six, then the intact four
+            Assert.Equal(4 * chunk, report.RestoredTokens);
+            for (int t = 0; t < target!.Values.Length; t++)
+                Assert.True(RowsEqual(layout, target.Values[t].GetTensorMutableRawData(), source.Values[t].GetTensorMutableRawData(), 4 * chunk, tokens, target.Capacity), $"tensor {t}");
+            Assert.Equal(1, cache.Disk!.Pool.GetStats().Damaged);
+        }
+        finally
+        {
+            target?.Dispose();
+        }
+    }
+
+    /// <summary>32 layers × 8 kv heads × 128, fp16: 128 KiB per token.</summary>
+    private static KvLayout LlamaLike()
+    {
+        var layers = Enumerable.Range(0, 32).ToArray();
+        return new KvLayout
+        {
+            Layers = 32, KvHeads = 8, HeadSize = 128, ElementType = KvElementType.Float16, SharedBuffer = false, MaxLength = 4096,
+            PastKeyNames = layers.Select(l => $"past_key_values.{l}.key").ToArray(), PastValueNames = layers.Select(l => $"past_key_values.{l}.value").ToArray(),
+            PresentKeyNames = layers.Select(l => $"present.{l}.key").ToArray(), PresentValueNames = layers.Select(l => $"present.{l}.value").ToArray(),
+        };
     }
 
     private static bool RowsEqual(KvLayout layout, ReadOnlySpan<byte> restored, ReadOnlySpan<byte> computed, int rows, int computedCapacity, int? restoredCapacity = null)
