@@ -104,10 +104,9 @@ public sealed class KvGenerator : IDisposable
         else if (_cache.Chain.FullChunks(_past.Length) <= _cachedChunks) stored = 0;
         else
         {
-            // Device memory: copy the computed rows to the host, then capture from there.
-            using var host = OrtKvTensors.Allocate(_model.Layout, _past.Length);
-            KvMemory.CopyRows(_model.Layout, PastTensors(), _past.Capacity, host.Values, _past.Length, _past.Length);
-            stored = PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, host, _chunkKeys, _cachedChunks);
+            // Device memory: copy the computed rows into the pinned staging, then capture from there.
+            stored = _model.DeviceTransfer!.CaptureFrom(PastTensors(), _past.Capacity, _past.Length,
+                host => PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, host, _chunkKeys, _cachedChunks));
         }
         if (_past.Memory.OnDevice && _cache.DeviceTierFor(_model) is { } device)
         {

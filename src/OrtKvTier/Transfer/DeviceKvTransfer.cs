@@ -167,6 +167,31 @@ public sealed class DeviceKvTransfer : IDisposable
             throw new ArgumentException($"Expected {expected} target tensors (key and value per layer); got {targets.Count}.", nameof(targets));
     }
 
+    /// <summary>
+    /// Captures from past tensors in target memory (key 0, value 0, …, <paramref name="capacity"/> rows per
+    /// head): their first <paramref name="rows"/> rows are copied into the pinned staging by one
+    /// <see cref="OrtEnv.CopyTensors"/> call, then <paramref name="capture"/> stores the chunks from there.
+    /// Returns what <paramref name="capture"/> returns.
+    /// </summary>
+    internal T CaptureFrom<T>(IReadOnlyList<OrtValue> sources, int capacity, int rows, Func<IKvTensorView, T> capture)
+    {
+        ArgumentNullException.ThrowIfNull(sources);
+        ArgumentNullException.ThrowIfNull(capture);
+        lock (_stagingGate)
+        {
+            var views = StagingViews(rows);
+            try
+            {
+                KvMemory.CopyRows(_layout, sources, capacity, views, rows, rows);
+                return capture(OrtKvTensors.View(views, rows));
+            }
+            finally
+            {
+                DisposeAll(views);
+            }
+        }
+    }
+
     /// <summary>Views <c>[1, kvH, tokens, D]</c> over the start of the reused pinned buffers, grown when too small.</summary>
     private OrtValue[] StagingViews(int tokens)
     {

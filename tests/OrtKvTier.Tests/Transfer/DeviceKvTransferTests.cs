@@ -190,6 +190,28 @@ public sealed class DeviceKvTransferTests : IDisposable
         }
     }
 
+    [Fact]
+    public void ACaptureThroughTheStagingStoresTheRowsOfTheTargetTensors()
+    {
+        using var model = KvModel.Load(TestPaths.Shipped("tiny-fp16"));
+        var prompt = CacheTestKit.Prompt(3 * 16 + 4, seed: 44);
+        using var generator = new KvGenerator(model);
+        generator.AppendTokens(prompt);
+        generator.GetLogits();
+        var past = Enumerable.Range(0, model.Layout.Layers * 2).Select(i => generator.Past.Tensor(i / 2, i % 2 == 1)).ToArray();
+
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16 });
+        using var transfer = new DeviceKvTransfer(model.Layout, device: null);
+        int stored = transfer.CaptureFrom(past, generator.Past.Capacity, prompt.Length,
+            view => PrefixTransfer.Capture(cache, prompt, prompt.Length, view, [], firstChunk: 0));
+        Assert.Equal(3, stored);
+
+        // What was stored is what the model computed: a restore from it gives a full prefill's logits.
+        var restored = CacheTestKit.Greedy(model, prompt, cache);
+        Assert.Equal(48, restored.Restore.RestoredTokens);
+        Assert.True(restored.LogitsBitwiseEqual(CacheTestKit.Greedy(model, prompt, cache: null)));
+    }
+
     /// <summary>32 layers × 8 kv heads × 128, fp16: 128 KiB per token.</summary>
     private static KvLayout LlamaLike()
     {
