@@ -540,4 +540,11 @@ internal sealed unsafe class StagedChunk
             if (_owned) _memory!.Release();
         }
     }
+
+    /// <summary>Lets go of a chunk not read to the end (the restore stopped): no verdict on its bytes. Returns null.</summary>
+    public string? Abandon()
+    {
+        if (_owned) _memory!.Release();
+        return null;
+    }
 }

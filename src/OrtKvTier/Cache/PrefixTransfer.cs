@@ -79,25 +79,26 @@ internal static unsafe class PrefixTransfer
             int chunks = (restored + chunkTokens - 1) / chunkTokens;
             var staged = new StagedChunk?[chunks];
             var tiers = new string?[chunks];
+            bool allRead = false;
             try
             {
                 Parallel.For(0, chunks, j => staged[j] = cache.OpenStaged(plan, j, layout.ScatterToPast(past, capacity, j, Math.Min(chunkTokens, restored - j * chunkTokens))));
-                if (Array.IndexOf(staged, null) < 0)
+                if (Array.IndexOf(staged, null) >= 0) return null; // gone since the lookup: the plain restore takes the chain before it
+                int blocks = PayloadChecksum.BlockCount(layout.ChunkBytes), tensors = past.Length, ready = 0;
+                long tensorBytes = layout.ChunkBytes / tensors;
+                for (int block = 0; block < blocks; block++)
                 {
-                    int blocks = PayloadChecksum.BlockCount(layout.ChunkBytes), tensors = past.Length, ready = 0;
-                    long tensorBytes = layout.ChunkBytes / tensors;
-                    for (int block = 0; block < blocks; block++)
-                    {
-                        Parallel.For(0, chunks, j => staged[j]!.Fill(block, block + 1));
-                        int complete = block == blocks - 1 ? tensors : (int)Math.Min(tensors, (block + 1L) * SlotPoolFormat.ChecksumBlockBytes / tensorBytes);
-                        if (complete > ready) tensorsReady(ready, complete);
-                        ready = Math.Max(ready, complete);
-                    }
+                    Parallel.For(0, chunks, j => staged[j]!.Fill(block, block + 1));
+                    int complete = block == blocks - 1 ? tensors : (int)Math.Min(tensors, (block + 1L) * SlotPoolFormat.ChecksumBlockBytes / tensorBytes);
+                    if (complete > ready) tensorsReady(ready, complete);
+                    ready = Math.Max(ready, complete);
                 }
+                allRead = true;
             }
             finally
             {
-                for (int j = 0; j < chunks; j++) tiers[j] = staged[j]?.Finish();
+                // Only a chunk read to its last block can be verified; the others are let go without a verdict.
+                for (int j = 0; j < chunks; j++) tiers[j] = allRead ? staged[j]!.Finish() : staged[j]?.Abandon();
             }
             return Array.IndexOf(tiers, null) >= 0 ? null : Hit(cache, restored, tiers!, lookupMs, KvCacheMetrics.Milliseconds(start));
         }

@@ -191,6 +191,51 @@ public sealed class DeviceKvTransferTests : IDisposable
     }
 
     [Fact]
+    public void ADamagedSlotHeaderStopsTheStagedRestoreBeforeReadingAndOnlyThatEntryIsDropped()
+    {
+        var layout = LlamaLike();
+        const int chunk = 16, tokens = 6 * chunk + 3;
+        var options = new PrefixCacheOptions { Directory = _temp.Sub("staged-header"), ChunkTokens = chunk, DiskCapacityBytes = 40L << 20, HostBudgetBytes = 0 };
+        var fingerprint = new ModelFingerprint(new UInt128(0x5354414745, 3));
+        var prompt = CacheTestKit.Prompt(tokens, seed: 45);
+        using var source = OrtKvTensors.Allocate(layout, tokens);
+        new Random(11).NextBytes(source.Values[0].GetTensorMutableRawData());
+        using (var writer = new PrefixCache(fingerprint, layout, options)) new PrefixCacheHook(writer, layout).Capture(prompt, source.Values);
+        using var cache = new PrefixCache(fingerprint, layout, options);
+        var damaged = cache.Chain.Keys(prompt.AsSpan(0, 6 * chunk))[3];
+        var path = Path.Combine(cache.Disk!.Pool.Directory, SlotPoolFormat.DataFileName);
+        Span<byte> needle = stackalloc byte[16];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt128LittleEndian(needle, damaged.Value);
+        long at = File.ReadAllBytes(path).AsSpan().IndexOf(needle);
+        Assert.True(at > 0);
+        SlotFileDamage.FlipAt(path, at);
+
+        using var transfer = new DeviceKvTransfer(layout, device: null);
+        var asked = new List<int>();
+        OrtKvTensors? target = null;
+        try
+        {
+            var (report, _) = transfer.RestoreInto(cache, prompt, computedTokens: 0, rows =>
+            {
+                asked.Add(rows);
+                target?.Dispose();
+                target = OrtKvTensors.Allocate(layout, rows);
+                return (target.Values, target.Capacity);
+            });
+            Assert.Equal([6 * chunk, 3 * chunk], asked);
+            Assert.Equal(3 * chunk, report.RestoredTokens);
+            Assert.True(RowsEqual(layout, target!.Values[0].GetTensorMutableRawData(), source.Values[0].GetTensorMutableRawData(), 3 * chunk, tokens, target.Capacity));
+            var stats = cache.Disk.Pool.GetStats();
+            Assert.Equal(1, stats.Damaged); // the readings begun for the other chunks were let go, not judged
+            Assert.Equal(5, stats.Entries);
+        }
+        finally
+        {
+            target?.Dispose();
+        }
+    }
+
+    [Fact]
     public void ACaptureThroughTheStagingStoresTheRowsOfTheTargetTensors()
     {
         using var model = KvModel.Load(TestPaths.Shipped("tiny-fp16"));
