@@ -51,15 +51,24 @@ internal static class CacheTestKit
     /// <summary>Flips a payload byte of the slot holding <paramref name="key"/> (found by its key bytes in the slot headers).</summary>
     public static void DamageSlotOf(DiskTier disk, ChunkKey key)
     {
-        var path = Path.Combine(disk.Pool.Directory, SlotPoolFormat.DataFileName);
+        long at = KeyOffset(disk, key, out var path);
+        long slot = (at - SlotPoolFormat.FileHeaderBytes) / disk.Pool.SlotBytes;
+        long payload = SlotPoolFormat.FileHeaderBytes + slot * disk.Pool.SlotBytes + SlotPoolFormat.SlotHeaderBytes(disk.Pool.Identity.ChunkTokens);
+        SlotFileDamage.FlipAt(path, payload + 100);
+    }
+
+    /// <summary>Flips a byte of the key in the header of the slot holding <paramref name="key"/>.</summary>
+    public static void DamageSlotHeaderOf(DiskTier disk, ChunkKey key) => SlotFileDamage.FlipAt(Path.Combine(disk.Pool.Directory, SlotPoolFormat.DataFileName), KeyOffset(disk, key, out _));
+
+    private static long KeyOffset(DiskTier disk, ChunkKey key, out string path)
+    {
+        path = Path.Combine(disk.Pool.Directory, SlotPoolFormat.DataFileName);
         var bytes = File.ReadAllBytes(path);
         Span<byte> needle = stackalloc byte[16];
         BinaryPrimitives.WriteUInt128LittleEndian(needle, key.Value);
         int at = bytes.AsSpan().IndexOf(needle);
         Assert.True(at >= 0, $"chunk {key} not found in {path}");
-        long slot = (at - SlotPoolFormat.FileHeaderBytes) / disk.Pool.SlotBytes;
-        long payload = SlotPoolFormat.FileHeaderBytes + slot * disk.Pool.SlotBytes + SlotPoolFormat.SlotHeaderBytes(disk.Pool.Identity.ChunkTokens);
-        SlotFileDamage.FlipAt(path, payload + 100);
+        return at;
     }
 }
 

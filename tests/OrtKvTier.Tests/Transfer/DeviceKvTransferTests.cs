@@ -107,30 +107,19 @@ public sealed class DeviceKvTransferTests : IDisposable
     public void ChunksOfSeveralBlocksRestoreInStagesWithTheCopiesOverlapped(bool fromHostMemory, int extraRows)
     {
         var layout = LlamaLike();
-        const int chunk = 16, tokens = 8 * chunk + 5;
-        var options = new PrefixCacheOptions
-        {
-            Directory = _temp.Sub($"staged-{fromHostMemory}-{extraRows}"), ChunkTokens = chunk, DiskCapacityBytes = 40L << 20,
-            HostBudgetBytes = fromHostMemory ? 64L << 20 : 0,
-        };
-        var fingerprint = new ModelFingerprint(new UInt128(0x5354414745, 1));
-        var prompt = CacheTestKit.Prompt(tokens, seed: 42);
-        using var source = OrtKvTensors.Allocate(layout, tokens);
-        var random = new Random(9);
-        foreach (var v in source.Values) random.NextBytes(v.GetTensorMutableRawData());
-        var cache = new PrefixCache(fingerprint, layout, options);
+        var options = StagedOptions($"staged-{fromHostMemory}-{extraRows}") with { HostBudgetBytes = fromHostMemory ? 64L << 20 : 0 };
+        var cache = new PrefixCache(StagedFingerprint, layout, options);
+        var (prompt, source) = StoreRandomPrefix(cache, 8 * Chunk + 5, seed: 42);
         try
         {
-            new PrefixCacheHook(cache, layout).Capture(prompt, source.Values);
-            cache.Flush();
             if (!fromHostMemory)
             {
-                cache.Dispose();
-                cache = new PrefixCache(fingerprint, layout, options);
+                cache.Dispose(); // reopened: an empty host tier, every chunk read from disk
+                cache = new PrefixCache(StagedFingerprint, layout, options);
             }
             using var transfer = new DeviceKvTransfer(layout, device: null);
             Assert.True(cache.ChunkBytes > SlotPoolFormat.ChecksumBlockBytes);
-            int expected = 8 * chunk;
+            int expected = 8 * Chunk;
             using var target = OrtKvTensors.Allocate(layout, expected + extraRows);
             int prepared = 0;
             var (report, _) = transfer.RestoreInto(cache, prompt, computedTokens: 0, rows =>
@@ -143,28 +132,34 @@ public sealed class DeviceKvTransferTests : IDisposable
             Assert.Equal(expected, report.RestoredTokens);
             Assert.All(report.ChunkTiers, t => Assert.Equal(fromHostMemory ? "host" : "disk", t));
             for (int t = 0; t < target.Values.Length; t++)
-                Assert.True(RowsEqual(layout, target.Values[t].GetTensorMutableRawData(), source.Values[t].GetTensorMutableRawData(), expected, tokens, target.Capacity), $"tensor {t}");
+                Assert.True(RowsEqual(layout, target.Values[t].GetTensorMutableRawData(), source.Values[t].GetTensorMutableRawData(), expected, source.Capacity, target.Capacity), $"tensor {t}");
         }
         finally
         {
             cache.Dispose();
+            source.Dispose();
         }
     }
 
-    [Fact]
-    public void ADamagedChunkFoundAfterTheStagedCopiesEndsTheRestoreAtTheChunkBeforeIt()
+    /// <summary>
+    /// A damaged payload is found when the staged copies are done, a damaged slot header before any block is read; either
+    /// way the restore starts over with the intact chain before that chunk, and only that entry is dropped.
+    /// </summary>
+    [Theory]
+    [InlineData(false, 4)]
+    [InlineData(true, 3)]
+    public void ADamagedChunkEndsTheStagedRestoreAtTheChunkBeforeIt(bool inHeader, int damagedChunk)
     {
         var layout = LlamaLike();
-        const int chunk = 16, tokens = 6 * chunk + 3;
-        var options = new PrefixCacheOptions { Directory = _temp.Sub("staged-damaged"), ChunkTokens = chunk, DiskCapacityBytes = 40L << 20, HostBudgetBytes = 0 };
-        var fingerprint = new ModelFingerprint(new UInt128(0x5354414745, 2));
-        var prompt = CacheTestKit.Prompt(tokens, seed: 43);
-        using var source = OrtKvTensors.Allocate(layout, tokens);
-        var random = new Random(10);
-        foreach (var v in source.Values) random.NextBytes(v.GetTensorMutableRawData());
-        using (var writer = new PrefixCache(fingerprint, layout, options)) new PrefixCacheHook(writer, layout).Capture(prompt, source.Values);
-        using var cache = new PrefixCache(fingerprint, layout, options);
-        CacheTestKit.DamageSlotOf(cache.Disk!, cache.Chain.Keys(prompt.AsSpan(0, 6 * chunk))[4]);
+        var options = StagedOptions($"staged-damaged-{inHeader}") with { HostBudgetBytes = 0 };
+        (int[] Prompt, OrtKvTensors Source) stored;
+        using (var writer = new PrefixCache(StagedFingerprint, layout, options)) stored = StoreRandomPrefix(writer, 6 * Chunk + 3, seed: 43);
+        var (prompt, source) = stored;
+        using var _ = source;
+        using var cache = new PrefixCache(StagedFingerprint, layout, options);
+        var key = cache.Chain.Keys(prompt.AsSpan(0, 6 * Chunk))[damagedChunk];
+        if (inHeader) CacheTestKit.DamageSlotHeaderOf(cache.Disk!, key);
+        else CacheTestKit.DamageSlotOf(cache.Disk!, key);
 
         using var transfer = new DeviceKvTransfer(layout, device: null);
         var asked = new List<int>();
@@ -178,61 +173,35 @@ public sealed class DeviceKvTransferTests : IDisposable
                 target = OrtKvTensors.Allocate(layout, rows);
                 return (target.Values, target.Capacity);
             });
-            Assert.Equal([6 * chunk, 4 * chunk], asked); // staged try over all six, then the intact four
-            Assert.Equal(4 * chunk, report.RestoredTokens);
+            Assert.Equal([6 * Chunk, damagedChunk * Chunk], asked); // the staged try over all six, then the intact chain
+            Assert.Equal(damagedChunk * Chunk, report.RestoredTokens);
             for (int t = 0; t < target!.Values.Length; t++)
-                Assert.True(RowsEqual(layout, target.Values[t].GetTensorMutableRawData(), source.Values[t].GetTensorMutableRawData(), 4 * chunk, tokens, target.Capacity), $"tensor {t}");
-            Assert.Equal(1, cache.Disk!.Pool.GetStats().Damaged);
-        }
-        finally
-        {
-            target?.Dispose();
-        }
-    }
-
-    [Fact]
-    public void ADamagedSlotHeaderStopsTheStagedRestoreBeforeReadingAndOnlyThatEntryIsDropped()
-    {
-        var layout = LlamaLike();
-        const int chunk = 16, tokens = 6 * chunk + 3;
-        var options = new PrefixCacheOptions { Directory = _temp.Sub("staged-header"), ChunkTokens = chunk, DiskCapacityBytes = 40L << 20, HostBudgetBytes = 0 };
-        var fingerprint = new ModelFingerprint(new UInt128(0x5354414745, 3));
-        var prompt = CacheTestKit.Prompt(tokens, seed: 45);
-        using var source = OrtKvTensors.Allocate(layout, tokens);
-        new Random(11).NextBytes(source.Values[0].GetTensorMutableRawData());
-        using (var writer = new PrefixCache(fingerprint, layout, options)) new PrefixCacheHook(writer, layout).Capture(prompt, source.Values);
-        using var cache = new PrefixCache(fingerprint, layout, options);
-        var damaged = cache.Chain.Keys(prompt.AsSpan(0, 6 * chunk))[3];
-        var path = Path.Combine(cache.Disk!.Pool.Directory, SlotPoolFormat.DataFileName);
-        Span<byte> needle = stackalloc byte[16];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt128LittleEndian(needle, damaged.Value);
-        long at = File.ReadAllBytes(path).AsSpan().IndexOf(needle);
-        Assert.True(at > 0);
-        SlotFileDamage.FlipAt(path, at);
-
-        using var transfer = new DeviceKvTransfer(layout, device: null);
-        var asked = new List<int>();
-        OrtKvTensors? target = null;
-        try
-        {
-            var (report, _) = transfer.RestoreInto(cache, prompt, computedTokens: 0, rows =>
-            {
-                asked.Add(rows);
-                target?.Dispose();
-                target = OrtKvTensors.Allocate(layout, rows);
-                return (target.Values, target.Capacity);
-            });
-            Assert.Equal([6 * chunk, 3 * chunk], asked);
-            Assert.Equal(3 * chunk, report.RestoredTokens);
-            Assert.True(RowsEqual(layout, target!.Values[0].GetTensorMutableRawData(), source.Values[0].GetTensorMutableRawData(), 3 * chunk, tokens, target.Capacity));
-            var stats = cache.Disk.Pool.GetStats();
-            Assert.Equal(1, stats.Damaged); // the readings begun for the other chunks were let go, not judged
+                Assert.True(RowsEqual(layout, target.Values[t].GetTensorMutableRawData(), source.Values[t].GetTensorMutableRawData(), damagedChunk * Chunk, source.Capacity, target.Capacity), $"tensor {t}");
+            var stats = cache.Disk!.Pool.GetStats();
+            Assert.Equal(1, stats.Damaged); // reads begun for the other chunks were let go or verified, not dropped
             Assert.Equal(5, stats.Entries);
         }
         finally
         {
             target?.Dispose();
         }
+    }
+
+    private const int Chunk = 16;
+
+    private static readonly ModelFingerprint StagedFingerprint = new(new UInt128(0x5354414745, 1));
+
+    private PrefixCacheOptions StagedOptions(string name) => new() { Directory = _temp.Sub(name), ChunkTokens = Chunk, DiskCapacityBytes = 40L << 20 };
+
+    /// <summary>Random keys and values for a prompt of <paramref name="tokens"/> tokens, captured into <paramref name="cache"/>.</summary>
+    private static (int[] Prompt, OrtKvTensors Source) StoreRandomPrefix(PrefixCache cache, int tokens, int seed)
+    {
+        var prompt = CacheTestKit.Prompt(tokens, seed);
+        var source = OrtKvTensors.Allocate(cache.Layout, tokens);
+        var random = new Random(seed);
+        foreach (var v in source.Values) random.NextBytes(v.GetTensorMutableRawData());
+        new PrefixCacheHook(cache, cache.Layout).Capture(prompt, source.Values);
+        return (prompt, source);
     }
 
     [Fact]
