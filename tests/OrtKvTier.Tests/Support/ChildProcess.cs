@@ -12,6 +12,9 @@ internal static class ChildProcess
     /// <summary>The reliability tests' writer/reader/lock-holder child.</summary>
     public static string TestChildDll { get; } = Metadata("TestChildDll");
 
+    /// <summary>The GPU checks console (it runs on the CPU too, skipping the device).</summary>
+    public static string GpuChecksDll { get; } = Metadata("GpuChecksDll");
+
     /// <summary>Where child consoles put their cache unless told otherwise (small: tests pass --no-cache or their own --cache-dir).</summary>
     public static string DefaultCacheDir { get; } = Path.Combine(Path.GetTempPath(), $"ortkv-test-default-cache-{Environment.ProcessId}");
 
