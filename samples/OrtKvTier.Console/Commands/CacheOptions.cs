@@ -5,10 +5,10 @@ using OrtKvTier.Model;
 
 namespace OrtKvTier.Console.Commands;
 
-/// <summary>The cache options shared by generate and the benches: <c>--cache-dir</c>, <c>--no-cache</c>, <c>--chunk-tokens</c>, <c>--cache-size</c>, <c>--host-cache-size</c>.</summary>
+/// <summary>The cache options shared by generate, chat and warm: <c>--cache-dir</c>, <c>--no-cache</c>, <c>--chunk-tokens</c>, <c>--cache-size</c>, <c>--host-cache-size</c>, <c>--device-cache-size</c>, the remote tier's.</summary>
 internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, RemoteTierOptions? Remote)
 {
-    public const string Usage = "[--cache-dir DIR | --no-cache] [--chunk-tokens N] [--cache-size SIZE] [--host-cache-size SIZE]\n" +
+    public const string Usage = "[--cache-dir DIR | --no-cache] [--chunk-tokens N] [--cache-size SIZE] [--host-cache-size SIZE] [--device-cache-size SIZE]\n" +
         "         [--remote redis://HOST:PORT [--remote-admission always|seen-twice] [--remote-namespace NS] [--remote-ttl 12h] [--remote-timeout 250ms]]";
 
     public static readonly string[] Flags = ["no-cache"];
@@ -25,6 +25,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
             ChunkTokens = cl.Int("chunk-tokens", defaults.ChunkTokens, min: 1),
             DiskCapacityBytes = cl.Bytes("cache-size", defaults.DiskCapacityBytes),
             HostBudgetBytes = cl.Bytes("host-cache-size", defaults.HostBudgetBytes),
+            DeviceBudgetBytes = cl.Bytes("device-cache-size", defaults.DeviceBudgetBytes),
         };
         var remote = cl.String("remote");
         var admission = cl.String("remote-admission");
