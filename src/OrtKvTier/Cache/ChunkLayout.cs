@@ -34,20 +34,9 @@ internal sealed unsafe class ChunkLayout(KvLayout layout, int chunkTokens)
     private long RunBytes => (long)ChunkTokens * Layout.BytesPerHeadToken;
 
     /// <summary>
-    /// Copies the first <paramref name="tokens"/> token rows of the chunk at <paramref name="source"/>
-    /// into the past tensors as chunk number <paramref name="chunkIndex"/> of the sequence.
+    /// Where the runs of stored chunk number <paramref name="chunkIndex"/> of the sequence go in the past tensors (its
+    /// first <paramref name="tokens"/> token rows of each run), for a copy from host memory or a verified read straight from a slot.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void CopyToPast(byte* source, int chunkIndex, int tokens, byte*[] past, int capacity)
-    {
-        RequireRoom(chunkIndex, tokens, capacity);
-        long row = Layout.BytesPerHeadToken, bytes = tokens * row, run = 0;
-        for (int tensor = 0; tensor < past.Length; tensor++)
-            for (int h = 0; h < Layout.KvHeads; h++, run++)
-                Buffer.MemoryCopy(source + run * RunBytes, past[tensor] + ((long)h * capacity + (long)chunkIndex * ChunkTokens) * row, bytes, bytes);
-    }
-
-    /// <summary>Where a stored chunk's runs go in the past tensors: the same placement as <see cref="CopyToPast"/>, for a verified read straight from a slot.</summary>
     public PayloadScatter ScatterToPast(byte*[] past, int capacity, int chunkIndex, int tokens)
     {
         RequireRoom(chunkIndex, tokens, capacity);

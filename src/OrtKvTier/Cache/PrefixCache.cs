@@ -260,31 +260,20 @@ public sealed class PrefixCache : IDisposable
     /// </summary>
     internal unsafe string? FillChunk(ChainPlan plan, int index, int tokens, byte*[] past, int capacity)
     {
-        if (plan.Leased[index] is { } leased)
-        {
-            ChunkLayout.CopyToPast(leased.Pointer, index, tokens, past, capacity);
-            return CountHit(plan.From[index] ?? Host.Name);
-        }
-        var key = plan.Keys[index];
-        var chunkTokens = ChunkTokensOf(plan.Tokens, index);
-        if (Disk is { } disk && disk.Contains(key))
-            try
-            {
-                if (disk.TryRead(key, chunkTokens, ChunkLayout.ScatterToPast(past, capacity, index, tokens))) return CountHit(disk.Name);
-            }
-            catch (Exception e) when (e is IOException or InvalidOperationException)
-            {
-                _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the disk tier failed; treating it as a miss.", key);
-            }
-        if (ReadFromOtherTiers(key, chunkTokens) is not var (chunk, tier)) return null;
+        var scatter = ChunkLayout.ScatterToPast(past, capacity, index, tokens);
+        if (OpenStaged(plan, index, scatter) is not { } chunk) return null;
+        chunk.Fill(0, PayloadChecksum.BlockCount(ChunkBytes));
+        if (chunk.Finish() is { } tier) return tier;
+        // The disk's copy failed verification (and was dropped): another lower tier may still hold the chunk.
+        if (ReadFromOtherTiers(plan.Keys[index], ChunkTokensOf(plan.Tokens, index)) is not var (other, name)) return null;
         try
         {
-            ChunkLayout.CopyToPast(chunk.Pointer, index, tokens, past, capacity);
-            return CountHit(tier);
+            scatter.Place(other.Pointer, 0, other.Length);
+            return CountHit(name);
         }
         finally
         {
-            chunk.Release();
+            other.Release();
         }
     }
 
@@ -305,7 +294,7 @@ public sealed class PrefixCache : IDisposable
             }
             catch (Exception e) when (e is IOException or InvalidOperationException)
             {
-                _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the disk tier failed; treating it as a miss.", key);
+                ReadFailed(e, key, disk.Name);
             }
         return ReadFromOtherTiers(key, chunkTokens) is var (chunk, tier) ? new StagedChunk(this, scatter, chunk, owned: true, tier) : null;
     }
@@ -325,7 +314,7 @@ public sealed class PrefixCache : IDisposable
             }
             catch (Exception e) when (e is IOException or TimeoutException or InvalidOperationException)
             {
-                _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the {Tier} tier failed; treating it as a miss.", key, tier.Name);
+                ReadFailed(e, key, tier.Name);
             }
             finally
             {
@@ -334,6 +323,9 @@ public sealed class PrefixCache : IDisposable
         }
         return null;
     }
+
+    internal void ReadFailed(Exception e, ChunkKey key, string tier) =>
+        _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the {Tier} tier failed; treating it as a miss.", key, tier);
 
     internal string CountHit(string tier)
     {
@@ -524,6 +516,7 @@ internal sealed unsafe class StagedChunk
         catch (Exception e) when (e is IOException or ObjectDisposedException)
         {
             _failed = true;
+            _cache.ReadFailed(e, _read!.Entry.Key, _tier);
         }
     }
 
