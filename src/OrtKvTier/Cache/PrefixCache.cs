@@ -217,7 +217,7 @@ public sealed class PrefixCache : IDisposable
 
     /// <summary>
     /// Chunks that neither host memory nor the disk hold are fetched from remote tiers now, in one round
-    /// trip per tier, into host memory (and promoted: host at once, disk by the writer thread).
+    /// trip per tier, into host memory (and promoted: host at once, disk by the writer threads).
     /// </summary>
     private void PrefetchRemote(ChainPlan plan)
     {
@@ -347,7 +347,7 @@ public sealed class PrefixCache : IDisposable
         for (int i = firstChunk; i < keys.Count; i++)
         {
             if (Host.Contains(keys[i])) continue;
-            // Only the local disk is asked here; the writer thread asks each lower tier before writing to it.
+            // Only the local disk is asked here; the writer threads ask each lower tier before writing to it.
             bool isNew = Disk?.Contains(keys[i]) != true;
             var chunk = Host.NewChunk(keys[i], ChunkTokensOf(tokens, i));
             try
