@@ -164,21 +164,26 @@ public sealed class SlotPoolTests : IDisposable
     {
         using var pool = Open(slots: 8);
         long wrong = 0, hits = 0;
-        Parallel.For(0, 4, worker =>
+        int writersLeft = 2;
+        // Two writers and two readers on their own threads; the readers read for as long as the writers write, then 100 reads more.
+        var workers = Enumerable.Range(0, 4).Select(worker => Task.Factory.StartNew(() =>
         {
             var rng = new Random(worker);
             var buffer = new byte[pool.PayloadCapacity];
-            for (int n = 0; n < 300; n++)
+            bool writer = worker % 2 == 0;
+            for (int n = 0, after = 0; writer ? n < 300 : Volatile.Read(ref writersLeft) > 0 || after++ < 100; n++)
             {
                 var key = TestPayloads.Key(1, rng.Next(20));
-                if (worker % 2 == 0) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
+                if (writer) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
                 else if (pool.TryGet(key, TestPayloads.Tokens(key), buffer, out int length))
                 {
                     Interlocked.Increment(ref hits);
                     if (!buffer.AsSpan(0, length).SequenceEqual(TestPayloads.Payload(key))) Interlocked.Increment(ref wrong);
                 }
             }
-        });
+            if (writer) Interlocked.Decrement(ref writersLeft);
+        }, TaskCreationOptions.LongRunning)).ToArray();
+        Task.WaitAll(workers);
         Assert.Equal(0, wrong);
         Assert.True(hits > 0);
         Assert.Equal(8, pool.Verify().Valid);
