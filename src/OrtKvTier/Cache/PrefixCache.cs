@@ -373,7 +373,7 @@ public sealed class PrefixCache : IDisposable
     }
 
     /// <summary>Leading keys that some tier's index holds (their bytes are verified only when read).</summary>
-    private int IndexedChainLength(ChunkKey[] keys)
+    internal int IndexedChainLength(ChunkKey[] keys)
     {
         int count = 0;
         while (count < keys.Length && Tiers.Any(t => t.Contains(keys[count]))) count++;

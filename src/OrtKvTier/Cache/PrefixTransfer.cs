@@ -36,12 +36,8 @@ internal static unsafe class PrefixTransfer
         using (plan)
         {
             long start = Stopwatch.GetTimestamp();
-            var view = preparePast(restored);
-            var past = cache.ChunkLayout.Pointers(view);
-            int capacity = view.Capacity;
-            cache.ChunkLayout.PopulateRows(past, capacity, restored);
+            var (past, capacity, chunks) = PreparePast(cache, preparePast, restored);
             int chunkTokens = cache.ChunkTokens;
-            int chunks = (restored + chunkTokens - 1) / chunkTokens;
             var tiers = new string?[chunks];
             void Fill(int j) => tiers[j] = cache.FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
             if (chunks > 1 && (long)restored * cache.Layout.BytesPerToken >= ParallelCopyBytes) Parallel.For(0, chunks, Fill);
@@ -71,12 +67,8 @@ internal static unsafe class PrefixTransfer
         {
             long start = Stopwatch.GetTimestamp();
             var layout = cache.ChunkLayout;
-            var view = preparePast(restored);
-            var past = layout.Pointers(view);
-            int capacity = view.Capacity;
-            layout.PopulateRows(past, capacity, restored);
+            var (past, capacity, chunks) = PreparePast(cache, preparePast, restored);
             int chunkTokens = cache.ChunkTokens;
-            int chunks = (restored + chunkTokens - 1) / chunkTokens;
             var staged = new StagedChunk?[chunks];
             var tiers = new string?[chunks];
             bool allRead = false;
@@ -104,6 +96,15 @@ internal static unsafe class PrefixTransfer
         }
     }
 
+    /// <summary>Makes the past hold <paramref name="restored"/> rows, their pages mapped; its tensors' addresses, rows per head, and the chunks to fill.</summary>
+    private static (byte*[] Past, int Capacity, int Chunks) PreparePast(PrefixCache cache, Func<int, IKvTensorView> preparePast, int restored)
+    {
+        var view = preparePast(restored);
+        var past = cache.ChunkLayout.Pointers(view);
+        cache.ChunkLayout.PopulateRows(past, view.Capacity, restored);
+        return (past, view.Capacity, (restored + cache.ChunkTokens - 1) / cache.ChunkTokens);
+    }
+
     /// <summary>What a lookup found: the chain to restore and how many tokens of it (no plan when it covers no more than is computed).</summary>
     private readonly record struct RestorePlan(ChainPlan? Plan, int Restored, double LookupMs);
 
@@ -129,7 +130,8 @@ internal static unsafe class PrefixTransfer
         return PrefixRestoreReport.None(made.LookupMs);
     }
 
-    private static PrefixRestoreReport Hit(PrefixCache cache, int restored, string[] tiers, double lookupMs, double restoreMs)
+    /// <summary>Records a restore of <paramref name="restored"/> tokens whose chunks came from <paramref name="tiers"/> and reports it.</summary>
+    internal static PrefixRestoreReport Hit(PrefixCache cache, int restored, string[] tiers, double lookupMs, double restoreMs)
     {
         int chunkTokens = cache.ChunkTokens;
         var byTier = new Dictionary<string, int>();

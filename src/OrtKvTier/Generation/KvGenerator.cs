@@ -111,7 +111,8 @@ public sealed class KvGenerator : IDisposable
         if (_past.Memory.OnDevice && _cache.DeviceTierFor(_model) is { } device)
         {
             int chunks = _cache.Chain.FullChunks(_past.Length);
-            if (chunks > 0) device.Store(_cache.Chain.Keys(CollectionsMarshal.AsSpan(_sequence)[..(chunks * _cache.ChunkTokens)]), CollectionsMarshal.AsSpan(_sequence), PastTensors(), _past.Capacity);
+            _cache.Chain.Extend(_chunkKeys, CollectionsMarshal.AsSpan(_sequence)[.._past.Length]);
+            if (chunks > 0) device.Store(_chunkKeys.GetRange(0, chunks), CollectionsMarshal.AsSpan(_sequence), PastTensors(), _past.Capacity);
         }
         _cachedChunks = Math.Max(_cachedChunks, _past.Length / _cache.ChunkTokens);
         return stored;
@@ -220,26 +221,19 @@ public sealed class KvGenerator : IDisposable
         int chunkTokens = cache.ChunkTokens;
         if (usable <= _past.Length) return null;
         int maxChunks = Math.Min((usable + chunkTokens - 1) / chunkTokens, cache.Chain.FullChunks(sequence.Length));
-        using var hit = device.Find(cache.Chain.Keys(sequence[..(maxChunks * chunkTokens)]), sequence);
+        var keys = cache.Chain.Keys(sequence[..(maxChunks * chunkTokens)]);
+        using var hit = device.Find(keys, sequence);
         if (hit is null) return null;
         int restored = Math.Min(hit.Chunks * chunkTokens, usable);
-        if (restored <= _past.Length || hit.Chunks < Math.Min(maxChunks, cache.CachedPrefixLength(sequence) / chunkTokens)) return null;
+        if (restored <= _past.Length || hit.Chunks < cache.IndexedChainLength(keys)) return null;
         double lookupMs = KvCacheMetrics.Milliseconds(start);
         start = Stopwatch.GetTimestamp();
         _past.PrepareRestore(restored);
         hit.CopyInto(PastTensors(), _past.Capacity, restored);
         double restoreMs = KvCacheMetrics.Milliseconds(start);
-        int chunks = (restored + chunkTokens - 1) / chunkTokens;
-        KvCacheMetrics.ChunkHits.Add(chunks, KvCacheMetrics.Tier(DeviceTier.TierName));
-        KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "hit"));
-        KvCacheMetrics.LookupDuration.Record(lookupMs);
-        KvCacheMetrics.RestoredTokens.Add(restored);
-        KvCacheMetrics.RestoreDuration.Record(restoreMs);
-        return new PrefixRestoreReport
-        {
-            RestoredTokens = restored, ChunkTiers = Enumerable.Repeat(DeviceTier.TierName, chunks).ToArray(), LookupMs = lookupMs, RestoreMs = restoreMs,
-            TokensByTier = new Dictionary<string, int> { [DeviceTier.TierName] = restored },
-        };
+        var tiers = Enumerable.Repeat(DeviceTier.TierName, (restored + chunkTokens - 1) / chunkTokens).ToArray();
+        foreach (var tier in tiers) cache.CountHit(tier);
+        return PrefixTransfer.Hit(cache, restored, tiers, lookupMs, restoreMs);
     }
 
     /// <summary>The past tensors in chunk order (key 0, value 0, key 1, …).</summary>

@@ -15,12 +15,6 @@ internal static unsafe class PayloadChecksum
     /// <summary>Below this many blocks, waking pool threads costs more than it saves.</summary>
     private const int ParallelFromBlocks = 2;
 
-    public static UInt128 Compute(ReadOnlySpan<byte> payload, int parallelism)
-    {
-        fixed (byte* p = payload)
-            return Run(PayloadSource.Memory(p), null, payload.Length, parallelism);
-    }
-
     /// <summary>
     /// Returns the checksum of <paramref name="payload"/> and writes it to <paramref name="file"/> at
     /// <paramref name="offset"/>, each block written right after it is hashed (while it is in cache), on

@@ -193,7 +193,7 @@ public sealed class DeviceKvTransfer : IDisposable
     }
 
     /// <summary>Views <c>[1, kvH, tokens, D]</c> over the start of the reused pinned buffers, grown when too small.</summary>
-    private OrtValue[] StagingViews(int tokens)
+    private unsafe OrtValue[] StagingViews(int tokens)
     {
         if (_staging is null || tokens > _stagingTokens)
         {
@@ -208,7 +208,7 @@ public sealed class DeviceKvTransfer : IDisposable
         {
             for (int i = 0; i < views.Length; i++)
                 views[i] = OrtValue.CreateTensorValueWithData(_staging[i].GetTensorMemoryInfo(), _layout.OrtElementType,
-                    [1, _layout.KvHeads, tokens, _layout.HeadSize], StartOf(_staging[i]), bytes);
+                    [1, _layout.KvHeads, tokens, _layout.HeadSize], (nint)KvMemory.Start(_staging[i]), bytes);
         }
         catch
         {
@@ -217,9 +217,6 @@ public sealed class DeviceKvTransfer : IDisposable
         }
         return views;
     }
-
-    private static unsafe nint StartOf(OrtValue value) =>
-        (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(value.GetTensorMutableRawData()));
 
     /// <summary>Copies tensors pairwise (same shapes) between host, pinned and device memory, waiting for completion.</summary>
     public void CopyTensors(IReadOnlyList<OrtValue> sources, IReadOnlyList<OrtValue> destinations)

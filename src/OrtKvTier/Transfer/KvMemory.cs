@@ -89,5 +89,5 @@ internal sealed class KvMemory
     }
 
     /// <summary>The tensor's data address (device memory is never dereferenced here).</summary>
-    private static unsafe byte* Start(OrtValue value) => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(value.GetTensorMutableRawData()));
+    internal static unsafe byte* Start(OrtValue value) => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(value.GetTensorMutableRawData()));
 }

@@ -70,9 +70,7 @@ public sealed class DeviceTier : IDisposable
             ObjectDisposedException.ThrowIf(_disposed, this);
             for (int chunks = keys.Count; chunks > 0; chunks--)
             {
-                if (!_byKey.TryGetValue(keys[chunks - 1], out var entry)) continue;
-                int rows = chunks * ChunkTokens;
-                if (tokens.Length < rows || !tokens[..rows].SequenceEqual(entry.Tokens.AsSpan(0, rows))) continue;
+                if (!_byKey.TryGetValue(keys[chunks - 1], out var entry) || !Holds(entry, tokens, chunks * ChunkTokens)) continue;
                 Touch(entry);
                 entry.Leases++;
                 _hits++;
@@ -106,7 +104,7 @@ public sealed class DeviceTier : IDisposable
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_byKey.TryGetValue(keys[chunks - 1], out var existing) && tokens[..rows].SequenceEqual(existing.Tokens.AsSpan(0, rows)))
+            if (_byKey.TryGetValue(keys[chunks - 1], out var existing) && Holds(existing, tokens, rows))
             {
                 Touch(existing);
                 return false;
@@ -130,7 +128,7 @@ public sealed class DeviceTier : IDisposable
         OrtValue[] tensors;
         try
         {
-            tensors = OrtKvTensorsAllocate(rows);
+            tensors = Generation.OrtKvTensors.Allocate(_layout, rows, _allocator).Values;
             KvMemory.CopyRows(_layout, sources, sourceCapacity, tensors, rows, rows);
         }
         catch
@@ -178,7 +176,9 @@ public sealed class DeviceTier : IDisposable
         foreach (var entry in entries) Retire(entry, intoHost: false);
     }
 
-    private OrtValue[] OrtKvTensorsAllocate(int rows) => Generation.OrtKvTensors.Allocate(_layout, rows, _allocator).Values;
+    /// <summary>Whether <paramref name="entry"/>'s first <paramref name="rows"/> token ids are those of <paramref name="tokens"/>.</summary>
+    private static bool Holds(Entry entry, ReadOnlySpan<int> tokens, int rows) =>
+        tokens.Length >= rows && tokens[..rows].SequenceEqual(entry.Tokens.AsSpan(0, rows));
 
     private void Touch(Entry entry)
     {
