@@ -3,7 +3,7 @@ using OrtKvTier.Console.Commands;
 using OrtKvTier.Model;
 
 const string usage = "usage: ortkv <command> [options]   (--verbose shows stack traces)\n\n" +
-    GenerateCommand.Usage + "\n" + ChatCommand.ChatUsage + "\n" + ChatCommand.WarmUsage + "\n" + CacheCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BenchChatCommand.Usage + "\n" + BenchRemoteCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
+    GenerateCommand.Usage + "\n" + ChatCommand.ChatUsage + "\n" + ChatCommand.WarmUsage + "\n" + CacheCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BenchChatCommand.Usage + "\n" + BenchRemoteCommand.Usage + "\n" + BenchCaptureCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
 
 var verbose = args.Contains("--verbose");
 var rest = args.Where(a => a != "--verbose").ToArray();
@@ -27,6 +27,7 @@ try
         "bench" when rest.Length > 1 && rest[1] == "remote" => BenchRemoteCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "bench" when rest.Length > 1 && rest[1] == "chat" => BenchChatCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "bench" when rest.Length > 1 && rest[1] == "chunks" => BenchChunksCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
+        "bench" when rest.Length > 1 && rest[1] == "capture" => BenchCaptureCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "bench" when rest.Length > 1 && rest[1] == "ttft" => BenchTtftCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
         "cache" or "bench" => throw new UsageException($"{rest[0]} needs a subcommand.\n{usage}"),
         _ => throw new UsageException($"Unknown command '{rest[0]}'.\n{usage}"),

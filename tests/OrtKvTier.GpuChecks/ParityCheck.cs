@@ -31,11 +31,17 @@ internal static class ParityCheck
         Logits(device, prompt, withDeviceTier, out _);
         var fromDevice = Restore(device, prompt, withDeviceTier);
         var deviceTierTokens = Greedy(device, prompt, withDeviceTier, 24);
+        // The prompt captured in the background (device → pinned → host chunks) while the next tokens run on the device.
+        using var captureCache = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16 });
+        bool backgroundCapture = CaptureWhileGenerating(device, prompt, captureCache, 24).SequenceEqual(onCpu)
+            && Restore(device, prompt, captureCache).RestoredTokens == restoredTokens && Greedy(device, prompt, captureCache, 24).SequenceEqual(onCpu);
+
         var result = new ParityResult(shared ? "shared buffer" : "growing past", device.Device.ToString(), restoredTokens, bitwise, maxDiff,
-            firstDifference < 0, firstDifference, string.Join(", ", fromDevice.TokensByTier.Select(t => $"{t.Value} from {t.Key}")), deviceTierTokens.SequenceEqual(onCpu));
+            firstDifference < 0, firstDifference, string.Join(", ", fromDevice.TokensByTier.Select(t => $"{t.Value} from {t.Key}")), deviceTierTokens.SequenceEqual(onCpu),
+            backgroundCapture);
         Console.WriteLine($"parity {result.Mode}: restored {restoredTokens} tokens, logits bitwise equal {bitwise} (max |diff| {maxDiff}), " +
             $"greedy tokens equal to CPU {result.TokensEqualCpu}{(firstDifference >= 0 ? $" (first difference at {firstDifference})" : "")}; " +
-            $"device tier: restored {result.DeviceTierRestore}, greedy tokens equal to CPU {result.DeviceTierTokensEqualCpu}");
+            $"device tier: restored {result.DeviceTierRestore}, greedy tokens equal to CPU {result.DeviceTierTokensEqualCpu}; captured while generating, tokens equal to CPU {result.BackgroundCaptureTokensEqualCpu}");
         return result;
     }
 
@@ -46,6 +52,19 @@ internal static class ParityCheck
         generator.CaptureToCache();
         restored = generator.LastRestore.RestoredTokens;
         return generator.GetLogits().ToArray();
+    }
+
+    /// <summary>Greedy tokens, the prompt's capture started after the first one and awaited after the last.</summary>
+    private static int[] CaptureWhileGenerating(KvModel model, int[] prompt, PrefixCache cache, int count)
+    {
+        using var generator = new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = prompt.Length + count, DoSample = false }, cache);
+        generator.AppendTokens(prompt);
+        var tokens = new List<int> { generator.GenerateNextToken() };
+        var capture = generator.CaptureToCacheInBackground();
+        while (!generator.IsDone) tokens.Add(generator.GenerateNextToken());
+        if (capture.GetAwaiter().GetResult() != prompt.Length / cache.ChunkTokens)
+            throw new InvalidOperationException($"The background capture stored {capture.Result} chunks; expected {prompt.Length / cache.ChunkTokens}.");
+        return tokens.ToArray();
     }
 
     private static PrefixRestoreReport Restore(KvModel model, int[] prompt, PrefixCache cache)

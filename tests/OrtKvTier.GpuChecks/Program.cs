@@ -48,4 +48,4 @@ var jsonPath = Path.Combine(options.OutDirectory, "gpu-checks.json");
 File.WriteAllText(jsonPath, JsonSerializer.Serialize(report, ReportJson.Default.Report));
 report.PrintTable();
 Console.WriteLine($"json: {jsonPath}");
-return report.Errors.Count == 0 && report.Parity.All(p => p.TokensEqualCpu && p.DeviceTierTokensEqualCpu) ? 0 : 1;
+return report.Errors.Count == 0 && report.Parity.All(p => p.TokensEqualCpu && p.DeviceTierTokensEqualCpu && p.BackgroundCaptureTokensEqualCpu) ? 0 : 1;

@@ -3,7 +3,7 @@ using System.Text.Json.Serialization;
 namespace OrtKvTier.GpuChecks;
 
 internal sealed record ParityResult(string Mode, string Device, int RestoredTokens, bool LogitsBitwiseEqual, float MaxAbsDiff, bool TokensEqualCpu, int FirstTokenDifference,
-    string DeviceTierRestore, bool DeviceTierTokensEqualCpu);
+    string DeviceTierRestore, bool DeviceTierTokensEqualCpu, bool BackgroundCaptureTokensEqualCpu);
 
 internal sealed record ThroughputResult(int Tokens, long Bytes, string Target, double RestoreGbps, double RestoreGatherGbps, double RestoreCopyAfterStagingMs,
     double FirstRestoreGbps, double RestoreOpenPoolGbps, double CaptureGbps, double CaptureRewriteGbps, double CaptureToPinnedGbps, double PlainCopyGbps);
@@ -23,7 +23,8 @@ internal sealed class Report
         Console.WriteLine($"{"check",-34} {"result",-40}");
         foreach (var p in Parity)
             Console.WriteLine($"{"parity, " + p.Mode,-34} {(p.LogitsBitwiseEqual ? "logits bitwise equal" : $"logits differ (max {p.MaxAbsDiff})")}, {(p.TokensEqualCpu ? "tokens = CPU" : $"tokens differ at {p.FirstTokenDifference}")}; " +
-                $"device tier: restored {p.DeviceTierRestore}, {(p.DeviceTierTokensEqualCpu ? "tokens = CPU" : "tokens differ")}");
+                $"device tier: restored {p.DeviceTierRestore}, {(p.DeviceTierTokensEqualCpu ? "tokens = CPU" : "tokens differ")}; " +
+                $"captured while generating: {(p.BackgroundCaptureTokensEqualCpu ? "tokens = CPU, then restored: tokens = CPU" : "tokens differ")}");
         foreach (var t in Throughput)
             Console.WriteLine($"{$"Llama-8B-like, {t.Tokens} tokens",-34} restore {t.RestoreGbps:F1} GB/s reopened / {t.RestoreOpenPoolGbps:F1} open pool, capture {t.CaptureToPinnedGbps:F1} GB/s to pinned / " +
                 $"{t.CaptureRewriteGbps:F1} to slots (rewrite) / {t.CaptureGbps:F1} (fresh file), plain copy {t.PlainCopyGbps:F1} GB/s ({t.Target})");

@@ -37,6 +37,9 @@ public sealed class KvGenerator : IDisposable
     private readonly List<ChunkKey> _chunkKeys = [];
     /// <summary>Leading chunks of the sequence known to be in the cache (restored or captured).</summary>
     private int _cachedChunks;
+    /// <summary>The background capture not waited for yet, and the leading chunks it stores.</summary>
+    private Task<int>? _capture;
+    private int _capturedChunks;
 
     /// <summary>
     /// Creates a generator; <paramref name="search"/> defaults to the model's config. With
@@ -93,29 +96,73 @@ public sealed class KvGenerator : IDisposable
 
     /// <summary>
     /// Stores every computed full chunk of the sequence that the cache does not hold yet (after
-    /// a prompt and after generation, so the next turn hits). Returns the chunks stored; 0 without a cache.
+    /// a prompt and after generation, so the next turn hits). Returns the chunks stored (not counting
+    /// those of a background capture it waits for first); 0 without a cache.
     /// </summary>
     public int CaptureToCache()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_cache is null) return 0;
-        int stored;
-        if (!_past.Memory.OnDevice) stored = PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, _past, _chunkKeys, _cachedChunks);
-        else if (_cache.Chain.FullChunks(_past.Length) <= _cachedChunks) stored = 0;
-        else
-        {
-            // Device memory: copy the computed rows into the pinned staging, then capture from there.
-            stored = _model.DeviceTransfer!.CaptureFrom(PastTensors(), _past.Capacity, _past.Length,
-                host => PrefixTransfer.Capture(_cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, host, _chunkKeys, _cachedChunks));
-        }
-        if (_past.Memory.OnDevice && _cache.DeviceTierFor(_model) is { } device)
-        {
-            int chunks = _cache.Chain.FullChunks(_past.Length);
-            _cache.Chain.Extend(_chunkKeys, CollectionsMarshal.AsSpan(_sequence)[.._past.Length]);
-            if (chunks > 0) device.Store(_chunkKeys.GetRange(0, chunks), CollectionsMarshal.AsSpan(_sequence), PastTensors(), _past.Capacity);
-        }
-        _cachedChunks = Math.Max(_cachedChunks, _past.Length / _cache.ChunkTokens);
+        WaitForCapture();
+        if (PlanCapture() is not { } capture) return 0;
+        int stored = capture.Run();
+        _cachedChunks = Math.Max(_cachedChunks, capture.Chunks);
         return stored;
+    }
+
+    /// <summary>
+    /// Like <see cref="CaptureToCache"/>, on a pool thread: generation goes on meanwhile (the tensors it reads
+    /// are kept intact: a rewind, a new prompt, another capture or disposing the generator waits for it).
+    /// The task gives the chunks stored, or the error that stopped it (the chunks then count as not cached,
+    /// so the next capture stores them). Completed at once when there is nothing to store.
+    /// </summary>
+    public Task<int> CaptureToCacheInBackground()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        WaitForCapture();
+        if (PlanCapture() is not { } capture) return Task.FromResult(0);
+        _capturedChunks = capture.Chunks;
+        return _capture = Task.Run(capture.Run);
+    }
+
+    /// <summary>A capture of the computed rows, ready to run on any thread: it stores the leading <see cref="Chunks"/> of the sequence.</summary>
+    private sealed record PlannedCapture(Func<int> Run, int Chunks);
+
+    /// <summary>Null when there is nothing to store; otherwise the capture, holding the past tensors it reads until it has run.</summary>
+    private PlannedCapture? PlanCapture()
+    {
+        if (_cache is not { } cache) return null;
+        int rows = _past.Length, chunks = cache.Chain.FullChunks(rows), from = _cachedChunks;
+        var device = _past.Memory.OnDevice ? cache.DeviceTierFor(_model) : null;
+        if (chunks <= from && (device is null || chunks == 0)) return null;
+        var tokens = _sequence.GetRange(0, rows).ToArray();
+        cache.Chain.Extend(_chunkKeys, tokens);
+        var keys = _chunkKeys.GetRange(0, chunks);
+        var hold = _past.Hold();
+        return new PlannedCapture(() =>
+        {
+            using (hold) return Capture(cache, hold, tokens, keys, from, device);
+        }, chunks);
+    }
+
+    /// <summary>Stores chunks <paramref name="from"/>.. of the held rows (through the pinned staging from device memory), and the prefix in the device tier.</summary>
+    private int Capture(PrefixCache cache, PastHold held, int[] tokens, List<ChunkKey> keys, int from, DeviceTier? device)
+    {
+        int stored = 0;
+        if (!_past.Memory.OnDevice) stored = PrefixTransfer.Capture(cache, tokens, tokens.Length, OrtKvTensors.View(held.Tensors, held.Capacity), keys, from);
+        else if (keys.Count > from)
+            stored = _model.DeviceTransfer!.CaptureFrom(held.Tensors, held.Capacity, tokens.Length,
+                host => PrefixTransfer.Capture(cache, tokens, tokens.Length, host, keys, from));
+        device?.Store(keys, tokens, held.Tensors, held.Capacity);
+        return stored;
+    }
+
+    /// <summary>Waits for a background capture; once it has stored its chunks they count as cached (its errors go to its task).</summary>
+    private void WaitForCapture()
+    {
+        if (_capture is not { } capture) return;
+        ((IAsyncResult)capture).AsyncWaitHandle.WaitOne();
+        if (capture.IsCompletedSuccessfully) _cachedChunks = Math.Max(_cachedChunks, _capturedChunks);
+        _capture = null;
     }
 
     /// <summary>Appends prompt tokens, restores what the cache holds of the sequence, and runs the model over the rest.</summary>
@@ -128,6 +175,7 @@ public sealed class KvGenerator : IDisposable
         foreach (var t in tokens)
             if ((uint)t >= (uint)_model.VocabSize)
                 throw new ArgumentOutOfRangeException(nameof(tokens), t, $"Token ids must be in [0, {_model.VocabSize}).");
+        WaitForCapture();
         _sequence.AddRange(tokens);
         _lastWasGenerated = false;
         _logitsCurrent = false;
@@ -161,6 +209,7 @@ public sealed class KvGenerator : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (length < 0 || length > _sequence.Count)
             throw new ArgumentOutOfRangeException(nameof(length), length, $"Rewind to a length between 0 and the current {_sequence.Count}.");
+        WaitForCapture();
         _sequence.RemoveRange(length, _sequence.Count - length);
         // Keep the last token pending so its logits are computed again on the next step.
         int keep = Math.Max(0, length - 1);
@@ -179,6 +228,7 @@ public sealed class KvGenerator : IDisposable
     public void Dispose()
     {
         if (_disposed) return;
+        WaitForCapture();
         _disposed = true;
         _binding.Dispose();
         _runOptions.Dispose();
@@ -199,7 +249,7 @@ public sealed class KvGenerator : IDisposable
             LastRestore = _model.DeviceTransfer!.RestoreInto(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
             {
                 _past.PrepareRestore(length);
-                return (PastTensors(), _past.Capacity);
+                return (_past.Tensors(), _past.Capacity);
             }).Report;
         }
         else LastRestore = fromDevice;
@@ -229,29 +279,11 @@ public sealed class KvGenerator : IDisposable
         double lookupMs = KvCacheMetrics.Milliseconds(start);
         start = Stopwatch.GetTimestamp();
         _past.PrepareRestore(restored);
-        hit.CopyInto(PastTensors(), _past.Capacity, restored);
+        hit.CopyInto(_past.Tensors(), _past.Capacity, restored);
         double restoreMs = KvCacheMetrics.Milliseconds(start);
         var tiers = Enumerable.Repeat(DeviceTier.TierName, (restored + chunkTokens - 1) / chunkTokens).ToArray();
         foreach (var tier in tiers) cache.CountHit(tier);
         return PrefixTransfer.Hit(cache, restored, tiers, lookupMs, restoreMs);
-    }
-
-    /// <summary>The past tensors in chunk order (key 0, value 0, key 1, …).</summary>
-    private OrtValue[] PastTensors()
-    {
-        var tensors = new OrtValue[_model.Layout.Layers * 2];
-        ForEachTensor((layer, value, i) => tensors[i] = _past.Tensor(layer, value));
-        return tensors;
-    }
-
-    /// <summary>Calls <paramref name="action"/>(layer, value, index) for each past tensor in chunk order (key 0, value 0, key 1, …).</summary>
-    private void ForEachTensor(Action<int, bool, int> action)
-    {
-        for (int layer = 0; layer < _model.Layout.Layers; layer++)
-        {
-            action(layer, false, 2 * layer);
-            action(layer, true, 2 * layer + 1);
-        }
     }
 
     private static void RequireCacheFor(KvModel model, PrefixCache cache)

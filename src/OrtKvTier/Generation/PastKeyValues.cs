@@ -14,6 +14,8 @@ namespace OrtKvTier.Generation;
 /// </summary>
 internal abstract class PastKeyValues : IKvTensorView, IDisposable
 {
+    private PastHold? _hold;
+
     protected PastKeyValues(KvLayout layout, KvMemory memory)
     {
         Layout = layout;
@@ -32,7 +34,36 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
         layout.SharedBuffer ? new Shared(layout, memory ?? KvMemory.Host) : new Growing(layout, memory ?? KvMemory.Host);
 
     /// <summary>The tensor of one layer's key or value (its first <see cref="Length"/> rows per head are valid, of <see cref="Capacity"/>).</summary>
-    public abstract OrtValue Tensor(int layer, bool value);
+    public OrtValue Tensor(int layer, bool value) => Current[Slot(layer, value)]!;
+
+    /// <summary>The past tensors in chunk order (key 0, value 0, key 1, …).</summary>
+    public OrtValue[] Tensors() => [.. Current.Select(t => t!)];
+
+    /// <summary>
+    /// Keeps the current tensors alive for a reader on another thread until the returned hold is
+    /// disposed (a tensor replaced meanwhile is handed over to it). The caller must not let rows below
+    /// <see cref="Length"/> be rewritten (no <see cref="Truncate"/> or <see cref="PrepareRestore"/>) until then.
+    /// </summary>
+    public PastHold Hold() => _hold = new PastHold(Tensors(), Capacity);
+
+    /// <summary>The tensors bound as past now, in chunk order.</summary>
+    protected abstract OrtValue?[] Current { get; }
+
+    /// <summary>Disposes a past tensor no longer needed here, unless a hold still reads it.</summary>
+    protected void Release(OrtValue? tensor)
+    {
+        if (tensor is not null && _hold?.TakeOver(tensor) != true) tensor.Dispose();
+    }
+
+    /// <summary>Releases every tensor of <paramref name="tensors"/> and clears the array.</summary>
+    protected void ReleaseAll(OrtValue?[] tensors)
+    {
+        for (int i = 0; i < tensors.Length; i++)
+        {
+            Release(tensors[i]);
+            tensors[i] = null;
+        }
+    }
 
     /// <summary>Binds past inputs and present outputs for a run that adds <paramref name="newTokens"/>.</summary>
     public abstract void Bind(OrtIoBinding binding, int newTokens);
@@ -117,7 +148,7 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
         {
             for (int i = 0; i < _past.Length; i++)
             {
-                _past[i]!.Dispose();
+                Release(_past[i]);
                 _past[i] = _present[i];
                 _present[i] = null;
             }
@@ -133,7 +164,7 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
             {
                 var shorter = Allocate(length);
                 KvMemory.CopyRows(Layout, _past[i]!, Length, shorter, length, length);
-                _past[i]!.Dispose();
+                Release(_past[i]);
                 _past[i] = shorter;
             }
             Length = length;
@@ -142,22 +173,18 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
         public override void PrepareRestore(int length)
         {
             DisposeAll(_present);
-            for (int i = 0; i < _past.Length; i++)
-            {
-                _past[i]?.Dispose();
-                _past[i] = null;
-                _past[i] = Allocate(length);
-            }
+            ReleaseAll(_past);
+            for (int i = 0; i < _past.Length; i++) _past[i] = Allocate(length);
             Length = length;
         }
 
         public override Span<byte> TensorBytes(int layer, bool value) => HostBytes(_past[Slot(layer, value)]!);
 
-        public override OrtValue Tensor(int layer, bool value) => _past[Slot(layer, value)]!;
+        protected override OrtValue?[] Current => _past;
 
         public override void Dispose()
         {
-            DisposeAll(_past);
+            ReleaseAll(_past);
             DisposeAll(_present);
         }
     }
@@ -207,8 +234,8 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
 
         public override Span<byte> TensorBytes(int layer, bool value) => HostBytes(_buffers[Slot(layer, value)]!);
 
-        public override OrtValue Tensor(int layer, bool value) => _buffers[Slot(layer, value)]!;
+        protected override OrtValue?[] Current => _buffers;
 
-        public override void Dispose() => DisposeAll(_buffers);
+        public override void Dispose() => ReleaseAll(_buffers);
     }
 }

@@ -49,7 +49,8 @@ public enum StopReason
 /// <summary>
 /// Prompt in, streamed text out: <see cref="KvGenerator"/> plus the model's tokenizer. With a
 /// <see cref="PrefixCache"/>, the prompt's cached prefix is restored, and the prompt's chunks are
-/// captured right after the first token (off the time-to-first-token) and again at the end.
+/// captured right after the first token (off the time-to-first-token; in the background while the next
+/// tokens are generated when <see cref="KvModel.CapturesInBackground"/>) and again at the end.
 /// </summary>
 public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null)
 {
@@ -83,6 +84,7 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
         var tokens = new List<int>(maxNewTokens);
         double ttft = 0;
         int captured = 0, emitted = 0;
+        Task<int>? promptCapture = null;
         bool stopped = false;
         var stops = stopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
         cancellationToken.ThrowIfCancellationRequested();
@@ -110,10 +112,16 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
                 onText?.Invoke(text.ToString(emitted, safe - emitted));
                 emitted = safe;
             }
-            if (tokens.Count == 1) captured += generator.CaptureToCache();
+            if (tokens.Count == 1)
+            {
+                if (model.CapturesInBackground) promptCapture = generator.CaptureToCacheInBackground();
+                else captured += generator.CaptureToCache();
+            }
         }
-        captured += generator.CaptureToCache();
         if (!stopped && text.Length > emitted) onText?.Invoke(text.ToString(emitted, text.Length - emitted));
+        // This waits for the prompt's capture first; if that failed, it stores the prompt's chunks itself (or throws).
+        captured += generator.CaptureToCache();
+        if (promptCapture is { IsCompletedSuccessfully: true }) captured += promptCapture.Result;
         var reason = stopped ? StopReason.StopSequence
             : tokens.Count > 0 && model.EosTokenIds.Contains(tokens[^1]) ? StopReason.EndOfSequence
             : tokens.Count >= maxNewTokens ? StopReason.MaxNewTokens

@@ -40,4 +40,19 @@ public sealed class BenchCommandTests
         Assert.True(turns[1].GetProperty("kv_cache_cached_tokens").GetDouble() >= 64);
         Assert.StartsWith("<svg", File.ReadAllText(svg));
     }
+
+    [Fact]
+    public void BenchCaptureTimesTheSecondTokenWithTheCaptureInlineAndInTheBackground()
+    {
+        var run = ChildProcess.Console("bench", "capture", "--model", TestPaths.Tiny, "--prompt-tokens", "128", "--new-tokens", "4", "--reps", "1", "--intra-op-threads", "1", "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        var root = JsonDocument.Parse(run.StdOut).RootElement;
+        foreach (var mode in new[] { "inline", "background" })
+        {
+            Assert.True(root.GetProperty(mode).GetProperty("second_token_ms").GetDouble() > 0, mode);
+            Assert.True(root.GetProperty(mode).GetProperty("later_token_ms").GetDouble() > 0, mode);
+        }
+        Assert.True(root.GetProperty("second_token_inline_over_background").GetDouble() > 0);
+        Assert.Equal(1, root.GetProperty("intra_op_threads").GetInt32());
+    }
 }

@@ -27,6 +27,7 @@ public sealed class GpuChecksTests : IDisposable
             Assert.True(p.GetProperty("tokens_equal_cpu").GetBoolean());
             if (onCpu) Assert.True(p.GetProperty("logits_bitwise_equal").GetBoolean()); // on the CPU a restored prefix is exact
             Assert.True(p.GetProperty("device_tier_tokens_equal_cpu").GetBoolean());
+            Assert.True(p.GetProperty("background_capture_tokens_equal_cpu").GetBoolean());
             Assert.True(p.GetProperty("restored_tokens").GetInt32() > 0);
         });
         var throughput = Assert.Single(root.GetProperty("throughput").EnumerateArray());
