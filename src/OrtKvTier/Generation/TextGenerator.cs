@@ -49,8 +49,8 @@ public enum StopReason
 /// <summary>
 /// Prompt in, streamed text out: <see cref="KvGenerator"/> plus the model's tokenizer. With a
 /// <see cref="PrefixCache"/>, the prompt's cached prefix is restored, and the prompt's chunks are
-/// captured right after the first token (off the time-to-first-token; in the background while the next
-/// tokens are generated when <see cref="KvModel.CapturesInBackground"/>) and again at the end.
+/// captured right after the first token (off the time-to-first-token, in the background while the next
+/// tokens are generated) and again at the end.
 /// </summary>
 public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null)
 {
@@ -112,11 +112,8 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
                 onText?.Invoke(text.ToString(emitted, safe - emitted));
                 emitted = safe;
             }
-            if (tokens.Count == 1)
-            {
-                if (model.CapturesInBackground) promptCapture = generator.CaptureToCacheInBackground();
-                else captured += generator.CaptureToCache();
-            }
+            // The prompt's chunks are stored while the next tokens are generated (bench capture: the second token comes sooner).
+            if (tokens.Count == 1) promptCapture = generator.CaptureToCacheInBackground();
         }
         if (!stopped && text.Length > emitted) onText?.Invoke(text.ToString(emitted, text.Length - emitted));
         // This waits for the prompt's capture first; if that failed, it stores the prompt's chunks itself (or throws).

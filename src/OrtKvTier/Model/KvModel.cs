@@ -60,14 +60,6 @@ public sealed class KvModel : IDisposable
     /// <summary>On CUDA, the pinned staging that restores into device past tensors go through (created on first use); null on the CPU.</summary>
     internal Transfer.DeviceKvTransfer? DeviceTransfer => _deviceTransfer.Value;
 
-    /// <summary>
-    /// Whether a capture after the first token runs in the background while generation goes on: when the
-    /// model leaves a core idle for it (it runs on CUDA, or on fewer intra-op threads than there are cores).
-    /// With ONNX Runtime's threads on every core a capture beside them slows the next token more than doing
-    /// it inline (bench capture, README).
-    /// </summary>
-    public bool CapturesInBackground { get; private init; }
-
     /// <summary>Why the model runs on the CPU although CUDA was asked for; null otherwise.</summary>
     public string? DeviceNote { get; private init; }
 
@@ -154,7 +146,6 @@ public sealed class KvModel : IDisposable
             {
                 LogitsType = logitsMeta.ElementDataType, Device = device, EpDevice = epDevice, DeviceNote = deviceNote,
                 KvMemory = Transfer.KvMemory.For(session, epDevice),
-                CapturesInBackground = device != ExecutionDevice.Cpu || options.IntraOpThreads is > 0 && options.IntraOpThreads < Environment.ProcessorCount,
             };
         }
         catch

@@ -84,23 +84,19 @@ public sealed class BackgroundCaptureTests
     }
 
     [Fact]
-    public void TextGeneratorCapturesInTheBackgroundWhenTheModelLeavesACoreFree()
+    public void TextGeneratorCountsTheChunksItsBackgroundCaptureStored()
     {
-        using var allCores = KvModel.Load(TestPaths.Tiny);
-        using var oneThread = KvModel.Load(TestPaths.Tiny, new KvModelOptions { IntraOpThreads = 1 });
-        Assert.False(allCores.CapturesInBackground);
-        Assert.Equal(Environment.ProcessorCount > 1, oneThread.CapturesInBackground);
-
-        using var tokenizer = new ModelTokenizer(oneThread.Folder);
-        using var cache = CacheTestKit.Open(oneThread, directory: null, Chunk);
+        using var model = KvModel.Load(TestPaths.Tiny);
+        using var tokenizer = new ModelTokenizer(model.Folder);
+        using var cache = CacheTestKit.Open(model, directory: null, Chunk);
         var prompt = CacheTestKit.Prompt(10 * Chunk + 3, seed: 5);
-        var search = SearchOptions.FromConfig(oneThread) with { DoSample = false };
-        var first = new TextGenerator(oneThread, tokenizer, cache).Generate(prompt, 20, search);
+        var search = SearchOptions.FromConfig(model) with { DoSample = false };
+        var first = new TextGenerator(model, tokenizer, cache).Generate(prompt, 20, search);
         Assert.Equal((prompt.Length + first.Tokens.Length - 1) / Chunk, first.CapturedChunks); // every full chunk computed (the last token is never run)
-        var second = new TextGenerator(oneThread, tokenizer, cache).Generate(prompt, 20, search);
+        var second = new TextGenerator(model, tokenizer, cache).Generate(prompt, 20, search);
         Assert.Equal(10 * Chunk, second.Restore.RestoredTokens);
         Assert.Equal(first.Tokens, second.Tokens);
-        Assert.Equal(first.Tokens, new TextGenerator(allCores, tokenizer).Generate(prompt, 20, search).Tokens);
+        Assert.Equal(first.Tokens, new TextGenerator(model, tokenizer).Generate(prompt, 20, search).Tokens);
     }
 
     [Fact]
