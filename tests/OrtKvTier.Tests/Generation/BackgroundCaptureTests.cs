@@ -100,6 +100,24 @@ public sealed class BackgroundCaptureTests
     }
 
     [Fact]
+    public async Task AFailedCaptureReportsThroughItsTaskAndTheGeneratorGoesOn()
+    {
+        using var model = KvModel.Load(TestPaths.Tiny);
+        var cache = CacheTestKit.Open(model, directory: null, Chunk);
+        var prompt = CacheTestKit.Prompt(4 * Chunk + 3, seed: 6);
+        using var generator = new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = prompt.Length + 8, DoSample = false }, cache);
+        generator.AppendTokens(prompt);
+        var first = generator.GenerateNextToken();
+        cache.Dispose();
+        var capture = generator.CaptureToCacheInBackground();
+        generator.GenerateNextToken();
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => capture);
+        generator.RewindTo(prompt.Length + 1); // waits for nothing, throws nothing
+        Assert.Equal(first, generator.Sequence[prompt.Length]);
+        Assert.Throws<ObjectDisposedException>(() => generator.CaptureToCache()); // the chunks still count as not stored
+    }
+
+    [Fact]
     public async Task WithoutACacheNothingIsCaptured()
     {
         using var model = KvModel.Load(TestPaths.Tiny);
