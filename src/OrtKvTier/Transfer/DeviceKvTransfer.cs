@@ -23,10 +23,11 @@ public sealed class DeviceKvTransfer : IDisposable
     private readonly OrtAllocator _deviceAllocator;
     private readonly OrtAllocator _stagingAllocator;
     private readonly OrtEpDevice? _device;
-    private readonly object _stagingGate = new();
-    /// <summary>Pinned buffers, one per past tensor, reused by every restore (pinning memory costs far more than copying it).</summary>
-    private OrtValue[]? _staging;
-    private int _stagingTokens;
+    /// <summary>
+    /// Pinned buffers reused by every restore, and others by every capture (pinning memory costs far more
+    /// than copying it): a capture running beside generation never holds up another request's restore.
+    /// </summary>
+    private readonly PinnedStaging _restoreStaging, _captureStaging;
 
     /// <summary>
     /// For <paramref name="device"/> (a CUDA <see cref="OrtEpDevice"/> from <see cref="KvModel.EpDevice"/>):
@@ -37,6 +38,8 @@ public sealed class DeviceKvTransfer : IDisposable
         ArgumentNullException.ThrowIfNull(layout);
         _layout = layout;
         _device = device;
+        _restoreStaging = new PinnedStaging(this);
+        _captureStaging = new PinnedStaging(this);
         if (device is null)
         {
             _deviceAllocator = _stagingAllocator = OrtAllocator.DefaultInstance;
@@ -77,7 +80,7 @@ public sealed class DeviceKvTransfer : IDisposable
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(prepareTargets);
-        lock (_stagingGate)
+        lock (_restoreStaging)
         {
             bool clobbered = false;
             if (PayloadChecksum.BlockCount(cache.ChunkBytes) > 1)
@@ -92,7 +95,7 @@ public sealed class DeviceKvTransfer : IDisposable
                 var report = PrefixTransfer.Restore(cache, tokens, computedTokens, length =>
                 {
                     DisposeAll(views);
-                    views = StagingViews(length);
+                    views = _restoreStaging.Views(length);
                     return OrtKvTensors.View(views, length);
                 });
                 int restored = report.RestoredTokens;
@@ -134,7 +137,7 @@ public sealed class DeviceKvTransfer : IDisposable
         {
             var report = PrefixTransfer.RestoreInStages(cache, tokens, computedTokens, length =>
             {
-                views = StagingViews(length);
+                views = _restoreStaging.Views(length);
                 (targets, capacity) = prepareTargets(length);
                 prepared = true;
                 RequireTargets(targets, views.Length);
@@ -177,9 +180,9 @@ public sealed class DeviceKvTransfer : IDisposable
     {
         ArgumentNullException.ThrowIfNull(sources);
         ArgumentNullException.ThrowIfNull(capture);
-        lock (_stagingGate)
+        lock (_captureStaging)
         {
-            var views = StagingViews(rows);
+            var views = _captureStaging.Views(rows);
             try
             {
                 KvMemory.CopyRows(_layout, sources, capacity, views, rows, rows);
@@ -192,30 +195,43 @@ public sealed class DeviceKvTransfer : IDisposable
         }
     }
 
-    /// <summary>Views <c>[1, kvH, tokens, D]</c> over the start of the reused pinned buffers, grown when too small.</summary>
-    private unsafe OrtValue[] StagingViews(int tokens)
+    /// <summary>Pinned buffers, one per past tensor, grown when too small; the caller locks the instance while using them.</summary>
+    private sealed class PinnedStaging(DeviceKvTransfer owner)
     {
-        if (_staging is null || tokens > _stagingTokens)
+        private OrtValue[]? _buffers;
+        private int _tokens;
+
+        /// <summary>Views <c>[1, kvH, tokens, D]</c> over the start of the buffers (the caller disposes the views).</summary>
+        public unsafe OrtValue[] Views(int tokens)
         {
-            DisposeAll(_staging);
-            _staging = null;
-            _stagingTokens = Math.Max(tokens, _stagingTokens + _stagingTokens / 4);
-            _staging = Allocate(_stagingAllocator, _stagingTokens);
+            var layout = owner._layout;
+            if (_buffers is null || tokens > _tokens)
+            {
+                Release();
+                _tokens = Math.Max(tokens, _tokens + _tokens / 4);
+                _buffers = owner.Allocate(owner._stagingAllocator, _tokens);
+            }
+            var views = new OrtValue[_buffers.Length];
+            long bytes = (long)layout.KvHeads * tokens * layout.BytesPerHeadToken;
+            try
+            {
+                for (int i = 0; i < views.Length; i++)
+                    views[i] = OrtValue.CreateTensorValueWithData(_buffers[i].GetTensorMemoryInfo(), layout.OrtElementType,
+                        [1, layout.KvHeads, tokens, layout.HeadSize], (nint)KvMemory.Start(_buffers[i]), bytes);
+            }
+            catch
+            {
+                DisposeAll(views);
+                throw;
+            }
+            return views;
         }
-        var views = new OrtValue[_staging.Length];
-        long bytes = (long)_layout.KvHeads * tokens * _layout.BytesPerHeadToken;
-        try
+
+        public void Release()
         {
-            for (int i = 0; i < views.Length; i++)
-                views[i] = OrtValue.CreateTensorValueWithData(_staging[i].GetTensorMemoryInfo(), _layout.OrtElementType,
-                    [1, _layout.KvHeads, tokens, _layout.HeadSize], (nint)KvMemory.Start(_staging[i]), bytes);
+            DisposeAll(_buffers);
+            _buffers = null;
         }
-        catch
-        {
-            DisposeAll(views);
-            throw;
-        }
-        return views;
     }
 
     /// <summary>Copies tensors pairwise (same shapes) between host, pinned and device memory, waiting for completion.</summary>
@@ -234,11 +250,8 @@ public sealed class DeviceKvTransfer : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        lock (_stagingGate)
-        {
-            DisposeAll(_staging);
-            _staging = null;
-        }
+        lock (_restoreStaging) _restoreStaging.Release();
+        lock (_captureStaging) _captureStaging.Release();
         if (_device is not null)
         {
             var env = OrtEnv.Instance();

@@ -226,6 +226,33 @@ public sealed class DeviceKvTransferTests : IDisposable
         Assert.True(restored.LogitsBitwiseEqual(CacheTestKit.Greedy(model, prompt, cache: null)));
     }
 
+    [Fact]
+    public void ARestoreDoesNotWaitForACaptureInProgress()
+    {
+        using var model = KvModel.Load(TestPaths.Shipped("tiny-fp16"));
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16 });
+        var prompt = CacheTestKit.Prompt(3 * 16 + 4, seed: 45);
+        CacheTestKit.Greedy(model, prompt, cache);
+        using var generator = new KvGenerator(model);
+        generator.AppendTokens(prompt);
+        generator.GetLogits();
+
+        using var transfer = new DeviceKvTransfer(model.Layout, device: null);
+        using var capturing = new ManualResetEventSlim();
+        using var restored = new ManualResetEventSlim();
+        var capture = Task.Run(() => transfer.CaptureFrom(generator.Past.Tensors(), generator.Past.Capacity, prompt.Length, _ =>
+        {
+            capturing.Set();
+            return restored.Wait(TimeSpan.FromSeconds(20)); // holds the capture staging until the restore is done
+        }));
+        Assert.True(capturing.Wait(TimeSpan.FromSeconds(20)));
+        var (past, report, _) = transfer.Restore(cache, prompt);
+        restored.Set();
+        foreach (var v in past) v.Dispose();
+        Assert.Equal(48, report.RestoredTokens);
+        Assert.True(capture.Result, "the restore finished only after the capture let go of its staging");
+    }
+
     /// <summary>32 layers × 8 kv heads × 128, fp16: 128 KiB per token.</summary>
     private static KvLayout LlamaLike()
     {
