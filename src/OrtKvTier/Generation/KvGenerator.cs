@@ -134,7 +134,7 @@ public sealed class KvGenerator : IDisposable
         int rows = _past.Length, chunks = cache.Chain.FullChunks(rows), from = _cachedChunks;
         var device = _past.Memory.OnDevice ? cache.DeviceTierFor(_model) : null;
         if (chunks <= from && (device is null || chunks == 0)) return null;
-        var tokens = _sequence.GetRange(0, rows).ToArray();
+        var tokens = CollectionsMarshal.AsSpan(_sequence)[..rows].ToArray();
         cache.Chain.Extend(_chunkKeys, tokens);
         var keys = _chunkKeys.GetRange(0, chunks);
         var hold = _past.Hold();
@@ -160,7 +160,7 @@ public sealed class KvGenerator : IDisposable
     private void WaitForCapture()
     {
         if (_capture is not { } capture) return;
-        ((IAsyncResult)capture).AsyncWaitHandle.WaitOne();
+        ((Task)capture).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing).GetAwaiter().GetResult();
         if (capture.IsCompletedSuccessfully) _cachedChunks = Math.Max(_cachedChunks, _capturedChunks);
         _capture = null;
     }
