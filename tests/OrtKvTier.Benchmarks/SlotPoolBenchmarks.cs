@@ -1,6 +1,7 @@
 using BenchmarkDotNet.Attributes;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
 
 namespace OrtKvTier.Benchmarks;
 

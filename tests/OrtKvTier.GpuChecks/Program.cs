@@ -6,7 +6,6 @@ using OrtKvTier.Cache;
 using OrtKvTier.Generation;
 using OrtKvTier.GpuChecks;
 using OrtKvTier.Model;
-using OrtKvTier.Transfer;
 
 // ortkv-gpu-checks [--model DIR] [--tokens 2048,8192] [--out DIR]
 // (a) restored-prefix logits = full-prefill logits on the device, both KV modes; greedy tokens = the CPU loop's

@@ -3,7 +3,7 @@ using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Cache;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
-using OrtKvTier.Transfer;
+using OrtKvTier.Storage;
 
 namespace OrtKvTier.GpuChecks;
 

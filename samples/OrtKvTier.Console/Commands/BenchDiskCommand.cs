@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Security.Cryptography;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
 
 namespace OrtKvTier.Console.Commands;
 

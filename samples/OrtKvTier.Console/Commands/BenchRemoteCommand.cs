@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using OrtKvTier.Cache;
-using OrtKvTier.Cache.Tiers.Remote;
+using OrtKvTier.Tiers.Remote;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
@@ -41,7 +41,7 @@ internal static class BenchRemoteCommand
         var diskOptions = new PrefixCacheOptions { Directory = dir, DiskCapacityBytes = 4L * prefix * model.Layout.BytesPerToken + (64L << 20) };
         PrefixCache RemoteOnly()
         {
-            var remote = RemoteTier.For(diskOptions, model, remoteOptions, StderrLogger.Instance);
+            var remote = RemoteTier.For(model, diskOptions.ChunkTokens, remoteOptions, StderrLogger.Instance);
             remote.Contains(default); // connect now: a server keeps its connection, the restore should not pay for opening it
             return PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remote] });
         }
@@ -49,7 +49,7 @@ internal static class BenchRemoteCommand
         {
             System.Console.Error.WriteLine($"{model.Folder}, {prefix}-token prefix, server {connection}");
             new TextGenerator(model, tokenizer).Generate(BenchModel.Tokens(64, 9, model.VocabSize), 1, search); // warm-up
-            using (var fill = PrefixCache.Open(model, diskOptions with { ExtraTiers = [RemoteTier.For(diskOptions, model, remoteOptions)] }))
+            using (var fill = PrefixCache.Open(model, diskOptions with { ExtraTiers = [RemoteTier.For(model, diskOptions.ChunkTokens, remoteOptions)] }))
             {
                 new TextGenerator(model, tokenizer, fill).Generate(Prompt(-1), 1, search);
                 fill.Flush();

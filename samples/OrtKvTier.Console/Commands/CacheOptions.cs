@@ -1,5 +1,5 @@
 using OrtKvTier.Cache;
-using OrtKvTier.Cache.Tiers.Remote;
+using OrtKvTier.Tiers.Remote;
 using OrtKvTier.Storage;
 using OrtKvTier.Model;
 
@@ -79,7 +79,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
     {
         if (!Enabled) return null;
         if (Remote is null) return PrefixCache.Open(model, Options);
-        var remote = RemoteTier.For(Options, model, Remote);
+        var remote = RemoteTier.For(model, Options.ChunkTokens, Remote);
         try
         {
             return PrefixCache.Open(model, Options with { ExtraTiers = [remote] });

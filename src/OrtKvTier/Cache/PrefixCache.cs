@@ -1,12 +1,12 @@
 using System.Collections.Concurrent;
-using System.Diagnostics;
 using Microsoft.Extensions.Logging;
-using OrtKvTier.Cache.Tiers;
-using OrtKvTier.Cache.Tiers.Remote;
+using OrtKvTier.Tiers;
 using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Cache;
 
@@ -51,18 +51,19 @@ public sealed class PrefixCache : IDisposable
         Chain = new ChunkChain(fingerprint, options.ChunkTokens, options.Salt);
         Identity = SlotPoolIdentity.For(fingerprint, layout, options.ChunkTokens);
         ChunkLayout = new ChunkLayout(layout, options.ChunkTokens);
+        Planner = new RestorePlanner(this, _logger);
         Host = new HostTier(options.HostBudgetBytes, ChunkLayout.ChunkBytes);
         if (options.LowerTierWrites == LowerTierWrites.WriteBack) Host.Evicted = OnHostEviction;
-
-        var lower = new List<IKvChunkTier>();
-        if (options.Directory is not null)
+        try
         {
-            Disk = DiskTier.Open(options.Directory, Identity, options.DiskCapacityBytes, options.Durability, _logger);
-            Disk.Pool.Dropped += (_, _) => KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Disk.Name));
-            lower.Add(Disk);
+            if (options.Directory is not null) Disk = DiskTier.Open(options.Directory, Identity, options.DiskCapacityBytes, options.Durability, _logger);
         }
-        lower.AddRange(options.ExtraTiers);
-        _lower = lower.ToArray();
+        catch
+        {
+            Host.Dispose();
+            throw;
+        }
+        _lower = Disk is null ? [.. options.ExtraTiers] : [Disk, .. options.ExtraTiers];
         Tiers = [Host, .. _lower];
         _writes = new(checked((int)Math.Clamp(PendingWriteBytes / ChunkBytes, 8, 256)));
         // Several writers: the disk tier writes slots in parallel, a remote tier overlaps round trips.
@@ -106,9 +107,19 @@ public sealed class PrefixCache : IDisposable
 
     private readonly object _deviceGate = new();
 
-    /// <summary>The device tier for a model on CUDA (created on first use), or null on the CPU or with no device budget.</summary>
-    internal DeviceTier? DeviceTierFor(KvModel model) =>
-        model.KvMemory.OnDevice && _options.DeviceBudgetBytes > 0 ? EnableDeviceTier(model.KvMemory.Allocator) : null;
+    private DeviceKvTransfer? _deviceTransfer;
+
+    /// <summary>The device tier for past tensors in <paramref name="memory"/> (created on first use), or null in host memory or with no device budget.</summary>
+    internal DeviceTier? DeviceTierFor(KvMemory memory) =>
+        memory.OnDevice && _options.DeviceBudgetBytes > 0 ? EnableDeviceTier(memory.Allocator) : null;
+
+    /// <summary>The pinned staging that restores into and captures from device past tensors go through (created on first use); null in host memory.</summary>
+    internal DeviceKvTransfer? DeviceTransferFor(KvMemory memory)
+    {
+        if (!memory.OnDevice) return null;
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_deviceGate) return _deviceTransfer ??= new DeviceKvTransfer(Layout, memory.EpDevice);
+    }
 
     /// <summary>Creates the device tier on first call, its tensors from <paramref name="allocator"/>; later calls return it.</summary>
     internal DeviceTier EnableDeviceTier(OrtAllocator allocator)
@@ -127,6 +138,41 @@ public sealed class PrefixCache : IDisposable
     }
 
     internal ChunkLayout ChunkLayout { get; }
+
+    /// <summary>Decides where restores come from.</summary>
+    internal RestorePlanner Planner { get; }
+
+    /// <summary>The tiers below host memory, in the order they are asked.</summary>
+    internal IReadOnlyList<IKvChunkTier> LowerTiers => _lower;
+
+    /// <summary>
+    /// Restores the longest cached prefix of <paramref name="tokens"/> into a past in <paramref name="memory"/>
+    /// when it covers more than <paramref name="computedTokens"/>; <paramref name="preparePast"/>(n) makes the
+    /// past hold n rows and returns it (not called when nothing is restored).
+    /// </summary>
+    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, KvMemory memory, Func<int, IKvTensorView> preparePast) =>
+        Restore(tokens, computedTokens, new RestoreTarget(preparePast, DeviceTransferFor(memory), DeviceTierFor(memory)));
+
+    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, RestoreTarget target)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return Planner.Restore(tokens, computedTokens, target);
+    }
+
+    /// <summary>
+    /// Stores chunks <paramref name="firstChunk"/>.. of <paramref name="tokens"/> (keyed <paramref name="keys"/>) from
+    /// <paramref name="past"/> in <paramref name="memory"/> (through the pinned staging from device memory), and the
+    /// prefix in the device tier. Returns the chunks no tier held before.
+    /// </summary>
+    internal int Capture(int[] tokens, List<ChunkKey> keys, int firstChunk, IKvTensorView past, KvMemory memory)
+    {
+        int stored = 0;
+        if (DeviceTransferFor(memory) is not { } transfer) stored = ChunkCapture.Capture(this, tokens, tokens.Length, past, keys, firstChunk);
+        else if (keys.Count > firstChunk)
+            stored = transfer.CaptureFrom(past.Tensors(), past.Capacity, tokens.Length, host => ChunkCapture.Capture(this, tokens, tokens.Length, host, keys, firstChunk));
+        DeviceTierFor(memory)?.Store(keys, tokens, past.Tensors(), past.Capacity);
+        return stored;
+    }
 
     /// <summary>
     /// How many leading tokens of <paramref name="tokens"/> some tier holds, in whole chunks
@@ -150,7 +196,7 @@ public sealed class PrefixCache : IDisposable
             }
         lock (_pendingGate)
             while (_pending > 0) Monitor.Wait(_pendingGate);
-        Disk?.Flush();
+        foreach (var tier in _lower) tier.Flush();
     }
 
     /// <summary>Drops every chunk from every tier that can be written.</summary>
@@ -158,18 +204,16 @@ public sealed class PrefixCache : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Flush();
-        Host.Clear();
-        if (Disk is { Pool.IsReadOnly: false }) Disk.Pool.Clear();
+        foreach (var tier in Tiers) tier.Clear();
     }
 
     /// <summary>Counters of every tier and the writes still queued.</summary>
     public PrefixCacheStats GetStats()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var tiers = Tiers.Select(t => t.GetStats());
-        if (Device is { } device) tiers = tiers.Prepend(device.GetStats());
+        IEnumerable<IKvTier> tiers = Device is { } device ? [device, .. Tiers] : Tiers;
         lock (_pendingGate)
-            return new PrefixCacheStats(ChunkTokens, ChunkBytes, tiers.ToArray(), _pending);
+            return new PrefixCacheStats(ChunkTokens, ChunkBytes, tiers.Select(t => t.GetStats()).ToArray(), _pending);
     }
 
     /// <summary>Writes what is queued to the lower tiers, then closes every tier.</summary>
@@ -185,153 +229,12 @@ public sealed class PrefixCache : IDisposable
             _logger?.LogWarning(e, "Prefix cache: flushing on dispose failed; entries written earlier are unaffected.");
         }
         Device?.Dispose();
+        _deviceTransfer?.Dispose();
         _disposed = true;
         _writes.CompleteAdding();
         foreach (var writer in _writers) writer.Join();
         _writes.Dispose();
         foreach (var tier in Tiers) tier.Dispose();
-    }
-
-    /// <summary>
-    /// Finds the longest chain of chunks some tier indexes at the start of <paramref name="tokens"/>,
-    /// up to <paramref name="maxChunks"/>, leasing those in host memory. Nothing is read from lower
-    /// tiers yet: <see cref="FillChunk"/> reads them straight into the past tensors. When fewer than
-    /// <paramref name="minChunks"/> are found the plan is empty.
-    /// </summary>
-    internal ChainPlan Plan(ReadOnlySpan<int> tokens, int maxChunks, int minChunks = 1)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        long start = Stopwatch.GetTimestamp();
-        int chunks = Math.Min(maxChunks, Chain.FullChunks(tokens.Length));
-        var keys = Chain.Keys(tokens[..(chunks * ChunkTokens)]);
-        int count = IndexedChainLength(keys);
-        if (count < minChunks) count = 0;
-        var leased = new HostChunk?[count];
-        var from = new string?[count];
-        for (int i = 0; i < count; i++)
-            if (Host.TryLease(keys[i], ChunkTokensOf(tokens, i), out var chunk)) (leased[i], from[i]) = (chunk, Host.Name);
-        var plan = new ChainPlan(keys[..count], tokens[..(count * ChunkTokens)].ToArray(), leased, from, start);
-        PrefetchRemote(plan);
-        return plan;
-    }
-
-    /// <summary>
-    /// Chunks that neither host memory nor the disk hold are fetched from remote tiers now, in one round
-    /// trip per tier, into host memory (and promoted: host at once, disk by the writer threads).
-    /// </summary>
-    private void PrefetchRemote(ChainPlan plan)
-    {
-        var missing = Enumerable.Range(0, plan.Count).Where(i => plan.Leased[i] is null && Disk?.Contains(plan.Keys[i]) != true).ToList();
-        foreach (var remote in _lower.OfType<RemoteTier>())
-        {
-            if (missing.Count == 0) return;
-            var chunks = missing.Select(i => Host.NewChunk(plan.Keys[i], ChunkTokensOf(plan.Tokens, i))).ToArray();
-            bool[] found;
-            try
-            {
-                found = remote.TryReadMany(missing.Select(i => plan.Keys[i]).ToArray(), chunks.Select(c => c.Tokens).ToArray(),
-                    chunks.Select(c => c.Memory).ToArray());
-            }
-            catch
-            {
-                foreach (var c in chunks) c.Release();
-                throw;
-            }
-            var still = new List<int>();
-            for (int j = 0; j < missing.Count; j++)
-            {
-                if (!found[j])
-                {
-                    chunks[j].Release();
-                    still.Add(missing[j]);
-                    continue;
-                }
-                (plan.Leased[missing[j]], plan.From[missing[j]]) = (chunks[j], remote.Name);
-                if (Host.Add(chunks[j])) PromoteAbove(chunks[j], remote.Name);
-            }
-            missing = still;
-        }
-    }
-
-    /// <summary>
-    /// Puts the first <paramref name="tokens"/> rows of plan chunk <paramref name="index"/> into the
-    /// past tensors: copied from its host lease, or read and verified straight from the first lower
-    /// tier that returns it. Returns the tier's name, or null when no tier returned it intact.
-    /// </summary>
-    internal unsafe string? FillChunk(ChainPlan plan, int index, int tokens, byte*[] past, int capacity)
-    {
-        var scatter = ChunkLayout.ScatterToPast(past, capacity, index, tokens);
-        if (OpenStaged(plan, index, scatter) is not { } chunk) return null;
-        chunk.Fill(0, PayloadChecksum.BlockCount(ChunkBytes));
-        if (chunk.Finish() is { } tier) return tier;
-        // The disk's copy failed verification (and was dropped): another lower tier may still hold the chunk.
-        if (ReadFromOtherTiers(plan.Keys[index], ChunkTokensOf(plan.Tokens, index)) is not var (other, name)) return null;
-        try
-        {
-            scatter.Place(other.Pointer, 0, other.Length);
-            return CountHit(name);
-        }
-        finally
-        {
-            other.Release();
-        }
-    }
-
-    /// <summary>
-    /// Opens plan chunk <paramref name="index"/> for a restore in stages (<see cref="StagedChunk.Fill"/> a range of
-    /// checksum blocks at a time, then <see cref="StagedChunk.Finish"/>): its host lease, a verified read from the
-    /// disk tier begun, or the chunk read whole from another lower tier. Null when no tier has it.
-    /// </summary>
-    internal StagedChunk? OpenStaged(ChainPlan plan, int index, PayloadScatter scatter)
-    {
-        if (plan.Leased[index] is { } leased) return new StagedChunk(this, scatter, leased, owned: false, plan.From[index] ?? Host.Name);
-        var key = plan.Keys[index];
-        var chunkTokens = ChunkTokensOf(plan.Tokens, index);
-        if (Disk is { } disk && disk.Contains(key))
-            try
-            {
-                if (disk.Pool.BeginRead(key, chunkTokens, scatter) is { } read) return new StagedChunk(this, disk, read);
-            }
-            catch (Exception e) when (e is IOException or InvalidOperationException)
-            {
-                ReadFailed(e, key, disk.Name);
-            }
-        return ReadFromOtherTiers(key, chunkTokens) is var (chunk, tier) ? new StagedChunk(this, scatter, chunk, owned: true, tier) : null;
-    }
-
-    /// <summary>A chunk read whole from the first lower tier other than the disk that returns it (and promoted), or null.</summary>
-    private (HostChunk Chunk, string Tier)? ReadFromOtherTiers(ChunkKey key, ReadOnlySpan<int> tokens)
-    {
-        foreach (var tier in _lower)
-        {
-            if (tier is DiskTier) continue;
-            var chunk = Host.NewChunk(key, tokens);
-            try
-            {
-                if (!tier.TryRead(key, tokens, chunk.Bytes)) continue;
-                if (Host.Add(chunk)) PromoteAbove(chunk, tier.Name);
-                return (chunk.Retain(), tier.Name);
-            }
-            catch (Exception e) when (e is IOException or TimeoutException or InvalidOperationException)
-            {
-                ReadFailed(e, key, tier.Name);
-            }
-            finally
-            {
-                chunk.Release();
-            }
-        }
-        return null;
-    }
-
-    internal void ReadFailed(Exception e, ChunkKey key, string tier) =>
-        _logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the {Tier} tier failed; treating it as a miss.", key, tier);
-
-    internal string CountHit(string tier)
-    {
-        KvCacheMetrics.ChunkHits.Add(1, KvCacheMetrics.Tier(tier));
-        KvCacheMetrics.BytesRead.Add(ChunkBytes, KvCacheMetrics.Tier(tier));
-        return tier;
     }
 
     /// <summary>
@@ -347,8 +250,8 @@ public sealed class PrefixCache : IDisposable
         for (int i = firstChunk; i < keys.Count; i++)
         {
             if (Host.Contains(keys[i])) continue;
-            // Only the local disk is asked here; the writer threads ask each lower tier before writing to it.
-            bool isNew = Disk?.Contains(keys[i]) != true;
+            // Only local tiers are asked here; the writer threads ask each lower tier before writing to it.
+            bool isNew = !_lower.Any(t => t.Cost == TierCost.LocalIndex && t.Contains(keys[i]));
             var chunk = Host.NewChunk(keys[i], ChunkTokensOf(tokens, i));
             try
             {
@@ -356,7 +259,7 @@ public sealed class PrefixCache : IDisposable
                 bool writeBack = _options.LowerTierWrites == LowerTierWrites.WriteBack;
                 chunk.PendingLowerWrite = isNew && writeBack && _lower.Length > 0;
                 bool held = Host.Add(chunk);
-                if (held) KvCacheMetrics.BytesWritten.Add(ChunkBytes, KvCacheMetrics.Tier(Host.Name));
+                if (held) KvCacheMetrics.BytesWritten.Add(ChunkBytes, KvCacheMetrics.Tier(Host.Id.Name));
                 if (isNew && _lower.Length > 0 && (!writeBack || !held))
                 {
                     chunk.PendingLowerWrite = false;
@@ -380,26 +283,26 @@ public sealed class PrefixCache : IDisposable
         return count;
     }
 
-    private ReadOnlySpan<int> ChunkTokensOf(ReadOnlySpan<int> tokens, int chunk) => tokens.Slice(chunk * ChunkTokens, ChunkTokens);
+    internal ReadOnlySpan<int> ChunkTokensOf(ReadOnlySpan<int> tokens, int chunk) => tokens.Slice(chunk * ChunkTokens, ChunkTokens);
 
     /// <summary>A chunk read from a lower tier is also written to the lower tiers above that one.</summary>
-    private void PromoteAbove(HostChunk chunk, string tierName)
+    internal void PromoteAbove(HostChunk chunk, IKvChunkTier tier)
     {
-        int index = Array.FindIndex(_lower, t => t.Name == tierName);
+        int index = Array.IndexOf(_lower, tier);
         if (index > 0) Enqueue(chunk, index);
     }
 
     /// <summary>A prefix leaving device memory: the chunks host memory lacks are copied there (and on to the lower tiers).</summary>
     private void OnDeviceEviction(IReadOnlyList<ChunkKey> keys, int[] tokens, OrtValue[] tensors)
     {
-        KvCacheMetrics.Evictions.Add(1, KvCacheMetrics.Tier(DeviceTier.TierName));
+        KvCacheMetrics.Evictions.Add(1, KvCacheMetrics.Tier(TierId.Device.Name));
         if (_disposed || keys.All(Host.Contains)) return;
         try
         {
             int rows = keys.Count * ChunkTokens;
-            using var host = Generation.OrtKvTensors.Allocate(Layout, rows);
-            Transfer.KvMemory.CopyRows(Layout, tensors, rows, host.Values, rows, rows);
-            PrefixTransfer.Capture(this, tokens, rows, host, [.. keys], firstChunk: 0);
+            using var host = OrtKvTensors.Allocate(Layout, rows);
+            KvMemory.CopyRows(Layout, tensors, rows, host.Values, rows, rows);
+            ChunkCapture.Capture(this, tokens, rows, host, [.. keys], firstChunk: 0);
         }
         catch (Exception e) when (e is OnnxRuntimeException or OutOfMemoryException or InvalidOperationException)
         {
@@ -409,7 +312,7 @@ public sealed class PrefixCache : IDisposable
 
     private void OnHostEviction(HostChunk chunk)
     {
-        KvCacheMetrics.Evictions.Add(1, KvCacheMetrics.Tier(Host.Name));
+        KvCacheMetrics.Evictions.Add(1, KvCacheMetrics.Tier(Host.Id.Name));
         if (chunk.PendingLowerWrite && !_disposed)
         {
             chunk.PendingLowerWrite = false;
@@ -433,7 +336,7 @@ public sealed class PrefixCache : IDisposable
                 {
                     var tier = _lower[t];
                     if (!tier.Contains(chunk.Key) && tier.Write(chunk.Key, chunk.Tokens, chunk.Bytes))
-                        KvCacheMetrics.BytesWritten.Add(chunk.Length, KvCacheMetrics.Tier(tier.Name));
+                        KvCacheMetrics.BytesWritten.Add(chunk.Length, KvCacheMetrics.Tier(tier.Id.Name));
                 }
             }
             catch (Exception e)
@@ -456,88 +359,3 @@ public sealed class PrefixCache : IDisposable
 /// <summary>What a cache holds: per-tier counters and the chunks still queued for the lower tiers.</summary>
 public sealed record PrefixCacheStats(int ChunkTokens, long ChunkBytes, IReadOnlyList<KvTierStats> Tiers, int PendingWrites);
 
-/// <summary>A chain found in the tiers' indexes: keys, token ids and host leases (null where a lower tier holds the chunk). Dispose releases the leases.</summary>
-internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leased, string?[] from, long startTimestamp) : IDisposable
-{
-    public ChunkKey[] Keys { get; } = keys;
-    public int[] Tokens { get; } = tokens;
-    public HostChunk?[] Leased { get; } = leased;
-    /// <summary>The tier each leased chunk came from (host, or a remote tier it was just fetched from).</summary>
-    public string?[] From { get; } = from;
-    public int Count => Keys.Length;
-    public long StartTimestamp { get; } = startTimestamp;
-
-    public void Dispose()
-    {
-        foreach (var chunk in Leased) chunk?.Release();
-    }
-}
-
-/// <summary>
-/// One plan chunk restored in stages: its bytes come from host memory or from a verified disk read
-/// done a range of checksum blocks at a time, so past tensors can be copied on while later blocks are read.
-/// </summary>
-internal sealed unsafe class StagedChunk
-{
-    private readonly PrefixCache _cache;
-    private readonly PayloadScatter _scatter;
-    private readonly HostChunk? _memory;
-    private readonly bool _owned;
-    private readonly DiskTier? _disk;
-    private readonly SlotRead? _read;
-    private readonly string _tier;
-    private bool _failed;
-
-    public StagedChunk(PrefixCache cache, PayloadScatter scatter, HostChunk memory, bool owned, string tier)
-    {
-        (_cache, _scatter, _memory, _owned, _tier) = (cache, scatter, memory, owned, tier);
-    }
-
-    public StagedChunk(PrefixCache cache, DiskTier disk, SlotRead read)
-    {
-        (_cache, _scatter, _disk, _read, _tier) = (cache, read.Scatter, disk, read, disk.Name);
-    }
-
-    /// <summary>Places payload blocks <paramref name="firstBlock"/>..<paramref name="endBlock"/> (exclusive).</summary>
-    public void Fill(int firstBlock, int endBlock)
-    {
-        if (_failed) return;
-        if (_memory is not null)
-        {
-            long start = (long)firstBlock * SlotPoolFormat.ChecksumBlockBytes;
-            long end = Math.Min((long)endBlock * SlotPoolFormat.ChecksumBlockBytes, _memory.Length);
-            if (end > start) _scatter.Place(_memory.Pointer + start, start, end - start);
-            return;
-        }
-        try
-        {
-            _disk!.Pool.ReadBlocks(_read!, firstBlock, Math.Min(endBlock, _read!.Blocks));
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException)
-        {
-            _failed = true;
-            _cache.ReadFailed(e, _read!.Entry.Key, _tier);
-        }
-    }
-
-    /// <summary>After every block is placed: the tier the chunk came from, or null when its bytes failed verification (then it is a miss).</summary>
-    public string? Finish()
-    {
-        try
-        {
-            if (_read is not null && (_failed || !_disk!.Pool.EndRead(_read))) return null;
-            return _cache.CountHit(_tier);
-        }
-        finally
-        {
-            if (_owned) _memory!.Release();
-        }
-    }
-
-    /// <summary>Lets go of a chunk not read to the end (the restore stopped): no verdict on its bytes. Returns null.</summary>
-    public string? Abandon()
-    {
-        if (_owned) _memory!.Release();
-        return null;
-    }
-}

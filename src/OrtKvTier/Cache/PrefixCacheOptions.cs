@@ -1,5 +1,5 @@
 using Microsoft.Extensions.Logging;
-using OrtKvTier.Cache.Tiers;
+using OrtKvTier.Tiers;
 using OrtKvTier.Storage;
 
 namespace OrtKvTier.Cache;

@@ -3,11 +3,12 @@ using System.Runtime.InteropServices;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using OrtKvTier.Cache;
-using OrtKvTier.Cache.Tiers;
+using OrtKvTier.Tiers;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
-using OrtKvTier.Transfer;
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Generation;
 
@@ -56,7 +57,7 @@ public sealed class KvGenerator : IDisposable
         Search = search;
         _sampler = new TokenSampler(search);
         _logits = new float[model.VocabSize];
-        _past = PastKeyValues.Create(model.Layout, model.KvMemory);
+        _past = PastKeyValues.Create(model.Layout, KvMemory.For(model));
         _binding = model.Session.CreateIoBinding();
     }
 
@@ -132,28 +133,16 @@ public sealed class KvGenerator : IDisposable
     {
         if (_cache is not { } cache) return null;
         int rows = _past.Length, chunks = cache.Chain.FullChunks(rows), from = _cachedChunks;
-        var device = _past.Memory.OnDevice ? cache.DeviceTierFor(_model) : null;
-        if (chunks <= from && (device is null || chunks == 0)) return null;
+        bool toDeviceTier = cache.DeviceTierFor(_past.Memory) is not null;
+        if (chunks <= from && (!toDeviceTier || chunks == 0)) return null;
         var tokens = CollectionsMarshal.AsSpan(_sequence)[..rows].ToArray();
         cache.Chain.Extend(_chunkKeys, tokens);
         var keys = _chunkKeys.GetRange(0, chunks);
         var hold = _past.Hold();
         return new PlannedCapture(() =>
         {
-            using (hold) return Capture(cache, hold, tokens, keys, from, device);
+            using (hold) return cache.Capture(tokens, keys, from, OrtKvTensors.View(hold.Tensors, hold.Capacity), _past.Memory);
         }, chunks);
-    }
-
-    /// <summary>Stores chunks <paramref name="from"/>.. of the held rows (through the pinned staging from device memory), and the prefix in the device tier.</summary>
-    private int Capture(PrefixCache cache, PastHold held, int[] tokens, List<ChunkKey> keys, int from, DeviceTier? device)
-    {
-        int stored = 0;
-        if (!_past.Memory.OnDevice) stored = PrefixTransfer.Capture(cache, tokens, tokens.Length, OrtKvTensors.View(held.Tensors, held.Capacity), keys, from);
-        else if (keys.Count > from)
-            stored = _model.DeviceTransfer!.CaptureFrom(held.Tensors, held.Capacity, tokens.Length,
-                host => PrefixTransfer.Capture(cache, tokens, tokens.Length, host, keys, from));
-        device?.Store(keys, tokens, held.Tensors, held.Capacity);
-        return stored;
     }
 
     /// <summary>Waits for a background capture; once it has stored its chunks they count as cached (its errors go to its task).</summary>
@@ -237,53 +226,15 @@ public sealed class KvGenerator : IDisposable
 
     private void RestoreFromCache(PrefixCache cache)
     {
-        if (!_past.Memory.OnDevice)
-            LastRestore = PrefixTransfer.Restore(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
-            {
-                _past.PrepareRestore(length);
-                return _past;
-            });
-        else if (cache.DeviceTierFor(_model) is not { } device || RestoreFromDeviceTier(cache, device) is not { } fromDevice)
+        LastRestore = cache.Restore(CollectionsMarshal.AsSpan(_sequence), _past.Length, _past.Memory, length =>
         {
-            // Device memory: stage the chunks in pinned memory, then one CopyTensors into the device past.
-            LastRestore = _model.DeviceTransfer!.RestoreInto(cache, CollectionsMarshal.AsSpan(_sequence), _past.Length, length =>
-            {
-                _past.PrepareRestore(length);
-                return (_past.Tensors(), _past.Capacity);
-            }).Report;
-        }
-        else LastRestore = fromDevice;
+            _past.PrepareRestore(length);
+            return _past;
+        });
         // Chunks that came from host memory need no capture; the others are promoted by the next capture.
         int fromHost = 0;
-        while (fromHost < LastRestore.ChunkTiers.Count && LastRestore.ChunkTiers[fromHost] == cache.Host.Name) fromHost++;
+        while (fromHost < LastRestore.ChunkTiers.Count && LastRestore.ChunkTiers[fromHost] == TierId.Host.Name) fromHost++;
         if (LastRestore.RestoredTokens > 0) _cachedChunks = Math.Min(fromHost, LastRestore.RestoredTokens / cache.ChunkTokens);
-    }
-
-    /// <summary>
-    /// Restores from the device tier, device to device, when it holds at least as long a prefix as the
-    /// other tiers and more than is computed; null otherwise.
-    /// </summary>
-    private PrefixRestoreReport? RestoreFromDeviceTier(PrefixCache cache, DeviceTier device)
-    {
-        long start = Stopwatch.GetTimestamp();
-        var sequence = CollectionsMarshal.AsSpan(_sequence);
-        int usable = sequence.Length - PrefixTransfer.MinimumSuffixTokens;
-        int chunkTokens = cache.ChunkTokens;
-        if (usable <= _past.Length) return null;
-        int maxChunks = Math.Min((usable + chunkTokens - 1) / chunkTokens, cache.Chain.FullChunks(sequence.Length));
-        var keys = cache.Chain.Keys(sequence[..(maxChunks * chunkTokens)]);
-        using var hit = device.Find(keys, sequence);
-        if (hit is null) return null;
-        int restored = Math.Min(hit.Chunks * chunkTokens, usable);
-        if (restored <= _past.Length || hit.Chunks < cache.IndexedChainLength(keys)) return null;
-        double lookupMs = KvCacheMetrics.Milliseconds(start);
-        start = Stopwatch.GetTimestamp();
-        _past.PrepareRestore(restored);
-        hit.CopyInto(_past.Tensors(), _past.Capacity, restored);
-        double restoreMs = KvCacheMetrics.Milliseconds(start);
-        var tiers = Enumerable.Repeat(DeviceTier.TierName, (restored + chunkTokens - 1) / chunkTokens).ToArray();
-        foreach (var tier in tiers) cache.CountHit(tier);
-        return PrefixTransfer.Hit(cache, restored, tiers, lookupMs, restoreMs);
     }
 
     private static void RequireCacheFor(KvModel model, PrefixCache cache)

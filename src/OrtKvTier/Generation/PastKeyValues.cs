@@ -2,7 +2,7 @@ using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Cache;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
-using OrtKvTier.Transfer;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Generation;
 

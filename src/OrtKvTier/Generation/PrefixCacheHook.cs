@@ -1,6 +1,7 @@
 using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Cache;
 using OrtKvTier.Model;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Generation;
 
@@ -51,7 +52,7 @@ public sealed class PrefixCacheHook
             var shared = OrtKvTensors.Wrap(sharedBuffers, _layout, nameof(sharedBuffers));
             if (tokens.Length > shared.Capacity)
                 throw new ArgumentException($"The prompt has {tokens.Length} tokens; the shared buffers hold {shared.Capacity}.", nameof(tokens));
-            var report = PrefixTransfer.Restore(_cache, tokens, 0, _ => shared);
+            var report = _cache.Restore(tokens, 0, KvMemory.Host, _ => shared);
             for (int layer = 0; layer < _layout.Layers; layer++)
             {
                 binding.BindInput(_layout.PastKeyNames[layer], sharedBuffers[2 * layer]);
@@ -65,7 +66,7 @@ public sealed class PrefixCacheHook
         OrtKvTensors? grown = null;
         try
         {
-            var report = PrefixTransfer.Restore(_cache, tokens, 0, length =>
+            var report = _cache.Restore(tokens, 0, KvMemory.Host, length =>
             {
                 grown?.Dispose();
                 grown = null;
@@ -97,7 +98,7 @@ public sealed class PrefixCacheHook
         var view = OrtKvTensors.Wrap(presents, _layout, nameof(presents));
         if (tokens.Length > view.Capacity)
             throw new ArgumentException($"{tokens.Length} tokens were given; the present tensors hold {view.Capacity} rows.", nameof(tokens));
-        return PrefixTransfer.Capture(_cache, tokens, tokens.Length, view, [], 0);
+        return ChunkCapture.Capture(_cache, tokens, tokens.Length, view, [], 0);
     }
 }
 

@@ -1,6 +1,8 @@
 using System.Text.Json;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
+using OrtKvTier.Cache;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Model;
 
@@ -24,7 +26,6 @@ public sealed class KvModel : IDisposable
         Names = names;
         VocabSize = vocabSize;
         EosTokenIds = eosTokenIds;
-        _deviceTransfer = new(() => EpDevice is null ? null : new Transfer.DeviceKvTransfer(Layout, EpDevice), LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>The model folder (full path).</summary>
@@ -51,14 +52,6 @@ public sealed class KvModel : IDisposable
 
     /// <summary>The CUDA device the session runs on, or null on the CPU.</summary>
     public OrtEpDevice? EpDevice { get; private init; }
-
-    /// <summary>Where generators keep the past tensors: device memory on CUDA, else host memory.</summary>
-    internal Transfer.KvMemory KvMemory { get; private init; } = Transfer.KvMemory.Host;
-
-    private readonly Lazy<Transfer.DeviceKvTransfer?> _deviceTransfer;
-
-    /// <summary>On CUDA, the pinned staging that restores into device past tensors go through (created on first use); null on the CPU.</summary>
-    internal Transfer.DeviceKvTransfer? DeviceTransfer => _deviceTransfer.Value;
 
     /// <summary>Why the model runs on the CPU although CUDA was asked for; null otherwise.</summary>
     public string? DeviceNote { get; private init; }
@@ -145,7 +138,6 @@ public sealed class KvModel : IDisposable
             return new KvModel(folder, config, session, layout, ModelFingerprint.Compute(decoderPath, configPath, layout), names, vocab, eos)
             {
                 LogitsType = logitsMeta.ElementDataType, Device = device, EpDevice = epDevice, DeviceNote = deviceNote,
-                KvMemory = Transfer.KvMemory.For(session, epDevice),
             };
         }
         catch
@@ -156,11 +148,7 @@ public sealed class KvModel : IDisposable
     }
 
     /// <inheritdoc />
-    public void Dispose()
-    {
-        if (_deviceTransfer.IsValueCreated) _deviceTransfer.Value?.Dispose();
-        Session.Dispose();
-    }
+    public void Dispose() => Session.Dispose();
 
     private static GenAiConfig ReadConfig(string configPath)
     {

@@ -4,8 +4,9 @@ namespace OrtKvTier.Model;
 
 /// <summary>
 /// Loads ONNX Runtime through its managed package before anything else touches it. GenAI finds
-/// ONNX Runtime with <c>dlopen("libonnxruntime.so")</c> and crashes unless ORT was loaded first
-/// (DESIGN.md section 1); after this call it reuses the GPU build's copy this package ships.
+/// ONNX Runtime with <c>dlopen("libonnxruntime.so")</c>; where the native libraries sit under
+/// <c>runtimes/linux-x64/native/</c> it crashed (SIGSEGV) unless ORT was loaded first. After this call
+/// it reuses the copy this package ships.
 /// </summary>
 internal static class OrtRuntime
 {

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
 using static OrtKvTier.Storage.SlotPoolFormat;
+using OrtKvTier.Keys;
 
 namespace OrtKvTier.Storage;
 
@@ -20,8 +21,6 @@ internal enum JournalRecordType : byte
 /// </summary>
 internal static class IndexJournal
 {
-    public sealed record Contents(long Epoch, long ValidEnd, long FileLength, int Records);
-
     /// <summary>The header of a fresh journal.</summary>
     public static byte[] Header(ulong poolId, long epoch)
     {
@@ -49,7 +48,7 @@ internal static class IndexJournal
     /// Applies the complete, valid records of <paramref name="bytes"/> from <paramref name="offset"/>
     /// to <paramref name="index"/>; returns where the valid records end and how many there were.
     /// </summary>
-    public static (long ValidEnd, int Records) Replay(ReadOnlySpan<byte> bytes, long offset, SlotIndex index, Action<ulong>? onGeneration = null)
+    public static (long ValidEnd, int Records) Replay(ReadOnlySpan<byte> bytes, long offset, SlotIndex index)
     {
         int records = 0;
         int pos = (int)offset;
@@ -60,7 +59,7 @@ internal static class IndexJournal
             if (pos + total > bytes.Length) break;
             var record = bytes.Slice(pos, total);
             if (BinaryPrimitives.ReadUInt64LittleEndian(record[^8..]) != Checksum64(record[..^8])) break;
-            if (!Apply((JournalRecordType)record[2], record.Slice(3, bodyLength), index, onGeneration)) break;
+            if (!Apply((JournalRecordType)record[2], record.Slice(3, bodyLength), index)) break;
             pos += total;
             records++;
         }
@@ -116,7 +115,10 @@ internal static class IndexJournal
         int count = BinaryPrimitives.ReadInt32LittleEndian(bytes[SnCount..]);
         if (count < 0 || bytes.Length != SnapshotHeaderBytes + (long)count * SnapshotEntryBytes + 8) return null;
         if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[^8..]) != Checksum64(bytes[..^8])) return null;
-        for (int i = 0; i < count; i++) index.Put(ReadEntry(bytes.Slice(SnapshotHeaderBytes + i * SnapshotEntryBytes)));
+        // An entry from a generation the snapshot says was not handed out yet does not fit: it is skipped.
+        ulong nextGeneration = BinaryPrimitives.ReadUInt64LittleEndian(bytes[SnNextGeneration..]);
+        for (int i = 0; i < count; i++)
+            if (ReadEntry(bytes.Slice(SnapshotHeaderBytes + i * SnapshotEntryBytes)) is var entry && entry.Generation < nextGeneration) index.Put(entry);
         return BinaryPrimitives.ReadInt64LittleEndian(bytes[SnEpoch..]);
     }
 
@@ -134,29 +136,27 @@ internal static class IndexJournal
         }
     }
 
-    public static byte[] ReadAll(SafeFileHandle handle, long from = 0)
+    public static byte[] ReadAll(SafeFileHandle handle)
     {
         long length = RandomAccess.GetLength(handle);
-        if (length <= from) return [];
-        var bytes = new byte[length - from];
+        var bytes = new byte[length];
         int read = 0;
         while (read < bytes.Length)
         {
-            int n = RandomAccess.Read(handle, bytes.AsSpan(read), from + read);
+            int n = RandomAccess.Read(handle, bytes.AsSpan(read), read);
             if (n == 0) break;
             read += n;
         }
         return read == bytes.Length ? bytes : bytes[..read];
     }
 
-    private static bool Apply(JournalRecordType type, ReadOnlySpan<byte> body, SlotIndex index, Action<ulong>? onGeneration)
+    private static bool Apply(JournalRecordType type, ReadOnlySpan<byte> body, SlotIndex index)
     {
         switch (type)
         {
             case JournalRecordType.Put when body.Length == 40:
                 var entry = ReadEntry(body);
                 index.Put(entry);
-                onGeneration?.Invoke(entry.Generation);
                 return true;
             case JournalRecordType.Remove when body.Length == 16:
                 index.Remove(new ChunkKey(ReadUInt128(body)));

@@ -1,6 +1,8 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using static OrtKvTier.Storage.SlotPoolFormat;
+using OrtKvTier.Keys;
+using OrtKvTier.Model;
 
 namespace OrtKvTier.Storage;
 
@@ -69,6 +71,9 @@ internal static class SlotHeader
     }
 }
 
+/// <summary>The fields of the data file's header page.</summary>
+internal sealed record FileHeaderFields(uint Version, SlotPoolIdentity Identity, long SlotBytes, long SlotCount, ulong PoolId, uint WriterEpoch);
+
 /// <summary>Encodes and checks the data file's header page.</summary>
 internal static class FileHeader
 {
@@ -92,10 +97,8 @@ internal static class FileHeader
         return page;
     }
 
-    public sealed record Contents(uint Version, SlotPoolIdentity Identity, long SlotBytes, long SlotCount, ulong PoolId, uint WriterEpoch);
-
     /// <summary>Parses the header page; throws <see cref="SlotPoolMismatchException"/> saying what is wrong.</summary>
-    public static Contents Read(ReadOnlySpan<byte> h, string path)
+    public static FileHeaderFields Read(ReadOnlySpan<byte> h, string path)
     {
         if (h.Length < FhChecksum + 8)
             throw new SlotPoolMismatchException($"{path} is {h.Length} bytes, too short for a slot pool header ({FileHeaderBytes} bytes). Delete the directory or open with MismatchPolicy.Recreate.");
@@ -115,7 +118,7 @@ internal static class FileHeader
             ElementSize = BinaryPrimitives.ReadInt32LittleEndian(h[FhElementSize..]),
             ChunkTokens = BinaryPrimitives.ReadInt32LittleEndian(h[FhChunkTokens..]),
         };
-        return new Contents(version, identity,
+        return new FileHeaderFields(version, identity,
             BinaryPrimitives.ReadInt64LittleEndian(h[FhSlotSize..]),
             BinaryPrimitives.ReadInt64LittleEndian(h[FhSlotCount..]),
             BinaryPrimitives.ReadUInt64LittleEndian(h[FhPoolId..]),

@@ -1,3 +1,5 @@
+using OrtKvTier.Keys;
+
 namespace OrtKvTier.Storage;
 
 /// <summary>One indexed chunk: where it lives and which write put it there.</summary>
@@ -25,8 +27,6 @@ internal sealed class SlotIndex
     }
 
     public int Count => _byKey.Count;
-
-    public int SlotCount => _bySlot.Length;
 
     public long PayloadBytes { get; private set; }
 

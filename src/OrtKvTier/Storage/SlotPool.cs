@@ -4,6 +4,8 @@ using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
 using static OrtKvTier.Storage.SlotPoolFormat;
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Storage;
 
@@ -56,7 +58,7 @@ public sealed unsafe class SlotPool : IDisposable
 
     private long _hits, _misses, _damaged, _puts, _evictions;
 
-    private SlotPool(SlotPoolOptions options, FileStream? lockFile, FileStream data, FileHeader.Contents header)
+    private SlotPool(SlotPoolOptions options, FileStream? lockFile, FileStream data, FileHeaderFields header)
     {
         _options = options;
         _logger = options.Logger;
@@ -511,7 +513,7 @@ public sealed unsafe class SlotPool : IDisposable
         {
             var dataPath = Path.Combine(directory, DataFileName);
             var identity = options.Identity!;
-            FileHeader.Contents header;
+            FileHeaderFields header;
             if (File.Exists(dataPath))
             {
                 var mismatch = DescribeMismatch(dataPath, identity, out var existing);
@@ -550,7 +552,7 @@ public sealed unsafe class SlotPool : IDisposable
         var dataPath = Path.Combine(directory, DataFileName);
         if (!File.Exists(dataPath))
             throw new FileNotFoundException($"No slot pool in {directory}: {DataFileName} is missing. A writer creates it.", dataPath);
-        FileHeader.Contents header;
+        FileHeaderFields header;
         if (options.Identity is { } identity)
         {
             var mismatch = DescribeMismatch(dataPath, identity, out var existing);
@@ -575,7 +577,7 @@ public sealed unsafe class SlotPool : IDisposable
         }
     }
 
-    private static FileHeader.Contents ReadHeaderOf(string dataPath)
+    private static FileHeaderFields ReadHeaderOf(string dataPath)
     {
         if (!File.Exists(dataPath)) throw new FileNotFoundException($"No slot pool file {dataPath}.", dataPath);
         using var handle = File.OpenHandle(dataPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
@@ -587,10 +589,10 @@ public sealed unsafe class SlotPool : IDisposable
     }
 
     /// <summary>Null when the file matches; else a sentence naming the expected and found values.</summary>
-    private static string? DescribeMismatch(string dataPath, SlotPoolIdentity expected, out FileHeader.Contents? header)
+    private static string? DescribeMismatch(string dataPath, SlotPoolIdentity expected, out FileHeaderFields? header)
     {
         header = null;
-        FileHeader.Contents found;
+        FileHeaderFields found;
         try
         {
             found = ReadHeaderOf(dataPath);
@@ -617,7 +619,7 @@ public sealed unsafe class SlotPool : IDisposable
         return null;
     }
 
-    private static void CheckLength(string dataPath, FileHeader.Contents header, long length)
+    private static void CheckLength(string dataPath, FileHeaderFields header, long length)
     {
         if (header.SlotCount is < 1 or > int.MaxValue || header.SlotBytes < SlotPoolFormat.SlotHeaderBytes(header.Identity.ChunkTokens))
             throw new SlotPoolMismatchException($"{dataPath}: the header describes {header.SlotCount} slots of {header.SlotBytes} bytes, which is not a valid pool.");
@@ -628,7 +630,7 @@ public sealed unsafe class SlotPool : IDisposable
                 "The file was truncated or extended. Delete the directory or open with MismatchPolicy.Recreate.");
     }
 
-    private static FileHeader.Contents CreateDataFile(SlotPoolOptions options, string directory, SlotPoolIdentity identity)
+    private static FileHeaderFields CreateDataFile(SlotPoolOptions options, string directory, SlotPoolIdentity identity)
     {
         long slotBytes = identity.SlotBytes;
         long slots = options.CapacitySlots ?? (options.CapacityBytes is long bytes ? Math.Max(1, (bytes - FileHeaderBytes) / slotBytes) : 0);
@@ -639,7 +641,7 @@ public sealed unsafe class SlotPool : IDisposable
         var dataPath = Path.Combine(directory, DataFileName);
         var creating = dataPath + ".creating";
         DeletePoolFiles(directory);
-        var header = new FileHeader.Contents(FormatVersion, identity, slotBytes, slots, BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)), 1);
+        var header = new FileHeaderFields(FormatVersion, identity, slotBytes, slots, BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)), 1);
         try
         {
             // PreallocationSize reserves the blocks (posix_fallocate): a full disk fails here, not later as SIGBUS.

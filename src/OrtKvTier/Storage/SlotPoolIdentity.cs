@@ -22,13 +22,6 @@ public sealed record SlotPoolIdentity
     /// <summary>Tokens in a full chunk.</summary>
     public required int ChunkTokens { get; init; }
 
-    /// <summary>The identity for a model and a chunk length.</summary>
-    public static SlotPoolIdentity For(KvModel model, int chunkTokens)
-    {
-        ArgumentNullException.ThrowIfNull(model);
-        return For(model.Fingerprint, model.Layout, chunkTokens);
-    }
-
     /// <summary>The identity for a fingerprint, a layout and a chunk length.</summary>
     public static SlotPoolIdentity For(ModelFingerprint fingerprint, KvLayout layout, int chunkTokens)
     {

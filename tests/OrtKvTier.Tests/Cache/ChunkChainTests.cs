@@ -4,6 +4,7 @@ using System.Text;
 using OrtKvTier.Cache;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
 
 namespace OrtKvTier.Tests.Cache;
 

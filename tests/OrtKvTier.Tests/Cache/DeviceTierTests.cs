@@ -1,9 +1,10 @@
 using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Cache;
-using OrtKvTier.Cache.Tiers;
+using OrtKvTier.Tiers;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
 using OrtKvTier.Tests.Support;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Tests.Cache;
 
@@ -95,7 +96,7 @@ public sealed class DeviceTierTests : IDisposable
         using var cache = PrefixCache.Open(_model, new PrefixCacheOptions { ChunkTokens = Chunk, DeviceBudgetBytes = 1L << 20 });
         CacheTestKit.Greedy(_model, CacheTestKit.Prompt(3 * Chunk, seed: 66), cache);
         Assert.Null(cache.Device);
-        Assert.DoesNotContain(cache.GetStats().Tiers, t => t.Name == DeviceTier.TierName);
+        Assert.DoesNotContain(cache.GetStats().Tiers, t => t.Name == TierId.Device.Name);
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => PrefixCache.Open(_model, new PrefixCacheOptions { DeviceBudgetBytes = -1 }));
         Assert.Equal("DeviceBudgetBytes", e.ParamName);
     }

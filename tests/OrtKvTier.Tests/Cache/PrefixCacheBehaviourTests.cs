@@ -6,6 +6,7 @@ using OrtKvTier.ModelBuilder;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 using static OrtKvTier.Tests.Cache.PrefixCacheParityTests;
+using OrtKvTier.Keys;
 
 namespace OrtKvTier.Tests.Cache;
 

@@ -1,6 +1,6 @@
 using System.Text.Json;
 using OrtKvTier.Cache;
-using OrtKvTier.Cache.Tiers.Remote;
+using OrtKvTier.Tiers.Remote;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
@@ -49,7 +49,7 @@ public sealed class RemoteTierTests : IDisposable
         var prompt = CacheTestKit.Prompt(3 * Chunk + 2, seed: 70);
         int Restored(string name)
         {
-            using var remote = new RemoteTier(Options(server, RemoteAdmission.SeenTwice), SlotPoolIdentity.For(model, Chunk));
+            using var remote = new RemoteTier(Options(server, RemoteAdmission.SeenTwice), SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk));
             using var cache = Cache(model, remote, directory: null);
             var run = CacheTestKit.Greedy(model, prompt, cache);
             cache.Flush();
@@ -65,7 +65,7 @@ public sealed class RemoteTierTests : IDisposable
     {
         using var server = RedisServer.Shared();
         using var model = KvModel.Load(TestPaths.Tiny);
-        var identity = SlotPoolIdentity.For(model, Chunk);
+        var identity = SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk);
         using var remote = new RemoteTier(Options(server), identity);
         using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
         var db = redis.GetDatabase();
@@ -104,7 +104,7 @@ public sealed class RemoteTierTests : IDisposable
         using var server = RedisServer.StartOwn();
         using var model = KvModel.Load(TestPaths.Tiny);
         var logger = new ListLogger();
-        using var remote = new RemoteTier(Options(server) with { OperationTimeout = TimeSpan.FromMilliseconds(100) }, SlotPoolIdentity.For(model, Chunk), logger);
+        using var remote = new RemoteTier(Options(server) with { OperationTimeout = TimeSpan.FromMilliseconds(100) }, SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk), logger);
         using var cache = Cache(model, remote, _temp.Sub("cache"));
         var seen = CacheTestKit.Prompt(4 * Chunk + 2, seed: 71);
         var fresh = CacheTestKit.Prompt(4 * Chunk + 2, seed: 72);

@@ -1,6 +1,8 @@
-using OrtKvTier.Cache.Tiers;
+using OrtKvTier.Tiers;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Tests.Cache;
 

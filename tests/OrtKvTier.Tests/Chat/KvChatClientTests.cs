@@ -3,6 +3,7 @@ using OrtKvTier.Cache;
 using OrtKvTier.Chat;
 using OrtKvTier.Model;
 using OrtKvTier.Tests.Support;
+using OrtKvTier.Generation;
 
 namespace OrtKvTier.Tests.Chat;
 

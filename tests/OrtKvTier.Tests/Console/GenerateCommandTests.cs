@@ -1,5 +1,6 @@
 using System.Text.Json;
 using OrtKvTier.Tests.Support;
+using OrtKvTier.Model;
 
 namespace OrtKvTier.Tests.Console;
 

@@ -3,6 +3,7 @@ using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 using Xunit.Abstractions;
+using OrtKvTier.Keys;
 
 namespace OrtKvTier.Tests.Storage;
 

@@ -3,11 +3,12 @@ using System.Diagnostics.Metrics;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Cache;
-using OrtKvTier.Cache.Tiers;
+using OrtKvTier.Tiers;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
 
 namespace OrtKvTier.Tests.Support;
 

@@ -1,6 +1,7 @@
 using System.IO.Hashing;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
 
 namespace OrtKvTier.Tests.Support;
 

@@ -3,7 +3,7 @@ using OrtKvTier.Generation;
 using OrtKvTier.Storage;
 using OrtKvTier.Model;
 using OrtKvTier.Tests.Support;
-using OrtKvTier.Transfer;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Tests.Transfer;
 
@@ -217,7 +217,7 @@ public sealed class DeviceKvTransferTests : IDisposable
         using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16 });
         using var transfer = new DeviceKvTransfer(model.Layout, device: null);
         int stored = transfer.CaptureFrom(past, generator.Past.Capacity, prompt.Length,
-            view => PrefixTransfer.Capture(cache, prompt, prompt.Length, view, [], firstChunk: 0));
+            view => ChunkCapture.Capture(cache, prompt, prompt.Length, view, [], firstChunk: 0));
         Assert.Equal(3, stored);
 
         // What was stored is what the model computed: a restore from it gives a full prefill's logits.

@@ -1,9 +1,12 @@
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Diagnostics;
+using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using StackExchange.Redis;
+using OrtKvTier.Cache;
+using OrtKvTier.Keys;
 
-namespace OrtKvTier.Cache.Tiers.Remote;
+namespace OrtKvTier.Tiers.Remote;
 
 /// <summary>
 /// A tier on a Redis-compatible server shared by a fleet: chunk entries under
@@ -47,15 +50,18 @@ public sealed class RemoteTier : IKvChunkTier
         _connection = ConnectionMultiplexer.Connect(config);
     }
 
-    /// <summary>For a cache: the identity comes from it.</summary>
-    public static RemoteTier For(PrefixCacheOptions cacheOptions, Model.KvModel model, RemoteTierOptions options, ILogger? logger = null)
+    /// <summary>For a cache of <paramref name="model"/> with chunks of <paramref name="chunkTokens"/> (PrefixCacheOptions.ChunkTokens).</summary>
+    public static RemoteTier For(KvModel model, int chunkTokens, RemoteTierOptions options, ILogger? logger = null)
     {
-        ArgumentNullException.ThrowIfNull(cacheOptions);
-        return new RemoteTier(options, SlotPoolIdentity.For(model, cacheOptions.ChunkTokens), logger);
+        ArgumentNullException.ThrowIfNull(model);
+        return new RemoteTier(options, SlotPoolIdentity.For(model.Fingerprint, model.Layout, chunkTokens), logger);
     }
 
     /// <inheritdoc />
-    public string Name => "remote";
+    public TierId Id => TierId.Remote;
+
+    /// <inheritdoc />
+    public TierCost Cost => TierCost.NetworkRoundTrip;
 
     /// <summary>Whether the circuit breaker is open (the server is being left alone).</summary>
     public bool IsBroken => DateTime.UtcNow.Ticks < Interlocked.Read(ref _openUntilTicks);
@@ -89,7 +95,7 @@ public sealed class RemoteTier : IKvChunkTier
         }
         Interlocked.Increment(ref _misses);
         Interlocked.Increment(ref _damaged);
-        KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Name));
+        KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Id.Name));
         _logger?.LogWarning("Remote tier: the value for chunk {Key} is a miss: {Reason}. It was deleted.", key, failure);
         Guarded(db => db.KeyDelete(Key(key)), false);
         return false;
@@ -155,7 +161,7 @@ public sealed class RemoteTier : IKvChunkTier
     /// <inheritdoc />
     public KvTierStats GetStats() => new()
     {
-        Name = Name, Entries = Interlocked.Read(ref _writes), Bytes = Interlocked.Read(ref _bytes), CapacityBytes = 0,
+        Name = Id.Name, Entries = Interlocked.Read(ref _writes), Bytes = Interlocked.Read(ref _bytes), CapacityBytes = 0,
         Hits = Interlocked.Read(ref _hits), Misses = Interlocked.Read(ref _misses), Writes = Interlocked.Read(ref _writes), Evictions = 0,
     };
 

@@ -1,9 +1,10 @@
 using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
-using OrtKvTier.Transfer;
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
 
-namespace OrtKvTier.Cache.Tiers;
+namespace OrtKvTier.Tiers;
 
 /// <summary>
 /// Prefixes kept in device memory (CUDA) under a byte budget, restored device-to-device. An entry is
@@ -14,14 +15,14 @@ namespace OrtKvTier.Cache.Tiers;
 /// The least recently used entries are evicted first, into the host tier (<see cref="Evicted"/>).
 /// Thread-safe; a restore keeps its entry alive while it copies.
 /// </summary>
-public sealed class DeviceTier : IDisposable
+public sealed class DeviceTier : IKvTier
 {
     private readonly object _gate = new();
     private readonly KvLayout _layout;
     private readonly OrtAllocator _allocator;
     /// <summary>Every chunk key of every entry, to the entry holding it that was stored or used last.</summary>
-    private readonly Dictionary<ChunkKey, Entry> _byKey = [];
-    private readonly LinkedList<Entry> _recency = [];
+    private readonly Dictionary<ChunkKey, DevicePrefix> _byKey = [];
+    private readonly LinkedList<DevicePrefix> _recency = [];
     private long _bytes, _hits, _misses, _writes, _evictions;
     private bool _disposed;
 
@@ -42,8 +43,11 @@ public sealed class DeviceTier : IDisposable
         BudgetBytes = budgetBytes;
     }
 
-    /// <summary>Tier name in reports and metrics.</summary>
-    public const string TierName = "device";
+    /// <inheritdoc />
+    public TierId Id => TierId.Device;
+
+    /// <inheritdoc />
+    public TierCost Cost => TierCost.LocalIndex;
 
     /// <summary>Tokens per chunk.</summary>
     public int ChunkTokens { get; }
@@ -99,8 +103,8 @@ public sealed class DeviceTier : IDisposable
         long bytes = rows * _layout.BytesPerToken;
         if (bytes > BudgetBytes) return false;
 
-        var evicted = new List<Entry>();
-        Entry? covered = null;
+        var evicted = new List<DevicePrefix>();
+        DevicePrefix? covered = null;
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -128,7 +132,7 @@ public sealed class DeviceTier : IDisposable
         OrtValue[] tensors;
         try
         {
-            tensors = Generation.OrtKvTensors.Allocate(_layout, rows, _allocator).Values;
+            tensors = OrtKvTensors.Allocate(_layout, rows, _allocator).Values;
             KvMemory.CopyRows(_layout, sources, sourceCapacity, tensors, rows, rows);
         }
         catch
@@ -136,7 +140,7 @@ public sealed class DeviceTier : IDisposable
             lock (_gate) _bytes -= bytes;
             throw;
         }
-        var added = new Entry(keys.ToArray(), tokens[..rows].ToArray(), tensors, bytes);
+        var added = new DevicePrefix(keys.ToArray(), tokens[..rows].ToArray(), tensors, bytes);
         lock (_gate)
         {
             if (_disposed)
@@ -157,7 +161,7 @@ public sealed class DeviceTier : IDisposable
         lock (_gate)
             return new KvTierStats
             {
-                Name = TierName, Entries = _recency.Count, Bytes = _bytes, CapacityBytes = BudgetBytes,
+                Name = Id.Name, Entries = _recency.Count, Bytes = _bytes, CapacityBytes = BudgetBytes,
                 Hits = _hits, Misses = _misses, Writes = _writes, Evictions = _evictions,
             };
     }
@@ -165,7 +169,7 @@ public sealed class DeviceTier : IDisposable
     /// <summary>Frees every entry not being copied now (those are freed when their copy ends); nothing goes to the host tier.</summary>
     public void Dispose()
     {
-        List<Entry> entries;
+        List<DevicePrefix> entries;
         lock (_gate)
         {
             if (_disposed) return;
@@ -177,10 +181,10 @@ public sealed class DeviceTier : IDisposable
     }
 
     /// <summary>Whether <paramref name="entry"/>'s first <paramref name="rows"/> token ids are those of <paramref name="tokens"/>.</summary>
-    private static bool Holds(Entry entry, ReadOnlySpan<int> tokens, int rows) =>
+    private static bool Holds(DevicePrefix entry, ReadOnlySpan<int> tokens, int rows) =>
         tokens.Length >= rows && tokens[..rows].SequenceEqual(entry.Tokens.AsSpan(0, rows));
 
-    private void Touch(Entry entry)
+    private void Touch(DevicePrefix entry)
     {
         _recency.Remove(entry.Node!);
         _recency.AddLast(entry.Node!);
@@ -188,7 +192,7 @@ public sealed class DeviceTier : IDisposable
     }
 
     /// <summary>Takes an entry out of the index and recency list (under the lock).</summary>
-    private void Unlink(Entry entry)
+    private void Unlink(DevicePrefix entry)
     {
         _recency.Remove(entry.Node!);
         _bytes -= entry.Bytes;
@@ -198,7 +202,7 @@ public sealed class DeviceTier : IDisposable
     }
 
     /// <summary>Hands an unlinked entry to <see cref="Evicted"/> if asked, then frees it once no restore copies it.</summary>
-    private void Retire(Entry entry, bool intoHost)
+    private void Retire(DevicePrefix entry, bool intoHost)
     {
         try
         {
@@ -212,20 +216,20 @@ public sealed class DeviceTier : IDisposable
         }
     }
 
-    private void Release(Entry entry)
+    private void Release(DevicePrefix entry)
     {
         bool free;
         lock (_gate) free = --entry.Leases == 0 && entry.Unlinked;
         if (free) entry.Free();
     }
 
-    internal sealed class Entry(ChunkKey[] keys, int[] tokens, OrtValue[] tensors, long bytes)
+    internal sealed class DevicePrefix(ChunkKey[] keys, int[] tokens, OrtValue[] tensors, long bytes)
     {
         public ChunkKey[] Keys { get; } = keys;
         public int[] Tokens { get; } = tokens;
         public OrtValue[] Tensors { get; } = tensors;
         public long Bytes { get; } = bytes;
-        public LinkedListNode<Entry>? Node { get; set; }
+        public LinkedListNode<DevicePrefix>? Node { get; set; }
         public int Leases { get; set; }
         public bool Unlinked { get; set; }
         private int _freed;
@@ -241,10 +245,10 @@ public sealed class DeviceTier : IDisposable
     public sealed class DeviceHit : IDisposable
     {
         private readonly DeviceTier _tier;
-        private readonly Entry _entry;
+        private readonly DevicePrefix _entry;
         private bool _released;
 
-        internal DeviceHit(DeviceTier tier, Entry entry, int chunks)
+        internal DeviceHit(DeviceTier tier, DevicePrefix entry, int chunks)
         {
             _tier = tier;
             _entry = entry;

@@ -1,6 +1,8 @@
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
 
-namespace OrtKvTier.Cache.Tiers;
+namespace OrtKvTier.Tiers;
 
 /// <summary>
 /// One chunk's bytes in native host memory with its key and token ids, reference-counted so a

@@ -1,14 +1,17 @@
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
+using OrtKvTier.Diagnostics;
 
-namespace OrtKvTier.Cache.Tiers;
+namespace OrtKvTier.Tiers;
 
 /// <summary>
 /// The disk tier: a <see cref="SlotPool"/> in its own directory per model and chunk length. When
 /// another process holds the pool's writer lock, this tier opens it read-only (reads hit, writes
 /// are skipped). A failing write is logged and reported as not stored; it never fails a request.
 /// </summary>
-public sealed class DiskTier : IKvChunkTier
+public sealed class DiskTier : IStagedReadTier
 {
     private readonly ILogger? _logger;
     private long _writeFailures;
@@ -17,13 +20,17 @@ public sealed class DiskTier : IKvChunkTier
     {
         Pool = pool;
         _logger = logger;
+        Pool.Dropped += (_, _) => KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Id.Name));
     }
 
     /// <summary>The pool underneath.</summary>
     public SlotPool Pool { get; }
 
     /// <inheritdoc />
-    public string Name => "disk";
+    public TierId Id => TierId.Disk;
+
+    /// <inheritdoc />
+    public TierCost Cost => TierCost.LocalIndex;
 
     /// <summary>Writes that failed (disk full, I/O errors) since open.</summary>
     public long WriteFailures => Interlocked.Read(ref _writeFailures);
@@ -68,8 +75,16 @@ public sealed class DiskTier : IKvChunkTier
     public bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination) =>
         Pool.TryGet(key, tokens, destination, out int length) && length == destination.Length;
 
-    /// <summary>Reads a chunk straight into its place in the past tensors, verifying it on the way.</summary>
-    internal bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, PayloadScatter scatter) => Pool.TryGet(key, tokens, scatter, out _);
+    /// <inheritdoc />
+    IStagedRead? IStagedReadTier.BeginRead(ChunkKey key, ReadOnlySpan<int> tokens, PayloadScatter scatter) =>
+        Pool.BeginRead(key, tokens, scatter) is { } read ? new StagedSlotRead(Pool, read) : null;
+
+    private sealed class StagedSlotRead(SlotPool pool, SlotRead read) : IStagedRead
+    {
+        public int Blocks => read.Blocks;
+        public void ReadBlocks(int firstBlock, int endBlock) => pool.ReadBlocks(read, firstBlock, Math.Min(endBlock, read.Blocks));
+        public bool Verify() => pool.EndRead(read);
+    }
 
     /// <inheritdoc />
     public bool Write(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
@@ -90,7 +105,13 @@ public sealed class DiskTier : IKvChunkTier
     /// <inheritdoc />
     public bool Remove(ChunkKey key) => !Pool.IsReadOnly && Pool.Remove(key);
 
-    /// <summary>Makes written chunks durable now.</summary>
+    /// <inheritdoc />
+    public void Clear()
+    {
+        if (!Pool.IsReadOnly) Pool.Clear();
+    }
+
+    /// <inheritdoc />
     public void Flush()
     {
         if (!Pool.IsReadOnly) Pool.Flush();
@@ -102,7 +123,7 @@ public sealed class DiskTier : IKvChunkTier
         var s = Pool.GetStats();
         return new KvTierStats
         {
-            Name = Name, Entries = s.Entries, Bytes = s.PayloadBytes, CapacityBytes = (long)s.SlotCount * Pool.Identity.PayloadBytes,
+            Name = Id.Name, Entries = s.Entries, Bytes = s.PayloadBytes, CapacityBytes = (long)s.SlotCount * Pool.Identity.PayloadBytes,
             Hits = s.Hits, Misses = s.Misses, Writes = s.Puts, Evictions = s.Evictions, ReadOnly = s.ReadOnly,
         };
     }

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace OrtKvTier.Storage;
+namespace OrtKvTier.Tensors;
 
 /// <summary>
 /// Pre-faults memory in one system call (Linux <c>madvise</c> MADV_POPULATE_WRITE) instead of one

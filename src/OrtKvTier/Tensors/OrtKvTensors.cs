@@ -2,7 +2,7 @@ using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Cache;
 using OrtKvTier.Model;
 
-namespace OrtKvTier.Generation;
+namespace OrtKvTier.Tensors;
 
 /// <summary>A caller's past or present OrtValues (key 0, value 0, key 1, …) seen as the tensors a restore or capture works on.</summary>
 internal sealed class OrtKvTensors : IKvTensorView, IDisposable
@@ -18,6 +18,8 @@ internal sealed class OrtKvTensors : IKvTensorView, IDisposable
     public int Capacity { get; }
 
     public Span<byte> TensorBytes(int layer, bool value) => Values[2 * layer + (value ? 1 : 0)].GetTensorMutableRawData();
+
+    public OrtValue[] Tensors() => Values;
 
     /// <summary>Sees <paramref name="values"/> (key 0, value 0, …; <paramref name="capacity"/> rows per head) as KV tensors, without checks; the caller keeps owning them.</summary>
     public static OrtKvTensors View(OrtValue[] values, int capacity) => new(values, capacity);
@@ -61,8 +63,12 @@ internal sealed class OrtKvTensors : IKvTensorView, IDisposable
         return new OrtKvTensors(values.ToArray(), checked((int)rows));
     }
 
-    public void Dispose()
+    public void Dispose() => DisposeAll(Values);
+
+    /// <summary>Disposes every tensor of <paramref name="values"/> (null entries and a null array are skipped).</summary>
+    public static void DisposeAll(OrtValue?[]? values)
     {
-        foreach (var value in Values) value.Dispose();
+        if (values is null) return;
+        foreach (var v in values) v?.Dispose();
     }
 }

@@ -1,6 +1,8 @@
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
 
-namespace OrtKvTier.Cache.Tiers;
+namespace OrtKvTier.Tiers;
 
 /// <summary>
 /// Chunks in native host memory under a byte budget, least recently used evicted first. Reads by
@@ -25,7 +27,10 @@ public sealed class HostTier : IKvChunkTier
     }
 
     /// <inheritdoc />
-    public string Name => "host";
+    public TierId Id => TierId.Host;
+
+    /// <inheritdoc />
+    public TierCost Cost => TierCost.LocalIndex;
 
     /// <summary>Most payload bytes held at once.</summary>
     public long BudgetBytes { get; }
@@ -90,7 +95,7 @@ public sealed class HostTier : IKvChunkTier
         return true;
     }
 
-    /// <summary>Drops every chunk.</summary>
+    /// <inheritdoc />
     public void Clear()
     {
         List<HostChunk> dropped;
@@ -110,7 +115,7 @@ public sealed class HostTier : IKvChunkTier
         lock (_gate)
             return new KvTierStats
             {
-                Name = Name, Entries = _entries.Count, Bytes = _bytes, CapacityBytes = BudgetBytes,
+                Name = Id.Name, Entries = _entries.Count, Bytes = _bytes, CapacityBytes = BudgetBytes,
                 Hits = _hits, Misses = _misses, Writes = _writes, Evictions = _evictions,
             };
     }

@@ -3,20 +3,7 @@ using System.Runtime.InteropServices;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 
-namespace OrtKvTier.Cache;
-
-/// <summary>
-/// Where the past tensors of one sequence live, in the model's layout: per layer a key and a value
-/// tensor <c>[1, kvH, Capacity, D]</c>, head h's token t at row <c>h × Capacity + t</c>.
-/// </summary>
-internal interface IKvTensorView
-{
-    /// <summary>Token rows per head.</summary>
-    int Capacity { get; }
-
-    /// <summary>The bytes of one layer's key (<paramref name="value"/> false) or value tensor.</summary>
-    Span<byte> TensorBytes(int layer, bool value);
-}
+namespace OrtKvTier.Tensors;
 
 /// <summary>
 /// The byte layout of one stored chunk: for each layer, key then value, for each kv head, the

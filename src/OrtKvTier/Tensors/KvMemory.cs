@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Model;
 
-namespace OrtKvTier.Transfer;
+namespace OrtKvTier.Tensors;
 
 /// <summary>
 /// Where a generator's past tensors live: host memory, or the device a CUDA session runs on (then
@@ -25,9 +25,15 @@ internal sealed class KvMemory
     /// <summary>Whether those tensors are in device memory (not addressable from the host).</summary>
     public bool OnDevice { get; }
 
-    /// <summary>The model's device memory when it runs on CUDA (the session's own allocator), else host memory.</summary>
-    public static KvMemory For(InferenceSession session, OrtEpDevice? device) =>
-        device is null ? Host : new KvMemory(new OrtAllocator(session, device.GetMemoryInfo(OrtDeviceMemoryType.DEFAULT)), onDevice: true);
+    /// <summary>The device the memory belongs to (null: host memory).</summary>
+    public OrtEpDevice? EpDevice { get; private init; }
+
+    private static readonly ConditionalWeakTable<KvModel, KvMemory> ByModel = new();
+
+    /// <summary>Where <paramref name="model"/>'s generators keep their past: device memory when it runs on CUDA (the session's own allocator), else host memory.</summary>
+    public static KvMemory For(KvModel model) =>
+        model.EpDevice is not { } device ? Host : ByModel.GetValue(model, m =>
+            new KvMemory(new OrtAllocator(m.Session, device.GetMemoryInfo(OrtDeviceMemoryType.DEFAULT)), onDevice: true) { EpDevice = device });
 
     /// <summary>
     /// Copies the first <paramref name="rows"/> token rows of every head from <paramref name="source"/>

@@ -1,4 +1,4 @@
-namespace OrtKvTier.Cache.Tiers.Remote;
+namespace OrtKvTier.Tiers.Remote;
 
 /// <summary>Which chunks a process uploads to the remote tier.</summary>
 public enum RemoteAdmission

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using OrtKvTier.Storage;
 
-namespace OrtKvTier.Cache.Tiers;
+namespace OrtKvTier.Tensors;
 
 /// <summary>
 /// Native buffers of one chunk's size, recycled: a released chunk's buffer serves the next capture.

@@ -5,7 +5,7 @@ using System.Text;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 
-namespace OrtKvTier.Cache;
+namespace OrtKvTier.Keys;
 
 /// <summary>
 /// Chained chunk keys: <c>key(0) = H(root ‖ tokens of chunk 0)</c>, <c>key(i) = H(key(i-1) ‖ tokens of chunk i)</c>,

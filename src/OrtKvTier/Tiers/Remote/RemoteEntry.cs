@@ -1,8 +1,9 @@
 using System.Buffers.Binary;
 using System.IO.Hashing;
 using OrtKvTier.Storage;
+using OrtKvTier.Keys;
 
-namespace OrtKvTier.Cache.Tiers.Remote;
+namespace OrtKvTier.Tiers.Remote;
 
 /// <summary>
 /// A remote value: the same self-verifying form as a slot. Header (magic, version, fingerprint,

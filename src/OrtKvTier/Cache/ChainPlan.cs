@@ -1,0 +1,100 @@
+using OrtKvTier.Keys;
+using OrtKvTier.Storage;
+using OrtKvTier.Tensors;
+using OrtKvTier.Tiers;
+
+namespace OrtKvTier.Cache;
+
+/// <summary>
+/// A chain found in the tiers' indexes: keys, token ids and host leases (null where a lower tier holds the
+/// chunk). Owns the leases: Dispose releases them.
+/// </summary>
+internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leased, TierId?[] from, long startTimestamp) : IDisposable
+{
+    public ChunkKey[] Keys { get; } = keys;
+    public int[] Tokens { get; } = tokens;
+    public HostChunk?[] Leased { get; } = leased;
+    /// <summary>The tier each leased chunk came from (host, or a remote tier it was just fetched from).</summary>
+    public TierId?[] From { get; } = from;
+    public int Count => Keys.Length;
+    public long StartTimestamp { get; } = startTimestamp;
+
+    public void Dispose()
+    {
+        foreach (var chunk in Leased) chunk?.Release();
+    }
+}
+
+/// <summary>
+/// One plan chunk restored in stages: its bytes come from host memory or from a verified read done a range
+/// of checksum blocks at a time, so past tensors can be copied on while later blocks are read.
+/// </summary>
+internal sealed unsafe class StagedChunk
+{
+    private readonly RestorePlanner _planner;
+    private readonly PayloadScatter _scatter;
+    private readonly HostChunk? _memory;
+    private readonly bool _owned;
+    private readonly IStagedRead? _read;
+    private readonly ChunkKey _key;
+    private readonly TierId _tier;
+    private bool _failed;
+
+    /// <summary>Bytes from a host chunk; <paramref name="owned"/>: this object releases it.</summary>
+    public StagedChunk(RestorePlanner planner, PayloadScatter scatter, HostChunk memory, bool owned, TierId tier)
+    {
+        (_planner, _scatter, _memory, _owned, _key, _tier) = (planner, scatter, memory, owned, memory.Key, tier);
+    }
+
+    /// <summary>Bytes from a verified read begun in <paramref name="tier"/>.</summary>
+    public StagedChunk(RestorePlanner planner, PayloadScatter scatter, IStagedRead read, ChunkKey key, TierId tier)
+    {
+        (_planner, _scatter, _read, _key, _tier) = (planner, scatter, read, key, tier);
+    }
+
+    /// <summary>The tier the bytes come from.</summary>
+    public TierId From => _tier;
+
+    /// <summary>Places payload blocks <paramref name="firstBlock"/>..<paramref name="endBlock"/> (exclusive).</summary>
+    public void Fill(int firstBlock, int endBlock)
+    {
+        if (_failed) return;
+        if (_memory is not null)
+        {
+            long start = (long)firstBlock * SlotPoolFormat.ChecksumBlockBytes;
+            long end = Math.Min((long)endBlock * SlotPoolFormat.ChecksumBlockBytes, _memory.Length);
+            if (end > start) _scatter.Place(_memory.Pointer + start, start, end - start);
+            return;
+        }
+        try
+        {
+            _read!.ReadBlocks(firstBlock, Math.Min(endBlock, _read.Blocks));
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        {
+            _failed = true;
+            _planner.ReadFailed(e, _key, _tier);
+        }
+    }
+
+    /// <summary>After every block is placed: the tier the chunk came from, or null when its bytes failed verification (then it is a miss).</summary>
+    public TierId? Finish()
+    {
+        try
+        {
+            if (_read is not null && (_failed || !_read.Verify())) return null;
+            return _planner.CountHit(_tier);
+        }
+        finally
+        {
+            if (_owned) _memory!.Release();
+        }
+    }
+
+    /// <summary>Lets go of a chunk not read to the end (the restore stopped): no verdict on its bytes. Returns null.</summary>
+    public TierId? Abandon()
+    {
+        if (_owned) _memory!.Release();
+        return null;
+    }
+}

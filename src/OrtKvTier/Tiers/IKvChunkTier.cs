@@ -1,0 +1,122 @@
+using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
+
+namespace OrtKvTier.Tiers;
+
+/// <summary>Which level of the cache a tier is; also its name in reports and metric tags (<c>device</c>, <c>host</c>, <c>disk</c>, <c>remote</c>).</summary>
+public readonly record struct TierId(string Name)
+{
+    /// <summary>Prefixes in device memory.</summary>
+    public static readonly TierId Device = new("device");
+    /// <summary>Chunks in host memory.</summary>
+    public static readonly TierId Host = new("host");
+    /// <summary>The slot pool on a local disk.</summary>
+    public static readonly TierId Disk = new("disk");
+    /// <summary>A server shared by a fleet.</summary>
+    public static readonly TierId Remote = new("remote");
+
+    /// <inheritdoc />
+    public override string ToString() => Name;
+}
+
+/// <summary>What asking a tier costs: the cache asks cheap tiers one key at a time and batches the others.</summary>
+public enum TierCost
+{
+    /// <summary>An in-process index answers (device, host, disk): ask freely, key by key.</summary>
+    LocalIndex,
+    /// <summary>Every call is a network round trip (remote): ask once for many keys.</summary>
+    NetworkRoundTrip,
+}
+
+/// <summary>What every tier says about itself: its id, what a call costs, and its counters.</summary>
+public interface IKvTier : IDisposable
+{
+    /// <summary>Which tier this is.</summary>
+    TierId Id { get; }
+
+    /// <summary>What a <see cref="IKvChunkTier.Contains"/> or read costs.</summary>
+    TierCost Cost { get; }
+
+    /// <summary>Counters since the tier was opened.</summary>
+    KvTierStats GetStats();
+}
+
+/// <summary>
+/// One level of the prefix cache that holds chunks as bytes (host memory, disk, a remote server). Every
+/// entry is one full chunk's KV bytes in the chunk layout (<see cref="ChunkLayout"/>) plus the chunk's
+/// token ids. A read returns the stored bytes or reports a miss, never other bytes. Thread-safe.
+/// </summary>
+public interface IKvChunkTier : IKvTier
+{
+    /// <summary>Whether an entry is held for <paramref name="key"/> (its bytes are verified only when read).</summary>
+    bool Contains(ChunkKey key);
+
+    /// <summary>Copies the chunk stored under <paramref name="key"/> into <paramref name="destination"/> (exactly one chunk's bytes) if its token ids equal <paramref name="tokens"/>.</summary>
+    bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination);
+
+    /// <summary>
+    /// Reads several chunks into <paramref name="destinations"/>; true where one came back intact. Tiers whose
+    /// <see cref="IKvTier.Cost"/> is a round trip do it in one.
+    /// </summary>
+    bool[] TryReadMany(IReadOnlyList<ChunkKey> keys, IReadOnlyList<int[]> tokens, IReadOnlyList<Memory<byte>> destinations)
+    {
+        var found = new bool[keys.Count];
+        for (int i = 0; i < keys.Count; i++) found[i] = TryRead(keys[i], tokens[i], destinations[i].Span);
+        return found;
+    }
+
+    /// <summary>Stores a chunk; false when it was already held or the tier could not take it (it never throws for a full or failing store).</summary>
+    bool Write(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload);
+
+    /// <summary>Removes an entry; false when there was none.</summary>
+    bool Remove(ChunkKey key);
+
+    /// <summary>Drops every entry this process may drop (a tier shared by a fleet keeps its entries).</summary>
+    void Clear() { }
+
+    /// <summary>Makes written chunks durable now (a no-op where that means nothing).</summary>
+    void Flush() { }
+}
+
+/// <summary>A tier that reads a chunk straight into the past tensors, a range of checksum blocks at a time, verifying it at the end (the disk).</summary>
+internal interface IStagedReadTier : IKvChunkTier
+{
+    /// <summary>Starts a read of the chunk under <paramref name="key"/> into <paramref name="scatter"/>; null on a miss.</summary>
+    IStagedRead? BeginRead(ChunkKey key, ReadOnlySpan<int> tokens, PayloadScatter scatter);
+}
+
+/// <summary>A verified read in progress (<see cref="IStagedReadTier.BeginRead"/>).</summary>
+internal interface IStagedRead
+{
+    /// <summary>Checksum blocks of the payload.</summary>
+    int Blocks { get; }
+
+    /// <summary>Reads blocks <paramref name="firstBlock"/>..<paramref name="endBlock"/> (exclusive) to their places.</summary>
+    void ReadBlocks(int firstBlock, int endBlock);
+
+    /// <summary>After every block is read: true when the bytes are those stored, else a miss (the entry is dropped).</summary>
+    bool Verify();
+}
+
+/// <summary>A point-in-time view of one tier.</summary>
+public sealed record KvTierStats
+{
+    /// <summary>Tier name.</summary>
+    public required string Name { get; init; }
+    /// <summary>Chunks held.</summary>
+    public required long Entries { get; init; }
+    /// <summary>Payload bytes held.</summary>
+    public required long Bytes { get; init; }
+    /// <summary>Payload bytes the tier may hold.</summary>
+    public required long CapacityBytes { get; init; }
+    /// <summary>Reads that returned a chunk.</summary>
+    public required long Hits { get; init; }
+    /// <summary>Reads that found nothing usable (absent, damaged, foreign).</summary>
+    public required long Misses { get; init; }
+    /// <summary>Chunks stored.</summary>
+    public required long Writes { get; init; }
+    /// <summary>Chunks evicted to make room.</summary>
+    public required long Evictions { get; init; }
+    /// <summary>Whether the tier only reads (for example a disk pool whose writer lock another process holds).</summary>
+    public bool ReadOnly { get; init; }
+}
