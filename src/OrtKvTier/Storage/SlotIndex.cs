@@ -17,8 +17,9 @@ internal sealed class SlotIndex
     private readonly LinkedList<SlotEntry> _recency = new();
     private readonly LinkedListNode<SlotEntry>?[] _bySlot;
     private readonly SortedSet<int> _free;
-    /// <summary>Slots taken by <see cref="TakeFree"/> whose write has not been put or released yet.</summary>
-    private readonly HashSet<int> _writing = [];
+    /// <summary>Slots taken by <see cref="TakeFree"/> whose write has not been put or released yet, and their keys.</summary>
+    private readonly Dictionary<int, ChunkKey> _writing = [];
+    private readonly HashSet<ChunkKey> _writingKeys = [];
 
     public SlotIndex(int slotCount)
     {
@@ -53,7 +54,7 @@ internal sealed class SlotIndex
         _byKey[entry.Key.Value] = node;
         _bySlot[entry.Slot] = node;
         _free.Remove(entry.Slot);
-        _writing.Remove(entry.Slot);
+        if (_writing.Remove(entry.Slot, out var writing)) _writingKeys.Remove(writing);
         PayloadBytes += entry.PayloadLength;
     }
 
@@ -78,20 +79,26 @@ internal sealed class SlotIndex
         _recency.AddLast(node);
     }
 
-    /// <summary>Takes a free slot for a write (until <see cref="Put"/> or <see cref="Release"/>), or null when every slot holds an entry or is being written.</summary>
-    public int? TakeFree()
+    /// <summary>Takes a free slot for writing <paramref name="key"/> (until <see cref="Put"/> or <see cref="Release"/>), or null when every slot holds an entry or is being written.</summary>
+    public int? TakeFree(ChunkKey key)
     {
         if (_free.Count == 0) return null;
         int slot = _free.Min;
         _free.Remove(slot);
-        _writing.Add(slot);
+        _writing.Add(slot, key);
+        _writingKeys.Add(key);
         return slot;
     }
+
+    /// <summary>Whether a put of <paramref name="key"/> is writing its slot now.</summary>
+    public bool IsBeingWritten(ChunkKey key) => _writingKeys.Contains(key);
 
     /// <summary>Marks a slot taken by <see cref="TakeFree"/> as free again (its write failed).</summary>
     public void Release(int slot)
     {
-        if (_writing.Remove(slot) && _bySlot[slot] is null) _free.Add(slot);
+        if (!_writing.Remove(slot, out var key)) return;
+        _writingKeys.Remove(key);
+        if (_bySlot[slot] is null) _free.Add(slot);
     }
 
     public SlotEntry? Oldest => _recency.First?.Value;
@@ -102,7 +109,7 @@ internal sealed class SlotIndex
         _recency.Clear();
         Array.Clear(_bySlot);
         _free.Clear();
-        _free.UnionWith(Enumerable.Range(0, _bySlot.Length).Where(slot => !_writing.Contains(slot)));
+        _free.UnionWith(Enumerable.Range(0, _bySlot.Length).Where(slot => !_writing.ContainsKey(slot)));
         PayloadBytes = 0;
     }
 

@@ -1,0 +1,243 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
+using OrtKvTier.Keys;
+using static OrtKvTier.Storage.SlotPoolFormat;
+
+namespace OrtKvTier.Storage;
+
+/// <summary>
+/// The index on disk: an append-only journal of checksummed records (<see cref="IndexJournal"/> encodes them)
+/// compacted into a snapshot. Loads the in-memory <see cref="SlotIndex"/> (replaying what is valid, asking for
+/// a rebuild from slot headers when the snapshot is damaged), refreshes a reader's copy when another process
+/// appended or compacted, and appends a writer's changes. Every member but <see cref="WriteCompacted"/> and
+/// <see cref="FlushToDisk"/> runs under the pool's index lock; those two do the slow file work (fsync) outside it.
+/// Owns the journal handle: <see cref="Dispose"/> closes it.
+/// </summary>
+internal sealed class IndexLog(string directory, ulong poolId, Action<string, long>? beforeWrite, ILogger? logger) : IDisposable
+{
+    private const int MaxPendingTouches = 1024;
+
+    private readonly string _journalPath = Path.Combine(directory, JournalFileName);
+    private readonly string _snapshotPath = Path.Combine(directory, SnapshotFileName);
+    private readonly List<ChunkKey> _pendingTouches = [];
+    private SafeFileHandle? _journal;
+    private long _journalEnd;
+    private long _epoch;
+
+    /// <summary>Records in the journal (replayed or appended) since its last compaction.</summary>
+    public long Records { get; private set; }
+
+    /// <summary>Whether entries were added or removed since the last fsync (recency-only records do not count: a read never causes one).</summary>
+    public bool Dirty { get; set; }
+
+    /// <summary>Whether the journal has grown enough against <paramref name="entries"/> to be worth compacting.</summary>
+    public bool NeedsCompaction(int entries) => Records > 4L * entries + 4096;
+
+    /// <summary>
+    /// Loads snapshot and journal into <paramref name="index"/>; <paramref name="rebuild"/> fills it from the slot
+    /// headers when the snapshot is damaged. True when a writer must compact (journal unusable or index rebuilt).
+    /// </summary>
+    public bool Load(SlotIndex index, bool writer, Action rebuild)
+    {
+        index.Clear();
+        var snapshot = IndexJournal.ReadFile(_snapshotPath);
+        long? snapshotEpoch = snapshot is null ? 0 : IndexJournal.LoadSnapshot(snapshot, poolId, index);
+        var journal = IndexJournal.ReadFile(_journalPath);
+        long? journalEpoch = journal is null ? null : IndexJournal.ReadEpoch(journal, poolId);
+        bool rebuilt = snapshotEpoch is null;
+        if (rebuilt)
+        {
+            logger?.LogWarning("Slot pool {Directory}: the index snapshot is damaged; rebuilding the index from slot headers.", directory);
+            index.Clear();
+            rebuild();
+        }
+        _epoch = snapshotEpoch ?? 0;
+        long validEnd = JournalHeaderBytes;
+        bool journalUsable = journalEpoch is not null && journalEpoch == snapshotEpoch && !rebuilt;
+        if (journalUsable)
+        {
+            (validEnd, int records) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
+            Records = records;
+            if (validEnd != journal!.Length)
+                logger?.LogWarning("Slot pool {Directory}: the journal ends in a torn or damaged record at byte {Offset} of {Length}; replayed {Records} complete records.",
+                    directory, validEnd, journal.Length, records);
+        }
+        _journalEnd = validEnd;
+        if (!writer) return false;
+        if (!journalUsable) return true;
+        _journal = File.OpenHandle(_journalPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+        if (validEnd != journal!.Length) RandomAccess.SetLength(_journal, validEnd);
+        return false;
+    }
+
+    /// <summary>Re-reads the journal when another process appended to or compacted it (readers only); true when <paramref name="index"/> changed.</summary>
+    public bool Refresh(SlotIndex index)
+    {
+        var journal = IndexJournal.ReadFile(_journalPath);
+        if (journal is null) return false;
+        var epoch = IndexJournal.ReadEpoch(journal, poolId);
+        if (epoch is null) return false;
+        if (epoch == _epoch)
+        {
+            if (journal.Length <= _journalEnd) return false;
+            (_journalEnd, int records) = IndexJournal.Replay(journal, _journalEnd, index);
+            Records += records;
+            return records > 0;
+        }
+        index.Clear();
+        var snapshot = IndexJournal.ReadFile(_snapshotPath);
+        if (snapshot is null || IndexJournal.LoadSnapshot(snapshot, poolId, index) != epoch) return false;
+        _epoch = epoch.Value;
+        (_journalEnd, int replayed) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
+        Records = replayed;
+        return true;
+    }
+
+    /// <summary>Appends records; on failure cuts any torn tail (so later records still follow complete ones) and throws.</summary>
+    public void Append(byte[] record, int records = 1)
+    {
+        try
+        {
+            beforeWrite?.Invoke(JournalFileName, _journalEnd);
+            RandomAccess.Write(_journal!, record, _journalEnd);
+        }
+        catch (IOException)
+        {
+            try { RandomAccess.SetLength(_journal!, _journalEnd); } catch (IOException) { }
+            throw;
+        }
+        _journalEnd += record.Length;
+        Records += records;
+    }
+
+    /// <summary>Like <see cref="Append"/>; a failure is logged and the change kept in memory only.</summary>
+    public void TryAppend(byte[] record, int records = 1)
+    {
+        try
+        {
+            Append(record, records);
+        }
+        catch (IOException e)
+        {
+            logger?.LogWarning(e, "Slot pool {Directory}: could not journal an index change; it is kept in memory only.", directory);
+        }
+    }
+
+    /// <summary>Journals that an entry was used: the record waits for the next put, flush or a full batch, so a read never waits on the disk.</summary>
+    public void Touch(ChunkKey key)
+    {
+        _pendingTouches.Add(key);
+        if (_pendingTouches.Count >= MaxPendingTouches) WritePendingTouches();
+    }
+
+    public bool HasPendingTouches => _pendingTouches.Count > 0;
+
+    public void WritePendingTouches()
+    {
+        if (_pendingTouches.Count == 0) return;
+        var batch = _pendingTouches.SelectMany(IndexJournal.TouchRecord).ToArray();
+        int count = _pendingTouches.Count;
+        _pendingTouches.Clear();
+        TryAppend(batch, count);
+    }
+
+    /// <summary>The journal to fsync (taken under the lock, synced outside it by <see cref="FlushToDisk"/>).</summary>
+    public SafeFileHandle? Journal => _journal;
+
+    /// <summary>fsync of a journal handle taken from <see cref="Journal"/>.</summary>
+    public static void FlushToDisk(SafeFileHandle? journal)
+    {
+        if (journal is not null) RandomAccess.FlushToDisk(journal);
+    }
+
+    /// <summary>A compaction between its steps: the snapshot's bytes and epoch, and where the journal stood when it was taken.</summary>
+    public sealed class Compaction(long epoch, byte[] snapshot, long journalFrom, long recordsFrom)
+    {
+        public long Epoch { get; } = epoch;
+        public byte[] Snapshot { get; } = snapshot;
+        public long JournalFrom { get; } = journalFrom;
+        public long RecordsFrom { get; } = recordsFrom;
+        public string NewJournal { get; set; } = "";
+    }
+
+    /// <summary>Step 1, under the lock: the snapshot of <paramref name="entries"/> (least recently used first).</summary>
+    public Compaction BeginCompaction(IReadOnlyList<SlotEntry> entries, ulong nextGeneration)
+    {
+        _pendingTouches.Clear(); // the snapshot keeps recency
+        long epoch = _epoch + 1;
+        return new Compaction(epoch, IndexJournal.Snapshot(poolId, epoch, nextGeneration, entries), _journalEnd, Records);
+    }
+
+    /// <summary>
+    /// Step 2, outside the lock (writers are kept out by the pool): a new journal is written beside the old one
+    /// and synced, then the snapshot replaces the old one (temp file, fsync, rename, directory fsync).
+    /// </summary>
+    public void WriteCompacted(Compaction compaction)
+    {
+        compaction.NewJournal = _journalPath + ".tmp";
+        WriteSynced(compaction.NewJournal, IndexJournal.Header(poolId, compaction.Epoch));
+        try
+        {
+            WriteSynced(_snapshotPath + ".tmp", compaction.Snapshot);
+            File.Move(_snapshotPath + ".tmp", _snapshotPath, overwrite: true);
+            DirectorySync.Flush(directory);
+        }
+        catch
+        {
+            SlotFile.TryDelete(compaction.NewJournal);
+            SlotFile.TryDelete(_snapshotPath + ".tmp");
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Step 3, under the lock: records appended since step 1 are copied to the new journal, which replaces the old
+    /// one (a rename; the directory is synced on the next flush or compaction).
+    /// </summary>
+    public void FinishCompaction(Compaction compaction)
+    {
+        byte[] tail = [];
+        if (_journal is not null && _journalEnd > compaction.JournalFrom)
+        {
+            tail = new byte[_journalEnd - compaction.JournalFrom];
+            RandomAccess.Read(_journal, tail, compaction.JournalFrom);
+        }
+        var journal = File.OpenHandle(compaction.NewJournal, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+        try
+        {
+            if (tail.Length > 0) RandomAccess.Write(journal, tail, JournalHeaderBytes);
+            File.Move(compaction.NewJournal, _journalPath, overwrite: true);
+        }
+        catch
+        {
+            journal.Dispose();
+            SlotFile.TryDelete(compaction.NewJournal);
+            throw;
+        }
+        _journal?.Dispose();
+        _journal = journal;
+        _journalEnd = JournalHeaderBytes + tail.Length;
+        _epoch = compaction.Epoch;
+        Records -= compaction.RecordsFrom;
+        Dirty = tail.Length > 0;
+    }
+
+    public void Dispose() => _journal?.Dispose();
+
+    private void WriteSynced(string path, byte[] bytes)
+    {
+        try
+        {
+            using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
+            beforeWrite?.Invoke(Path.GetFileName(path[..^".tmp".Length]), 0);
+            file.Write(bytes);
+            file.Flush(flushToDisk: true);
+        }
+        catch
+        {
+            SlotFile.TryDelete(path);
+            throw;
+        }
+    }
+
+}

@@ -1,0 +1,305 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
+using static OrtKvTier.Storage.SlotPoolFormat;
+
+namespace OrtKvTier.Storage;
+
+/// <summary>
+/// A pool's data file and lock: opens or creates <see cref="SlotPoolFormat.DataFileName"/> (header page, then
+/// fixed-size slots), checks its header against the identity asked for, and holds the directory's writer lock
+/// for a writer (released by the kernel if the process dies). Positional reads and writes only. Owns both
+/// files: <see cref="Dispose"/> closes them.
+/// </summary>
+internal sealed class SlotFile : IDisposable
+{
+    private readonly FileStream? _lock;
+    private readonly FileStream _data;
+    private readonly Action<string, long>? _beforeWrite;
+
+    private SlotFile(string directory, FileStream? writerLock, FileStream data, FileHeaderFields header, Action<string, long>? beforeWrite)
+    {
+        Directory = directory;
+        _lock = writerLock;
+        _data = data;
+        Header = header;
+        _beforeWrite = beforeWrite;
+    }
+
+    /// <summary>The pool directory (full path).</summary>
+    public string Directory { get; }
+    public string DataPath => Path.Combine(Directory, DataFileName);
+    public FileHeaderFields Header { get; }
+    /// <summary>Whether this process holds the writer lock.</summary>
+    public bool IsWriter => _lock is not null;
+    /// <summary>The data file, for positional reads; valid until <see cref="Dispose"/>.</summary>
+    public SafeFileHandle Data => _data.SafeFileHandle;
+
+    public long SlotOffset(int slot) => FileHeaderBytes + slot * Header.SlotBytes;
+
+    /// <summary>Bytes reserved for each slot's header.</summary>
+    public int SlotHeaderBytes => SlotPoolFormat.SlotHeaderBytes(Header.Identity.ChunkTokens);
+
+    /// <summary>Largest payload a slot holds.</summary>
+    public long PayloadCapacity => Header.SlotBytes - SlotHeaderBytes;
+
+    public long PayloadOffset(int slot) => SlotOffset(slot) + SlotHeaderBytes;
+
+    /// <summary>
+    /// Checks the header of <paramref name="expected"/>'s slot: against its key and generation, the caller's
+    /// token ids when given, or (<paramref name="anyKey"/>) only for being a valid header. Null when it fits; else why not.
+    /// </summary>
+    public string? CheckSlot(SlotEntry expected, out SlotEntry found, out UInt128 checksum, bool checkTokens = false, ReadOnlySpan<int> tokens = default, bool anyKey = false)
+    {
+        // One copy of the header, so every check sees the same bytes.
+        Span<byte> header = stackalloc byte[SlotHeaderBytes];
+        PayloadSource.File(Data, SlotOffset(expected.Slot)).Read(0, header);
+        var failure = SlotHeader.Check(header, Header.Identity, expected.Slot, anyKey ? null : expected.Generation, anyKey ? null : expected.Key,
+            checkTokens, tokens, PayloadCapacity, out found, out checksum);
+        if (failure is null && !anyKey && found.TokenCount != expected.TokenCount) return "token count differs from the index";
+        return failure;
+    }
+
+    /// <summary>
+    /// Writes a slot: the payload, hashed and written block by block on up to <paramref name="parallelism"/>
+    /// threads, then the header that names it (so a torn write never reads as the entry).
+    /// </summary>
+    public void WriteSlot(SlotEntry entry, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload, int parallelism)
+    {
+        var checksum = PayloadChecksum.ComputeAndWrite(payload, Data, PayloadOffset(entry.Slot), parallelism,
+            _beforeWrite is { } hook ? position => hook(DataFileName, position) : null);
+        var header = new byte[SlotHeaderBytes];
+        int used = SlotHeader.Write(header, Header.Identity, entry.Slot, entry.Generation, entry.Key, tokens, payload.Length, checksum);
+        Write(header.AsSpan(0, AlignUp(used, 512)), SlotOffset(entry.Slot));
+    }
+
+    /// <summary>Checks an indexed slot's header and the checksum of its whole payload; null when intact, else why not.</summary>
+    public string? VerifySlot(SlotEntry entry, int parallelism, out long payloadLength)
+    {
+        var failure = CheckSlot(entry, out var found, out var checksum)
+            ?? (PayloadChecksum.Compute(Data, PayloadOffset(entry.Slot), found.PayloadLength, parallelism) == checksum ? null : "payload checksum mismatch");
+        payloadLength = found.PayloadLength;
+        return failure;
+    }
+
+    /// <summary>Every slot whose header is valid, oldest write first: what recovery rebuilds the index from.</summary>
+    public List<SlotEntry> ScanSlots()
+    {
+        var found = new List<SlotEntry>();
+        for (int slot = 0; slot < Header.SlotCount; slot++)
+            if (CheckSlot(new SlotEntry(default, slot, 0, 0, 0), out var entry, out _, anyKey: true) is null)
+                found.Add(entry);
+        return [.. found.OrderBy(e => e.Generation)];
+    }
+
+    /// <summary>Writes <paramref name="bytes"/> at <paramref name="offset"/> of the data file.</summary>
+    public void Write(ReadOnlySpan<byte> bytes, long offset)
+    {
+        _beforeWrite?.Invoke(DataFileName, offset);
+        RandomAccess.Write(Data, bytes, offset);
+    }
+
+    /// <summary>fsync of the data file.</summary>
+    public void FlushToDisk() => _data.Flush(flushToDisk: true);
+
+    public void Dispose()
+    {
+        _data.Dispose();
+        _lock?.Dispose();
+    }
+
+    /// <summary>
+    /// Takes the directory's writer lock and opens the data file for <see cref="SlotPoolOptions.Identity"/>, creating
+    /// it (pre-allocated for real: a full disk fails here, with the file removed) when missing or, per
+    /// <see cref="SlotPoolOptions.OnMismatch"/>, when it belongs to another identity or format.
+    /// </summary>
+    public static SlotFile OpenWriter(SlotPoolOptions options, string directory)
+    {
+        System.IO.Directory.CreateDirectory(directory);
+        var writerLock = AcquireWriterLock(directory, options.WriterLockTimeout);
+        FileStream? data = null;
+        try
+        {
+            var dataPath = Path.Combine(directory, DataFileName);
+            var identity = options.Identity!;
+            if (File.Exists(dataPath))
+            {
+                var mismatch = DescribeMismatch(dataPath, identity, out var existing);
+                if (mismatch is not null && options.OnMismatch == MismatchPolicy.Refuse)
+                    throw new SlotPoolMismatchException($"{dataPath}: {mismatch} Open with MismatchPolicy.Recreate to replace it, or use another directory.");
+                if (mismatch is not null)
+                {
+                    options.Logger?.LogWarning("Slot pool {Directory}: recreating because {Mismatch}", directory, mismatch);
+                    DeletePoolFiles(directory);
+                }
+                else
+                {
+                    data = OpenData(dataPath, FileAccess.ReadWrite);
+                    var header = existing! with { WriterEpoch = existing.WriterEpoch + 1 };
+                    options.BeforeWrite?.Invoke(DataFileName, 0);
+                    // No fsync: the epoch only makes generations distinct; integrity rests on key and checksums.
+                    RandomAccess.Write(data.SafeFileHandle, FileHeader.Write(identity, header.SlotBytes, (int)header.SlotCount, header.PoolId, header.WriterEpoch), 0);
+                    return new SlotFile(directory, writerLock, data, header, options.BeforeWrite);
+                }
+            }
+            var created = Create(options, directory, identity);
+            data = OpenData(dataPath, FileAccess.ReadWrite);
+            return new SlotFile(directory, writerLock, data, created, options.BeforeWrite);
+        }
+        catch
+        {
+            data?.Dispose();
+            writerLock.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens the data file for reading (no lock), checking it against <see cref="SlotPoolOptions.Identity"/> when given.</summary>
+    public static SlotFile OpenReader(SlotPoolOptions options, string directory)
+    {
+        var dataPath = Path.Combine(directory, DataFileName);
+        if (!File.Exists(dataPath))
+            throw new FileNotFoundException($"No slot pool in {directory}: {DataFileName} is missing. A writer creates it.", dataPath);
+        FileHeaderFields header;
+        if (options.Identity is { } identity)
+        {
+            var mismatch = DescribeMismatch(dataPath, identity, out var existing);
+            if (mismatch is not null) throw new SlotPoolMismatchException($"{dataPath}: {mismatch} A read-only handle cannot recreate it.");
+            header = existing!;
+        }
+        else
+        {
+            header = ReadHeaderOf(dataPath);
+            CheckLength(dataPath, header, new FileInfo(dataPath).Length);
+        }
+        return new SlotFile(directory, null, OpenData(dataPath, FileAccess.Read), header, options.BeforeWrite);
+    }
+
+    /// <summary>The header of the data file at <paramref name="dataPath"/>; throws <see cref="SlotPoolMismatchException"/> saying what is wrong.</summary>
+    public static FileHeaderFields ReadHeaderOf(string dataPath)
+    {
+        if (!File.Exists(dataPath)) throw new FileNotFoundException($"No slot pool file {dataPath}.", dataPath);
+        using var handle = File.OpenHandle(dataPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        var page = new byte[FileHeaderBytes];
+        int read = RandomAccess.Read(handle, page, 0);
+        var header = FileHeader.Read(page.AsSpan(0, read), dataPath);
+        header.Identity.Validate();
+        return header;
+    }
+
+    /// <summary>Removes every file of a pool in <paramref name="directory"/> (best effort).</summary>
+    public static void DeletePoolFiles(string directory)
+    {
+        foreach (var name in new[] { DataFileName, JournalFileName, SnapshotFileName, DataFileName + ".creating", JournalFileName + ".tmp", SnapshotFileName + ".tmp" })
+            TryDelete(Path.Combine(directory, name));
+    }
+
+    public static void TryDelete(string path)
+    {
+        try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
+    /// <summary>Null when the file matches; else a sentence naming the expected and found values.</summary>
+    private static string? DescribeMismatch(string dataPath, SlotPoolIdentity expected, out FileHeaderFields? header)
+    {
+        header = null;
+        FileHeaderFields found;
+        try
+        {
+            found = ReadHeaderOf(dataPath);
+        }
+        catch (Exception e) when (e is SlotPoolMismatchException or ArgumentException)
+        {
+            return e.Message;
+        }
+        if (found.Identity.Fingerprint != expected.Fingerprint)
+            return $"it holds KV for model fingerprint {found.Identity.Fingerprint}, not {expected.Fingerprint} (another model or other weights).";
+        if (found.Identity.LayoutText != expected.LayoutText)
+            return $"its layout is {found.Identity.LayoutText}, expected {expected.LayoutText}.";
+        if (found.SlotBytes != expected.SlotBytes)
+            return $"its slots are {found.SlotBytes} bytes, expected {expected.SlotBytes}.";
+        try
+        {
+            CheckLength(dataPath, found, new FileInfo(dataPath).Length);
+        }
+        catch (SlotPoolMismatchException e)
+        {
+            return e.Message;
+        }
+        header = found;
+        return null;
+    }
+
+    private static void CheckLength(string dataPath, FileHeaderFields header, long length)
+    {
+        if (header.SlotCount is < 1 or > int.MaxValue || header.SlotBytes < SlotPoolFormat.SlotHeaderBytes(header.Identity.ChunkTokens))
+            throw new SlotPoolMismatchException($"{dataPath}: the header describes {header.SlotCount} slots of {header.SlotBytes} bytes, which is not a valid pool.");
+        long expected = FileHeaderBytes + header.SlotCount * header.SlotBytes;
+        if (length != expected)
+            throw new SlotPoolMismatchException(
+                $"{dataPath} is {length} bytes; its header describes {expected} bytes ({header.SlotCount} slots of {header.SlotBytes} bytes). " +
+                "The file was truncated or extended. Delete the directory or open with MismatchPolicy.Recreate.");
+    }
+
+    private static FileHeaderFields Create(SlotPoolOptions options, string directory, SlotPoolIdentity identity)
+    {
+        long slotBytes = identity.SlotBytes;
+        long slots = options.CapacitySlots ?? (options.CapacityBytes is long bytes ? Math.Max(1, (bytes - FileHeaderBytes) / slotBytes) : 0);
+        if (slots < 1)
+            throw new ArgumentException("A new pool needs CapacityBytes or CapacitySlots.", nameof(options));
+        if (slots > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(options), slots, "At most int.MaxValue slots.");
+        long total = FileHeaderBytes + slots * slotBytes;
+        var dataPath = Path.Combine(directory, DataFileName);
+        var creating = dataPath + ".creating";
+        DeletePoolFiles(directory);
+        var header = new FileHeaderFields(FormatVersion, identity, slotBytes, slots, BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)), 1);
+        try
+        {
+            // PreallocationSize reserves the blocks (posix_fallocate): a full disk fails here, not later.
+            using (var file = new FileStream(creating, new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew, Access = FileAccess.ReadWrite, Share = FileShare.None, PreallocationSize = total,
+            }))
+            {
+                options.BeforeWrite?.Invoke(DataFileName, 0);
+                file.SetLength(total);
+                RandomAccess.Write(file.SafeFileHandle, FileHeader.Write(identity, slotBytes, (int)slots, header.PoolId, header.WriterEpoch), 0);
+                file.Flush(flushToDisk: true);
+            }
+            File.Move(creating, dataPath);
+            DirectorySync.Flush(directory);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            TryDelete(creating);
+            throw new IOException($"Could not create the slot pool file {dataPath} of {total} bytes ({slots} slots of {slotBytes} bytes): {e.Message} Free disk space or lower the capacity.", e);
+        }
+        return header;
+    }
+
+    private static FileStream OpenData(string path, FileAccess access) =>
+        new(path, FileMode.Open, access, FileShare.ReadWrite | FileShare.Delete, 1, FileOptions.None);
+
+    private static FileStream AcquireWriterLock(string directory, TimeSpan timeout)
+    {
+        var path = Path.Combine(directory, LockFileName);
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                // On Unix, FileShare.None takes flock(LOCK_EX); the kernel drops it when the process dies.
+                return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException e) when (e is not FileNotFoundException and not DirectoryNotFoundException)
+            {
+                if (clock.Elapsed >= timeout)
+                    throw new SlotPoolLockedException($"Another process is writing the slot pool in {directory} (it holds {path}). " +
+                        "Open read-only, wait for it (SlotPoolOptions.WriterLockTimeout), or use another directory.");
+                Thread.Sleep(2);
+            }
+        }
+    }
+}
