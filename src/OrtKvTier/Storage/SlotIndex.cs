@@ -1,3 +1,4 @@
+using OrtKvTier.Collections;
 using OrtKvTier.Keys;
 
 namespace OrtKvTier.Storage;
@@ -6,16 +7,14 @@ namespace OrtKvTier.Storage;
 internal readonly record struct SlotEntry(ChunkKey Key, int Slot, ulong Generation, int TokenCount, long PayloadLength);
 
 /// <summary>
-/// The in-memory index: key → slot, the free slots, and recency (least recently used first).
-/// LRU because a prefix cache's reuse follows recency: system prompts and live conversations are
-/// touched on every request, finished conversations and one-off documents age out.
-/// Not thread-safe: <see cref="SlotPool"/> guards it with its index lock.
+/// The in-memory index: key → slot in recency order (<see cref="LruMap{TKey, TValue}"/>), which slot holds
+/// which key, the free slots, and the slots being written. Not thread-safe: <see cref="SlotPool"/> guards it
+/// with its index lock.
 /// </summary>
 internal sealed class SlotIndex
 {
-    private readonly Dictionary<UInt128, LinkedListNode<SlotEntry>> _byKey = [];
-    private readonly LinkedList<SlotEntry> _recency = new();
-    private readonly LinkedListNode<SlotEntry>?[] _bySlot;
+    private readonly LruMap<ChunkKey, SlotEntry> _entries = new();
+    private readonly ChunkKey?[] _bySlot;
     private readonly SortedSet<int> _free;
     /// <summary>Slots taken by <see cref="TakeFree"/> whose write has not been put or released yet, and their keys.</summary>
     private readonly Dictionary<int, ChunkKey> _writing = [];
@@ -23,36 +22,26 @@ internal sealed class SlotIndex
 
     public SlotIndex(int slotCount)
     {
-        _bySlot = new LinkedListNode<SlotEntry>?[slotCount];
+        _bySlot = new ChunkKey?[slotCount];
         _free = new SortedSet<int>(Enumerable.Range(0, slotCount));
     }
 
-    public int Count => _byKey.Count;
+    public int Count => _entries.Count;
 
     public long PayloadBytes { get; private set; }
 
-    public bool TryGet(ChunkKey key, out SlotEntry entry)
-    {
-        if (_byKey.TryGetValue(key.Value, out var node))
-        {
-            entry = node.Value;
-            return true;
-        }
-        entry = default;
-        return false;
-    }
+    public bool TryGet(ChunkKey key, out SlotEntry entry) => _entries.TryGetValue(key, out entry);
 
-    public bool Contains(ChunkKey key) => _byKey.ContainsKey(key.Value);
+    public bool Contains(ChunkKey key) => _entries.ContainsKey(key);
 
-    /// <summary>Adds or replaces; an entry already in the slot is dropped (the slot was reused).</summary>
+    /// <summary>Adds or replaces, as the most recently used; an entry already in the slot is dropped (the slot was reused).</summary>
     public void Put(SlotEntry entry)
     {
         if ((uint)entry.Slot >= (uint)_bySlot.Length) return;
         Remove(entry.Key);
-        if (_bySlot[entry.Slot] is { } occupant) Remove(occupant.Value.Key);
-        var node = _recency.AddLast(entry);
-        _byKey[entry.Key.Value] = node;
-        _bySlot[entry.Slot] = node;
+        if (_bySlot[entry.Slot] is { } occupant) Remove(occupant);
+        _entries.Set(entry.Key, entry);
+        _bySlot[entry.Slot] = entry.Key;
         _free.Remove(entry.Slot);
         if (_writing.Remove(entry.Slot, out var writing)) _writingKeys.Remove(writing);
         PayloadBytes += entry.PayloadLength;
@@ -60,24 +49,17 @@ internal sealed class SlotIndex
 
     public bool Remove(ChunkKey key)
     {
-        if (!_byKey.Remove(key.Value, out var node)) return false;
-        _recency.Remove(node);
-        _bySlot[node.Value.Slot] = null;
-        _free.Add(node.Value.Slot);
-        PayloadBytes -= node.Value.PayloadLength;
+        if (!_entries.Remove(key, out var entry)) return false;
+        _bySlot[entry.Slot] = null;
+        _free.Add(entry.Slot);
+        PayloadBytes -= entry.PayloadLength;
         return true;
     }
 
     /// <summary>Removes the entry only if it is still the same write (same slot and generation).</summary>
-    public bool RemoveIfSame(SlotEntry entry) =>
-        _byKey.TryGetValue(entry.Key.Value, out var node) && node.Value == entry && Remove(entry.Key);
+    public bool RemoveIfSame(SlotEntry entry) => TryGet(entry.Key, out var current) && current == entry && Remove(entry.Key);
 
-    public void Touch(ChunkKey key)
-    {
-        if (!_byKey.TryGetValue(key.Value, out var node) || node == _recency.Last) return;
-        _recency.Remove(node);
-        _recency.AddLast(node);
-    }
+    public void Touch(ChunkKey key) => _entries.Touch(key);
 
     /// <summary>Takes a free slot for writing <paramref name="key"/> (until <see cref="Put"/> or <see cref="Release"/>), or null when every slot holds an entry or is being written.</summary>
     public int? TakeFree(ChunkKey key)
@@ -101,12 +83,11 @@ internal sealed class SlotIndex
         if (_bySlot[slot] is null) _free.Add(slot);
     }
 
-    public SlotEntry? Oldest => _recency.First?.Value;
+    public SlotEntry? Oldest => _entries.TryPeekOldest(out _, out var entry) ? entry : null;
 
     public void Clear()
     {
-        _byKey.Clear();
-        _recency.Clear();
+        _entries.Clear();
         Array.Clear(_bySlot);
         _free.Clear();
         _free.UnionWith(Enumerable.Range(0, _bySlot.Length).Where(slot => !_writing.ContainsKey(slot)));
@@ -114,5 +95,5 @@ internal sealed class SlotIndex
     }
 
     /// <summary>Entries, least recently used first.</summary>
-    public List<SlotEntry> Entries() => [.. _recency];
+    public List<SlotEntry> Entries() => _entries.Values();
 }

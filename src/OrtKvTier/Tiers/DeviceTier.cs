@@ -1,4 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
+using OrtKvTier.Collections;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Keys;
@@ -22,7 +23,8 @@ public sealed class DeviceTier : IKvTier
     private readonly OrtAllocator _allocator;
     /// <summary>Every chunk key of every entry, to the entry holding it that was stored or used last.</summary>
     private readonly Dictionary<ChunkKey, DevicePrefix> _byKey = [];
-    private readonly LinkedList<DevicePrefix> _recency = [];
+    /// <summary>Every entry under its last chunk key (unique: a prefix is stored once), least recently used first.</summary>
+    private readonly LruMap<ChunkKey, DevicePrefix> _recency = new();
     private long _bytes, _hits, _misses, _writes, _evictions;
     private bool _disposed;
 
@@ -117,11 +119,11 @@ public sealed class DeviceTier : IKvTier
             for (int c = chunks - 1; c > 0 && covered is null; c--)
                 if (_byKey.TryGetValue(keys[c - 1], out var shorter) && shorter.Keys.Length == c) covered = shorter;
             if (covered is not null) Unlink(covered);
-            while (_bytes + bytes > BudgetBytes && _recency.First is { } oldest)
+            while (_bytes + bytes > BudgetBytes && _recency.TryPeekOldest(out _, out var oldest))
             {
-                Unlink(oldest.Value);
+                Unlink(oldest);
                 _evictions++;
-                evicted.Add(oldest.Value);
+                evicted.Add(oldest);
             }
             _bytes += bytes; // reserved while the tensors are copied outside the lock
         }
@@ -148,7 +150,7 @@ public sealed class DeviceTier : IKvTier
                 added.Free();
                 return false;
             }
-            added.Node = _recency.AddLast(added);
+            _recency.Set(added.Keys[^1], added);
             foreach (var key in added.Keys) _byKey[key] = added;
             _writes++;
         }
@@ -174,7 +176,7 @@ public sealed class DeviceTier : IKvTier
         {
             if (_disposed) return;
             _disposed = true;
-            entries = [.. _recency];
+            entries = _recency.Values();
             foreach (var entry in entries) Unlink(entry);
         }
         foreach (var entry in entries) Retire(entry, intoHost: false);
@@ -186,15 +188,14 @@ public sealed class DeviceTier : IKvTier
 
     private void Touch(DevicePrefix entry)
     {
-        _recency.Remove(entry.Node!);
-        _recency.AddLast(entry.Node!);
+        _recency.Touch(entry.Keys[^1]);
         foreach (var key in entry.Keys) _byKey[key] = entry;
     }
 
     /// <summary>Takes an entry out of the index and recency list (under the lock).</summary>
     private void Unlink(DevicePrefix entry)
     {
-        _recency.Remove(entry.Node!);
+        _recency.Remove(entry.Keys[^1], out _);
         _bytes -= entry.Bytes;
         foreach (var key in entry.Keys)
             if (_byKey.TryGetValue(key, out var holder) && holder == entry) _byKey.Remove(key);
@@ -229,7 +230,6 @@ public sealed class DeviceTier : IKvTier
         public int[] Tokens { get; } = tokens;
         public OrtValue[] Tensors { get; } = tensors;
         public long Bytes { get; } = bytes;
-        public LinkedListNode<DevicePrefix>? Node { get; set; }
         public int Leases { get; set; }
         public bool Unlinked { get; set; }
         private int _freed;

@@ -1,4 +1,5 @@
 using OrtKvTier.Storage;
+using OrtKvTier.Collections;
 using OrtKvTier.Keys;
 using OrtKvTier.Tensors;
 
@@ -12,8 +13,7 @@ namespace OrtKvTier.Tiers;
 public sealed class HostTier : IKvChunkTier
 {
     private readonly object _gate = new();
-    private readonly Dictionary<ChunkKey, (HostChunk Chunk, LinkedListNode<HostChunk> Node)> _entries = [];
-    private readonly LinkedList<HostChunk> _recency = [];
+    private readonly LruMap<ChunkKey, HostChunk> _entries = new();
     private long _bytes, _hits, _misses, _writes, _evictions;
 
     /// <summary>Creates an empty tier for chunks of <paramref name="chunkBytes"/> bytes that holds at most <paramref name="budgetBytes"/>.</summary>
@@ -83,13 +83,11 @@ public sealed class HostTier : IKvChunkTier
     /// <inheritdoc />
     public bool Remove(ChunkKey key)
     {
-        HostChunk chunk;
+        HostChunk? chunk;
         lock (_gate)
         {
-            if (!_entries.Remove(key, out var entry)) return false;
-            _recency.Remove(entry.Node);
+            if (!_entries.Remove(key, out chunk)) return false;
             _bytes -= ChunkBytes;
-            chunk = entry.Chunk;
         }
         chunk.Release();
         return true;
@@ -101,9 +99,8 @@ public sealed class HostTier : IKvChunkTier
         List<HostChunk> dropped;
         lock (_gate)
         {
-            dropped = _recency.ToList();
+            dropped = _entries.Values();
             _entries.Clear();
-            _recency.Clear();
             _bytes = 0;
         }
         foreach (var chunk in dropped) chunk.Release();
@@ -132,12 +129,11 @@ public sealed class HostTier : IKvChunkTier
     {
         lock (_gate)
         {
-            if (_entries.TryGetValue(key, out var entry) && entry.Chunk.TokensEqual(tokens))
+            if (_entries.TryGetValue(key, out var held) && held.TokensEqual(tokens))
             {
-                _recency.Remove(entry.Node);
-                _recency.AddLast(entry.Node);
+                _entries.Touch(key);
                 _hits++;
-                chunk = entry.Chunk.Retain();
+                chunk = held.Retain();
                 return true;
             }
             _misses++;
@@ -158,16 +154,14 @@ public sealed class HostTier : IKvChunkTier
         lock (_gate)
         {
             if (_entries.ContainsKey(chunk.Key)) return false;
-            while (_bytes + ChunkBytes > BudgetBytes)
+            while (_bytes + ChunkBytes > BudgetBytes && _entries.TryPeekOldest(out var oldestKey, out var oldest))
             {
-                var oldest = _recency.First!.Value;
-                _recency.RemoveFirst();
-                _entries.Remove(oldest.Key);
+                _entries.Remove(oldestKey, out _);
                 _bytes -= ChunkBytes;
                 _evictions++;
                 (evicted ??= []).Add(oldest);
             }
-            _entries.Add(chunk.Key, (chunk.Retain(), _recency.AddLast(chunk)));
+            _entries.Set(chunk.Key, chunk.Retain());
             _bytes += ChunkBytes;
             _writes++;
         }
@@ -191,7 +185,7 @@ public sealed class HostTier : IKvChunkTier
     {
         lock (_gate)
         {
-            var pending = _recency.Where(c => c.PendingLowerWrite).ToList();
+            var pending = _entries.Values().Where(c => c.PendingLowerWrite).ToList();
             foreach (var chunk in pending)
             {
                 chunk.PendingLowerWrite = false;
