@@ -5,23 +5,24 @@ using OrtKvTier.Tensors;
 namespace OrtKvTier.Tiers;
 
 /// <summary>
-/// One chunk's bytes in native host memory with its key and token ids, reference-counted so a
-/// restore can keep reading a chunk that the host tier evicts meanwhile.
+/// One chunk's bytes in a native buffer rented from the host tier's pool, with its key and token ids.
+/// Shared by reference count (<see cref="Retain"/>, <see cref="Release"/>; it starts at one) so a restore
+/// can keep reading a chunk the host tier evicts meanwhile; the last release returns the buffer to the pool.
 /// </summary>
 internal sealed unsafe class HostChunk
 {
-    private readonly ChunkBuffers _buffers;
-    private byte* _data;
+    private readonly NativeBufferPool _pool;
+    private NativeBuffer? _buffer;
     private int _references = 1;
 
-    /// <summary>A chunk whose bytes (undefined until written) come from <paramref name="buffers"/>.</summary>
-    public HostChunk(ChunkKey key, ReadOnlySpan<int> tokens, ChunkBuffers buffers)
+    /// <summary>A chunk whose bytes (undefined until written) come from <paramref name="pool"/>.</summary>
+    public HostChunk(ChunkKey key, ReadOnlySpan<int> tokens, NativeBufferPool pool)
     {
         Key = key;
         Tokens = tokens.ToArray();
-        Length = buffers.ChunkBytes;
-        _buffers = buffers;
-        _data = buffers.Rent();
+        Length = pool.BufferBytes;
+        _pool = pool;
+        _buffer = pool.Rent();
     }
 
     public ChunkKey Key { get; }
@@ -31,7 +32,10 @@ internal sealed unsafe class HostChunk
     /// <summary>Set while the bytes still have to reach the lower tiers (write-back).</summary>
     public volatile bool PendingLowerWrite;
 
-    public byte* Pointer => _data != null ? _data : throw new ObjectDisposedException(nameof(HostChunk));
+    /// <summary>The bytes; valid while the caller holds a reference.</summary>
+    public byte* Pointer => _buffer is { } buffer ? buffer.Pointer : throw new ObjectDisposedException(nameof(HostChunk));
+
+    /// <summary>The bytes; valid while the caller holds a reference.</summary>
     public Span<byte> Bytes => new(Pointer, checked((int)Length));
 
     /// <summary>The bytes as <see cref="Memory{T}"/> (valid while a reference is held).</summary>
@@ -50,11 +54,7 @@ internal sealed unsafe class HostChunk
     public void Release()
     {
         int left = Interlocked.Decrement(ref _references);
-        if (left == 0)
-        {
-            _buffers.Return(_data);
-            _data = null;
-        }
+        if (left == 0) _pool.Return(Interlocked.Exchange(ref _buffer, null)!);
         else if (left < 0) throw new InvalidOperationException($"Chunk {Key} was released more often than retained.");
     }
 }

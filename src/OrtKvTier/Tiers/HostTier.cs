@@ -23,7 +23,7 @@ public sealed class HostTier : IKvChunkTier
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunkBytes);
         BudgetBytes = budgetBytes;
         ChunkBytes = chunkBytes;
-        Buffers = new ChunkBuffers(chunkBytes);
+        Buffers = new NativeBufferPool(chunkBytes, KeepIdleBytes);
     }
 
     /// <inheritdoc />
@@ -38,8 +38,11 @@ public sealed class HostTier : IKvChunkTier
     /// <summary>Bytes of one chunk.</summary>
     public long ChunkBytes { get; }
 
+    /// <summary>Idle chunk buffers kept for reuse, at most.</summary>
+    private const long KeepIdleBytes = 64L << 20;
+
     /// <summary>Where every chunk of this size gets its memory (recycled).</summary>
-    internal ChunkBuffers Buffers { get; }
+    internal NativeBufferPool Buffers { get; }
 
     /// <summary>A new chunk (not held yet) whose bytes the caller fills.</summary>
     internal HostChunk NewChunk(ChunkKey key, ReadOnlySpan<int> tokens) => new(key, tokens, Buffers);
