@@ -41,7 +41,7 @@ internal static class ChatCommand
             Seed = seedText is null ? null : long.Parse(seedText, CultureInfo.InvariantCulture),
         };
         var history = NewHistory(system);
-        AnsiConsole.MarkupLine($"[grey]{Markup.Escape(model.Folder)} · {model.Layout.ShapeKey} · cache {(cache?.Disk?.Pool.Directory is { } d ? Markup.Escape(d) : cache is null ? "off" : "memory")}[/]");
+        AnsiConsole.MarkupLine($"[grey]{Markup.Escape(model.Folder)} · {model.Layout.ShapeKey} · cache {(cache?.DiskDirectory is { } d ? Markup.Escape(d) : cache is null ? "off" : "memory")}[/]");
 
         while (true)
         {
@@ -114,7 +114,7 @@ internal static class ChatCommand
             });
         generator.CaptureToCache();
         cache.Flush();
-        AnsiConsole.MarkupLine($"warmed [bold]{tokens.Length}[/] tokens ({restored} were cached already) into {Markup.Escape(cache.Disk?.Pool.Directory ?? "memory")}; " +
+        AnsiConsole.MarkupLine($"warmed [bold]{tokens.Length}[/] tokens ({restored} were cached already) into {Markup.Escape(cache.DiskDirectory ?? "memory")}; " +
             $"[grey]chat --system {Markup.Escape(file)}[/] now starts from them");
         return 0;
     }

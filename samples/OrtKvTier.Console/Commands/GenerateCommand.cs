@@ -86,7 +86,7 @@ internal static class GenerateCommand
         w.WriteBoolean("enabled", cache is not null);
         if (cache is not null)
         {
-            if (cache.Disk is not null) w.WriteString("directory", cache.Disk.Pool.Directory);
+            if (cache.DiskDirectory is { } directory) w.WriteString("directory", directory);
             w.WriteNumber("chunk_tokens", cache.ChunkTokens);
         }
         w.WriteStartObject("tokens_by_tier");

@@ -72,6 +72,9 @@ public sealed class PrefixCache : IDisposable
         foreach (var writer in _writers) writer.Start();
     }
 
+    /// <summary>The name of the library's <see cref="System.Diagnostics.Metrics.Meter"/> (instruments <c>ortkv.*</c>, durations in milliseconds): listen with OpenTelemetry or <c>dotnet-counters monitor --counters OrtKvTier</c>.</summary>
+    public const string MeterName = KvCacheMetrics.MeterName;
+
     /// <summary>Threads writing stored chunks to the lower tiers.</summary>
     public static int WriterThreads { get; } = Math.Clamp(Environment.ProcessorCount / 2, 2, 4);
 
@@ -79,7 +82,7 @@ public sealed class PrefixCache : IDisposable
     public KvLayout Layout { get; }
 
     /// <summary>How keys are made.</summary>
-    public ChunkChain Chain { get; }
+    internal ChunkChain Chain { get; }
 
     /// <summary>Tokens per chunk.</summary>
     public int ChunkTokens => Chain.ChunkTokens;
@@ -91,10 +94,13 @@ public sealed class PrefixCache : IDisposable
     public SlotPoolIdentity Identity { get; }
 
     /// <summary>The host-memory tier.</summary>
-    public HostTier Host { get; }
+    internal HostTier Host { get; }
 
     /// <summary>The disk tier, or null for a memory-only cache.</summary>
-    public DiskTier? Disk { get; }
+    internal DiskTier? Disk { get; }
+
+    /// <summary>The disk tier's pool directory, or null for a memory-only cache.</summary>
+    public string? DiskDirectory => Disk?.Pool.Directory;
 
     /// <summary>Every tier that holds chunks as host-addressable bytes, fastest first (the device tier is <see cref="Device"/>).</summary>
     public IReadOnlyList<IKvChunkTier> Tiers { get; }
@@ -103,7 +109,7 @@ public sealed class PrefixCache : IDisposable
     /// The device tier: null until a generator on CUDA uses this cache with
     /// <see cref="PrefixCacheOptions.DeviceBudgetBytes"/> above 0.
     /// </summary>
-    public DeviceTier? Device { get; private set; }
+    internal DeviceTier? Device { get; private set; }
 
     private readonly object _deviceGate = new();
 

@@ -7,7 +7,7 @@ namespace OrtKvTier.Diagnostics;
 /// The library's instruments on the <c>OrtKvTier</c> meter (listen with a <see cref="MeterListener"/>,
 /// OpenTelemetry or <c>dotnet-counters monitor --counters OrtKvTier</c>). Durations are in milliseconds.
 /// </summary>
-public static class KvCacheMetrics
+internal static class KvCacheMetrics
 {
     /// <summary>The meter's name.</summary>
     public const string MeterName = "OrtKvTier";

@@ -13,7 +13,7 @@ namespace OrtKvTier.Keys;
 /// A key names a whole prefix, so equal keys mean equal prefixes (token ids are compared on every
 /// hit as well). The same on every process and machine.
 /// </summary>
-public sealed class ChunkChain
+internal sealed class ChunkChain
 {
     private const string Domain = "ortkvtier/chunk-chain/v1";
 

@@ -15,7 +15,7 @@ public enum ExecutionDevice
 /// Registers ONNX Runtime's CUDA execution provider library with the environment once per process
 /// (<c>OrtEnv.RegisterExecutionProviderLibrary</c>) and finds its <see cref="OrtEpDevice"/>s.
 /// </summary>
-public static class CudaExecutionProvider
+internal static class CudaExecutionProvider
 {
     /// <summary>The provider's name in ONNX Runtime.</summary>
     public const string ProviderName = "CUDAExecutionProvider";

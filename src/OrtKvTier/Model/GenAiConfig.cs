@@ -4,7 +4,7 @@ using System.Text.Json.Serialization;
 namespace OrtKvTier.Model;
 
 /// <summary>The parts of a GenAI <c>genai_config.json</c> this library reads. Unknown keys are ignored.</summary>
-public sealed class GenAiConfig
+internal sealed class GenAiConfig
 {
     /// <summary>The <c>model</c> section.</summary>
     [JsonPropertyName("model")] public ModelSection? Model { get; init; }

@@ -31,7 +31,7 @@ public sealed class KvModel : IDisposable
     /// <summary>The model folder (full path).</summary>
     public string Folder { get; }
     /// <summary>The parsed genai_config.json.</summary>
-    public GenAiConfig Config { get; }
+    internal GenAiConfig Config { get; }
     /// <summary>The decoder session.</summary>
     public InferenceSession Session { get; }
     /// <summary>How past key/values are laid out.</summary>

@@ -50,7 +50,7 @@ public sealed class ModelTokenizer : IDisposable
     }
 
     /// <summary>An incremental decoder for one sequence: feed each new token, get the text it completes.</summary>
-    public TokenTextStream CreateStream() => new(_tokenizer.CreateStream());
+    internal TokenTextStream CreateStream() => new(_tokenizer.CreateStream());
 
     /// <inheritdoc />
     public void Dispose()
@@ -61,7 +61,7 @@ public sealed class ModelTokenizer : IDisposable
 }
 
 /// <summary>Turns tokens into text one at a time (multi-byte characters come out when complete).</summary>
-public sealed class TokenTextStream : IDisposable
+internal sealed class TokenTextStream : IDisposable
 {
     private readonly TokenizerStream _stream;
 

@@ -16,7 +16,7 @@ namespace OrtKvTier.Tiers;
 /// The least recently used entries are evicted first, into the host tier (<see cref="Evicted"/>).
 /// Thread-safe; a restore keeps its entry alive while it copies.
 /// </summary>
-public sealed class DeviceTier : IKvTier
+internal sealed class DeviceTier : IKvTier
 {
     private readonly object _gate = new();
     private readonly KvLayout _layout;

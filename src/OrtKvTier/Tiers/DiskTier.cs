@@ -11,7 +11,7 @@ namespace OrtKvTier.Tiers;
 /// another process holds the pool's writer lock, this tier opens it read-only (reads hit, writes
 /// are skipped). A failing write is logged and reported as not stored; it never fails a request.
 /// </summary>
-public sealed class DiskTier : IStagedReadTier
+internal sealed class DiskTier : IStagedReadTier
 {
     private readonly ILogger? _logger;
     private long _writeFailures;

@@ -10,7 +10,7 @@ namespace OrtKvTier.Tiers;
 /// <see cref="TryRead"/> copy; the prefix cache leases chunks instead and copies them straight
 /// into the model's past tensors. Thread-safe.
 /// </summary>
-public sealed class HostTier : IKvChunkTier
+internal sealed class HostTier : IKvChunkTier
 {
     private readonly object _gate = new();
     private readonly LruMap<ChunkKey, HostChunk> _entries = new();

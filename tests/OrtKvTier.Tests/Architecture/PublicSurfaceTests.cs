@@ -1,0 +1,32 @@
+using OrtKvTier.Cache;
+using Xunit.Abstractions;
+
+namespace OrtKvTier.Tests.Architecture;
+
+/// <summary>The public surface is what the README's user needs: plumbing, DTOs and test entry points stay internal.</summary>
+public sealed class PublicSurfaceTests(ITestOutputHelper output)
+{
+    private const int MaxPublicTypes = 40;
+
+    [Fact]
+    public void TheLibraryExportsAtMostFortyTypes()
+    {
+        var exported = typeof(PrefixCache).Assembly.GetExportedTypes().Select(t => t.FullName!).Order(StringComparer.Ordinal).ToList();
+        foreach (var name in exported) output.WriteLine(name);
+        Assert.True(exported.Count <= MaxPublicTypes, $"{exported.Count} public types (at most {MaxPublicTypes}):\n{string.Join("\n", exported)}");
+    }
+
+    [Theory]
+    [InlineData("OrtKvTier.Model.GenAiConfig")]
+    [InlineData("OrtKvTier.Tiers.DiskTier")]
+    [InlineData("OrtKvTier.Storage.SlotPoolLockedException")]
+    [InlineData("OrtKvTier.Cache.DeviceKvTransfer")]
+    [InlineData("OrtKvTier.Tiers.DeviceTier")]
+    [InlineData("OrtKvTier.Diagnostics.KvCacheMetrics")]
+    public void PlumbingIsInternal(string typeName)
+    {
+        var type = typeof(PrefixCache).Assembly.GetType(typeName);
+        Assert.NotNull(type);
+        Assert.False(type.IsVisible, $"{typeName} is public");
+    }
+}
