@@ -13,7 +13,7 @@ namespace OrtKvTier.Tiers.Remote;
 internal static class RemoteEntry
 {
     private const ulong Magic = 0x31544D52564B4F; // "OKVRMT1"
-    private const uint Version = 1;
+    public const uint Version = 1;
     private const int FixedHeader = 8 + 4 + 4 + 16 + 8 + 16 + 4 + 8 + 16; // magic, version, header bytes, fingerprint, layout, key, tokens, payload, checksum
 
     public static byte[] Encode(SlotPoolIdentity identity, ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
