@@ -96,7 +96,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache, ILogger? logger)
             for (int block = 0; block < blocks; block++)
             {
                 Parallel.For(0, chunks, j => staged[j]!.Fill(block, block + 1));
-                int complete = block == blocks - 1 ? tensors : (int)Math.Min(tensors, (block + 1L) * SlotPoolFormat.ChecksumBlockBytes / tensorBytes);
+                int complete = block == blocks - 1 ? tensors : (int)Math.Min(tensors, (block + 1L) * StoredFormats.ChecksumBlockBytes / tensorBytes);
                 if (complete > ready) tensorsReady(ready, complete);
                 ready = Math.Max(ready, complete);
             }

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
-using static OrtKvTier.Storage.SlotPoolFormat;
+using static OrtKvTier.Storage.StoredFormats;
 using OrtKvTier.Keys;
 
 namespace OrtKvTier.Storage;

@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
 using OrtKvTier.Keys;
-using static OrtKvTier.Storage.SlotPoolFormat;
+using static OrtKvTier.Storage.StoredFormats;
 
 namespace OrtKvTier.Storage;
 

@@ -2,7 +2,7 @@ using System.IO.Hashing;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
-using static OrtKvTier.Storage.SlotPoolFormat;
+using static OrtKvTier.Storage.StoredFormats;
 using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Storage;

@@ -3,12 +3,12 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
-using static OrtKvTier.Storage.SlotPoolFormat;
+using static OrtKvTier.Storage.StoredFormats;
 
 namespace OrtKvTier.Storage;
 
 /// <summary>
-/// A pool's data file and lock: opens or creates <see cref="SlotPoolFormat.DataFileName"/> (header page, then
+/// A pool's data file and lock: opens or creates <see cref="StoredFormats.DataFileName"/> (header page, then
 /// fixed-size slots), checks its header against the identity asked for, and holds the directory's writer lock
 /// for a writer (released by the kernel if the process dies). Positional reads and writes only. Owns both
 /// files: <see cref="Dispose"/> closes them.
@@ -40,7 +40,7 @@ internal sealed class SlotFile : IDisposable
     public long SlotOffset(int slot) => FileHeaderBytes + slot * Header.SlotBytes;
 
     /// <summary>Bytes reserved for each slot's header.</summary>
-    public int SlotHeaderBytes => SlotPoolFormat.SlotHeaderBytes(Header.Identity.ChunkTokens);
+    public int SlotHeaderBytes => StoredFormats.SlotHeaderBytes(Header.Identity.ChunkTokens);
 
     /// <summary>Largest payload a slot holds.</summary>
     public long PayloadCapacity => Header.SlotBytes - SlotHeaderBytes;
@@ -234,7 +234,7 @@ internal sealed class SlotFile : IDisposable
 
     private static void CheckLength(string dataPath, FileHeaderFields header, long length)
     {
-        if (header.SlotCount is < 1 or > int.MaxValue || header.SlotBytes < SlotPoolFormat.SlotHeaderBytes(header.Identity.ChunkTokens))
+        if (header.SlotCount is < 1 or > int.MaxValue || header.SlotBytes < StoredFormats.SlotHeaderBytes(header.Identity.ChunkTokens))
             throw new SlotPoolMismatchException($"{dataPath}: the header describes {header.SlotCount} slots of {header.SlotBytes} bytes, which is not a valid pool.");
         long expected = FileHeaderBytes + header.SlotCount * header.SlotBytes;
         if (length != expected)

@@ -1,33 +1,23 @@
 using System.Buffers.Binary;
-using System.Runtime.InteropServices;
-using static OrtKvTier.Storage.SlotPoolFormat;
+using static OrtKvTier.Storage.StoredFormats;
 using OrtKvTier.Keys;
 using OrtKvTier.Model;
 
 namespace OrtKvTier.Storage;
 
-/// <summary>Encodes and checks the header at the start of every slot.</summary>
+/// <summary>Encodes and checks the header at the start of every slot: a <see cref="ChunkRecord"/> plus the slot number and the write's generation.</summary>
 internal static class SlotHeader
 {
-    /// <summary>Writes a header into <paramref name="header"/> (at least <c>SlotHeaderBytes</c>); returns its used length.</summary>
+    /// <summary>Writes a header into <paramref name="header"/> (at least <c>SlotHeaderBytes</c>, cleared); returns its used length.</summary>
     public static int Write(Span<byte> header, SlotPoolIdentity identity, int slot, ulong generation, ChunkKey key,
         ReadOnlySpan<int> tokens, long payloadLength, UInt128 payloadChecksum)
     {
         header.Clear();
-        BinaryPrimitives.WriteUInt64LittleEndian(header[ShMagic..], SlotMagic);
-        BinaryPrimitives.WriteUInt32LittleEndian(header[ShVersion..], FormatVersion);
-        BinaryPrimitives.WriteInt32LittleEndian(header[ShSlotNumber..], slot);
-        BinaryPrimitives.WriteUInt64LittleEndian(header[ShGeneration..], generation);
-        WriteUInt128(header[ShKey..], key.Value);
-        WriteUInt128(header[ShFingerprint..], identity.Fingerprint.Value);
-        BinaryPrimitives.WriteUInt64LittleEndian(header[ShLayoutHash..], identity.LayoutHash);
-        BinaryPrimitives.WriteInt32LittleEndian(header[ShTokenCount..], tokens.Length);
-        BinaryPrimitives.WriteInt64LittleEndian(header[ShPayloadLength..], payloadLength);
-        WriteUInt128(header[ShPayloadChecksum..], payloadChecksum);
-        for (int i = 0; i < tokens.Length; i++) BinaryPrimitives.WriteInt32LittleEndian(header[(ShTokens + 4 * i)..], tokens[i]);
-        int checksumAt = SlotHeaderChecksumOffset(tokens.Length);
-        BinaryPrimitives.WriteUInt64LittleEndian(header[checksumAt..], Checksum64(header[..checksumAt]));
-        return checksumAt + 8;
+        return ChunkRecord.Write(header, StoredFormats.SlotHeader, identity, key, tokens, payloadLength, payloadChecksum, own =>
+        {
+            BinaryPrimitives.WriteInt32LittleEndian(own[ShSlotNumber..], slot);
+            BinaryPrimitives.WriteUInt64LittleEndian(own[ShGeneration..], generation);
+        });
     }
 
     /// <summary>Why a header does not describe the expected entry, or null when it does.</summary>
@@ -37,37 +27,20 @@ internal static class SlotHeader
     {
         found = default;
         payloadChecksum = default;
-        if (BinaryPrimitives.ReadUInt64LittleEndian(header[ShMagic..]) != SlotMagic) return "no slot header (never written or overwritten)";
-        if (BinaryPrimitives.ReadUInt32LittleEndian(header[ShVersion..]) != FormatVersion) return "slot format version differs";
-        int tokenCount = BinaryPrimitives.ReadInt32LittleEndian(header[ShTokenCount..]);
-        if (tokenCount < 0 || tokenCount > identity.ChunkTokens) return $"token count {tokenCount} out of range";
-        int checksumAt = SlotHeaderChecksumOffset(tokenCount);
-        if (BinaryPrimitives.ReadUInt64LittleEndian(header[checksumAt..]) != Checksum64(header[..checksumAt])) return "header checksum mismatch";
+        if (ChunkRecord.Check(header, StoredFormats.SlotHeader, identity, identity.ChunkTokens, out var fields) is { } failure) return failure;
         if (BinaryPrimitives.ReadInt32LittleEndian(header[ShSlotNumber..]) != slot) return "slot number differs";
-        if (ReadUInt128(header[ShFingerprint..]) != identity.Fingerprint.Value) return "model fingerprint differs";
-        if (BinaryPrimitives.ReadUInt64LittleEndian(header[ShLayoutHash..]) != identity.LayoutHash) return "layout differs";
-        var storedKey = new ChunkKey(ReadUInt128(header[ShKey..]));
         ulong storedGeneration = BinaryPrimitives.ReadUInt64LittleEndian(header[ShGeneration..]);
-        if (key is { } k && storedKey != k) return "slot holds another key (rewritten)";
+        if (key is { } k && fields.Key != k) return "slot holds another key (rewritten)";
         if (generation is { } g && storedGeneration != g) return "slot generation differs (rewritten)";
-        long payloadLength = BinaryPrimitives.ReadInt64LittleEndian(header[ShPayloadLength..]);
-        if (payloadLength < 0 || payloadLength > payloadCapacity) return $"payload length {payloadLength} out of range";
+        if (fields.PayloadLength < 0 || fields.PayloadLength > payloadCapacity) return $"payload length {fields.PayloadLength} out of range";
         if (checkTokens)
         {
-            if (tokenCount != tokens.Length) return $"token count {tokenCount} differs from the {tokens.Length} asked for";
-            var stored = MemoryMarshal.Cast<byte, int>(header.Slice(ShTokens, 4 * tokenCount));
-            if (BitConverter.IsLittleEndian ? !stored.SequenceEqual(tokens) : !TokensEqualSlow(header, tokens)) return "token ids differ";
+            if (fields.TokenCount != tokens.Length) return $"token count {fields.TokenCount} differs from the {tokens.Length} asked for";
+            if (!ChunkRecord.TokensEqual(header, StoredFormats.SlotHeader, tokens)) return "token ids differ";
         }
-        payloadChecksum = ReadUInt128(header[ShPayloadChecksum..]);
-        found = new SlotEntry(storedKey, slot, storedGeneration, tokenCount, payloadLength);
+        payloadChecksum = fields.PayloadChecksum;
+        found = new SlotEntry(fields.Key, slot, storedGeneration, fields.TokenCount, fields.PayloadLength);
         return null;
-    }
-
-    private static bool TokensEqualSlow(ReadOnlySpan<byte> header, ReadOnlySpan<int> tokens)
-    {
-        for (int i = 0; i < tokens.Length; i++)
-            if (BinaryPrimitives.ReadInt32LittleEndian(header[(ShTokens + 4 * i)..]) != tokens[i]) return false;
-        return true;
     }
 }
 

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
-using static OrtKvTier.Storage.SlotPoolFormat;
+using static OrtKvTier.Storage.StoredFormats;
 using OrtKvTier.Keys;
 using OrtKvTier.Tensors;
 

@@ -39,12 +39,12 @@ public sealed record SlotPoolIdentity
     public long PayloadBytes => 2L * Layers * KvHeads * ChunkTokens * HeadSize * ElementSize;
 
     /// <summary>Bytes of one slot: header block plus page-aligned payload.</summary>
-    public long SlotBytes => SlotPoolFormat.SlotHeaderBytes(ChunkTokens) + SlotPoolFormat.AlignUp(PayloadBytes, SlotPoolFormat.PageSize);
+    public long SlotBytes => StoredFormats.SlotHeaderBytes(ChunkTokens) + StoredFormats.AlignUp(PayloadBytes, StoredFormats.PageSize);
 
     /// <summary>The layout part as text, e.g. <c>24x2x64 fp16, 128-token chunks</c>.</summary>
     public string LayoutText => $"{Layers}x{KvHeads}x{HeadSize} {(ElementSize == 2 ? "fp16" : ElementSize == 4 ? "fp32" : $"{ElementSize}-byte")}, {ChunkTokens}-token chunks";
 
-    internal ulong LayoutHash => SlotPoolFormat.Checksum64(Encoding.ASCII.GetBytes($"{Layers}x{KvHeads}x{HeadSize}x{ElementSize}x{ChunkTokens}"));
+    internal ulong LayoutHash => StoredFormats.Checksum64(Encoding.ASCII.GetBytes($"{Layers}x{KvHeads}x{HeadSize}x{ElementSize}x{ChunkTokens}"));
 
     /// <summary>Throws when a field is out of range.</summary>
     public void Validate()

@@ -93,7 +93,7 @@ public sealed class TierTests : IDisposable
 
             // A flipped byte in a part that is verified but not copied still makes the read a miss.
             pool.Dispose();
-            SlotFileDamage.FlipByte(_temp.Sub("pool"), 0, SlotPoolFormat.SlotHeaderBytes(identity.ChunkTokens) + 5 * run + 2000);
+            SlotFileDamage.FlipByte(_temp.Sub("pool"), 0, StoredFormats.SlotHeaderBytes(identity.ChunkTokens) + 5 * run + 2000);
             using var reopened = SlotPool.Open(new SlotPoolOptions { Directory = _temp.Sub("pool"), Identity = identity, CapacitySlots = 4 });
             Assert.False(reopened.TryGet(key, TestPayloads.Tokens(key), new PayloadScatter(pointers, run, copy), out _));
             Assert.Equal(1, reopened.GetStats().Damaged);

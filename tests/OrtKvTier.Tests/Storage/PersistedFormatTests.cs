@@ -30,15 +30,15 @@ public sealed class PersistedFormatTests
 
     [Fact]
     public void FileHeader() =>
-        AssertGolden("file-header", SlotPoolFormat.FormatVersion, global::OrtKvTier.Storage.FileHeader.Write(Identity, Identity.SlotBytes, 5, PoolId, writerEpoch: 2));
+        AssertGolden("file-header", StoredFormats.FormatVersion, global::OrtKvTier.Storage.FileHeader.Write(Identity, Identity.SlotBytes, 5, PoolId, writerEpoch: 2));
 
     [Fact]
     public void SlotHeader()
     {
-        var header = new byte[SlotPoolFormat.SlotHeaderBytes(Identity.ChunkTokens)];
+        var header = new byte[StoredFormats.SlotHeaderBytes(Identity.ChunkTokens)];
         int used = global::OrtKvTier.Storage.SlotHeader.Write(header, Identity, Entry.Slot, Entry.Generation, Key, Tokens, Entry.PayloadLength, new UInt128(0xabcdef, 0x123456));
         Assert.All(header[used..], b => Assert.Equal(0, b));
-        AssertGolden("slot-header", SlotPoolFormat.FormatVersion, header[..used]);
+        AssertGolden("slot-header", StoredFormats.FormatVersion, header[..used]);
     }
 
     [Fact]
@@ -52,12 +52,12 @@ public sealed class PersistedFormatTests
             .. IndexJournal.TouchRecord(Key),
             .. IndexJournal.ClearRecord(),
         ];
-        AssertGolden("journal", SlotPoolFormat.FormatVersion, journal);
+        AssertGolden("journal", StoredFormats.FormatVersion, journal);
     }
 
     [Fact]
     public void Snapshot() =>
-        AssertGolden("snapshot", SlotPoolFormat.FormatVersion,
+        AssertGolden("snapshot", StoredFormats.FormatVersion,
             IndexJournal.Snapshot(PoolId, epoch: 6, nextGeneration: (5UL << 32) | 10, [Entry, Entry with { Key = new ChunkKey(42), Slot = 4 }]));
 
     [Fact]
@@ -77,11 +77,11 @@ public sealed class PersistedFormatTests
         Assert.Equal(Enumerable.Range(0, 64).Select(i => (byte)(i * 7)), payload);
 
         var index = new SlotIndex(8);
-        Assert.Equal(6, IndexJournal.LoadSnapshot(Read("snapshot", SlotPoolFormat.FormatVersion), PoolId, index));
+        Assert.Equal(6, IndexJournal.LoadSnapshot(Read("snapshot", StoredFormats.FormatVersion), PoolId, index));
         Assert.Equal(2, index.Count);
 
-        var header = new byte[SlotPoolFormat.SlotHeaderBytes(Identity.ChunkTokens)];
-        Read("slot-header", SlotPoolFormat.FormatVersion).CopyTo(header, 0);
+        var header = new byte[StoredFormats.SlotHeaderBytes(Identity.ChunkTokens)];
+        Read("slot-header", StoredFormats.FormatVersion).CopyTo(header, 0);
         Assert.Null(global::OrtKvTier.Storage.SlotHeader.Check(header, Identity, Entry.Slot, Entry.Generation, Key, checkTokens: true, Tokens, 4096, out var found, out _));
         Assert.Equal(Entry, found);
     }

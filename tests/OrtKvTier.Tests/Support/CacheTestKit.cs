@@ -53,17 +53,17 @@ internal static class CacheTestKit
     public static void DamageSlotOf(DiskTier disk, ChunkKey key)
     {
         long at = KeyOffset(disk, key, out var path);
-        long slot = (at - SlotPoolFormat.FileHeaderBytes) / disk.Pool.SlotBytes;
-        long payload = SlotPoolFormat.FileHeaderBytes + slot * disk.Pool.SlotBytes + SlotPoolFormat.SlotHeaderBytes(disk.Pool.Identity.ChunkTokens);
+        long slot = (at - StoredFormats.FileHeaderBytes) / disk.Pool.SlotBytes;
+        long payload = StoredFormats.FileHeaderBytes + slot * disk.Pool.SlotBytes + StoredFormats.SlotHeaderBytes(disk.Pool.Identity.ChunkTokens);
         SlotFileDamage.FlipAt(path, payload + 100);
     }
 
     /// <summary>Flips a byte of the key in the header of the slot holding <paramref name="key"/>.</summary>
-    public static void DamageSlotHeaderOf(DiskTier disk, ChunkKey key) => SlotFileDamage.FlipAt(Path.Combine(disk.Pool.Directory, SlotPoolFormat.DataFileName), KeyOffset(disk, key, out _));
+    public static void DamageSlotHeaderOf(DiskTier disk, ChunkKey key) => SlotFileDamage.FlipAt(Path.Combine(disk.Pool.Directory, StoredFormats.DataFileName), KeyOffset(disk, key, out _));
 
     private static long KeyOffset(DiskTier disk, ChunkKey key, out string path)
     {
-        path = Path.Combine(disk.Pool.Directory, SlotPoolFormat.DataFileName);
+        path = Path.Combine(disk.Pool.Directory, StoredFormats.DataFileName);
         var bytes = File.ReadAllBytes(path);
         Span<byte> needle = stackalloc byte[16];
         BinaryPrimitives.WriteUInt128LittleEndian(needle, key.Value);

@@ -118,7 +118,7 @@ public sealed class DeviceKvTransferTests : IDisposable
                 cache = new PrefixCache(StagedFingerprint, layout, options);
             }
             using var transfer = new DeviceKvTransfer(layout, device: null);
-            Assert.True(cache.ChunkBytes > SlotPoolFormat.ChecksumBlockBytes);
+            Assert.True(cache.ChunkBytes > StoredFormats.ChecksumBlockBytes);
             int expected = 8 * Chunk;
             using var target = OrtKvTensors.Allocate(layout, expected + extraRows);
             int prepared = 0;

@@ -4,14 +4,15 @@ using System.IO.Hashing;
 namespace OrtKvTier.Storage;
 
 /// <summary>
-/// Every magic number, size and field offset of the on-disk format, in one place. A change to any
-/// of them bumps <see cref="FormatVersion"/>; the golden tests freeze the bytes.
+/// Every magic number, size and field offset of what the cache persists, in one place: the slot pool's
+/// files and the values of the remote tier. A change to any of them bumps <see cref="FormatVersion"/> (or
+/// <see cref="RemoteVersion"/>); the golden tests freeze the bytes.
 /// <para>Files in a pool directory: <see cref="DataFileName"/> (file header page, then fixed-size
 /// slots, each a header block followed by the payload), <see cref="JournalFileName"/> (append-only
 /// index records), <see cref="SnapshotFileName"/> (the compacted index) and <see cref="LockFileName"/>
 /// (the single-writer OS lock). All integers are little-endian.</para>
 /// </summary>
-internal static class SlotPoolFormat
+internal static class StoredFormats
 {
     public const uint FormatVersion = 1;
     public const int PageSize = 4096;
@@ -31,16 +32,21 @@ internal static class SlotPoolFormat
         FhKvHeads = 52, FhHeadSize = 56, FhElementSize = 60, FhChunkTokens = 64, FhPoolId = 68, FhWriterEpoch = 76,
         FhChecksum = 88, FhChecksummed = 88;
 
-    // Slot header (start of each slot).
+    // Slot header (start of each slot): a chunk record with the slot number and the write's generation.
     public const ulong SlotMagic = 0x31544F4C53564B4F; // "OKVSLOT1"
-    public const int ShMagic = 0, ShVersion = 8, ShSlotNumber = 12, ShGeneration = 16, ShKey = 24, ShFingerprint = 40,
-        ShLayoutHash = 56, ShTokenCount = 64, ShPayloadLength = 72, ShPayloadChecksum = 80, ShTokens = 96;
-
-    /// <summary>Header checksum (XxHash64) follows the token ids.</summary>
-    public static int SlotHeaderChecksumOffset(int tokenCount) => ShTokens + 4 * tokenCount;
+    public const int ShSlotNumber = 12, ShGeneration = 16;
+    public static readonly ChunkRecordFormat SlotHeader = new(SlotMagic, FormatVersion,
+        Key: 24, Fingerprint: 40, LayoutHash: 56, TokenCount: 64, PayloadLength: 72, PayloadChecksum: 80, Tokens: 96);
 
     /// <summary>Bytes reserved for a slot header with room for <paramref name="chunkTokens"/> ids, page aligned.</summary>
-    public static int SlotHeaderBytes(int chunkTokens) => AlignUp(SlotHeaderChecksumOffset(chunkTokens) + 8, PageSize);
+    public static int SlotHeaderBytes(int chunkTokens) => AlignUp(SlotHeader.Length(chunkTokens), PageSize);
+
+    // Remote value: a chunk record with its own length, then the payload. Its payload checksum is one XxHash128.
+    public const ulong RemoteMagic = 0x31544D52564B4F; // "OKVRMT1"
+    public const uint RemoteVersion = 1;
+    public const int RvHeaderBytes = 12;
+    public static readonly ChunkRecordFormat RemoteValue = new(RemoteMagic, RemoteVersion,
+        Key: 40, Fingerprint: 16, LayoutHash: 32, TokenCount: 56, PayloadLength: 60, PayloadChecksum: 68, Tokens: 84);
 
     // Journal.
     public const ulong JournalMagic = 0x4C4E524A56564B4F; // "OKVJRNL1" (LE)
@@ -54,6 +60,17 @@ internal static class SlotPoolFormat
     public const int SnapshotHeaderBytes = 40;
     public const int SnMagic = 0, SnVersion = 8, SnCount = 12, SnPoolId = 16, SnEpoch = 24, SnNextGeneration = 32;
     public const int SnapshotEntryBytes = 40;
+
+    /// <summary>Where a self-verifying chunk record (a slot header, a remote value) keeps its fields; magic at 0, version at 8, header checksum (XxHash64) after the token ids.</summary>
+    public sealed record ChunkRecordFormat(ulong Magic, uint Version, int Key, int Fingerprint, int LayoutHash, int TokenCount, int PayloadLength, int PayloadChecksum, int Tokens)
+    {
+        public const int MagicAt = 0, VersionAt = 8;
+
+        public int ChecksumAt(int tokenCount) => Tokens + 4 * tokenCount;
+
+        /// <summary>Bytes of the record's header with <paramref name="tokenCount"/> ids, checksum included.</summary>
+        public int Length(int tokenCount) => ChecksumAt(tokenCount) + 8;
+    }
 
     public static int AlignUp(int value, int alignment) => (value + alignment - 1) / alignment * alignment;
 
