@@ -3,7 +3,7 @@ using OrtKvTier.Console.Commands;
 using OrtKvTier.Model;
 
 const string usage = "usage: ortkv <command> [options]   (--verbose shows stack traces)\n\n" +
-    GenerateCommand.Usage + "\n" + ChatCommand.ChatUsage + "\n" + ChatCommand.WarmUsage + "\n" + CacheCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BenchChatCommand.Usage + "\n" + BenchRemoteCommand.Usage + "\n" + BenchCaptureCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
+    GenerateCommand.Usage + "\n" + ChatCommand.ChatUsage + "\n" + ChatCommand.WarmUsage + "\n" + CacheCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
 
 var verbose = args.Contains("--verbose");
 var rest = args.Where(a => a != "--verbose").ToArray();
@@ -23,13 +23,8 @@ try
         "warm" => ChatCommand.Warm(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
         "build-model" => BuildModelCommand.Run(new CommandLine(options, new HashSet<string>())),
         "cache" when rest.Length > 1 => CacheCommand.Run(rest[1], new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
-        "bench" when rest.Length > 1 && rest[1] == "disk" => BenchDiskCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
-        "bench" when rest.Length > 1 && rest[1] == "remote" => BenchRemoteCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
-        "bench" when rest.Length > 1 && rest[1] == "chat" => BenchChatCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
-        "bench" when rest.Length > 1 && rest[1] == "chunks" => BenchChunksCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
-        "bench" when rest.Length > 1 && rest[1] == "capture" => BenchCaptureCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
-        "bench" when rest.Length > 1 && rest[1] == "ttft" => BenchTtftCommand.Run(new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
-        "cache" or "bench" => throw new UsageException($"{rest[0]} needs a subcommand.\n{usage}"),
+        "cache" => throw new UsageException($"cache needs a subcommand (list, stats, verify, prune, clear).\n{usage}"),
+        "bench" => throw new UsageException("The benchmarks are a project of their own: dotnet run -c Release --project tests/OrtKvTier.Benchmarks -- ttft (see the README)."),
         _ => throw new UsageException($"Unknown command '{rest[0]}'.\n{usage}"),
     };
 }

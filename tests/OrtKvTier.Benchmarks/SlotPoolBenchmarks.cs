@@ -32,16 +32,12 @@ public class SlotPoolBenchmarks
     ];
 
     [ParamsSource(nameof(Shapes))]
-    public Shape KvShape { get; set; } = null!;
+    public Shape Layout { get; set; } = null!;
 
     [GlobalSetup]
     public void Setup()
     {
-        var identity = new SlotPoolIdentity
-        {
-            Fingerprint = new ModelFingerprint(7), Layers = KvShape.Layers, KvHeads = KvShape.KvHeads, HeadSize = KvShape.HeadSize,
-            ElementSize = 2, ChunkTokens = 128,
-        };
+        var identity = SlotPoolIdentity.For(new ModelFingerprint(7), new KvShape(Layout.Layers, Layout.KvHeads, Layout.HeadSize, 2), chunkTokens: 128);
         _dir = Path.Combine(Path.GetTempPath(), "ortkv-bdn-" + Guid.NewGuid().ToString("N"));
         _pool = SlotPool.Open(new SlotPoolOptions { Directory = _dir, Identity = identity, CapacitySlots = 16, Durability = Durability.None });
         _payload = new byte[identity.PayloadBytes];

@@ -12,6 +12,33 @@ public enum KvElementType
 }
 
 /// <summary>
+/// The shape of a model's KV that stored bytes depend on: layers, kv heads, head size and element size. The one
+/// identity of a layout: the model fingerprint hashes <see cref="Key"/>, a slot pool and the remote tier check it.
+/// </summary>
+internal readonly record struct KvShape(int Layers, int KvHeads, int HeadSize, int ElementSize)
+{
+    /// <summary>Like <c>24x2x64:fp16</c> (hashed into the model fingerprint: never change it).</summary>
+    public string Key => $"{Layers}x{KvHeads}x{HeadSize}:{ElementName}";
+
+    /// <summary>Like <c>24x2x64 fp16</c>.</summary>
+    public string Text => $"{Layers}x{KvHeads}x{HeadSize} {ElementName}";
+
+    public string ElementName => ElementSize switch { 2 => "fp16", 4 => "fp32", _ => $"{ElementSize}-byte" };
+
+    /// <summary>Bytes one token occupies across all layers, keys and values.</summary>
+    public long BytesPerToken => 2L * Layers * KvHeads * HeadSize * ElementSize;
+
+    /// <summary>Throws when a field is out of range.</summary>
+    public void Validate()
+    {
+        if (Layers < 1 || KvHeads < 1 || HeadSize < 1)
+            throw new ArgumentException($"Layers, KvHeads and HeadSize must be positive; got {Layers}, {KvHeads}, {HeadSize}.");
+        if (ElementSize is not (2 or 4))
+            throw new ArgumentException($"ElementSize must be 2 (fp16) or 4 (fp32); got {ElementSize}.");
+    }
+}
+
+/// <summary>
 /// How a model lays out its past key/value tensors: one key and one value tensor per layer, each
 /// <c>[batch, KvHeads, tokens, HeadSize]</c>. In shared-buffer mode the token axis is always
 /// <see cref="MaxLength"/> long and the same buffer is bound as past and present.
@@ -49,13 +76,16 @@ public sealed record KvLayout
     public int BytesPerHeadToken => HeadSize * ElementSize;
 
     /// <summary>Bytes one token occupies across all layers, keys and values.</summary>
-    public long BytesPerToken => 2L * Layers * KvHeads * BytesPerHeadToken;
+    public long BytesPerToken => Shape.BytesPerToken;
 
-    /// <summary>The identity that matters for stored bytes: shape and element type (names and mode excluded).</summary>
-    public string ShapeKey => $"{Layers}x{KvHeads}x{HeadSize}:{(ElementType == KvElementType.Float16 ? "fp16" : "fp32")}";
+    /// <summary>What stored bytes depend on: shape and element type (names and mode excluded).</summary>
+    internal KvShape Shape => new(Layers, KvHeads, HeadSize, ElementSize);
+
+    /// <summary>The identity that matters for stored bytes, like <c>24x2x64:fp16</c>.</summary>
+    public string ShapeKey => Shape.Key;
 
     /// <summary>A short human description.</summary>
     public override string ToString() =>
-        $"{Layers} layers × {KvHeads} kv heads × {HeadSize} head size, {(ElementType == KvElementType.Float16 ? "fp16" : "fp32")}, " +
+        $"{Layers} layers × {KvHeads} kv heads × {HeadSize} head size, {Shape.ElementName}, " +
         $"{(SharedBuffer ? "shared buffer" : "growing past")}, max length {MaxLength}";
 }

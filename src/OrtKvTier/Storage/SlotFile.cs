@@ -185,7 +185,6 @@ internal sealed class SlotFile : IDisposable
         var page = new byte[FileHeaderBytes];
         int read = RandomAccess.Read(handle, page, 0);
         var header = FileHeader.Read(page.AsSpan(0, read), dataPath);
-        header.Identity.Validate();
         return header;
     }
 

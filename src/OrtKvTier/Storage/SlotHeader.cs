@@ -59,10 +59,10 @@ internal static class FileHeader
         BinaryPrimitives.WriteInt64LittleEndian(h[FhSlotSize..], slotBytes);
         BinaryPrimitives.WriteInt64LittleEndian(h[FhSlotCount..], slotCount);
         WriteUInt128(h[FhFingerprint..], identity.Fingerprint.Value);
-        BinaryPrimitives.WriteInt32LittleEndian(h[FhLayers..], identity.Layers);
-        BinaryPrimitives.WriteInt32LittleEndian(h[FhKvHeads..], identity.KvHeads);
-        BinaryPrimitives.WriteInt32LittleEndian(h[FhHeadSize..], identity.HeadSize);
-        BinaryPrimitives.WriteInt32LittleEndian(h[FhElementSize..], identity.ElementSize);
+        BinaryPrimitives.WriteInt32LittleEndian(h[FhLayers..], identity.Shape.Layers);
+        BinaryPrimitives.WriteInt32LittleEndian(h[FhKvHeads..], identity.Shape.KvHeads);
+        BinaryPrimitives.WriteInt32LittleEndian(h[FhHeadSize..], identity.Shape.HeadSize);
+        BinaryPrimitives.WriteInt32LittleEndian(h[FhElementSize..], identity.Shape.ElementSize);
         BinaryPrimitives.WriteInt32LittleEndian(h[FhChunkTokens..], identity.ChunkTokens);
         BinaryPrimitives.WriteUInt64LittleEndian(h[FhPoolId..], poolId);
         BinaryPrimitives.WriteUInt32LittleEndian(h[FhWriterEpoch..], writerEpoch);
@@ -82,15 +82,18 @@ internal static class FileHeader
             throw new SlotPoolMismatchException($"{path} has format version {version}; this library reads version {FormatVersion}. Delete the directory or open with MismatchPolicy.Recreate.");
         if (BinaryPrimitives.ReadUInt64LittleEndian(h[FhChecksum..]) != Checksum64(h[..FhChecksummed]))
             throw new SlotPoolMismatchException($"{path}: the file header checksum does not match (the header is damaged). Delete the directory or open with MismatchPolicy.Recreate.");
-        var identity = new SlotPoolIdentity
+        SlotPoolIdentity identity;
+        try
         {
-            Fingerprint = new Model.ModelFingerprint(ReadUInt128(h[FhFingerprint..])),
-            Layers = BinaryPrimitives.ReadInt32LittleEndian(h[FhLayers..]),
-            KvHeads = BinaryPrimitives.ReadInt32LittleEndian(h[FhKvHeads..]),
-            HeadSize = BinaryPrimitives.ReadInt32LittleEndian(h[FhHeadSize..]),
-            ElementSize = BinaryPrimitives.ReadInt32LittleEndian(h[FhElementSize..]),
-            ChunkTokens = BinaryPrimitives.ReadInt32LittleEndian(h[FhChunkTokens..]),
-        };
+            identity = SlotPoolIdentity.For(new ModelFingerprint(ReadUInt128(h[FhFingerprint..])),
+                new KvShape(BinaryPrimitives.ReadInt32LittleEndian(h[FhLayers..]), BinaryPrimitives.ReadInt32LittleEndian(h[FhKvHeads..]),
+                    BinaryPrimitives.ReadInt32LittleEndian(h[FhHeadSize..]), BinaryPrimitives.ReadInt32LittleEndian(h[FhElementSize..])),
+                BinaryPrimitives.ReadInt32LittleEndian(h[FhChunkTokens..]));
+        }
+        catch (ArgumentException e)
+        {
+            throw new SlotPoolMismatchException($"{path}: the header describes no valid layout ({e.Message}). Delete the directory or open with MismatchPolicy.Recreate.");
+        }
         return new FileHeaderFields(version, identity,
             BinaryPrimitives.ReadInt64LittleEndian(h[FhSlotSize..]),
             BinaryPrimitives.ReadInt64LittleEndian(h[FhSlotCount..]),

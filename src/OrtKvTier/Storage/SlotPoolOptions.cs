@@ -64,7 +64,6 @@ public sealed record SlotPoolOptions
         ArgumentException.ThrowIfNullOrWhiteSpace(Directory);
         if (!ReadOnly && Identity is null)
             throw new ArgumentException("A writable pool needs an Identity (model fingerprint and layout).", nameof(Identity));
-        Identity?.Validate();
         if (CapacityBytes is not null && CapacitySlots is not null)
             throw new ArgumentException("Give CapacityBytes or CapacitySlots, not both.");
         if (CapacityBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(CapacityBytes), CapacityBytes, "CapacityBytes must be positive.");

@@ -66,7 +66,7 @@ internal sealed class DiskTier : IStagedReadTier
 
     /// <summary>The pool directory for an identity: <c>CACHE_DIR/&lt;fingerprint&gt;-c&lt;chunk tokens&gt;-&lt;fp16|fp32&gt;</c>.</summary>
     public static string PoolDirectory(string cacheDirectory, SlotPoolIdentity identity) =>
-        Path.Combine(cacheDirectory, $"{identity.Fingerprint}-c{identity.ChunkTokens}-{(identity.ElementSize == 2 ? "fp16" : "fp32")}");
+        Path.Combine(cacheDirectory, $"{identity.Fingerprint}-c{identity.ChunkTokens}-{(identity.Shape.ElementName)}");
 
     /// <inheritdoc />
     public bool Contains(ChunkKey key) => Pool.Contains(key);

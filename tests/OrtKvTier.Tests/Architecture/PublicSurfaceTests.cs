@@ -1,5 +1,9 @@
 using OrtKvTier.Cache;
 using Xunit.Abstractions;
+using OrtKvTier.Diagnostics;
+using OrtKvTier.Model;
+using OrtKvTier.Storage;
+using OrtKvTier.Tiers;
 
 namespace OrtKvTier.Tests.Architecture;
 

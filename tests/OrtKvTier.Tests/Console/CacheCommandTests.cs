@@ -46,7 +46,7 @@ public sealed class CacheCommandTests : IDisposable
     [Fact]
     public void BenchDiskPrintsRatiosMeasuredInOneRun()
     {
-        var (code, stdout, stderr) = ChildProcess.Console("bench", "disk", "--layers", "2", "--kv-heads", "2", "--head-size", "64",
+        var (code, stdout, stderr) = ChildProcess.Bench("disk", "--layers", "2", "--kv-heads", "2", "--head-size", "64",
             "--chunk-tokens", "64", "--chunks", "40", "--rounds", "1", "--dir", _temp.Sub("bench"), "--json");
         Assert.True(code == 0, stderr);
         var root = JsonDocument.Parse(stdout).RootElement;

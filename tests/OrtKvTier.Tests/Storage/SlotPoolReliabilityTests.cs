@@ -207,7 +207,7 @@ public sealed class SlotPoolReliabilityTests(ITestOutputHelper output) : IDispos
         Assert.Contains(TestPayloads.Identity.Fingerprint.ToString(), e1.Message);
         Assert.Contains(otherModel.Fingerprint.ToString(), e1.Message);
 
-        var otherLayout = TestPayloads.Identity with { KvHeads = 4 };
+        var otherLayout = TestPayloads.Identity with { Shape = TestPayloads.Identity.Shape with { KvHeads = 4 } };
         var e2 = Assert.Throws<SlotPoolMismatchException>(() => SlotPool.Open(Options() with { Identity = otherLayout }));
         Assert.Contains("4x2x64 fp16, 32-token chunks", e2.Message);
         Assert.Contains("4x4x64 fp16, 32-token chunks", e2.Message);

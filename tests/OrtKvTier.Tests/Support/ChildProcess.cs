@@ -9,6 +9,9 @@ internal static class ChildProcess
     /// <summary>The sample console, <c>ortkv</c>.</summary>
     public static string ConsoleDll { get; } = Metadata("ConsoleDll");
 
+    /// <summary>The benchmarks, <c>ortkv-bench</c>.</summary>
+    public static string BenchDll { get; } = Metadata("BenchDll");
+
     /// <summary>The reliability tests' writer/reader/lock-holder child.</summary>
     public static string TestChildDll { get; } = Metadata("TestChildDll");
 
@@ -20,6 +23,9 @@ internal static class ChildProcess
 
     /// <summary>Runs the console to completion.</summary>
     public static (int ExitCode, string StdOut, string StdErr) Console(params string[] args) => Run(ConsoleDll, TimeSpan.FromMinutes(5), args);
+
+    /// <summary>Runs a bench to completion.</summary>
+    public static (int ExitCode, string StdOut, string StdErr) Bench(params string[] args) => Run(BenchDll, TimeSpan.FromMinutes(5), args);
 
     public static (int ExitCode, string StdOut, string StdErr) Run(string dll, TimeSpan timeout, params string[] args) => Run(dll, timeout, stdin: null, args);
 

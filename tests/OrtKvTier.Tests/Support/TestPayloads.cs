@@ -12,11 +12,8 @@ namespace OrtKvTier.Tests.Support;
 internal static class TestPayloads
 {
     /// <summary>4 layers × 2 kv heads × 64 head size, fp16, 32-token chunks: 64 KiB payloads.</summary>
-    public static SlotPoolIdentity Identity { get; } = new()
-    {
-        Fingerprint = new ModelFingerprint(new UInt128(0x0123456789abcdef, 0xfedcba9876543210)),
-        Layers = 4, KvHeads = 2, HeadSize = 64, ElementSize = 2, ChunkTokens = 32,
-    };
+    public static SlotPoolIdentity Identity { get; } =
+        SlotPoolIdentity.For(new ModelFingerprint(new UInt128(0x0123456789abcdef, 0xfedcba9876543210)), new KvShape(4, 2, 64, 2), chunkTokens: 32);
 
     public static ChunkKey Key(int seed, long index)
     {

@@ -6,18 +6,23 @@ using OrtKvTier.Cache;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
 
-namespace OrtKvTier.Console.Commands;
+namespace OrtKvTier.Benchmarks.Commands;
+
+// BenchmarkDotNet's parser brings a global namespace named CommandLine.
+using OrtKvTier.Console;
+using OrtKvTier.Console.Commands;
+using CommandLine = OrtKvTier.Console.CommandLine;
 
 /// <summary>
-/// <c>bench ttft</c>: time to first token for one long prompt (a cached prefix plus a new question),
+/// <c>ortkv-bench ttft</c>: time to first token for one long prompt (a cached prefix plus a new question),
 /// with no cache, with a host-tier hit, with a disk hit in a fresh process and with GenAI's own
 /// Generator, all in one run on the same folder and prompts.
 /// </summary>
 internal static class BenchTtftCommand
 {
     public const string Usage =
-        "bench ttft [--model DIR] [--prefix-tokens N] [--suffix-tokens S] [--new-tokens M] [--reps R] [--chunk-tokens C]\n" +
-        "           [--cache-dir DIR] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps)";
+        "  ttft [--model DIR] [--prefix-tokens N] [--suffix-tokens S] [--new-tokens M] [--reps R] [--chunk-tokens C]\n" +
+        "    [--cache-dir DIR] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps)";
 
     private sealed record Sample(double TtftMs, double LookupMs, double RestoreMs, double PrefillMs, int PrefillTokens, int CachedTokens, string Tiers);
 
@@ -62,7 +67,7 @@ internal static class BenchTtftCommand
                 }
                 Progress($"host hit: rep {rep + 1}/{reps} TTFT {hostHits[^1].TtftMs:F1} ms");
                 diskHits.Add(JsonSerializer.Deserialize<Sample>(BenchModel.RunSelf(TimeSpan.FromMinutes(10),
-                    "bench", "ttft", "--child", "disk-hit", "--model", model.Folder, "--cache-dir", cacheDir, "--chunk-tokens", chunk.ToString(CultureInfo.InvariantCulture),
+                    "ttft", "--child", "disk-hit", "--model", model.Folder, "--cache-dir", cacheDir, "--chunk-tokens", chunk.ToString(CultureInfo.InvariantCulture),
                     "--tokens", string.Join(',', Prompt(rep)), "--new-tokens", newTokens.ToString(CultureInfo.InvariantCulture),
                     "--prefix-tokens", prefix.ToString(CultureInfo.InvariantCulture)))!);
                 Progress($"disk hit (fresh process): rep {rep + 1}/{reps} TTFT {diskHits[^1].TtftMs:F1} ms");

@@ -5,17 +5,22 @@ using OrtKvTier.Cache;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
 
-namespace OrtKvTier.Console.Commands;
+namespace OrtKvTier.Benchmarks.Commands;
+
+// BenchmarkDotNet's parser brings a global namespace named CommandLine.
+using OrtKvTier.Console;
+using OrtKvTier.Console.Commands;
+using CommandLine = OrtKvTier.Console.CommandLine;
 
 /// <summary>
-/// <c>bench chunks</c>: how the chunk length trades restore speed against reuse granularity. One
+/// <c>ortkv-bench chunks</c>: how the chunk length trades restore speed against reuse granularity. One
 /// prefill of the prefix through <see cref="PrefixCacheHook"/>; then, for each chunk length, capture
 /// into a fresh cache, restore from host memory and from disk (reopened, warm page cache), and
 /// price the half chunk a partial match recomputes on average at the measured prefill rate.
 /// </summary>
 internal static class BenchChunksCommand
 {
-    public const string Usage = "bench chunks [--model DIR] [--prefix-tokens N] [--sizes 16,32,64,128,256] [--reps R] [--json]";
+    public const string Usage = "  chunks [--model DIR] [--prefix-tokens N] [--sizes 16,32,64,128,256] [--reps R] [--json]";
 
     private sealed record Row(int ChunkTokens, double CaptureMs, double HostRestoreMs, double DiskRestoreMs, double DiskGbps, double HalfChunkPrefillMs)
     {

@@ -3,10 +3,15 @@ using OrtKvTier.Cache;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
 
-namespace OrtKvTier.Console.Commands;
+namespace OrtKvTier.Benchmarks.Commands;
+
+// BenchmarkDotNet's parser brings a global namespace named CommandLine.
+using OrtKvTier.Console;
+using OrtKvTier.Console.Commands;
+using CommandLine = OrtKvTier.Console.CommandLine;
 
 /// <summary>
-/// <c>bench capture</c>: what storing the prompt's chunks after the first token costs the next token.
+/// <c>ortkv-bench capture</c>: what storing the prompt's chunks after the first token costs the next token.
 /// Each rep prefills a new prompt (a miss), generates, and captures the prompt after the first token
 /// either inline on the request's thread or in the background while generation goes on; the two
 /// alternate rep by rep on one cache, so both see the same machine load and the same cache state.
@@ -14,8 +19,8 @@ namespace OrtKvTier.Console.Commands;
 internal static class BenchCaptureCommand
 {
     public const string Usage =
-        "bench capture [--model DIR] [--prompt-tokens N] [--new-tokens M] [--reps R] [--intra-op-threads T] [--json]\n" +
-        "           (default: models/bench, 2048 prompt tokens, 8 new, 5 reps, ONNX Runtime's thread count)";
+        "  capture [--model DIR] [--prompt-tokens N] [--new-tokens M] [--reps R] [--intra-op-threads T] [--json]\n" +
+        "    (default: models/bench, 2048 prompt tokens, 8 new, 5 reps, ONNX Runtime's thread count)";
 
     private sealed record Sample(double CaptureCallMs, double SecondTokenMs, double LaterTokenMs);
 

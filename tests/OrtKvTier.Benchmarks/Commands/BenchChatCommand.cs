@@ -7,10 +7,15 @@ using OrtKvTier.Cache;
 using OrtKvTier.Chat;
 using OrtKvTier.Model;
 
-namespace OrtKvTier.Console.Commands;
+namespace OrtKvTier.Benchmarks.Commands;
+
+// BenchmarkDotNet's parser brings a global namespace named CommandLine.
+using OrtKvTier.Console;
+using OrtKvTier.Console.Commands;
+using CommandLine = OrtKvTier.Console.CommandLine;
 
 /// <summary>
-/// <c>bench chat</c>: a synthetic multi-turn replay (one shared system prompt, each conversation's
+/// <c>ortkv-bench chat</c>: a synthetic multi-turn replay (one shared system prompt, each conversation's
 /// history growing turn by turn), measuring time to first token per turn with our client and its
 /// prefix cache, with our client and no cache, and with GenAI's <c>OnnxRuntimeGenAIChatClient</c>
 /// (<c>EnableCaching</c>, one client per conversation) on the same folder; prints the per-turn table
@@ -19,8 +24,8 @@ namespace OrtKvTier.Console.Commands;
 internal static class BenchChatCommand
 {
     public const string Usage =
-        "bench chat [--model DIR] [--conversations N] [--turns T] [--system-tokens S] [--user-tokens U] [--new-tokens M]\n" +
-        "           [--chart FILE.svg] [--json]   (default: models/bench, 3 conversations × 5 turns, 1024-token system prompt)";
+        "  chat [--model DIR] [--conversations N] [--turns T] [--system-tokens S] [--user-tokens U] [--new-tokens M]\n" +
+        "    [--chart FILE.svg] [--json]   (default: models/bench, 3 conversations × 5 turns, 1024-token system prompt)";
 
     private static readonly string[] Rows = ["kv_cache", "no_cache", "genai_caching"];
     private static bool _statelessOnly;

@@ -5,32 +5,33 @@ using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Keys;
 
-namespace OrtKvTier.Console.Commands;
+namespace OrtKvTier.Benchmarks.Commands;
+
+// BenchmarkDotNet's parser brings a global namespace named CommandLine.
+using OrtKvTier.Console;
+using OrtKvTier.Console.Commands;
+using CommandLine = OrtKvTier.Console.CommandLine;
 
 /// <summary>
-/// <c>bench disk</c>: put and verified-get throughput of the slot pool beside a one-thread memcpy of
+/// <c>ortkv-bench disk</c>: put and verified-get throughput of the slot pool beside a one-thread memcpy of
 /// the same bytes, measured in the same run, plus the time to open the pool it wrote and one of 10k entries.
 /// </summary>
 internal static class BenchDiskCommand
 {
     public const string Usage =
-        "bench disk --layers L --kv-heads H --head-size D --chunk-tokens C --chunks N [--dtype fp16|fp32]\n" +
-        "           [--durability none|batched|every] [--dir DIR] [--rounds R] [--json]   (put: rewrite of a full pool; first_fill: fresh file)";
+        "  disk --layers L --kv-heads H --head-size D --chunk-tokens C --chunks N [--dtype fp16|fp32]\n" +
+        "    [--durability none|batched|every] [--dir DIR] [--rounds R] [--json]   (put: rewrite of a full pool; first_fill: fresh file)";
 
     public static int Run(CommandLine cl)
     {
-        var identity = new SlotPoolIdentity
+        int elementSize = (cl.String("dtype") ?? "fp16") switch
         {
-            Fingerprint = new ModelFingerprint(0xB3AC4),
-            Layers = cl.Int("layers", 24, 1), KvHeads = cl.Int("kv-heads", 2, 1), HeadSize = cl.Int("head-size", 64, 1),
-            ElementSize = (cl.String("dtype") ?? "fp16") switch
-            {
-                "fp16" => 2,
-                "fp32" => 4,
-                var d => throw new UsageException($"--dtype expects fp16 or fp32; got '{d}'."),
-            },
-            ChunkTokens = cl.Int("chunk-tokens", 128, 1),
+            "fp16" => 2,
+            "fp32" => 4,
+            var d => throw new UsageException($"--dtype expects fp16 or fp32; got '{d}'."),
         };
+        var identity = SlotPoolIdentity.For(new ModelFingerprint(0xB3AC4),
+            new KvShape(cl.Int("layers", 24, 1), cl.Int("kv-heads", 2, 1), cl.Int("head-size", 64, 1), elementSize), cl.Int("chunk-tokens", 128, 1));
         int chunks = cl.Int("chunks", 1000, 1);
         int rounds = cl.Int("rounds", 3, 1);
         var durability = (cl.String("durability") ?? "none") switch
@@ -122,7 +123,7 @@ internal static class BenchDiskCommand
     /// <summary>Opens a pool of 10,000 small entries written earlier in the run; returns milliseconds.</summary>
     private static double OpenTenThousand(string dir)
     {
-        var identity = new SlotPoolIdentity { Fingerprint = new ModelFingerprint(0x10C), Layers = 1, KvHeads = 1, HeadSize = 16, ElementSize = 2, ChunkTokens = 16 };
+        var identity = SlotPoolIdentity.For(new ModelFingerprint(0x10C), new KvShape(1, 1, 16, 2), chunkTokens: 16);
         var options = new SlotPoolOptions { Directory = dir, Identity = identity, CapacitySlots = 10_000, Durability = Durability.None };
         var payload = new byte[identity.PayloadBytes];
         var tokens = new int[16];

@@ -1,7 +1,7 @@
 using System.Text.Json;
 using OrtKvTier.Tests.Support;
 
-namespace OrtKvTier.Tests.Console;
+namespace OrtKvTier.Tests.Benchmarks;
 
 /// <summary>The model benches run end to end on the tiny model and report what the README reads from them.</summary>
 public sealed class BenchCommandTests
@@ -9,7 +9,7 @@ public sealed class BenchCommandTests
     [Fact]
     public void BenchTtftReportsAllFourRowsAndRestoresThePrefixFromHostAndDisk()
     {
-        var run = ChildProcess.Console("bench", "ttft", "--model", TestPaths.Tiny, "--prefix-tokens", "128", "--suffix-tokens", "4", "--new-tokens", "2", "--reps", "1", "--json");
+        var run = ChildProcess.Bench("ttft", "--model", TestPaths.Tiny, "--prefix-tokens", "128", "--suffix-tokens", "4", "--new-tokens", "2", "--reps", "1", "--json");
         Assert.True(run.ExitCode == 0, run.StdErr);
         var root = JsonDocument.Parse(run.StdOut).RootElement;
         foreach (var row in new[] { "no_cache", "host_hit", "disk_hit", "genai" })
@@ -24,7 +24,7 @@ public sealed class BenchCommandTests
     [Fact]
     public void BenchChunksAndBenchChatRunAndReportEveryRow()
     {
-        var chunks = ChildProcess.Console("bench", "chunks", "--model", TestPaths.Tiny, "--prefix-tokens", "128", "--sizes", "16,32", "--reps", "1", "--json");
+        var chunks = ChildProcess.Bench("chunks", "--model", TestPaths.Tiny, "--prefix-tokens", "128", "--sizes", "16,32", "--reps", "1", "--json");
         Assert.True(chunks.ExitCode == 0, chunks.StdErr);
         var rows = JsonDocument.Parse(chunks.StdOut).RootElement.GetProperty("rows").EnumerateArray().ToArray();
         Assert.Equal([16, 32], rows.Select(r => r.GetProperty("chunk_tokens").GetInt32()));
@@ -32,7 +32,7 @@ public sealed class BenchCommandTests
 
         using var temp = new TempDir();
         var svg = temp.Sub("chat.svg");
-        var chat = ChildProcess.Console("bench", "chat", "--model", TestPaths.Tiny, "--conversations", "2", "--turns", "2", "--system-tokens", "64",
+        var chat = ChildProcess.Bench("chat", "--model", TestPaths.Tiny, "--conversations", "2", "--turns", "2", "--system-tokens", "64",
             "--user-tokens", "8", "--new-tokens", "4", "--chart", svg, "--json");
         Assert.True(chat.ExitCode == 0, chat.StdErr);
         var turns = JsonDocument.Parse(chat.StdOut).RootElement.GetProperty("per_turn").EnumerateArray().ToArray();
@@ -44,7 +44,7 @@ public sealed class BenchCommandTests
     [Fact]
     public void BenchCaptureTimesTheSecondTokenWithTheCaptureInlineAndInTheBackground()
     {
-        var run = ChildProcess.Console("bench", "capture", "--model", TestPaths.Tiny, "--prompt-tokens", "128", "--new-tokens", "4", "--reps", "1", "--intra-op-threads", "1", "--json");
+        var run = ChildProcess.Bench("capture", "--model", TestPaths.Tiny, "--prompt-tokens", "128", "--new-tokens", "4", "--reps", "1", "--intra-op-threads", "1", "--json");
         Assert.True(run.ExitCode == 0, run.StdErr);
         var root = JsonDocument.Parse(run.StdOut).RootElement;
         foreach (var mode in new[] { "inline", "background" })

@@ -2,7 +2,9 @@ using System.Diagnostics;
 using System.Reflection;
 using OrtKvTier.ModelBuilder;
 
-namespace OrtKvTier.Console.Commands;
+namespace OrtKvTier.Benchmarks.Commands;
+
+using OrtKvTier.Console;
 
 /// <summary>What the model benches share: the bench-size model folder, synthetic prompts, medians and re-running this console as a child.</summary>
 internal static class BenchModel

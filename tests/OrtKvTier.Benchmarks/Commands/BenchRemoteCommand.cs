@@ -7,16 +7,21 @@ using OrtKvTier.Generation;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 
-namespace OrtKvTier.Console.Commands;
+namespace OrtKvTier.Benchmarks.Commands;
+
+// BenchmarkDotNet's parser brings a global namespace named CommandLine.
+using OrtKvTier.Console;
+using OrtKvTier.Console.Commands;
+using CommandLine = OrtKvTier.Console.CommandLine;
 
 /// <summary>
-/// <c>bench remote</c>: restore GB/s of a prefix from a Redis-compatible server against the local disk
+/// <c>ortkv-bench remote</c>: restore GB/s of a prefix from a Redis-compatible server against the local disk
 /// tier (each from a fresh cache with an empty host tier), and time to first token with a remote hit
 /// against no cache, on the same folder and prompts in one run.
 /// </summary>
 internal static class BenchRemoteCommand
 {
-    public const string Usage = "bench remote [--model DIR] [--remote redis://HOST:PORT] [--prefix-tokens N] [--reps R] [--json]   (no --remote: starts redis-server on a free loopback port)";
+    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT] [--prefix-tokens N] [--reps R] [--json]   (no --remote: starts redis-server on a free loopback port)";
 
     public static int Run(CommandLine cl)
     {
@@ -125,7 +130,7 @@ internal static class BenchRemoteCommand
             }
             catch (System.ComponentModel.Win32Exception)
             {
-                throw new UsageException("bench remote needs --remote redis://HOST:PORT or redis-server on the PATH (apt-get install redis-server).");
+                throw new UsageException("remote needs --remote redis://HOST:PORT or redis-server on the PATH (apt-get install redis-server).");
             }
             for (var clock = Stopwatch.StartNew(); clock.Elapsed < TimeSpan.FromSeconds(10); Thread.Sleep(50))
                 try
