@@ -25,7 +25,8 @@ internal sealed class DeviceTier : IKvTier
     private readonly Dictionary<ChunkKey, DevicePrefix> _byKey = [];
     /// <summary>Every entry under its last chunk key (unique: a prefix is stored once), least recently used first.</summary>
     private readonly LruMap<ChunkKey, DevicePrefix> _recency = new();
-    private long _bytes, _hits, _misses, _writes, _evictions;
+    private long _bytes;
+    private TierCounters _counters;
     private bool _disposed;
 
     /// <summary>
@@ -79,10 +80,10 @@ internal sealed class DeviceTier : IKvTier
                 if (!_byKey.TryGetValue(keys[chunks - 1], out var entry) || !Holds(entry, tokens, chunks * ChunkTokens)) continue;
                 Touch(entry);
                 entry.Leases++;
-                _hits++;
+                _counters.Hits++;
                 return new DeviceHit(this, entry, chunks);
             }
-            _misses++;
+            _counters.Misses++;
             return null;
         }
     }
@@ -122,7 +123,7 @@ internal sealed class DeviceTier : IKvTier
             while (_bytes + bytes > BudgetBytes && _recency.TryPeekOldest(out _, out var oldest))
             {
                 Unlink(oldest);
-                _evictions++;
+                _counters.Evictions++;
                 evicted.Add(oldest);
             }
             _bytes += bytes; // reserved while the tensors are copied outside the lock
@@ -152,7 +153,7 @@ internal sealed class DeviceTier : IKvTier
             }
             _recency.Set(added.Keys[^1], added);
             foreach (var key in added.Keys) _byKey[key] = added;
-            _writes++;
+            _counters.Writes++;
         }
         return true;
     }
@@ -161,11 +162,7 @@ internal sealed class DeviceTier : IKvTier
     public KvTierStats GetStats()
     {
         lock (_gate)
-            return new KvTierStats
-            {
-                Name = Id.Name, Entries = _recency.Count, Bytes = _bytes, CapacityBytes = BudgetBytes,
-                Hits = _hits, Misses = _misses, Writes = _writes, Evictions = _evictions,
-            };
+            return _counters.ToStats(Id, _recency.Count, _bytes, BudgetBytes);
     }
 
     /// <summary>Frees every entry not being copied now (those are freed when their copy ends); nothing goes to the host tier.</summary>

@@ -14,7 +14,8 @@ internal sealed class HostTier : IKvChunkTier
 {
     private readonly object _gate = new();
     private readonly LruMap<ChunkKey, HostChunk> _entries = new();
-    private long _bytes, _hits, _misses, _writes, _evictions;
+    private long _bytes;
+    private TierCounters _counters;
 
     /// <summary>Creates an empty tier for chunks of <paramref name="chunkBytes"/> bytes that holds at most <paramref name="budgetBytes"/>.</summary>
     public HostTier(long budgetBytes, long chunkBytes)
@@ -113,11 +114,7 @@ internal sealed class HostTier : IKvChunkTier
     public KvTierStats GetStats()
     {
         lock (_gate)
-            return new KvTierStats
-            {
-                Name = Id.Name, Entries = _entries.Count, Bytes = _bytes, CapacityBytes = BudgetBytes,
-                Hits = _hits, Misses = _misses, Writes = _writes, Evictions = _evictions,
-            };
+            return _counters.ToStats(Id, _entries.Count, _bytes, BudgetBytes);
     }
 
     /// <inheritdoc />
@@ -135,11 +132,11 @@ internal sealed class HostTier : IKvChunkTier
             if (_entries.TryGetValue(key, out var held) && held.TokensEqual(tokens))
             {
                 _entries.Touch(key);
-                _hits++;
+                _counters.Hits++;
                 chunk = held.Retain();
                 return true;
             }
-            _misses++;
+            _counters.Misses++;
             chunk = null!;
             return false;
         }
@@ -161,12 +158,12 @@ internal sealed class HostTier : IKvChunkTier
             {
                 _entries.Remove(oldestKey, out _);
                 _bytes -= ChunkBytes;
-                _evictions++;
+                _counters.Evictions++;
                 (evicted ??= []).Add(oldest);
             }
             _entries.Set(chunk.Key, chunk.Retain());
             _bytes += ChunkBytes;
-            _writes++;
+            _counters.Writes++;
         }
         if (evicted is not null)
             foreach (var old in evicted)

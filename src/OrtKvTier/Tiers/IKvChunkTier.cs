@@ -120,3 +120,15 @@ public sealed record KvTierStats
     /// <summary>Whether the tier only reads (for example a disk pool whose writer lock another process holds).</summary>
     public bool ReadOnly { get; init; }
 }
+
+/// <summary>The counters a memory tier keeps under its own lock.</summary>
+internal struct TierCounters
+{
+    public long Hits, Misses, Writes, Evictions;
+
+    public readonly KvTierStats ToStats(TierId id, long entries, long bytes, long capacityBytes) => new()
+    {
+        Name = id.Name, Entries = entries, Bytes = bytes, CapacityBytes = capacityBytes,
+        Hits = Hits, Misses = Misses, Writes = Writes, Evictions = Evictions,
+    };
+}
