@@ -57,7 +57,7 @@ internal sealed class OrtKvTensors : IKvTensorView, IDisposable
                     $"Tensor {i} is {info.ElementDataType} [{string.Join(", ", shape)}]; expected {layout.OrtElementType} [1, {layout.KvHeads}, {(rows >= 0 ? rows : "rows")}, {layout.HeadSize}] like every other one.", parameter);
             var memory = values[i].GetTensorMemoryInfo();
             if (memory.GetDeviceType() != OrtMemoryInfoDeviceType.CPU && memory.GetDeviceMemoryType() != OrtDeviceMemoryType.HOST_ACCESSIBLE)
-                throw new ArgumentException($"Tensor {i} lives in device memory; this hook reads and writes host (or pinned) tensors. Bind host past/present tensors, or copy them to pinned memory first (DeviceKvTransfer).", parameter);
+                throw new ArgumentException($"Tensor {i} lives in device memory; this hook reads and writes host (or pinned) tensors. Bind host past/present tensors, or copy them to host or pinned memory first (on CUDA, KvGenerator restores into device memory itself).", parameter);
             rows = shape[2];
         }
         return new OrtKvTensors(values.ToArray(), checked((int)rows));

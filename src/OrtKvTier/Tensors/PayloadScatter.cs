@@ -3,7 +3,8 @@ namespace OrtKvTier.Tensors;
 /// <summary>
 /// Where a payload's bytes go when read: consecutive runs of <see cref="RunBytes"/>, run i to
 /// <see cref="Target"/>(i); only the first <see cref="CopyBytes"/> of each run are copied (the rest
-/// is verified in place). A contiguous destination is one run.
+/// is verified in place). A contiguous destination is one run. It holds raw addresses: valid only while
+/// the memory it points into (past tensors, staging, a pinned span) is alive and not moved.
 /// </summary>
 internal readonly unsafe struct PayloadScatter
 {
