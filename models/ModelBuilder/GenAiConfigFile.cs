@@ -62,6 +62,7 @@ internal static class GenAiConfigFile
                 ["top_p"] = 1.0,
             },
         };
+        if (shape.Rotary == RotaryPlacement.PositionIds) config["model"]!["decoder"]!["inputs"]!["position_ids"] = "position_ids";
         File.WriteAllText(Path.Combine(folder, "genai_config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 }

@@ -8,14 +8,15 @@ namespace OrtKvTier.ModelBuilder;
 /// </summary>
 public static class ModelFolderBuilder
 {
-    /// <summary>Builds the folder, replacing the four files if present.</summary>
+    /// <summary>Builds the folder, replacing its files if present.</summary>
     public static void Build(string folder, ModelShape shape)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
         ArgumentNullException.ThrowIfNull(shape);
         shape.Validate();
         Directory.CreateDirectory(folder);
-        File.WriteAllBytes(Path.Combine(folder, "model.onnx"), new DecoderGraph(shape).Build());
+        using (var externalData = shape.ExternalDataFile is { } dataFile ? new FileStream(Path.Combine(folder, dataFile), FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20) : null)
+            File.WriteAllBytes(Path.Combine(folder, "model.onnx"), new DecoderGraph(shape, externalData).Build());
         GenAiConfigFile.Write(folder, shape);
         TokenizerFiles.Write(folder, shape);
     }

@@ -9,6 +9,15 @@ public enum IoDType
     Fp16,
 }
 
+/// <summary>Where the decoder applies rotary position embeddings.</summary>
+public enum RotaryPlacement
+{
+    /// <summary>Fused into GroupQueryAttention (<c>do_rotary=1</c>); positions come from the attention mask (GenAI's CPU and CUDA exports).</summary>
+    InAttention,
+    /// <summary>In <c>RotaryEmbedding</c> nodes (com.microsoft) fed by a <c>position_ids</c> input (GenAI's builder when rotary is not fused, e.g. DirectML exports).</summary>
+    PositionIds,
+}
+
 /// <summary>
 /// The shape of a Llama-style decoder the builder writes. <see cref="Vocab"/> counts every token:
 /// 256 byte symbols, learned and synthetic merges, and the special tokens.
@@ -35,6 +44,10 @@ public sealed record ModelShape
     public IoDType DType { get; init; } = IoDType.Fp32;
     /// <summary>Whether genai_config.json asks for one shared past/present buffer.</summary>
     public bool SharedBuffer { get; init; }
+    /// <summary>Where rotary embeddings are applied. Default: fused into attention.</summary>
+    public RotaryPlacement Rotary { get; init; } = RotaryPlacement.InAttention;
+    /// <summary>When set, every weight is stored in this external-data file beside <c>model.onnx</c> (like <c>model.onnx.data</c> or Optimum's <c>model.onnx_data</c>); null keeps them inside.</summary>
+    public string? ExternalDataFile { get; init; }
     /// <summary>Seed for weights; the same shape and seed give the same bytes.</summary>
     public int Seed { get; init; } = 1234;
 
@@ -62,6 +75,8 @@ public sealed record ModelShape
         Require(Vocab >= ByteTokens + SpecialTokens.All.Length + 1,
             $"Vocab must be at least {ByteTokens + SpecialTokens.All.Length + 1} (256 bytes, {SpecialTokens.All.Length} specials, one merge); got {Vocab}.");
         Require(MaxLength >= 2, $"MaxLength must be at least 2; got {MaxLength}.");
+        Require(ExternalDataFile is null || (ExternalDataFile.Length > 0 && ExternalDataFile == Path.GetFileName(ExternalDataFile) && ExternalDataFile != "model.onnx"),
+            $"ExternalDataFile must be a plain file name other than model.onnx; got '{ExternalDataFile}'.");
     }
 
     internal const int ByteTokens = 256;

@@ -2,22 +2,25 @@ namespace OrtKvTier.ModelBuilder.Onnx;
 
 /// <summary>
 /// Builds the Llama-style decoder: token embedding; per layer RMSNorm, Q/K/V projections,
-/// GroupQueryAttention (com.microsoft) with fused rotary from cos/sin caches, output projection,
+/// GroupQueryAttention (com.microsoft) with rotary from cos/sin caches (fused, or in RotaryEmbedding nodes
+/// fed by a <c>position_ids</c> input: <see cref="ModelShape.Rotary"/>), output projection,
 /// residual, RMSNorm, SwiGLU MLP, residual; final RMSNorm; LM head. Matmuls run in fp32; for an
 /// fp16 model the KV cache, attention and logits are fp16 (GQA on CPU takes fp32 and fp16).
 /// </summary>
-internal sealed class DecoderGraph(ModelShape shape)
+internal sealed class DecoderGraph(ModelShape shape, Stream? externalData = null)
 {
     private const float RmsEpsilon = 1e-5f;
     private const double RopeTheta = 10000.0;
-    private readonly GraphBuilder _g = new();
+    private readonly GraphBuilder _g = new() { ExternalDataFile = shape.ExternalDataFile, ExternalData = externalData };
     private SplitMix64 _rng = new((ulong)shape.Seed);
     private OnnxType IoType => shape.DType == IoDType.Fp16 ? OnnxType.Float16 : OnnxType.Float;
 
+    /// <summary>The model's bytes (with <see cref="ModelShape.ExternalDataFile"/>, the weights went to the external-data stream).</summary>
     public byte[] Build()
     {
         var inputIds = _g.Input("input_ids", OnnxType.Int64, "batch_size", "sequence_length");
         var mask = _g.Input("attention_mask", OnnxType.Int64, "batch_size", "total_sequence_length");
+        var positionIds = shape.Rotary == RotaryPlacement.PositionIds ? _g.Input("position_ids", OnnxType.Int64, "batch_size", "sequence_length") : null;
 
         var one = _g.Int64s("one", [1]);
         var axisOne = _g.Int64s("axis_one", [1], 1);
@@ -28,7 +31,7 @@ internal sealed class DecoderGraph(ModelShape shape)
 
         var x = _g.Op("Gather", Weight("model.embed_tokens.weight", 1.0f, shape.Vocab, shape.Hidden), inputIds);
         for (int layer = 0; layer < shape.Layers; layer++)
-            x = DecoderLayer(layer, x, seqlensK, totalLength, cos, sin);
+            x = DecoderLayer(layer, x, seqlensK, totalLength, cos, sin, positionIds);
 
         x = RmsNorm(x, "model.norm.weight");
         var logits = _g.Op("MatMul", x, Weight("lm_head.weight", 4.0f / MathF.Sqrt(shape.Hidden), shape.Hidden, shape.Vocab));
@@ -38,7 +41,7 @@ internal sealed class DecoderGraph(ModelShape shape)
         return _g.ToModel("ortkvtier_decoder");
     }
 
-    private string DecoderLayer(int layer, string x, string seqlensK, string totalLength, string cos, string sin)
+    private string DecoderLayer(int layer, string x, string seqlensK, string totalLength, string cos, string sin, string? positionIds)
     {
         string prefix = $"model.layers.{layer}";
         int kvDim = shape.KvHeads * shape.HeadSize;
@@ -49,7 +52,13 @@ internal sealed class DecoderGraph(ModelShape shape)
         var q = ToIo(Linear(h, $"{prefix}.self_attn.q_proj.weight", shape.Hidden, shape.Hidden));
         var k = ToIo(Linear(h, $"{prefix}.self_attn.k_proj.weight", shape.Hidden, kvDim));
         var v = ToIo(Linear(h, $"{prefix}.self_attn.v_proj.weight", shape.Hidden, kvDim));
-        var attention = _g.Node("GroupQueryAttention", [q, k, v, pastKey, pastValue, seqlensK, totalLength, cos, sin],
+        if (positionIds is not null)
+        {
+            q = Rotary(q, positionIds, cos, sin);
+            k = Rotary(k, positionIds, cos, sin);
+        }
+        string[] rotaryInputs = positionIds is null ? [cos, sin] : [];
+        var attention = _g.Node("GroupQueryAttention", [q, k, v, pastKey, pastValue, seqlensK, totalLength, .. rotaryInputs],
             domain: "com.microsoft",
             outputNames: [$"{prefix}.attn_out", $"present.{layer}.key", $"present.{layer}.value"],
             attributes: new Dictionary<string, object>
@@ -57,7 +66,7 @@ internal sealed class DecoderGraph(ModelShape shape)
                 ["num_heads"] = shape.Heads,
                 ["kv_num_heads"] = shape.KvHeads,
                 ["scale"] = 1.0f / MathF.Sqrt(shape.HeadSize),
-                ["do_rotary"] = 1,
+                ["do_rotary"] = positionIds is null ? 1 : 0,
                 ["rotary_interleaved"] = 0,
             });
         _g.Output($"present.{layer}.key", IoType, "batch_size", shape.KvHeads, "total_sequence_length", shape.HeadSize);
@@ -72,6 +81,11 @@ internal sealed class DecoderGraph(ModelShape shape)
         var down = Linear(_g.Op("Mul", silu, up), $"{prefix}.mlp.down_proj.weight", shape.Intermediate, shape.Hidden);
         return _g.Op("Add", x, down);
     }
+
+    /// <summary>Rotary embedding of <c>[batch, sequence, heads × head size]</c> at <paramref name="positionIds"/> (head size from the caches).</summary>
+    private string Rotary(string x, string positionIds, string cos, string sin) =>
+        _g.Node("RotaryEmbedding", [x, positionIds, cos, sin], domain: "com.microsoft",
+            attributes: new Dictionary<string, object> { ["interleaved"] = 0 })[0];
 
     private string RmsNorm(string x, string weightName)
     {

@@ -19,6 +19,15 @@ public readonly record struct Dim(long? Value, string? Param)
 /// </summary>
 public sealed class GraphBuilder
 {
+    /// <summary>
+    /// When set, float initializers are written to <see cref="ExternalData"/> (64-byte aligned) instead of into
+    /// the model, which names this file as their location.
+    /// </summary>
+    public string? ExternalDataFile { get; init; }
+
+    /// <summary>Where external-data bytes go (needed with <see cref="ExternalDataFile"/>).</summary>
+    public Stream? ExternalData { get; init; }
+
     private readonly List<ProtoWriter> _nodes = [];
     private readonly List<ProtoWriter> _initializers = [];
     private readonly List<ProtoWriter> _inputs = [];
@@ -102,7 +111,18 @@ public sealed class GraphBuilder
     {
         var tensor = new ProtoWriter();
         foreach (var d in dims) tensor.Int(OnnxProto.TensorDims, d);
-        tensor.Int(OnnxProto.TensorDataType, (int)type).String(OnnxProto.TensorName, name).Bytes(OnnxProto.TensorRawData, raw);
+        tensor.Int(OnnxProto.TensorDataType, (int)type).String(OnnxProto.TensorName, name);
+        if (ExternalDataFile is { } file && ExternalData is { } data && type is OnnxType.Float or OnnxType.Float16)
+        {
+            long offset = (data.Position + 63) / 64 * 64;
+            data.Write(new byte[offset - data.Position]);
+            data.Write(raw);
+            tensor.Message(OnnxProto.TensorExternalData, e => e.String(OnnxProto.EntryKey, "location").String(OnnxProto.EntryValue, file))
+                .Message(OnnxProto.TensorExternalData, e => e.String(OnnxProto.EntryKey, "offset").String(OnnxProto.EntryValue, offset.ToString(System.Globalization.CultureInfo.InvariantCulture)))
+                .Message(OnnxProto.TensorExternalData, e => e.String(OnnxProto.EntryKey, "length").String(OnnxProto.EntryValue, raw.Length.ToString(System.Globalization.CultureInfo.InvariantCulture)))
+                .Int(OnnxProto.TensorDataLocation, OnnxProto.DataLocationExternal);
+        }
+        else tensor.Bytes(OnnxProto.TensorRawData, raw);
         _initializers.Add(tensor);
         return name;
     }

@@ -22,7 +22,9 @@ internal static class OnnxProto
     public const int NodeInput = 1, NodeOutput = 2, NodeName = 3, NodeOpType = 4, NodeAttribute = 5, NodeDomain = 7;
     public const int AttrName = 1, AttrF = 2, AttrI = 3, AttrInts = 8, AttrType = 20;
     public const int AttrTypeFloat = 1, AttrTypeInt = 2, AttrTypeInts = 7;
-    public const int TensorDims = 1, TensorDataType = 2, TensorName = 8, TensorRawData = 9;
+    public const int TensorDims = 1, TensorDataType = 2, TensorName = 8, TensorRawData = 9, TensorExternalData = 13, TensorDataLocation = 14;
+    public const int EntryKey = 1, EntryValue = 2;
+    public const int DataLocationExternal = 1;
     public const int ValueInfoName = 1, ValueInfoType = 2;
     public const int TypeTensor = 1, TypeTensorElemType = 1, TypeTensorShape = 2;
     public const int ShapeDim = 1, DimValue = 1, DimParam = 2;

@@ -55,7 +55,7 @@ public sealed class KvGenerator : IDisposable
         _model = model;
         _cache = cache;
         Search = search;
-        _sampler = new TokenSampler(search);
+        _sampler = new TokenSampler(search, model.EosTokenIds);
         _logits = new float[model.VocabSize];
         _past = PastKeyValues.Create(model.Layout, KvMemory.For(model));
         _binding = model.Session.CreateIoBinding();
@@ -185,7 +185,7 @@ public sealed class KvGenerator : IDisposable
         if (_sequence.Count == 0) throw new InvalidOperationException("Append prompt tokens before generating.");
         if (IsDone) throw new InvalidOperationException($"Generation is done ({(_sequence.Count >= Search.MaxLength ? "max length reached" : "end of sequence")}); rewind or start a new generator.");
         ComputePending();
-        int token = _sampler.Next(_logits);
+        int token = _sampler.Next(_logits, _sequence);
         _sequence.Add(token);
         _lastWasGenerated = true;
         _logitsCurrent = false;
@@ -266,11 +266,13 @@ public sealed class KvGenerator : IDisposable
 
         using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [1, ids.Length]);
         using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [1, total]);
+        using var positionsValue = names.PositionIds is null ? null : Positions(_past.Length, tokens.Length, names.PositionIdsInt32);
         using var logitsValue = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, _model.LogitsType, [1, tokens.Length, _model.VocabSize]);
         _binding.ClearBoundInputs();
         _binding.ClearBoundOutputs();
         _binding.BindInput(names.InputIds, idsValue);
         _binding.BindInput(names.AttentionMask, maskValue);
+        if (positionsValue is not null) _binding.BindInput(names.PositionIds!, positionsValue);
         _binding.BindOutput(names.Logits, logitsValue);
         _past.Bind(_binding, tokens.Length);
         try
@@ -284,6 +286,13 @@ public sealed class KvGenerator : IDisposable
         }
         _past.Commit(tokens.Length);
         CopyLastRow(logitsValue, tokens.Length - 1);
+    }
+
+    /// <summary>Positions <c>[1, count]</c> of the tokens after <paramref name="first"/> computed ones, as GenAI feeds a graph with a position-ids input.</summary>
+    private static OrtValue Positions(int first, int count, bool int32)
+    {
+        if (int32) return OrtValue.CreateTensorValueFromMemory(Enumerable.Range(first, count).ToArray(), [1, count]);
+        return OrtValue.CreateTensorValueFromMemory(Enumerable.Range(first, count).Select(p => (long)p).ToArray(), [1, count]);
     }
 
     private void CopyLastRow(OrtValue logits, int row)

@@ -20,6 +20,13 @@ public sealed record SearchOptions
     public double TopP { get; init; } = 1.0;
     /// <summary>Seed for sampling; the same seed, options and prompt give the same tokens. Null picks one at random.</summary>
     public ulong? Seed { get; init; }
+    /// <summary>
+    /// Scores of tokens already in the sequence (prompt included) are divided by this when positive and multiplied
+    /// when negative, before greedy choice or sampling, as GenAI does; 1 turns it off. Default 1.
+    /// </summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
+    /// <summary>End-of-sequence tokens cannot be chosen while the sequence (prompt included) is shorter than this. Default 0.</summary>
+    public int MinLength { get; init; }
 
     /// <summary>The defaults from the model's genai_config.json <c>search</c> section.</summary>
     public static SearchOptions FromConfig(KvModel model)
@@ -33,6 +40,9 @@ public sealed record SearchOptions
             Temperature = search?.Temperature ?? 1.0,
             TopK = search?.TopK ?? 0,
             TopP = search?.TopP ?? 1.0,
+            RepetitionPenalty = search?.RepetitionPenalty ?? 1.0,
+            MinLength = search?.MinLength ?? 0,
+            Seed = search?.RandomSeed is >= 0 and var seed ? (ulong)seed : null,
         };
     }
 
@@ -48,5 +58,9 @@ public sealed record SearchOptions
             throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "TopK must be 0 (off) or positive.");
         if (!(TopP > 0 && TopP <= 1))
             throw new ArgumentOutOfRangeException(nameof(TopP), TopP, "TopP must be in (0, 1]; 1 turns it off.");
+        if (!(RepetitionPenalty > 0) || double.IsInfinity(RepetitionPenalty))
+            throw new ArgumentOutOfRangeException(nameof(RepetitionPenalty), RepetitionPenalty, "RepetitionPenalty must be a positive finite number; 1 turns it off.");
+        if (MinLength < 0)
+            throw new ArgumentOutOfRangeException(nameof(MinLength), MinLength, "MinLength must be 0 (off) or positive.");
     }
 }

@@ -1,15 +1,40 @@
 namespace OrtKvTier.Generation;
 
-/// <summary>Greedy or temperature/top-k/top-p sampling over one row of logits, reproducible from a seed.</summary>
-internal sealed class TokenSampler(SearchOptions options)
+/// <summary>
+/// Picks the next token from one row of logits the way GenAI's search does: minimum length and repetition
+/// penalty first, then greedy choice (also for <c>top_k = 1</c>) or temperature/top-k/top-p sampling,
+/// reproducible from a seed.
+/// </summary>
+internal sealed class TokenSampler(SearchOptions options, IReadOnlyList<int> eosTokenIds)
 {
+    private float[] _scores = [];
+
+    /// <summary>The next token after <paramref name="sequence"/> (prompt and generated tokens) given its <paramref name="logits"/>.</summary>
+    public int Next(ReadOnlySpan<float> logits, IReadOnlyList<int> sequence)
+    {
+        if (options.MinLength <= sequence.Count && options.RepetitionPenalty == 1.0) return Next(logits);
+        if (_scores.Length != logits.Length) _scores = new float[logits.Length];
+        logits.CopyTo(_scores);
+        if (sequence.Count < options.MinLength)
+            foreach (var eos in eosTokenIds)
+                if ((uint)eos < (uint)_scores.Length) _scores[eos] = float.MinValue;
+        if (options.RepetitionPenalty != 1.0)
+        {
+            float penalty = (float)options.RepetitionPenalty;
+            foreach (var token in new HashSet<int>(sequence))
+                if ((uint)token < (uint)_scores.Length)
+                    _scores[token] = _scores[token] < 0 ? _scores[token] * penalty : _scores[token] / penalty;
+        }
+        return Next(_scores);
+    }
+
     private ulong _state = options.Seed ?? (ulong)Random.Shared.NextInt64();
     private int[] _order = [];
     private double[] _probabilities = [];
 
-    public int Next(ReadOnlySpan<float> logits)
+    private int Next(ReadOnlySpan<float> logits)
     {
-        if (!options.DoSample) return ArgMax(logits);
+        if (!options.DoSample || options.TopK == 1) return ArgMax(logits);
 
         if (_order.Length != logits.Length)
         {

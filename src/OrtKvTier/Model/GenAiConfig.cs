@@ -28,6 +28,8 @@ internal sealed class GenAiConfig
         [JsonPropertyName("pad_token_id")] public int? PadTokenId { get; init; }
         /// <summary>The <c>decoder</c> section.</summary>
         [JsonPropertyName("decoder")] public DecoderSection? Decoder { get; init; }
+        /// <summary>Keys not read here (other models of a pipeline: <c>vision</c>, <c>speech</c>, <c>embedding</c>, <c>encoder</c>, …).</summary>
+        [JsonExtensionData] public Dictionary<string, JsonElement>? Other { get; set; }
     }
 
     /// <summary>The <c>model.decoder</c> section.</summary>
@@ -49,6 +51,8 @@ internal sealed class GenAiConfig
         [JsonPropertyName("inputs")] public DecoderInputs? Inputs { get; init; }
         /// <summary>Output names.</summary>
         [JsonPropertyName("outputs")] public DecoderOutputs? Outputs { get; init; }
+        /// <summary>Keys not read here (<c>pipeline</c>, <c>session_options</c>, …).</summary>
+        [JsonExtensionData] public Dictionary<string, JsonElement>? Other { get; set; }
     }
 
     /// <summary>The <c>model.decoder.inputs</c> section.</summary>
@@ -64,6 +68,8 @@ internal sealed class GenAiConfig
         [JsonPropertyName("past_key_names")] public string? PastKeyNames { get; init; }
         /// <summary>Past value name pattern with <c>%d</c> for the layer.</summary>
         [JsonPropertyName("past_value_names")] public string? PastValueNames { get; init; }
+        /// <summary>Keys not read here (<c>past_names</c> of GPT-2's combined tensors, <c>inputs_embeds</c>, …).</summary>
+        [JsonExtensionData] public Dictionary<string, JsonElement>? Other { get; set; }
     }
 
     /// <summary>The <c>model.decoder.outputs</c> section.</summary>
@@ -92,8 +98,16 @@ internal sealed class GenAiConfig
         [JsonPropertyName("top_k")] public int? TopK { get; init; }
         /// <summary>Nucleus cut (1: off).</summary>
         [JsonPropertyName("top_p")] public double? TopP { get; init; }
-        /// <summary>Beams; only 1 is supported.</summary>
+        /// <summary>Beams; only 1 (greedy or sampling) is supported.</summary>
         [JsonPropertyName("num_beams")] public int? NumBeams { get; init; }
+        /// <summary>Sequences returned per prompt; only 1 is supported.</summary>
+        [JsonPropertyName("num_return_sequences")] public int? NumReturnSequences { get; init; }
+        /// <summary>End-of-sequence tokens are suppressed until the sequence (prompt included) is this long.</summary>
+        [JsonPropertyName("min_length")] public int? MinLength { get; init; }
+        /// <summary>Scores of tokens already in the sequence are divided (positive) or multiplied (negative) by this; 1 is off.</summary>
+        [JsonPropertyName("repetition_penalty")] public double? RepetitionPenalty { get; init; }
+        /// <summary>Sampling seed; -1 picks one at random.</summary>
+        [JsonPropertyName("random_seed")] public long? RandomSeed { get; init; }
     }
 
     /// <summary>Reads an int or an array of ints.</summary>

@@ -90,9 +90,7 @@ public sealed class KvModel : IDisposable
         int layers = Positive(configPath, "model.decoder.num_hidden_layers", decoder.NumHiddenLayers);
         int kvHeads = Positive(configPath, "model.decoder.num_key_value_heads", decoder.NumKeyValueHeads ?? decoder.NumAttentionHeads);
         int headSize = Positive(configPath, "model.decoder.head_size", decoder.HeadSize);
-        if (headSize % HeadSizeMultiple != 0)
-            throw new ModelFolderException(configPath, "model.decoder.head_size", $"a multiple of {HeadSizeMultiple} (GroupQueryAttention refuses others)",
-                headSize.ToString(), "Rebuild the model with a supported head size.");
+        DecoderChecks.Config(configPath, config);
 
         var decoderFile = Require(configPath, "model.decoder.filename", decoder.Filename, "the decoder's ONNX file name");
         var decoderPath = Path.Combine(folder, decoderFile);
@@ -106,6 +104,9 @@ public sealed class KvModel : IDisposable
         bool shared = options.SharedBuffer ?? config.Search?.PastPresentShareBuffer ?? false;
         int maxLength = config.Search?.MaxLength ?? config.Model.ContextLength
             ?? throw new ModelFolderException(configPath, "search.max_length", "a positive integer (or model.context_length)", "neither");
+        var graph = ReadGraph(decoderPath);
+        DecoderChecks.Attention(configPath, graph, headSize, shared);
+        var externalData = DecoderChecks.ExternalData(decoderPath, graph);
 
         OrtRuntime.EnsureLoaded();
         using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
@@ -124,7 +125,8 @@ public sealed class KvModel : IDisposable
 
         try
         {
-            var elementType = CheckGraph(decoderPath, configPath, session, names, kvHeads, headSize);
+            var (elementType, positionIds, positionType) = DecoderChecks.Graph(decoderPath, configPath, session, names, kvHeads, headSize);
+            names = names with { PositionIds = positionIds, PositionIdsInt32 = positionType == TensorElementType.Int32 };
             var layout = new KvLayout
             {
                 Layers = layers, KvHeads = kvHeads, HeadSize = headSize, ElementType = elementType, SharedBuffer = shared,
@@ -135,7 +137,7 @@ public sealed class KvModel : IDisposable
             int vocab = (int)logitsMeta.Dimensions[^1];
             if (vocab <= 0) vocab = config.Model.VocabSize ?? throw new ModelFolderException(configPath, "model.vocab_size", "the vocabulary size", "nothing, and the logits output has no fixed last dimension");
             var eos = config.Model.EosTokenId ?? [];
-            return new KvModel(folder, config, session, layout, ModelFingerprint.Compute(decoderPath, configPath, layout), names, vocab, eos)
+            return new KvModel(folder, config, session, layout, ModelFingerprint.Compute(decoderPath, externalData, configPath, layout), names, vocab, eos)
             {
                 LogitsType = logitsMeta.ElementDataType, Device = device, EpDevice = epDevice, DeviceNote = deviceNote,
             };
@@ -165,36 +167,16 @@ public sealed class KvModel : IDisposable
         }
     }
 
-    private static KvElementType CheckGraph(string decoderPath, string configPath, InferenceSession session, ModelNames names, int kvHeads, int headSize)
+    private static OnnxModelFile ReadGraph(string decoderPath)
     {
-        var inputs = session.InputMetadata;
-        var outputs = session.OutputMetadata;
-        foreach (var (field, name) in names.RequiredInputs())
-            if (!inputs.ContainsKey(name))
-                throw new ModelFolderException(configPath, field, $"an input of {Path.GetFileName(decoderPath)}",
-                    $"'{name}', which the graph lacks; its inputs are {string.Join(", ", inputs.Keys)}");
-        foreach (var (field, name) in names.RequiredOutputs())
-            if (!outputs.ContainsKey(name))
-                throw new ModelFolderException(configPath, field, $"an output of {Path.GetFileName(decoderPath)}",
-                    $"'{name}', which the graph lacks; its outputs are {string.Join(", ", outputs.Keys)}");
-
-        var past = inputs[names.PastKeys[0]];
-        var type = past.ElementDataType;
-        if (type is not (TensorElementType.Float or TensorElementType.Float16))
-            throw new ModelFolderException(decoderPath, names.PastKeys[0], "fp32 or fp16 past key/values", type.ToString());
-        foreach (var name in names.PastKeys.Concat(names.PastValues))
+        try
         {
-            var dims = inputs[name].Dimensions;
-            if (dims.Length != 4)
-                throw new ModelFolderException(decoderPath, name, "a rank-4 tensor [batch, kv_heads, past, head_size]", $"rank {dims.Length}");
-            if (dims[1] > 0 && dims[1] != kvHeads)
-                throw new ModelFolderException(decoderPath, name, $"{kvHeads} kv heads (model.decoder.num_key_value_heads in genai_config.json)", $"{dims[1]} in dimension 1");
-            if (dims[3] > 0 && dims[3] != headSize)
-                throw new ModelFolderException(decoderPath, name, $"head size {headSize} (model.decoder.head_size in genai_config.json)", $"{dims[3]} in dimension 3");
-            if (inputs[name].ElementDataType != type)
-                throw new ModelFolderException(decoderPath, name, $"{type} like {names.PastKeys[0]}", inputs[name].ElementDataType.ToString());
+            return OnnxModelFile.Read(decoderPath);
         }
-        return type == TensorElementType.Float16 ? KvElementType.Float16 : KvElementType.Float32;
+        catch (InvalidDataException e)
+        {
+            throw new ModelFolderException(decoderPath, "", "an ONNX model (protobuf ModelProto)", e.Message, inner: e);
+        }
     }
 
     private static T Require<T>(string file, string field, T? value, string expected, string? fix = null) where T : class =>

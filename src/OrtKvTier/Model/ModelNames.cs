@@ -7,6 +7,10 @@ public sealed record ModelNames
     public required string InputIds { get; init; }
     /// <summary>Attention mask input.</summary>
     public required string AttentionMask { get; init; }
+    /// <summary>Position ids input, when the graph has one (rotary applied outside attention); the loop binds the token positions.</summary>
+    public string? PositionIds { get; init; }
+    /// <summary>Whether <see cref="PositionIds"/> is int32 (else int64).</summary>
+    internal bool PositionIdsInt32 { get; init; }
     /// <summary>Logits output.</summary>
     public required string Logits { get; init; }
     /// <summary>Past key inputs per layer.</summary>
@@ -26,6 +30,7 @@ public sealed record ModelNames
         {
             InputIds = inputs?.InputIds ?? "input_ids",
             AttentionMask = inputs?.AttentionMask ?? "attention_mask",
+            PositionIds = inputs?.PositionIds ?? "position_ids",
             Logits = outputs?.Logits ?? "logits",
             PastKeys = Expand(configPath, "model.decoder.inputs.past_key_names", inputs?.PastKeyNames ?? "past_key_values.%d.key", layers),
             PastValues = Expand(configPath, "model.decoder.inputs.past_value_names", inputs?.PastValueNames ?? "past_key_values.%d.value", layers),

@@ -29,10 +29,10 @@ public sealed class GeneratorTests : IDisposable
     public void SamplingFollowsTheDistribution()
     {
         var options = new SearchOptions { MaxLength = 10, DoSample = true, Seed = 11, Temperature = 1.0 };
-        var sampler = new TokenSampler(options);
+        var sampler = new TokenSampler(options, eosTokenIds: []);
         float[] logits = [0f, MathF.Log(3f), float.NegativeInfinity, 0f];
         var counts = new int[4];
-        for (int i = 0; i < 20000; i++) counts[sampler.Next(logits)]++;
+        for (int i = 0; i < 20000; i++) counts[sampler.Next(logits, sequence: [])]++;
         Assert.Equal(0, counts[2]);
         Assert.InRange(counts[1] / 20000.0, 0.57, 0.63); // 3/5
         Assert.InRange(counts[0] / 20000.0, 0.17, 0.23); // 1/5
