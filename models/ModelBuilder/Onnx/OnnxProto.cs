@@ -11,6 +11,10 @@ public enum OnnxType
     Int64 = 7,
     /// <summary>IEEE half precision.</summary>
     Float16 = 10,
+    /// <summary>8-bit signed integer (quantized tensors).</summary>
+    Int8 = 3,
+    /// <summary>Brain floating point.</summary>
+    BFloat16 = 16,
 }
 
 /// <summary>Field numbers of onnx.proto (ONNX IR), gathered in one place.</summary>

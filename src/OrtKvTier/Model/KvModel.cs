@@ -175,7 +175,7 @@ public sealed class KvModel : IDisposable
         }
         catch (InvalidDataException e)
         {
-            throw new ModelFolderException(decoderPath, "", "an ONNX model (protobuf ModelProto)", e.Message, inner: e);
+            throw new ModelFolderException(decoderPath, "", "an ONNX model ONNX Runtime can load (a protobuf ModelProto)", e.Message, inner: e);
         }
     }
 

@@ -8,7 +8,10 @@ internal static class GenAiReference
 {
     private static readonly object Gate = new();
 
-    public static int[] GreedyTokens(string folder, int[] prompt, int maxLength)
+    public static int[] GreedyTokens(string folder, int[] prompt, int maxLength) => Tokens(folder, prompt, maxLength, forceGreedy: true);
+
+    /// <summary>GenAI's tokens with the folder's own search options (only max_length set; do_sample forced off when <paramref name="forceGreedy"/>).</summary>
+    public static int[] Tokens(string folder, int[] prompt, int maxLength, bool forceGreedy)
     {
         OrtEnv.Instance();
         lock (Gate)
@@ -16,7 +19,7 @@ internal static class GenAiReference
             using var model = new Microsoft.ML.OnnxRuntimeGenAI.Model(folder);
             using var parameters = new GeneratorParams(model);
             parameters.SetSearchOption("max_length", maxLength);
-            parameters.SetSearchOption("do_sample", false);
+            if (forceGreedy) parameters.SetSearchOption("do_sample", false);
             using var generator = new Generator(model, parameters);
             generator.AppendTokens(prompt);
             while (!generator.IsDone()) generator.GenerateNextToken();
