@@ -64,6 +64,13 @@ public sealed record ModelShape
         Vocab = 32000, MaxLength = 4096, DType = IoDType.Fp16,
     };
 
+    /// <summary>A model of about 1.4 GB of fp32 weights in an external-data file (what load-time figures are measured on).</summary>
+    public static ModelShape Large => new()
+    {
+        Layers = 6, Hidden = 2048, Heads = 16, KvHeads = 4, HeadSize = 128, Intermediate = 4096,
+        Vocab = 32000, MaxLength = 4096, DType = IoDType.Fp16, ExternalDataFile = "model.onnx.data",
+    };
+
     /// <summary>Throws when the shape cannot make a valid model, saying which field is wrong.</summary>
     public void Validate()
     {

@@ -7,7 +7,8 @@ internal static class BuildModelCommand
 {
     public const string Usage =
         "build-model --out DIR [--preset tiny|tiny-fp16|bench] [--layers L] [--hidden H] [--heads N] [--kv-heads K]\n" +
-        "            [--head-size D] [--intermediate I] [--vocab V] [--max-length M] [--dtype fp32|fp16] [--shared-buffer true|false] [--seed S]";
+        "            [--head-size D] [--intermediate I] [--vocab V] [--max-length M] [--dtype fp32|fp16] [--shared-buffer true|false] [--seed S]\n" +
+        "            [--rotary attention|position-ids] [--external-data FILE]";
 
     public static int Run(CommandLine cl)
     {
@@ -20,6 +21,7 @@ internal static class BuildModelCommand
             var other => throw new UsageException($"--preset expects tiny, tiny-fp16 or bench; got '{other}'."),
         };
         var dtype = cl.String("dtype");
+        var rotary = cl.String("rotary");
         var shared = cl.String("shared-buffer");
         shape = shape with
         {
@@ -40,6 +42,14 @@ internal static class BuildModelCommand
                 _ => throw new UsageException($"--dtype expects fp32 or fp16; got '{dtype}'."),
             },
             SharedBuffer = shared is null ? shape.SharedBuffer : GenerateCommand.ParseBool("shared-buffer", shared),
+            Rotary = rotary switch
+            {
+                null => shape.Rotary,
+                "attention" => RotaryPlacement.InAttention,
+                "position-ids" => RotaryPlacement.PositionIds,
+                _ => throw new UsageException($"--rotary expects attention or position-ids; got '{rotary}'."),
+            },
+            ExternalDataFile = cl.String("external-data") ?? shape.ExternalDataFile,
         };
         cl.RejectUnknown();
         try

@@ -20,6 +20,16 @@ internal static class BenchModel
         return ModelFolderBuilder.EnsureBuilt(bench, ModelShape.Bench);
     }
 
+    /// <summary><c>models/bench-large</c> in the repository (about 1.4 GB with external data), built when missing.</summary>
+    public static string ResolveLarge()
+    {
+        var models = Path.GetDirectoryName(RepoPaths.FindShipped("tiny"))!;
+        var large = Path.Combine(models, "bench-large");
+        if (!File.Exists(Path.Combine(large, "genai_config.json")))
+            System.Console.Error.WriteLine($"Building the large model in {large} (about 1.4 GB, once)...");
+        return ModelFolderBuilder.EnsureBuilt(large, ModelShape.Large);
+    }
+
     /// <summary>Deterministic token ids clear of byte and special tokens.</summary>
     public static int[] Tokens(int count, int seed, int vocab)
     {

@@ -55,4 +55,15 @@ public sealed class BenchCommandTests
         Assert.True(root.GetProperty("second_token_inline_over_background").GetDouble() > 0);
         Assert.Equal(1, root.GetProperty("intra_op_threads").GetInt32());
     }
+
+    [Fact]
+    public void BenchLoadComparesOurLoadWithGenAisAndTimesTheFingerprint()
+    {
+        var run = ChildProcess.Bench("load", "--model", TestPaths.Tiny, "--reps", "1", "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        var row = JsonDocument.Parse(run.StdOut).RootElement.GetProperty("rows")[0];
+        Assert.True(row.GetProperty("kvmodel_load_ms").GetDouble() > 0);
+        Assert.True(row.GetProperty("genai_model_ms").GetDouble() > 0);
+        Assert.True(row.GetProperty("fingerprint_ms").GetDouble() > 0);
+    }
 }

@@ -22,7 +22,7 @@ public sealed class GenerateCommandTests
 
         using var model = OrtKvTier.Model.KvModel.Load(TestPaths.Tiny);
         using var tokenizer = new OrtKvTier.Model.ModelTokenizer(TestPaths.Tiny);
-        Assert.Equal(Generation.GenAiParityTests.Greedy(model, tokenizer.Encode("Hello"), 9), tokens);
+        Assert.Equal(OurTokens.Greedy(model, tokenizer.Encode("Hello"), 9), tokens);
     }
 
     [Fact]

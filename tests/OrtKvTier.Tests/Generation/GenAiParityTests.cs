@@ -32,7 +32,7 @@ public sealed class GenAiParityTests : IDisposable
         var tokens = tokenizer.Encode(prompt);
         int maxLength = tokens.Length + 40;
 
-        var ours = Greedy(model, tokens, maxLength);
+        var ours = OurTokens.Greedy(model, tokens, maxLength);
         var theirs = GenAiReference.GreedyTokens(folder, tokens, maxLength);
 
         Assert.Equal(theirs, ours);
@@ -67,16 +67,8 @@ public sealed class GenAiParityTests : IDisposable
             Assert.Equal(vocab, model.VocabSize);
             using var tokenizer = new ModelTokenizer(folder);
             var prompt = tokenizer.Encode("Once upon a time there was a little model.");
-            Assert.Equal(GenAiReference.GreedyTokens(folder, prompt, prompt.Length + 24), Greedy(model, prompt, prompt.Length + 24));
+            Assert.Equal(GenAiReference.GreedyTokens(folder, prompt, prompt.Length + 24), OurTokens.Greedy(model, prompt, prompt.Length + 24));
         }
-    }
-
-    internal static int[] Greedy(KvModel model, int[] prompt, int maxLength)
-    {
-        using var generator = new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = maxLength, DoSample = false });
-        generator.AppendTokens(prompt);
-        while (!generator.IsDone) generator.GenerateNextToken();
-        return generator.Sequence.Skip(prompt.Length).ToArray();
     }
 
     public void Dispose() => _temp.Dispose();

@@ -14,15 +14,15 @@ public sealed class GeneratorTests : IDisposable
         using var model = KvModel.Load(TestPaths.Tiny);
         var prompt = new[] { 10, 20, 30, 40 };
         var options = SearchOptions.FromConfig(model) with { MaxLength = 40, DoSample = true, Temperature = 1.5, TopK = 0, TopP = 1.0 };
-        var a = Run(model, prompt, options with { Seed = 7 });
-        var b = Run(model, prompt, options with { Seed = 7 });
-        var c = Run(model, prompt, options with { Seed = 8 });
+        var a = OurTokens.Generate(model, prompt, options with { Seed = 7 });
+        var b = OurTokens.Generate(model, prompt, options with { Seed = 7 });
+        var c = OurTokens.Generate(model, prompt, options with { Seed = 8 });
         Assert.Equal(a, b);
         Assert.NotEqual(a, c);
         // top-k 1 leaves only the most likely token: sampling becomes greedy.
-        Assert.Equal(Run(model, prompt, options with { DoSample = false }), Run(model, prompt, options with { Seed = 3, TopK = 1 }));
+        Assert.Equal(OurTokens.Generate(model, prompt, options with { DoSample = false }), OurTokens.Generate(model, prompt, options with { Seed = 3, TopK = 1 }));
         // A tiny nucleus keeps the most likely token only, too.
-        Assert.Equal(Run(model, prompt, options with { DoSample = false }), Run(model, prompt, options with { Seed = 4, TopP = 1e-9 }));
+        Assert.Equal(OurTokens.Generate(model, prompt, options with { DoSample = false }), OurTokens.Generate(model, prompt, options with { Seed = 4, TopP = 1e-9 }));
     }
 
     [Fact]
@@ -43,10 +43,10 @@ public sealed class GeneratorTests : IDisposable
     {
         int[] prompt = [5, 6, 7];
         int first;
-        using (var model = KvModel.Load(TestPaths.Tiny)) first = Run(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = 20 })[1];
+        using (var model = KvModel.Load(TestPaths.Tiny)) first = OurTokens.Generate(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = 20 })[1];
         var folder = TestPaths.CopyModel(TestPaths.Tiny, _temp.Sub("eos"), c => c["model"]!["eos_token_id"] = first);
         using var eosModel = KvModel.Load(folder);
-        var tokens = Run(eosModel, prompt, SearchOptions.FromConfig(eosModel) with { MaxLength = 20 });
+        var tokens = OurTokens.Generate(eosModel, prompt, SearchOptions.FromConfig(eosModel) with { MaxLength = 20 });
         Assert.Equal(first, tokens[^1]);
         Assert.Equal(2, tokens.Length);
     }
@@ -59,7 +59,7 @@ public sealed class GeneratorTests : IDisposable
         using var model = KvModel.Load(TestPaths.TinyFp16, new KvModelOptions { SharedBuffer = shared });
         var options = SearchOptions.FromConfig(model) with { MaxLength = 40 };
         int[] prompt = [100, 200, 300, 400, 500];
-        var full = Run(model, prompt, options);
+        var full = OurTokens.Generate(model, prompt, options);
 
         using var generator = new KvGenerator(model, options);
         generator.AppendTokens(prompt);
@@ -115,14 +115,6 @@ public sealed class GeneratorTests : IDisposable
         Assert.Equal(StopReason.MaxNewTokens, result.StopReason);
         Assert.Equal(result.Text, streamed.ToString());
         Assert.InRange(result.TtftMs, 0.001, result.TotalMs);
-    }
-
-    private static int[] Run(KvModel model, int[] prompt, SearchOptions options)
-    {
-        using var generator = new KvGenerator(model, options);
-        generator.AppendTokens(prompt);
-        while (!generator.IsDone) generator.GenerateNextToken();
-        return generator.Sequence.Skip(prompt.Length).ToArray();
     }
 
     public void Dispose() => _temp.Dispose();

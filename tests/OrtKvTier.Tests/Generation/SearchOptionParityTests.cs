@@ -30,7 +30,7 @@ public sealed class SearchOptionParityTests : IDisposable
         using var tokenizer = new ModelTokenizer(TestPaths.Tiny);
         var prompt = tokenizer.Encode(_text);
         int[] greedy;
-        using (var model = KvModel.Load(TestPaths.Tiny)) greedy = GenAiParityTests.Greedy(model, prompt, prompt.Length + 8);
+        using (var model = KvModel.Load(TestPaths.Tiny)) greedy = OurTokens.Greedy(model, prompt, prompt.Length + 8);
         int eos = greedy[2];
         var folder = TestPaths.CopyModel(TestPaths.Tiny, _temp.Sub("m"), c =>
         {
@@ -57,7 +57,7 @@ public sealed class SearchOptionParityTests : IDisposable
         using var model = KvModel.Load(folder);
         Assert.True(SearchOptions.FromConfig(model).DoSample);
         int maxLength = prompt.Length + 20;
-        Assert.Equal(GenAiReference.Tokens(folder, prompt, maxLength, forceGreedy: false), Run(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = maxLength }));
+        Assert.Equal(GenAiReference.Tokens(folder, prompt, maxLength, forceGreedy: false), OurTokens.Generate(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = maxLength }));
     }
 
     [Fact]
@@ -70,8 +70,8 @@ public sealed class SearchOptionParityTests : IDisposable
         using var plainModel = KvModel.Load(TestPaths.Tiny);
         int maxLength = prompt.Length + 30;
         Assert.Equal(1.3, SearchOptions.FromConfig(model).RepetitionPenalty);
-        Assert.Equal(GenAiParityTests.Greedy(plainModel, prompt, maxLength),
-            Run(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = maxLength, RepetitionPenalty = 1.0 }));
+        Assert.Equal(OurTokens.Greedy(plainModel, prompt, maxLength),
+            OurTokens.Generate(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = maxLength, RepetitionPenalty = 1.0 }));
     }
 
     /// <summary>Our tokens and GenAI's with the folder's options, and ours without them (the shipped folder's options).</summary>
@@ -81,17 +81,9 @@ public sealed class SearchOptionParityTests : IDisposable
         var prompt = tokenizer.Encode(_text);
         int maxLength = prompt.Length + newTokens;
         using var model = KvModel.Load(folder);
-        var ours = Run(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = maxLength });
-        var plain = Run(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = maxLength, RepetitionPenalty = 1.0, MinLength = 0 });
+        var ours = OurTokens.Generate(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = maxLength });
+        var plain = OurTokens.Generate(model, prompt, SearchOptions.FromConfig(model) with { MaxLength = maxLength, RepetitionPenalty = 1.0, MinLength = 0 });
         return (ours, GenAiReference.Tokens(folder, prompt, maxLength, forceGreedy: true), plain);
-    }
-
-    private static int[] Run(KvModel model, int[] prompt, SearchOptions options)
-    {
-        using var generator = new KvGenerator(model, options);
-        generator.AppendTokens(prompt);
-        while (!generator.IsDone) generator.GenerateNextToken();
-        return generator.Sequence.Skip(prompt.Length).ToArray();
     }
 
     public void Dispose() => _temp.Dispose();

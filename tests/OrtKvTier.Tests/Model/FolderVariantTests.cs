@@ -47,7 +47,7 @@ public sealed class FolderVariantTests : IDisposable
         var genAi = GenAiReference.GreedyTokens(folder, prompt, maxLength);
 
         // 1. No cache.
-        Assert.Equal(genAi, OrtKvTier.Tests.Generation.GenAiParityTests.Greedy(model, prompt, maxLength));
+        Assert.Equal(genAi, OurTokens.Greedy(model, prompt, maxLength));
 
         // 2. Captured by one generator, restored by the next in this process.
         var cacheDir = _temp.Sub("cache");

@@ -138,7 +138,7 @@ public sealed class ExecutionDeviceTests
         Assert.Contains("CUDA", model.DeviceNote);
         Assert.Equal(reason, model.DeviceNote["running on the CPU: ".Length..]);
         using var cpu = KvModel.Load(TestPaths.Tiny);
-        Assert.Equal(Generation.GenAiParityTests.Greedy(model, [5, 6, 7], 4), Generation.GenAiParityTests.Greedy(cpu, [5, 6, 7], 4));
+        Assert.Equal(OurTokens.Greedy(model, [5, 6, 7], 4), OurTokens.Greedy(cpu, [5, 6, 7], 4));
 
         var e = Assert.Throws<InvalidOperationException>(() => KvModel.Load(TestPaths.Tiny, new KvModelOptions { Device = ExecutionDevice.Cuda, FallBackToCpu = false }));
         Assert.Contains("cannot run on CUDA", e.Message);
