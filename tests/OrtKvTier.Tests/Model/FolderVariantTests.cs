@@ -46,8 +46,16 @@ public sealed class FolderVariantTests : IDisposable
         int maxLength = prompt.Length + 16;
         var genAi = GenAiReference.GreedyTokens(folder, prompt, maxLength);
 
-        // 1. No cache.
+        // 1. No cache; then rewound into the generated tokens and generated again (positions continue from the kept length).
         Assert.Equal(genAi, OurTokens.Greedy(model, prompt, maxLength));
+        using (var rewound = new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = maxLength, DoSample = false }))
+        {
+            rewound.AppendTokens(prompt);
+            for (int i = 0; i < 8; i++) rewound.GenerateNextToken();
+            rewound.RewindTo(prompt.Length + 3);
+            while (!rewound.IsDone) rewound.GenerateNextToken();
+            Assert.Equal(genAi, rewound.Sequence.Skip(prompt.Length));
+        }
 
         // 2. Captured by one generator, restored by the next in this process.
         var cacheDir = _temp.Sub("cache");
