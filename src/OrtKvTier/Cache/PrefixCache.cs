@@ -51,12 +51,13 @@ public sealed class PrefixCache : IDisposable
         Chain = new ChunkChain(fingerprint, options.ChunkTokens, options.Salt);
         Identity = SlotPoolIdentity.For(fingerprint, layout, options.ChunkTokens);
         ChunkLayout = new ChunkLayout(layout, options.ChunkTokens);
-        Planner = new RestorePlanner(this, _logger);
+        Faults = new TierFaults(_logger);
+        Planner = new RestorePlanner(this);
         Host = new HostTier(options.HostBudgetBytes, ChunkLayout.ChunkBytes);
         if (options.LowerTierWrites == LowerTierWrites.WriteBack) Host.Evicted = OnHostEviction;
         try
         {
-            if (options.Directory is not null) Disk = DiskTier.Open(options.Directory, Identity, options.DiskCapacityBytes, options.Durability, _logger);
+            if (options.Directory is not null) Disk = DiskTier.TryOpen(options.Directory, Identity, options.DiskCapacityBytes, options.Durability, Faults, _logger);
         }
         catch
         {
@@ -98,6 +99,14 @@ public sealed class PrefixCache : IDisposable
 
     /// <summary>The disk tier, or null for a memory-only cache.</summary>
     internal DiskTier? Disk { get; }
+
+    /// <summary>
+    /// What the cache degraded around so far, one line per tier and cause (a disk it cannot write or open, a failed
+    /// write or read): each names the path and the fix. Requests are never failed for these.
+    /// </summary>
+    public IReadOnlyList<string> Warnings => Faults.Warnings;
+
+    internal TierFaults Faults { get; }
 
     /// <summary>The disk tier's pool directory, or null for a memory-only cache.</summary>
     public string? DiskDirectory => Disk?.Pool.Directory;
@@ -292,6 +301,25 @@ public sealed class PrefixCache : IDisposable
     internal ReadOnlySpan<int> ChunkTokensOf(ReadOnlySpan<int> tokens, int chunk) => tokens.Slice(chunk * ChunkTokens, ChunkTokens);
 
     /// <summary>A chunk read from a lower tier is also written to the lower tiers above that one.</summary>
+    /// <summary>Chunks served from host memory are marked used in the local tiers below, off the request's thread, so their eviction follows use.</summary>
+    internal void TouchBelowHost(ChunkKey[] keys)
+    {
+        if (keys.Length == 0 || _disposed) return;
+        ThreadPool.QueueUserWorkItem(_ =>
+        {
+            foreach (var tier in _lower)
+                if (tier.Cost == TierCost.LocalIndex)
+                    try
+                    {
+                        tier.Touch(keys);
+                    }
+                    catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+                    {
+                        Faults.Report(tier.Id, "touch", $"marking entries used failed ({e.Message}); eviction order may lag.", e);
+                    }
+        });
+    }
+
     internal void PromoteAbove(HostChunk chunk, IKvChunkTier tier)
     {
         int index = Array.IndexOf(_lower, tier);

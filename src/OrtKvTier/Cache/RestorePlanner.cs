@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Microsoft.Extensions.Logging;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Keys;
 using OrtKvTier.Storage;
@@ -15,7 +14,7 @@ namespace OrtKvTier.Cache;
 /// verification restores the intact chain before it instead. How bytes reach the past (straight into host
 /// tensors, or staged in pinned memory and copied to the device) is the <see cref="RestoreTarget"/>'s.
 /// </summary>
-internal sealed unsafe class RestorePlanner(PrefixCache cache, ILogger? logger)
+internal sealed unsafe class RestorePlanner(PrefixCache cache)
 {
     /// <summary>Below this many bytes, one thread copies faster than waking the pool.</summary>
     private const long ParallelCopyBytes = 8L << 20;
@@ -53,7 +52,11 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache, ILogger? logger)
                 long start = Stopwatch.GetTimestamp();
                 var tiers = target.Device is { } device ? device.Fill(this, plan, restored, target) : FillPast(plan, restored, target.Prepare(restored));
                 int failed = Array.IndexOf(tiers, null);
-                if (failed < 0) return Hit(restored, Array.ConvertAll(tiers, t => t!.Value), lookupMs, KvCacheMetrics.Milliseconds(start));
+                if (failed < 0)
+                {
+                    cache.TouchBelowHost([.. plan.Keys.Where((_, j) => j < tiers.Length && tiers[j] == TierId.Host)]);
+                    return Hit(restored, Array.ConvertAll(tiers, t => t!.Value), lookupMs, KvCacheMetrics.Milliseconds(start));
+                }
                 chunkLimit = failed; // a chunk was damaged or vanished: restore the chain before it
             }
         }
@@ -309,7 +312,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache, ILogger? logger)
     }
 
     public void ReadFailed(Exception e, ChunkKey key, TierId tier) =>
-        logger?.LogWarning(e, "Prefix cache: reading chunk {Key} from the {Tier} tier failed; treating it as a miss.", key, tier);
+        cache.Faults.Report(tier, "read", $"reading a chunk failed ({e.Message}); such chunks are misses and are computed instead.", e);
 
     public TierId CountHit(TierId tier)
     {

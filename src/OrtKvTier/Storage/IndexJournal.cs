@@ -45,12 +45,14 @@ internal static class IndexJournal
     }
 
     /// <summary>
-    /// Applies the complete, valid records of <paramref name="bytes"/> from <paramref name="offset"/>
-    /// to <paramref name="index"/>; returns where the valid records end and how many there were.
+    /// Applies the complete, valid records of <paramref name="bytes"/> from <paramref name="offset"/> to
+    /// <paramref name="index"/>, up to the first one that is torn or fails its checksum; a record that checks out
+    /// but does not fit (unknown kind, wrong body length, slot out of range) is skipped. Returns where the valid
+    /// records end, how many were applied and how many skipped.
     /// </summary>
-    public static (long ValidEnd, int Records) Replay(ReadOnlySpan<byte> bytes, long offset, SlotIndex index)
+    public static (long ValidEnd, int Records, int Skipped) Replay(ReadOnlySpan<byte> bytes, long offset, SlotIndex index)
     {
-        int records = 0;
+        int records = 0, skipped = 0;
         int pos = (int)offset;
         while (pos + RecordOverhead <= bytes.Length)
         {
@@ -59,11 +61,11 @@ internal static class IndexJournal
             if (pos + total > bytes.Length) break;
             var record = bytes.Slice(pos, total);
             if (BinaryPrimitives.ReadUInt64LittleEndian(record[^8..]) != Checksum64(record[..^8])) break;
-            if (!Apply((JournalRecordType)record[2], record.Slice(3, bodyLength), index)) break;
+            if (Apply((JournalRecordType)record[2], record.Slice(3, bodyLength), index)) records++;
+            else skipped++;
             pos += total;
-            records++;
         }
-        return (pos, records);
+        return (pos, records, skipped);
     }
 
     public static byte[] PutRecord(SlotEntry e)
@@ -155,9 +157,7 @@ internal static class IndexJournal
         switch (type)
         {
             case JournalRecordType.Put when body.Length == 40:
-                var entry = ReadEntry(body);
-                index.Put(entry);
-                return true;
+                return index.Put(ReadEntry(body));
             case JournalRecordType.Remove when body.Length == 16:
                 index.Remove(new ChunkKey(ReadUInt128(body)));
                 return true;

@@ -33,41 +33,54 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     /// <summary>Whether the journal has grown enough against <paramref name="entries"/> to be worth compacting.</summary>
     public bool NeedsCompaction(int entries) => Records > 4L * entries + 4096;
 
+    /// <summary>Journal records skipped because they checked out but did not fit (since open).</summary>
+    public long SkippedRecords { get; private set; }
+
     /// <summary>
-    /// Loads snapshot and journal into <paramref name="index"/>; <paramref name="rebuild"/> fills it from the slot
-    /// headers when the snapshot is damaged. True when a writer must compact (journal unusable or index rebuilt).
+    /// Loads snapshot and journal into <paramref name="index"/>. When either is damaged, torn, missing or of another
+    /// epoch (a crash, a lost file), the index is rebuilt from the slot headers instead by <paramref name="rebuild"/>,
+    /// so every intact slot survives. A pool created just now (<paramref name="created"/>) has nothing to rebuild.
+    /// True when a writer must compact (the index was rebuilt or the journal is unusable).
     /// </summary>
-    public bool Load(SlotIndex index, bool writer, Action rebuild)
+    public bool Load(SlotIndex index, bool writer, bool created, Action rebuild)
     {
         index.Clear();
         var snapshot = IndexJournal.ReadFile(_snapshotPath);
         long? snapshotEpoch = snapshot is null ? 0 : IndexJournal.LoadSnapshot(snapshot, poolId, index);
         var journal = IndexJournal.ReadFile(_journalPath);
         long? journalEpoch = journal is null ? null : IndexJournal.ReadEpoch(journal, poolId);
-        bool rebuilt = snapshotEpoch is null;
-        if (rebuilt)
+        long validEnd = JournalHeaderBytes;
+        string? damage = snapshotEpoch is null ? "the index snapshot is damaged"
+            : journal is null ? (snapshot is null && !created ? "the index snapshot and journal are missing" : null)
+            : journalEpoch is null ? "the journal's header is damaged or another pool's"
+            : journalEpoch != snapshotEpoch ? "the journal belongs to another snapshot (a compaction was cut short)"
+            : null;
+        if (damage is null && journal is not null)
         {
-            logger?.LogWarning("Slot pool {Directory}: the index snapshot is damaged; rebuilding the index from slot headers.", directory);
-            index.Clear();
-            rebuild();
+            (validEnd, int records, int skipped) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
+            Records = records;
+            ReportSkipped(skipped);
+            if (validEnd != journal.Length) damage = $"the journal is torn or damaged at byte {validEnd} of {journal.Length}";
         }
         _epoch = snapshotEpoch ?? 0;
-        long validEnd = JournalHeaderBytes;
-        bool journalUsable = journalEpoch is not null && journalEpoch == snapshotEpoch && !rebuilt;
-        if (journalUsable)
-        {
-            (validEnd, int records) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
-            Records = records;
-            if (validEnd != journal!.Length)
-                logger?.LogWarning("Slot pool {Directory}: the journal ends in a torn or damaged record at byte {Offset} of {Length}; replayed {Records} complete records.",
-                    directory, validEnd, journal.Length, records);
-        }
         _journalEnd = validEnd;
+        if (damage is not null)
+        {
+            index.Clear();
+            rebuild();
+            logger?.LogWarning("Slot pool {Directory}: {Damage}; rebuilt the index from the slot headers ({Entries} intact entries).", directory, damage, index.Count);
+        }
         if (!writer) return false;
-        if (!journalUsable) return true;
+        if (damage is not null || journal is null) return true;
         _journal = File.OpenHandle(_journalPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
-        if (validEnd != journal!.Length) RandomAccess.SetLength(_journal, validEnd);
         return false;
+    }
+
+    private void ReportSkipped(int skipped)
+    {
+        if (skipped == 0) return;
+        SkippedRecords += skipped;
+        logger?.LogWarning("Slot pool {Directory}: skipped {Skipped} journal records that check out but do not fit (slot out of range, unknown kind, wrong length).", directory, skipped);
     }
 
     /// <summary>Re-reads the journal when another process appended to or compacted it (readers only); true when <paramref name="index"/> changed.</summary>
@@ -80,16 +93,18 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
         if (epoch == _epoch)
         {
             if (journal.Length <= _journalEnd) return false;
-            (_journalEnd, int records) = IndexJournal.Replay(journal, _journalEnd, index);
+            (_journalEnd, int records, int skipped) = IndexJournal.Replay(journal, _journalEnd, index);
             Records += records;
+            ReportSkipped(skipped);
             return records > 0;
         }
         index.Clear();
         var snapshot = IndexJournal.ReadFile(_snapshotPath);
         if (snapshot is null || IndexJournal.LoadSnapshot(snapshot, poolId, index) != epoch) return false;
         _epoch = epoch.Value;
-        (_journalEnd, int replayed) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
+        (_journalEnd, int replayed, int dropped) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
         Records = replayed;
+        ReportSkipped(dropped);
         return true;
     }
 

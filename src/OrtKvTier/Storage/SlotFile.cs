@@ -32,6 +32,9 @@ internal sealed class SlotFile : IDisposable
     public string Directory { get; }
     public string DataPath => Path.Combine(Directory, DataFileName);
     public FileHeaderFields Header { get; }
+    /// <summary>Whether this open created the data file (so no slot holds an entry yet).</summary>
+    public bool Created { get; private init; }
+
     /// <summary>Whether this process holds the writer lock.</summary>
     public bool IsWriter => _lock is not null;
     /// <summary>The data file, for positional reads; valid until <see cref="Dispose"/>.</summary>
@@ -101,6 +104,18 @@ internal sealed class SlotFile : IDisposable
         RandomAccess.Write(Data, bytes, offset);
     }
 
+    /// <summary>Overwrites a slot header's magic: the slot holds no entry any more, whatever the index says later.</summary>
+    public void Invalidate(int slot) => Write(stackalloc byte[8], SlotOffset(slot));
+
+    /// <summary>Zeroes every slot and returns their disk blocks (the file is cut to its header and extended again, sparse).</summary>
+    public void ZeroSlots()
+    {
+        long length = RandomAccess.GetLength(Data);
+        _beforeWrite?.Invoke(DataFileName, FileHeaderBytes);
+        RandomAccess.SetLength(Data, FileHeaderBytes);
+        RandomAccess.SetLength(Data, length);
+    }
+
     /// <summary>fsync of the data file.</summary>
     public void FlushToDisk() => _data.Flush(flushToDisk: true);
 
@@ -146,7 +161,7 @@ internal sealed class SlotFile : IDisposable
             }
             var created = Create(options, directory, identity);
             data = OpenData(dataPath, FileAccess.ReadWrite);
-            return new SlotFile(directory, writerLock, data, created, options.BeforeWrite);
+            return new SlotFile(directory, writerLock, data, created, options.BeforeWrite) { Created = true };
         }
         catch
         {

@@ -34,10 +34,10 @@ internal sealed class SlotIndex
 
     public bool Contains(ChunkKey key) => _entries.ContainsKey(key);
 
-    /// <summary>Adds or replaces, as the most recently used; an entry already in the slot is dropped (the slot was reused).</summary>
-    public void Put(SlotEntry entry)
+    /// <summary>Adds or replaces, as the most recently used; an entry already in the slot is dropped (the slot was reused). False for a slot out of range.</summary>
+    public bool Put(SlotEntry entry)
     {
-        if ((uint)entry.Slot >= (uint)_bySlot.Length) return;
+        if ((uint)entry.Slot >= (uint)_bySlot.Length) return false;
         Remove(entry.Key);
         if (_bySlot[entry.Slot] is { } occupant) Remove(occupant);
         _entries.Set(entry.Key, entry);
@@ -45,6 +45,7 @@ internal sealed class SlotIndex
         _free.Remove(entry.Slot);
         if (_writing.Remove(entry.Slot, out var writing)) _writingKeys.Remove(writing);
         PayloadBytes += entry.PayloadLength;
+        return true;
     }
 
     public bool Remove(ChunkKey key)

@@ -231,14 +231,14 @@ public sealed unsafe class SlotPool : IDisposable
                 return null;
             }
         bool contiguous = scatter.IsContiguous;
-        if (contiguous ? entry.PayloadLength > scatter.CopyBytes : entry.PayloadLength != scatter.Length)
-            throw new ArgumentException($"The destination holds {(contiguous ? scatter.CopyBytes : scatter.Length)} bytes; the entry for {key} has {entry.PayloadLength}.", nameof(scatter));
-
         using (UseFile())
         {
             var failure = _file.CheckSlot(entry, out var found, out var checksum, checkTokens: true, tokens: tokens);
-            if (failure is null && (contiguous ? found.PayloadLength > scatter.CopyBytes : found.PayloadLength != scatter.Length))
-                failure = $"payload of {found.PayloadLength} bytes does not match the {(contiguous ? scatter.CopyBytes : scatter.Length)}-byte destination";
+            if (failure is null && found.PayloadLength != entry.PayloadLength) failure = $"the index says {entry.PayloadLength} payload bytes, the slot {found.PayloadLength}";
+            if (failure is null && contiguous && found.PayloadLength > scatter.CopyBytes)
+                throw new ArgumentException($"The destination holds {scatter.CopyBytes} bytes; the entry for {key} has {found.PayloadLength}.", nameof(scatter));
+            if (failure is null && !contiguous && found.PayloadLength != scatter.Length)
+                failure = $"payload of {found.PayloadLength} bytes does not match the {scatter.Length}-byte destination";
             if (failure is null) return new SlotRead(entry, checksum, found.PayloadLength, scatter);
             lock (_gate) DropLocked(entry, failure);
             return null;
@@ -270,6 +270,15 @@ public sealed unsafe class SlotPool : IDisposable
         }
     }
 
+    /// <summary>Marks entries used (served from a tier above this one), so eviction follows use; absent keys are ignored.</summary>
+    public void Touch(IEnumerable<ChunkKey> keys)
+    {
+        ThrowIfUnusable(write: true);
+        lock (_gate)
+            foreach (var key in keys)
+                if (_index.Contains(key)) TouchLocked(key);
+    }
+
     /// <summary>Whether an entry is indexed for <paramref name="key"/> (its bytes are verified only when read).</summary>
     public bool Contains(ChunkKey key)
     {
@@ -281,27 +290,32 @@ public sealed unsafe class SlotPool : IDisposable
     public bool Remove(ChunkKey key)
     {
         ThrowIfUnusable(write: true);
+        using var file = UseFile();
         lock (_writeGate)
         lock (_gate)
         {
-            if (!_index.Remove(key)) return false;
+            if (!_index.TryGet(key, out var entry)) return false;
             _log.Append(IndexJournal.RemoveRecord(key));
-            _log.Dirty = true;
+            _index.Remove(key);
+            _log.Dirty = _dataDirty = true;
+            _file.Invalidate(entry.Slot); // so a rebuild from slot headers does not bring it back
             return true;
         }
     }
 
-    /// <summary>Removes every entry and compacts the index.</summary>
+    /// <summary>Removes every entry, frees the slots' disk space and compacts the index.</summary>
     public void Clear()
     {
         ThrowIfUnusable(write: true);
+        using var file = UseFile();
         lock (_writeGate)
         {
             lock (_gate)
             {
                 _index.Clear();
                 _log.Append(IndexJournal.ClearRecord());
-                _log.Dirty = true;
+                _log.Dirty = _dataDirty = true;
+                _file.ZeroSlots();
             }
             Compact();
         }
@@ -323,7 +337,7 @@ public sealed unsafe class SlotPool : IDisposable
             {
                 Directory = Directory, Identity = Identity, ReadOnly = IsReadOnly, Entries = _index.Count, SlotCount = SlotCount,
                 SlotBytes = SlotBytes, FileBytes = FileHeaderBytes + SlotCount * SlotBytes, PayloadBytes = _index.PayloadBytes,
-                Hits = _hits, Misses = _misses, Damaged = _damaged, Puts = _puts, Evictions = _evictions, JournalRecords = _log.Records,
+                Hits = _hits, Misses = _misses, Damaged = _damaged, Puts = _puts, Evictions = _evictions, JournalRecords = _log.Records, SkippedRecords = _log.SkippedRecords,
             };
     }
 
@@ -349,7 +363,7 @@ public sealed unsafe class SlotPool : IDisposable
                 dropped++;
                 lock (_gate) DropLocked(entry, failure);
             }
-        return new SlotPoolVerifyReport(entries.Count, valid, dropped, bytes, clock.Elapsed);
+        return new SlotPoolVerifyReport(entries.Count, valid, dropped, bytes, clock.Elapsed) { SkippedRecords = _log.SkippedRecords };
     }
 
     /// <summary>Makes everything written so far durable (fsync of data and journal).</summary>
@@ -423,7 +437,7 @@ public sealed unsafe class SlotPool : IDisposable
     private bool LoadIndex()
     {
         lock (_gate)
-            return _log.Load(_index, writer: !IsReadOnly, () =>
+            return _log.Load(_index, writer: !IsReadOnly, _file.Created, () =>
             {
                 foreach (var entry in _file.ScanSlots()) _index.Put(entry);
             });

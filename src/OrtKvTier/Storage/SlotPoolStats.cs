@@ -31,7 +31,13 @@ public sealed record SlotPoolStats
     public required long Evictions { get; init; }
     /// <summary>Journal records not yet compacted into the snapshot.</summary>
     public required long JournalRecords { get; init; }
+    /// <summary>Journal records skipped since open because they checked out but did not fit (slot out of range, unknown kind, wrong length).</summary>
+    public long SkippedRecords { get; init; }
 }
 
 /// <summary>What <see cref="SlotPool.Verify"/> found.</summary>
-public sealed record SlotPoolVerifyReport(int Checked, int Valid, int Dropped, long BytesVerified, TimeSpan Elapsed);
+public sealed record SlotPoolVerifyReport(int Checked, int Valid, int Dropped, long BytesVerified, TimeSpan Elapsed)
+{
+    /// <summary>Journal records skipped since the pool was opened because they did not fit.</summary>
+    public long SkippedRecords { get; init; }
+}

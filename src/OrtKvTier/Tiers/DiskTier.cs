@@ -1,25 +1,27 @@
 using Microsoft.Extensions.Logging;
+using OrtKvTier.Diagnostics;
 using OrtKvTier.Storage;
 using OrtKvTier.Keys;
 using OrtKvTier.Tensors;
-using OrtKvTier.Diagnostics;
 
 namespace OrtKvTier.Tiers;
 
 /// <summary>
-/// The disk tier: a <see cref="SlotPool"/> in its own directory per model and chunk length. When
-/// another process holds the pool's writer lock, this tier opens it read-only (reads hit, writes
-/// are skipped). A failing write is logged and reported as not stored; it never fails a request.
+/// The disk tier: a <see cref="SlotPool"/> in its own directory per model and chunk length. It never fails a
+/// request: a pool it cannot write (another process holds the writer lock, no permission, a read-only
+/// filesystem, no space) is served read-only, one it cannot open at all is left off, and a write that fails
+/// turns writes off for the process; each cause is reported once through <see cref="TierFaults"/>.
 /// </summary>
 internal sealed class DiskTier : IStagedReadTier
 {
-    private readonly ILogger? _logger;
+    private readonly TierFaults _faults;
     private long _writeFailures;
+    private volatile bool _writesOff;
 
-    private DiskTier(SlotPool pool, ILogger? logger)
+    private DiskTier(SlotPool pool, TierFaults faults)
     {
         Pool = pool;
-        _logger = logger;
+        _faults = faults;
         Pool.Dropped += (_, _) => KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Id.Name));
     }
 
@@ -35,15 +37,19 @@ internal sealed class DiskTier : IStagedReadTier
     /// <summary>Writes that failed (disk full, I/O errors) since open.</summary>
     public long WriteFailures => Interlocked.Read(ref _writeFailures);
 
+    /// <summary>Whether this process stores new chunks here (false when read-only or after a failed write).</summary>
+    public bool Writable => !Pool.IsReadOnly && !_writesOff;
+
     /// <summary>
-    /// Opens (or creates) the pool for <paramref name="identity"/> under <paramref name="cacheDirectory"/>,
-    /// read-only if another process is writing it.
+    /// Opens (or creates) the pool for <paramref name="identity"/> under <paramref name="cacheDirectory"/>: read-only
+    /// when it cannot be written, null when it cannot be opened at all (each reported to <paramref name="faults"/>).
     /// </summary>
-    public static DiskTier Open(string cacheDirectory, SlotPoolIdentity identity, long capacityBytes, Durability durability,
-        ILogger? logger = null, MismatchPolicy onMismatch = MismatchPolicy.Recreate)
+    public static DiskTier? TryOpen(string cacheDirectory, SlotPoolIdentity identity, long capacityBytes, Durability durability,
+        TierFaults faults, ILogger? logger = null, MismatchPolicy onMismatch = MismatchPolicy.Recreate)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(cacheDirectory);
         ArgumentNullException.ThrowIfNull(identity);
+        ArgumentNullException.ThrowIfNull(faults);
         var options = new SlotPoolOptions
         {
             Directory = PoolDirectory(cacheDirectory, identity),
@@ -55,12 +61,32 @@ internal sealed class DiskTier : IStagedReadTier
         };
         try
         {
-            return new DiskTier(SlotPool.Open(options), logger);
+            return new DiskTier(SlotPool.Open(options), faults);
         }
         catch (SlotPoolLockedException e)
         {
             logger?.LogInformation("Disk tier {Directory}: {Reason} Opening it read-only: hits are served, new chunks stay in memory.", options.Directory, e.Message);
-            return new DiskTier(SlotPool.Open(options with { ReadOnly = true }), logger);
+            return OpenReadOnly(options, faults, e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            faults.Report(TierId.Disk, "open-writer",
+                $"the pool {options.Directory} cannot be written ({e.Message}); serving what it holds read-only. Give the cache a writable directory with free space (--cache-dir, ORTKV_CACHE_DIR), or --no-cache.", e);
+            return OpenReadOnly(options, faults, e);
+        }
+    }
+
+    private static DiskTier? OpenReadOnly(SlotPoolOptions options, TierFaults faults, Exception why)
+    {
+        try
+        {
+            return new DiskTier(SlotPool.Open(options with { ReadOnly = true }), faults);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            faults.Report(TierId.Disk, "open",
+                $"the disk cache is off for this process: {options.Directory} cannot be opened ({(e is FileNotFoundException ? why.Message : e.Message)}). Requests run with host memory only. Give the cache a writable directory (--cache-dir, ORTKV_CACHE_DIR), or --no-cache.", e);
+            return null;
         }
     }
 
@@ -89,32 +115,47 @@ internal sealed class DiskTier : IStagedReadTier
     /// <inheritdoc />
     public bool Write(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
     {
-        if (Pool.IsReadOnly) return false;
+        if (!Writable) return false;
         try
         {
             return Pool.Put(key, tokens, payload);
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             Interlocked.Increment(ref _writeFailures);
-            _logger?.LogWarning(e, "Disk tier {Directory}: could not store chunk {Key}; it stays in memory only.", Pool.Directory, key);
+            _writesOff = true;
+            _faults.Report(Id, "write", $"storing to {Pool.Directory} failed ({e.Message}); new chunks stay in memory for the rest of this process, hits are still served. Free disk space or fix the directory's permissions.", e);
             return false;
         }
     }
 
     /// <inheritdoc />
-    public bool Remove(ChunkKey key) => !Pool.IsReadOnly && Pool.Remove(key);
+    public void Touch(IReadOnlyList<ChunkKey> keys)
+    {
+        if (!Pool.IsReadOnly) Pool.Touch(keys);
+    }
+
+    /// <inheritdoc />
+    public bool Remove(ChunkKey key) => Writable && Pool.Remove(key);
 
     /// <inheritdoc />
     public void Clear()
     {
-        if (!Pool.IsReadOnly) Pool.Clear();
+        if (Writable) Pool.Clear();
     }
 
     /// <inheritdoc />
     public void Flush()
     {
-        if (!Pool.IsReadOnly) Pool.Flush();
+        if (!Writable) return;
+        try
+        {
+            Pool.Flush();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _faults.Report(Id, "flush", $"making {Pool.Directory} durable failed ({e.Message}); entries written before stay readable.", e);
+        }
     }
 
     /// <inheritdoc />
@@ -124,7 +165,7 @@ internal sealed class DiskTier : IStagedReadTier
         return new KvTierStats
         {
             Name = Id.Name, Entries = s.Entries, Bytes = s.PayloadBytes, CapacityBytes = (long)s.SlotCount * Pool.Identity.PayloadBytes,
-            Hits = s.Hits, Misses = s.Misses, Writes = s.Puts, Evictions = s.Evictions, ReadOnly = s.ReadOnly,
+            Hits = s.Hits, Misses = s.Misses, Writes = s.Puts, Evictions = s.Evictions, ReadOnly = !Writable,
         };
     }
 

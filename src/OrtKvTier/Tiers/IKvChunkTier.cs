@@ -76,6 +76,9 @@ public interface IKvChunkTier : IKvTier
 
     /// <summary>Makes written chunks durable now (a no-op where that means nothing).</summary>
     void Flush() { }
+
+    /// <summary>Marks entries used (a hit served from a tier above): eviction follows use across tiers. A no-op where recency is not kept.</summary>
+    void Touch(IReadOnlyList<ChunkKey> keys) { }
 }
 
 /// <summary>A tier that reads a chunk straight into the past tensors, a range of checksum blocks at a time, verifying it at the end (the disk).</summary>
