@@ -26,6 +26,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
             DiskCapacityBytes = cl.Bytes("cache-size", defaults.DiskCapacityBytes),
             HostBudgetBytes = cl.Bytes("host-cache-size", defaults.HostBudgetBytes),
             DeviceBudgetBytes = cl.Bytes("device-cache-size", defaults.DeviceBudgetBytes),
+            Logger = StderrLogger.Instance,
         };
         var remote = cl.String("remote");
         var admission = cl.String("remote-admission");
@@ -79,7 +80,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
     {
         if (!Enabled) return null;
         if (Remote is null) return PrefixCache.Open(model, Options);
-        var remote = RemoteTier.For(model, Options.ChunkTokens, Remote);
+        var remote = RemoteTier.For(model, Options.ChunkTokens, Remote, StderrLogger.Instance);
         try
         {
             return PrefixCache.Open(model, Options with { ExtraTiers = [remote] });

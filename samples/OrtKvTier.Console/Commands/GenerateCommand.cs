@@ -89,6 +89,9 @@ internal static class GenerateCommand
             if (cache.DiskDirectory is { } directory) w.WriteString("directory", directory);
             w.WriteNumber("chunk_tokens", cache.ChunkTokens);
         }
+        w.WriteStartArray("warnings");
+        foreach (var warning in cache?.Warnings ?? []) w.WriteStringValue(warning);
+        w.WriteEndArray();
         w.WriteStartObject("tokens_by_tier");
         foreach (var (tier, tokens) in result.Restore.TokensByTier) w.WriteNumber(tier, tokens);
         w.WriteEndObject();

@@ -26,7 +26,8 @@ public sealed class PrefixCache : IDisposable
     private readonly PrefixCacheOptions _options;
     private readonly ILogger? _logger;
     private readonly IKvChunkTier[] _lower;
-    private readonly BlockingCollection<(HostChunk Chunk, int TierLimit)> _writes;
+    /// <summary>Work for the writer threads: a chunk to write to the lower tiers (up to a limit), or keys to mark used there.</summary>
+    private readonly BlockingCollection<(HostChunk? Chunk, int TierLimit, ChunkKey[]? Touched)> _writes;
     private readonly Thread[] _writers;
     private readonly object _pendingGate = new();
     private int _pending;
@@ -301,23 +302,21 @@ public sealed class PrefixCache : IDisposable
     internal ReadOnlySpan<int> ChunkTokensOf(ReadOnlySpan<int> tokens, int chunk) => tokens.Slice(chunk * ChunkTokens, ChunkTokens);
 
     /// <summary>A chunk read from a lower tier is also written to the lower tiers above that one.</summary>
-    /// <summary>Chunks served from host memory are marked used in the local tiers below, off the request's thread, so their eviction follows use.</summary>
+    /// <summary>Chunks served from host memory are marked used in the local tiers below by the writer threads, so their eviction follows use.</summary>
     internal void TouchBelowHost(ChunkKey[] keys)
     {
-        if (keys.Length == 0 || _disposed) return;
-        ThreadPool.QueueUserWorkItem(_ =>
+        if (keys.Length == 0 || _disposed || _writers.Length == 0) return;
+        lock (_pendingGate) _pending++;
+        bool queued;
+        try
         {
-            foreach (var tier in _lower)
-                if (tier.Cost == TierCost.LocalIndex)
-                    try
-                    {
-                        tier.Touch(keys);
-                    }
-                    catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-                    {
-                        Faults.Report(tier.Id, "touch", $"marking entries used failed ({e.Message}); eviction order may lag.", e);
-                    }
-        });
+            queued = _writes.TryAdd((null, 0, keys)); // full of writes: recency can wait, the request cannot
+        }
+        catch (InvalidOperationException)
+        {
+            queued = false; // closing
+        }
+        if (!queued) Done();
     }
 
     internal void PromoteAbove(HostChunk chunk, IKvChunkTier tier)
@@ -357,13 +356,42 @@ public sealed class PrefixCache : IDisposable
     private void Enqueue(HostChunk chunk, int tierLimit)
     {
         lock (_pendingGate) _pending++;
-        _writes.Add((chunk.Retain(), tierLimit));
+        _writes.Add((chunk.Retain(), tierLimit, null));
+    }
+
+    private void Done()
+    {
+        lock (_pendingGate)
+        {
+            _pending--;
+            Monitor.PulseAll(_pendingGate);
+        }
+    }
+
+    private void TouchLowerTiers(ChunkKey[] keys)
+    {
+        foreach (var tier in _lower)
+            if (tier.Cost == TierCost.LocalIndex)
+                try
+                {
+                    tier.Touch(keys);
+                }
+                catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+                {
+                    Faults.Report(tier.Id, "touch", $"marking entries used failed ({e.Message}); eviction order may lag.", e);
+                }
     }
 
     private void WriteLowerTiers()
     {
-        foreach (var (chunk, limit) in _writes.GetConsumingEnumerable())
+        foreach (var (chunk, limit, touched) in _writes.GetConsumingEnumerable())
         {
+            if (chunk is null)
+            {
+                TouchLowerTiers(touched!);
+                Done();
+                continue;
+            }
             try
             {
                 for (int t = 0; t < limit; t++)
@@ -380,11 +408,7 @@ public sealed class PrefixCache : IDisposable
             finally
             {
                 chunk.Release();
-                lock (_pendingGate)
-                {
-                    _pending--;
-                    Monitor.PulseAll(_pendingGate);
-                }
+                Done();
             }
         }
     }

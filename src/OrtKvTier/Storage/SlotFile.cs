@@ -82,6 +82,7 @@ internal sealed class SlotFile : IDisposable
     public string? VerifySlot(SlotEntry entry, int parallelism, out long payloadLength)
     {
         var failure = CheckSlot(entry, out var found, out var checksum)
+            ?? (found.PayloadLength != entry.PayloadLength ? $"the index says {entry.PayloadLength} payload bytes, the slot {found.PayloadLength}" : null)
             ?? (PayloadChecksum.Compute(Data, PayloadOffset(entry.Slot), found.PayloadLength, parallelism) == checksum ? null : "payload checksum mismatch");
         payloadLength = found.PayloadLength;
         return failure;

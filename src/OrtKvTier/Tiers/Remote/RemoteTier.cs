@@ -22,7 +22,9 @@ public sealed class RemoteTier : IKvChunkTier
     private readonly RemoteTierOptions _options;
     private readonly SlotPoolIdentity _identity;
     private readonly ILogger? _logger;
-    private readonly ConnectionMultiplexer _connection;
+    /// <summary>Connecting starts at construction and is waited for by the first operation, at most <see cref="_connectTimeout"/>.</summary>
+    private readonly Task<ConnectionMultiplexer> _connecting;
+    private readonly TimeSpan _connectTimeout;
     private readonly string _prefix;
     private readonly object _breakerGate = new();
     private int _consecutiveFailures;
@@ -46,8 +48,11 @@ public sealed class RemoteTier : IKvChunkTier
         config.ConnectTimeout = Math.Max(timeout, 1000);
         config.SyncTimeout = timeout;
         config.AsyncTimeout = timeout;
-        config.ConnectRetry = 1;
-        _connection = ConnectionMultiplexer.Connect(config);
+        config.ConnectRetry = 0;
+        _connectTimeout = TimeSpan.FromMilliseconds(config.ConnectTimeout);
+        // In the background: a process whose server is down pays at most one connect timeout, on its first
+        // operation, and none at all if it never needs the server. The client keeps reconnecting behind it.
+        _connecting = ConnectionMultiplexer.ConnectAsync(config);
     }
 
     /// <summary>For a cache of <paramref name="model"/> with chunks of <paramref name="chunkTokens"/> (PrefixCacheOptions.ChunkTokens).</summary>
@@ -166,7 +171,7 @@ public sealed class RemoteTier : IKvChunkTier
     };
 
     /// <inheritdoc />
-    public void Dispose() => _connection.Dispose();
+    public void Dispose() => _connecting.ContinueWith(t => t.Result.Dispose(), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
 
     /// <summary>The server key of a chunk.</summary>
     public string Key(ChunkKey key) => _prefix + key;
@@ -177,24 +182,34 @@ public sealed class RemoteTier : IKvChunkTier
         if (IsBroken) return fallback;
         try
         {
-            var result = call(_connection.GetDatabase());
+            if (!_connecting.Wait(_connectTimeout) || !_connecting.Result.IsConnected)
+            {
+                Break($"cannot reach the server within {_connectTimeout.TotalMilliseconds:F0} ms");
+                return fallback;
+            }
+            var result = call(_connecting.Result.GetDatabase());
             Volatile.Write(ref _consecutiveFailures, 0);
             return result;
         }
-        catch (Exception e) when (e is RedisException or TimeoutException or ObjectDisposedException)
+        catch (Exception e) when (e is RedisException or TimeoutException or ObjectDisposedException or AggregateException)
         {
             Interlocked.Increment(ref _failures);
             lock (_breakerGate)
-            {
-                if (++_consecutiveFailures >= _options.FailuresToBreak && !IsBroken)
-                {
-                    Interlocked.Exchange(ref _openUntilTicks, DateTime.UtcNow.Add(_options.BreakDuration).Ticks);
-                    _consecutiveFailures = 0;
-                    _logger?.LogWarning("Remote tier {Connection}: {Failures} operations failed in a row ({Error}); leaving it alone for {Seconds:F1} s. Local tiers carry on.",
-                        _options.Connection, _options.FailuresToBreak, e.Message, _options.BreakDuration.TotalSeconds);
-                }
-            }
+                if (++_consecutiveFailures >= _options.FailuresToBreak) Break($"{_options.FailuresToBreak} operations failed in a row ({e.Message})");
             return fallback;
         }
+    }
+
+    /// <summary>Opens the circuit: the server is left alone for <see cref="RemoteTierOptions.BreakDuration"/>; local tiers carry on.</summary>
+    private void Break(string why)
+    {
+        Interlocked.Increment(ref _failures);
+        lock (_breakerGate)
+        {
+            if (IsBroken) return;
+            Interlocked.Exchange(ref _openUntilTicks, DateTime.UtcNow.Add(_options.BreakDuration).Ticks);
+            _consecutiveFailures = 0;
+        }
+        _logger?.LogWarning("Remote tier {Connection}: {Why}; leaving it alone for {Seconds:F1} s. Local tiers carry on.", _options.Connection, why, _options.BreakDuration.TotalSeconds);
     }
 }
