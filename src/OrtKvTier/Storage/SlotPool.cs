@@ -37,8 +37,8 @@ public sealed unsafe class SlotPool : IDisposable
     /// <summary>Serializes compaction, flushes and clears within the process (taken before <see cref="_gate"/>; puts only take <see cref="_gate"/>).</summary>
     private readonly Lock _writeGate = new();
 
-    /// <summary>Read lock held while a read uses the data file; Dispose takes it for writing before closing it.</summary>
-    private readonly ReaderWriterLockSlim _lifetime = new();
+    /// <summary>Held by every use of the data file; Dispose waits for them before closing it.</summary>
+    private readonly UseGuard _lifetime = new(nameof(SlotPool));
     private readonly Timer? _batchTimer;
     private bool _disposed;
 
@@ -78,11 +78,7 @@ public sealed unsafe class SlotPool : IDisposable
     /// <summary>Raised (under the pool's lock; keep it short) when a read finds a damaged or rewritten slot and drops it.</summary>
     internal event Action<ChunkKey, string>? Dropped;
 
-    /// <summary>
-    /// Creates or opens the pool in <see cref="SlotPoolOptions.Directory"/>: a writer takes the directory's lock and
-    /// creates the file if missing (a full disk fails here); files of another identity or format are refused or
-    /// recreated per <see cref="SlotPoolOptions.OnMismatch"/>.
-    /// </summary>
+    /// <summary>Creates or opens the pool in <see cref="SlotPoolOptions.Directory"/> (a writer takes its lock and creates the file if missing; another identity or format is refused or recreated per <see cref="SlotPoolOptions.OnMismatch"/>).</summary>
     public static SlotPool Open(SlotPoolOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -420,17 +416,12 @@ public sealed unsafe class SlotPool : IDisposable
                 _logger?.LogWarning(e, "Slot pool {Directory}: could not compact on close; the journal will be replayed on the next open.", Directory);
             }
         }
-        _lifetime.EnterWriteLock();
-        try
+        _lifetime.Close(() =>
         {
             _disposed = true;
             _file.Dispose();
             lock (_gate) _log.Dispose();
-        }
-        finally
-        {
-            _lifetime.ExitWriteLock();
-        }
+        });
     }
 
     /// <summary>Loads the index; true when a writer must compact (journal unusable or index rebuilt).</summary>
@@ -487,19 +478,7 @@ public sealed unsafe class SlotPool : IDisposable
     private bool TryFindLocked(ChunkKey key, out SlotEntry entry) =>
         _index.TryGet(key, out entry) || (IsReadOnly && _log.Refresh(_index) && _index.TryGet(key, out entry));
 
-    /// <summary>Keeps the data file open until the lease is disposed (<see cref="Dispose"/> waits for it); throws when the pool is disposed.</summary>
-    private FileLease UseFile()
-    {
-        _lifetime.EnterReadLock();
-        if (!_disposed) return new FileLease(_lifetime);
-        _lifetime.ExitReadLock();
-        throw new ObjectDisposedException(nameof(SlotPool));
-    }
-
-    private readonly struct FileLease(ReaderWriterLockSlim lifetime) : IDisposable
-    {
-        public void Dispose() => lifetime.ExitReadLock();
-    }
+    private UseGuard.Use UseFile() => _lifetime.Enter();
 
     private void ThrowIfUnusable(bool write)
     {

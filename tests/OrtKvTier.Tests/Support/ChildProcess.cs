@@ -48,17 +48,40 @@ internal static class ChildProcess
         return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
-    public static Process Start(string dll, params string[] args)
+    public static Process Start(string dll, params string[] args) => Start(dll, uid: null, args);
+
+    /// <summary>Runs the console to completion as the user <paramref name="uid"/> (through setpriv; the tests run as root).</summary>
+    public static (int ExitCode, string StdOut, string StdErr) ConsoleAs(int uid, params string[] args)
     {
-        var info = new ProcessStartInfo("dotnet")
+        using var process = Start(ConsoleDll, uid, args);
+        process.StandardInput.Close();
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(5)))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"ortkv {string.Join(' ', args)} as uid {uid} did not finish.");
+        }
+        process.WaitForExit();
+        return (process.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    private static Process Start(string dll, int? uid, string[] args)
+    {
+        var info = new ProcessStartInfo(uid is null ? "dotnet" : "setpriv")
         {
             RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = TestPaths.RepoRoot,
         };
+        if (uid is { } id)
+        {
+            foreach (var a in new[] { $"--reuid={id}", $"--regid={id}", "--clear-groups", "dotnet" }) info.ArgumentList.Add(a);
+            info.Environment["HOME"] = info.Environment["DOTNET_CLI_HOME"] = Path.GetTempPath();
+        }
         // Console runs that do not name --cache-dir must not touch the user's real cache.
         info.Environment["ORTKV_CACHE_DIR"] = DefaultCacheDir;
         info.ArgumentList.Add(dll);
         foreach (var a in args) info.ArgumentList.Add(a);
-        return Process.Start(info) ?? throw new InvalidOperationException("Could not start dotnet.");
+        return Process.Start(info) ?? throw new InvalidOperationException($"Could not start {info.FileName}.");
     }
 
     /// <summary>Runs any program to completion and returns its trimmed stdout (system tools: stat, mount).</summary>
