@@ -3,17 +3,20 @@ using OrtKvTier.Storage;
 
 namespace OrtKvTier.Console.Commands;
 
-/// <summary><c>cache stats|verify|clear</c>: inspect, check or empty the slot pools under a cache directory.</summary>
+/// <summary><c>cache list|stats|verify|prune|clear</c>: see, check, trim or empty the slot pools under a cache directory.</summary>
 internal static class CacheCommand
 {
-    public const string Usage = "cache stats|verify|clear --cache-dir DIR [--json]";
+    public const string Usage = "cache list|stats|verify|clear --cache-dir DIR [--json]\n" +
+        "ortkv cache prune --cache-dir DIR (--older-than 30d | --keep N) [--json]   (deletes whole pools, least recently used first; pools in use are kept)";
 
     public static int Run(string action, CommandLine cl)
     {
         var dir = cl.String("cache-dir") ?? throw new UsageException("cache needs --cache-dir DIR.");
         bool json = cl.Flag("json");
+        if (action == "prune") return Prune(dir, cl, json);
         cl.RejectUnknown();
-        if (action is not ("stats" or "verify" or "clear")) throw new UsageException($"cache expects stats, verify or clear; got '{action}'.");
+        if (action is not ("list" or "stats" or "verify" or "clear")) throw new UsageException($"cache expects list, stats, verify, prune or clear; got '{action}'.");
+        if (action == "list") return List(dir, json);
         var pools = FindPools(dir);
         if (pools.Count == 0) throw new UsageException($"No slot pool under {Path.GetFullPath(dir)} (looked for slots.bin in it and its subdirectories).");
 
@@ -66,6 +69,93 @@ internal static class CacheCommand
         }
         w.WriteEndArray();
     }
+
+    /// <summary>Pools by last use, most recent first: model, layout, entries, bytes of KV held and of disk taken.</summary>
+    private static int List(string dir, bool json)
+    {
+        var pools = FindPools(dir).Select(p => (Dir: p, LastUse: LastUse(p))).OrderByDescending(p => p.LastUse).ToList();
+        var rows = new List<(string Dir, DateTime LastUse, SlotPoolStats Stats)>();
+        foreach (var (poolDir, lastUse) in pools)
+        {
+            using var pool = SlotPool.OpenExisting(poolDir);
+            rows.Add((poolDir, lastUse, pool.GetStats()));
+        }
+        if (json)
+            JsonOutput.Write(w =>
+            {
+                w.WriteStartArray("pools");
+                foreach (var (poolDir, lastUse, s) in rows)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("directory", poolDir);
+                    w.WriteString("fingerprint", s.Identity.Fingerprint.ToString());
+                    w.WriteString("layout", s.Identity.LayoutText);
+                    w.WriteNumber("entries", s.Entries);
+                    w.WriteNumber("payload_bytes", s.PayloadBytes);
+                    w.WriteNumber("capacity_bytes", s.FileBytes);
+                    w.WriteString("last_use", lastUse.ToString("O", System.Globalization.CultureInfo.InvariantCulture));
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+            });
+        else
+            foreach (var (poolDir, lastUse, s) in rows)
+                System.Console.WriteLine($"{poolDir}\n  model {s.Identity.Fingerprint}, {s.Identity.LayoutText}: {s.Entries} entries, {s.PayloadBytes / 1e6:F1} MB of KV (capacity {s.FileBytes / 1e6:F1} MB), last used {lastUse:u}");
+        return 0;
+    }
+
+    /// <summary>Deletes whole pools, least recently used first: those unused for longer than --older-than, or all but the --keep most recent. A pool another process has open for writing is kept.</summary>
+    private static int Prune(string dir, CommandLine cl, bool json)
+    {
+        var olderThan = cl.String("older-than") is { } text ? CacheOptions.Duration("older-than", text) : (TimeSpan?)null;
+        var keepText = cl.String("keep");
+        int? keep = keepText is null ? null : cl.Int("keep", 0, min: 0);
+        cl.RejectUnknown();
+        if ((olderThan is null) == (keep is null)) throw new UsageException("cache prune needs exactly one of --older-than DURATION (e.g. 30d) or --keep N.");
+        var pools = FindPools(dir).Select(p => (Dir: p, LastUse: LastUse(p))).OrderByDescending(p => p.LastUse).ToList();
+        var doomed = keep is { } n ? pools.Skip(n) : pools.Where(p => DateTime.UtcNow - p.LastUse > olderThan);
+        var deleted = new List<string>();
+        var inUse = new List<string>();
+        foreach (var (poolDir, _) in doomed)
+            (TryDeletePool(poolDir) ? deleted : inUse).Add(poolDir);
+        if (json)
+            JsonOutput.Write(w =>
+            {
+                w.WriteStartArray("deleted");
+                foreach (var d in deleted) w.WriteStringValue(d);
+                w.WriteEndArray();
+                w.WriteStartArray("in_use");
+                foreach (var d in inUse) w.WriteStringValue(d);
+                w.WriteEndArray();
+            });
+        else
+        {
+            foreach (var d in deleted) System.Console.WriteLine($"deleted {d}");
+            foreach (var d in inUse) System.Console.WriteLine($"kept {d}: another process is writing it");
+        }
+        return 0;
+    }
+
+    /// <summary>Deletes a pool's directory while holding its writer lock; false when another process holds it.</summary>
+    private static bool TryDeletePool(string poolDir)
+    {
+        var lockPath = Path.Combine(poolDir, "writer.lock");
+        try
+        {
+            using (new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None))
+                foreach (var file in Directory.GetFiles(poolDir).Where(f => f != lockPath)) File.Delete(file);
+        }
+        catch (IOException) when (File.Exists(Path.Combine(poolDir, "slots.bin")))
+        {
+            return false;
+        }
+        Directory.Delete(poolDir, recursive: true);
+        return true;
+    }
+
+    /// <summary>When the pool was last written: its newest file (the journal gets every put and, in batches, every use).</summary>
+    private static DateTime LastUse(string poolDir) =>
+        Directory.GetFiles(poolDir).Select(File.GetLastWriteTimeUtc).DefaultIfEmpty(DateTime.MinValue).Max();
 
     private static List<string> FindPools(string dir)
     {

@@ -65,7 +65,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
     }
 
     /// <summary>A duration such as <c>250ms</c>, <c>90s</c>, <c>30m</c>, <c>12h</c> or <c>2d</c>.</summary>
-    private static TimeSpan Duration(string name, string text)
+    internal static TimeSpan Duration(string name, string text)
     {
         var units = new (string Suffix, double Seconds)[] { ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400) };
         foreach (var (suffix, seconds) in units)

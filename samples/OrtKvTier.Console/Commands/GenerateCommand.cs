@@ -58,6 +58,7 @@ internal static class GenerateCommand
         var result = new TextGenerator(model, tokenizer, cache).Generate(promptTokens, maxNew, search,
             json ? null : piece => System.Console.Out.Write(piece));
 
+        cache?.Flush(); // the chunks reached every tier (or the faults that stopped them are in the warnings)
         if (json) WriteJson(result, model, cache);
         else System.Console.Error.WriteLine($"\n[{result.Tokens.Length} tokens, prompt {result.PromptTokens} ({result.CachedTokens} cached{TierText(result.Restore)}), " +
             $"TTFT {result.TtftMs:F1} ms, total {result.TotalMs:F1} ms, {result.StopReason}]");

@@ -128,7 +128,7 @@ internal sealed class SlotFile : IDisposable
 
     /// <summary>
     /// Takes the directory's writer lock and opens the data file for <see cref="SlotPoolOptions.Identity"/>, creating
-    /// it (pre-allocated for real: a full disk fails here, with the file removed) when missing or, per
+    /// it (sparse: it grows on demand as slots are written) when missing or, per
     /// <see cref="SlotPoolOptions.OnMismatch"/>, when it belongs to another identity or format.
     /// </summary>
     public static SlotFile OpenWriter(SlotPoolOptions options, string directory)
@@ -272,10 +272,12 @@ internal sealed class SlotFile : IDisposable
         var header = new FileHeaderFields(FormatVersion, identity, slotBytes, slots, BinaryPrimitives.ReadUInt64LittleEndian(RandomNumberGenerator.GetBytes(8)), 1);
         try
         {
-            // PreallocationSize reserves the blocks (posix_fallocate): a full disk fails here, not later.
+            // Sparse: disk blocks are taken as slots are first written, so the pool grows on demand up to its
+            // capacity. Reads and writes are positional (no mapping), so a full disk fails a write, which the disk
+            // tier turns into a warning, never a crash.
             using (var file = new FileStream(creating, new FileStreamOptions
             {
-                Mode = FileMode.CreateNew, Access = FileAccess.ReadWrite, Share = FileShare.None, PreallocationSize = total,
+                Mode = FileMode.CreateNew, Access = FileAccess.ReadWrite, Share = FileShare.None,
             }))
             {
                 options.BeforeWrite?.Invoke(DataFileName, 0);

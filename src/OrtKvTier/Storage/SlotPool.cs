@@ -8,7 +8,7 @@ using OrtKvTier.Tensors;
 namespace OrtKvTier.Storage;
 
 /// <summary>
-/// The disk tier: one pre-allocated file of fixed-size slots holding chunk KV bytes, indexed by
+/// The disk tier: one file of fixed-size slots (sparse, growing on demand) holding chunk KV bytes, indexed by
 /// <see cref="ChunkKey"/> through a crash-safe journal and snapshot.
 /// <para>Promise: a read returns the bytes stored under the key or reports a miss, never other
 /// bytes. Every read checks the slot header (key, generation, fingerprint, layout, token ids,

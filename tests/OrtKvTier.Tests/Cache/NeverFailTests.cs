@@ -64,9 +64,9 @@ public sealed class NeverFailTests : IDisposable
     }
 
     [TmpfsFact]
-    public void AFilesystemWithLessSpaceThanThePoolServesEveryRequestWithoutADisk()
+    public void AFullFilesystemStopsTheDiskFromGrowingAndEveryRequestCompletes()
     {
-        using var small = new Tmpfs(_temp.Sub("small"), "2m");
+        using var small = new Tmpfs(_temp.Sub("small"), "32k"); // the prompt's chunks take more than that
         var reference = Json(ChildProcess.Console(Generate("--no-cache")));
         for (int request = 0; request < 3; request++)
         {
@@ -74,7 +74,6 @@ public sealed class NeverFailTests : IDisposable
             Assert.Equal(Tokens(reference), Tokens(run));
             Assert.Contains(Warnings(run), w => w.Contains(small.Path, StringComparison.Ordinal));
         }
-        Assert.Empty(Directory.GetFiles(small.Path, "slots.bin*", SearchOption.AllDirectories)); // the failed pool was removed, not left half-made
     }
 
     [Fact]

@@ -44,6 +44,64 @@ public sealed class CacheCommandTests : IDisposable
     }
 
     [Fact]
+    public void ThePoolFileGrowsOnDemandAndClearGivesItsBlocksBack()
+    {
+        var poolDir = _temp.Sub("grows");
+        using (var pool = SlotPool.Open(new SlotPoolOptions { Directory = poolDir, Identity = TestPayloads.Identity, CapacitySlots = 64 }))
+        {
+            Assert.True(AllocatedBytes(poolDir) < 64 * 1024, $"a new pool took {AllocatedBytes(poolDir)} bytes of disk");
+            for (int i = 0; i < 40; i++)
+            {
+                var key = TestPayloads.Key(5, i);
+                pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
+            }
+        }
+        long filled = AllocatedBytes(poolDir);
+        Assert.True(filled >= 40 * 65536L, $"40 entries of 64 KiB took {filled} bytes of disk");
+
+        var clear = ChildProcess.Console("cache", "clear", "--cache-dir", poolDir);
+        Assert.True(clear.ExitCode == 0, clear.StdErr);
+        Assert.True(AllocatedBytes(poolDir) < filled / 8, $"cleared pool still takes {AllocatedBytes(poolDir)} bytes of disk");
+        using var reopened = SlotPool.OpenExisting(poolDir);
+        Assert.Equal(0, reopened.GetStats().Entries); // and nothing comes back from the slot headers
+    }
+
+    [Fact]
+    public void ListShowsPoolsByLastUseAndPruneDeletesTheOldestButNotOneInUse()
+    {
+        string[] dirs = [_temp.Sub("old"), _temp.Sub("middle"), _temp.Sub("new")];
+        for (int p = 0; p < dirs.Length; p++)
+        {
+            using (var pool = SlotPool.Open(new SlotPoolOptions { Directory = dirs[p], Identity = TestPayloads.Identity, CapacitySlots = 4 }))
+                pool.Put(TestPayloads.Key(6, p), TestPayloads.Tokens(TestPayloads.Key(6, p)), TestPayloads.Payload(TestPayloads.Key(6, p)));
+            foreach (var file in Directory.GetFiles(dirs[p])) File.SetLastWriteTimeUtc(file, DateTime.UtcNow.AddDays(-10 * (dirs.Length - p)));
+        }
+        var list = ChildProcess.Console("cache", "list", "--cache-dir", _temp.Path, "--json");
+        Assert.True(list.ExitCode == 0, list.StdErr);
+        var listed = JsonDocument.Parse(list.StdOut).RootElement.GetProperty("pools").EnumerateArray().Select(p => p.GetProperty("directory").GetString()!).ToArray();
+        Assert.Equal([dirs[2], dirs[1], dirs[0]], listed);
+
+        using (var inUse = SlotPool.Open(new SlotPoolOptions { Directory = dirs[0], Identity = TestPayloads.Identity, CapacitySlots = 4 }))
+        {
+            foreach (var file in Directory.GetFiles(dirs[0])) File.SetLastWriteTimeUtc(file, DateTime.UtcNow.AddDays(-30));
+            var prune = ChildProcess.Console("cache", "prune", "--cache-dir", _temp.Path, "--older-than", "15d", "--json");
+            Assert.True(prune.ExitCode == 0, prune.StdErr);
+            var result = JsonDocument.Parse(prune.StdOut).RootElement;
+            Assert.Equal([dirs[1]], result.GetProperty("deleted").EnumerateArray().Select(d => d.GetString()!));
+            Assert.Equal([dirs[0]], result.GetProperty("in_use").EnumerateArray().Select(d => d.GetString()!));
+        }
+        Assert.False(Directory.Exists(dirs[1]));
+        Assert.True(Directory.Exists(dirs[0]) && Directory.Exists(dirs[2]));
+        var keep = ChildProcess.Console("cache", "prune", "--cache-dir", _temp.Path, "--keep", "1");
+        Assert.True(keep.ExitCode == 0, keep.StdErr);
+        Assert.Single(Directory.GetDirectories(_temp.Path));
+    }
+
+    /// <summary>Disk blocks a pool's files take (what <c>du</c> counts), from <c>stat</c>.</summary>
+    private static long AllocatedBytes(string poolDir) =>
+        Directory.GetFiles(poolDir).Sum(f => long.Parse(ChildProcess.Output("stat", "-c", "%b", f)) * 512);
+
+    [Fact]
     public void BenchDiskPrintsRatiosMeasuredInOneRun()
     {
         var (code, stdout, stderr) = ChildProcess.Bench("disk", "--layers", "2", "--kv-heads", "2", "--head-size", "64",
