@@ -29,7 +29,7 @@ public sealed class SlotPoolTests : IDisposable
     }
 
     [Fact]
-    public void SlotSizeFollowsFromTheLayoutAndTheFileIsReallyAllocated()
+    public void SlotSizeFollowsFromTheLayoutAndTheFileGrowsOnDemand()
     {
         using var pool = Open(slots: 10);
         Assert.Equal(64 * 1024, TestPayloads.Identity.PayloadBytes);
@@ -37,7 +37,7 @@ public sealed class SlotPoolTests : IDisposable
         var file = Path.Combine(_temp.Path, "slots.bin");
         Assert.Equal(4096 + 10 * pool.SlotBytes, new FileInfo(file).Length);
         var stat = ChildProcess.Output("stat", "--format=%b %B", file).Split(' ');
-        Assert.True(long.Parse(stat[0]) * long.Parse(stat[1]) >= new FileInfo(file).Length, "the slot file is sparse");
+        Assert.True(long.Parse(stat[0]) * long.Parse(stat[1]) < new FileInfo(file).Length / 4, "a new slot file takes disk blocks only as slots are written");
 
         using var bytes = SlotPool.Open(new SlotPoolOptions { Directory = _temp.Sub("b"), Identity = TestPayloads.Identity, CapacityBytes = 1_000_000 });
         Assert.Equal((1_000_000 - 4096) / pool.SlotBytes, bytes.SlotCount);
