@@ -76,10 +76,16 @@ internal sealed class DiskTier : IStagedReadTier
         }
     }
 
+    /// <summary>How long a process that lost the race to create a new pool waits for its creator to finish.</summary>
+    private static readonly TimeSpan CreationWait = TimeSpan.FromSeconds(2);
+
     private static DiskTier? OpenReadOnly(SlotPoolOptions options, TierFaults faults, Exception why)
     {
         try
         {
+            var dataPath = Path.Combine(options.Directory, StoredFormats.DataFileName);
+            for (var clock = System.Diagnostics.Stopwatch.StartNew(); !File.Exists(dataPath) && clock.Elapsed < CreationWait && why is SlotPoolLockedException;)
+                Thread.Sleep(10); // another process holds the lock to create it
             return new DiskTier(SlotPool.Open(options with { ReadOnly = true }), faults);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

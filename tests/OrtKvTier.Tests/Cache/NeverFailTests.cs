@@ -77,6 +77,21 @@ public sealed class NeverFailTests : IDisposable
     }
 
     [Fact]
+    public void ProcessesStartedTogetherOnANewCacheDirectoryAllCompleteWithTheSameTokens()
+    {
+        var dir = _temp.Sub("new-cache");
+        var reference = Tokens(Json(ChildProcess.Console(Generate("--no-cache"))));
+        var runs = Enumerable.Range(0, 6).Select(_ => Task.Run(() => ChildProcess.Console(Generate("--cache-dir", dir)))).ToArray();
+        Task.WaitAll(runs);
+        foreach (var run in runs)
+        {
+            var json = Json(run.Result);
+            Assert.Equal(reference, Tokens(json));
+            Assert.DoesNotContain(Warnings(json), w => w.Contains("is off", StringComparison.Ordinal)); // the disk was served to every process
+        }
+    }
+
+    [Fact]
     public void AJournalRecordWithAWrongLengthIsAMissNeverAnExceptionAndVerifyDropsIt()
     {
         var options = new SlotPoolOptions { Directory = _temp.Sub("pool"), Identity = TestPayloads.Identity, CapacitySlots = 8 };
