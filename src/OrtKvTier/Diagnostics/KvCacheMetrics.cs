@@ -29,7 +29,7 @@ internal static class KvCacheMetrics
     /// <summary>Bytes written to a tier, tagged <c>tier</c>.</summary>
     public static readonly Counter<long> BytesWritten = Meter.CreateCounter<long>("ortkv.cache.bytes_written", "By", "Chunk bytes written, by tier.");
     /// <summary>Faults a tier degraded around (it turned read-only or off, a read or write failed), tagged <c>tier</c> and <c>cause</c>.</summary>
-    public static readonly Counter<long> TierFaults = Meter.CreateCounter<long>("ortkv.cache.tier_faults", "{fault}", "Faults a tier degraded around, by tier and cause.");
+    public static readonly Counter<long> FaultsDegradedAround = Meter.CreateCounter<long>("ortkv.cache.tier_faults", "{fault}", "Faults a tier degraded around, by tier and cause.");
     /// <summary>Chunks evicted from a tier, tagged <c>tier</c>.</summary>
     public static readonly Counter<long> Evictions = Meter.CreateCounter<long>("ortkv.cache.evictions", "{chunk}", "Chunks evicted to make room, by tier.");
     /// <summary>Time to find the cached chain and bring its chunks into host memory.</summary>

@@ -19,7 +19,7 @@ internal sealed class TierFaults(ILogger? logger)
     /// <summary>Records a fault: counted always, logged and kept the first time for its tier and cause.</summary>
     public void Report(TierId tier, string cause, string warning, Exception? exception = null)
     {
-        KvCacheMetrics.TierFaults.Add(1, KvCacheMetrics.Tier(tier.Name), new KeyValuePair<string, object?>("cause", cause));
+        KvCacheMetrics.FaultsDegradedAround.Add(1, KvCacheMetrics.Tier(tier.Name), new KeyValuePair<string, object?>("cause", cause));
         if (_first.TryAdd((tier, cause), warning)) logger?.LogWarning(exception, "Prefix cache, {Tier} tier: {Warning}", tier, warning);
     }
 }
