@@ -32,6 +32,9 @@ internal sealed class SlotFile : IDisposable
     public string Directory { get; }
     public string DataPath => Path.Combine(Directory, DataFileName);
     public FileHeaderFields Header { get; }
+    /// <summary>The slot count before this open resized the pool to the capacity asked for; null when it did not.</summary>
+    public long? ResizedFrom { get; private init; }
+
     /// <summary>Whether this open created the data file (so no slot holds an entry yet).</summary>
     public bool Created { get; private init; }
 
@@ -153,11 +156,14 @@ internal sealed class SlotFile : IDisposable
                 else
                 {
                     data = OpenData(dataPath, FileAccess.ReadWrite);
-                    var header = existing! with { WriterEpoch = existing.WriterEpoch + 1 };
+                    long slots = SlotsFor(options, existing!.SlotBytes) ?? existing.SlotCount;
+                    var header = existing with { WriterEpoch = existing.WriterEpoch + 1, SlotCount = slots };
                     options.BeforeWrite?.Invoke(DataFileName, 0);
+                    // Resized: slots cut off are gone (their entries are dropped at load), added ones are sparse.
+                    if (slots != existing.SlotCount) RandomAccess.SetLength(data.SafeFileHandle, FileHeaderBytes + slots * header.SlotBytes);
                     // No fsync: the epoch only makes generations distinct; integrity rests on key and checksums.
                     RandomAccess.Write(data.SafeFileHandle, FileHeader.Write(identity, header.SlotBytes, (int)header.SlotCount, header.PoolId, header.WriterEpoch), 0);
-                    return new SlotFile(directory, writerLock, data, header, options.BeforeWrite);
+                    return new SlotFile(directory, writerLock, data, header, options.BeforeWrite) { ResizedFrom = slots != existing.SlotCount ? existing.SlotCount : null };
                 }
             }
             var created = Create(options, directory, identity);
@@ -261,10 +267,7 @@ internal sealed class SlotFile : IDisposable
     private static FileHeaderFields Create(SlotPoolOptions options, string directory, SlotPoolIdentity identity)
     {
         long slotBytes = identity.SlotBytes;
-        long slots = options.CapacitySlots ?? (options.CapacityBytes is long bytes ? Math.Max(1, (bytes - FileHeaderBytes) / slotBytes) : 0);
-        if (slots < 1)
-            throw new ArgumentException("A new pool needs CapacityBytes or CapacitySlots.", nameof(options));
-        if (slots > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(options), slots, "At most int.MaxValue slots.");
+        long slots = SlotsFor(options, slotBytes) ?? throw new ArgumentException("A new pool needs CapacityBytes or CapacitySlots.", nameof(options));
         long total = FileHeaderBytes + slots * slotBytes;
         var dataPath = Path.Combine(directory, DataFileName);
         var creating = dataPath + ".creating";
@@ -294,6 +297,14 @@ internal sealed class SlotFile : IDisposable
             throw new IOException($"Could not create the slot pool file {dataPath} of {total} bytes ({slots} slots of {slotBytes} bytes): {e.Message} Free disk space or lower the capacity.", e);
         }
         return header;
+    }
+
+    /// <summary>The slot count the options ask for (null when they name no capacity).</summary>
+    private static long? SlotsFor(SlotPoolOptions options, long slotBytes)
+    {
+        long? slots = options.CapacitySlots is int count ? count : options.CapacityBytes is long bytes ? Math.Max(1, (bytes - FileHeaderBytes) / slotBytes) : null;
+        if (slots > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(options), slots, "At most int.MaxValue slots.");
+        return slots;
     }
 
     private static FileStream OpenData(string path, FileAccess access) =>

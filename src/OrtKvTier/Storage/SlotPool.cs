@@ -89,7 +89,9 @@ public sealed unsafe class SlotPool : IDisposable
         try
         {
             pool = new SlotPool(options, file);
-            if (pool.LoadIndex()) pool.Compact();
+            if (pool.LoadIndex() || file.ResizedFrom is not null) pool.Compact();
+            if (file.ResizedFrom is { } before)
+                options.Logger?.LogInformation("Slot pool {Directory}: resized from {Before} to {After} slots.", pool.Directory, before, pool.SlotCount);
             return pool;
         }
         catch

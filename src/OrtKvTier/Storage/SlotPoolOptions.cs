@@ -31,10 +31,14 @@ public sealed record SlotPoolOptions
     /// <summary>What the bytes belong to. Null only for <see cref="ReadOnly"/> tools that take the identity from the file.</summary>
     public SlotPoolIdentity? Identity { get; init; }
 
-    /// <summary>Capacity of a new pool in bytes of disk, rounded down to whole slots. Give this or <see cref="CapacitySlots"/>.</summary>
+    /// <summary>
+    /// Capacity in bytes of disk, rounded down to whole slots (the file grows on demand up to it). Give this or
+    /// <see cref="CapacitySlots"/>; a writer opening an existing pool of another capacity resizes it (shrinking
+    /// drops the entries in the slots cut off). Neither: an existing pool keeps its capacity.
+    /// </summary>
     public long? CapacityBytes { get; init; }
 
-    /// <summary>Capacity of a new pool in slots. An existing pool keeps the capacity it was created with.</summary>
+    /// <summary>Capacity in slots; like <see cref="CapacityBytes"/>.</summary>
     public int? CapacitySlots { get; init; }
 
     /// <summary>Open for reading only (no lock; other processes may write). Default false.</summary>

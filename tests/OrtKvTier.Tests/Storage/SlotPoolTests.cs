@@ -1,3 +1,4 @@
+using OrtKvTier.Keys;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 
@@ -41,6 +42,39 @@ public sealed class SlotPoolTests : IDisposable
 
         using var bytes = SlotPool.Open(new SlotPoolOptions { Directory = _temp.Sub("b"), Identity = TestPayloads.Identity, CapacityBytes = 1_000_000 });
         Assert.Equal((1_000_000 - 4096) / pool.SlotBytes, bytes.SlotCount);
+    }
+
+    [Fact]
+    public void AWriterAskingForAnotherCapacityResizesThePool()
+    {
+        var options = new SlotPoolOptions { Directory = _temp.Sub("resize"), Identity = TestPayloads.Identity, CapacitySlots = 8 };
+        var keys = Enumerable.Range(0, 6).Select(i => TestPayloads.Key(7, i)).ToArray();
+        using (var pool = SlotPool.Open(options))
+            foreach (var key in keys) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
+
+        using (var grown = SlotPool.Open(options with { CapacitySlots = 16 }))
+        {
+            Assert.Equal(16, grown.SlotCount);
+            Assert.All(keys, k => Assert.True(Served(grown, k)));
+            var more = TestPayloads.Key(7, 100);
+            grown.Put(more, TestPayloads.Tokens(more), TestPayloads.Payload(more));
+        }
+        using (var kept = SlotPool.Open(options with { CapacitySlots = null, CapacityBytes = null }))
+            Assert.Equal(16, kept.SlotCount); // no capacity named: the pool keeps its size
+
+        using (var shrunk = SlotPool.Open(options with { CapacitySlots = 4 }))
+        {
+            Assert.Equal(4, shrunk.SlotCount);
+            Assert.Equal(4096 + 4 * shrunk.SlotBytes, new FileInfo(Path.Combine(options.Directory, "slots.bin")).Length);
+            Assert.Equal(4, shrunk.GetStats().Entries); // the entries in slots 0-3 stay; the rest were cut off
+            Assert.All(shrunk.Entries(), e => Assert.True(Served(shrunk, e.Key)));
+        }
+    }
+
+    private static bool Served(SlotPool pool, ChunkKey key)
+    {
+        var buffer = new byte[pool.PayloadCapacity];
+        return pool.TryGet(key, TestPayloads.Tokens(key), buffer, out int n) && buffer.AsSpan(0, n).SequenceEqual(TestPayloads.Payload(key));
     }
 
     [Fact]
