@@ -8,22 +8,26 @@ switch (mode)
 {
     case "writer":
     {
-        // writer DIR DURABILITY SEED SLOTS: puts keys 0, 1, 2, ... and prints "ack INDEX" after each Put returns.
+        // writer DIR DURABILITY SEED SLOTS [COUNT]: puts keys 0, 1, 2, ... (COUNT of them, else until killed) and prints
+        // "ack INDEX" after each Put returns.
         var durability = Enum.Parse<Durability>(args[2]);
         int seed = int.Parse(args[3]);
         int slots = int.Parse(args[4]);
+        long count = args.Length > 5 ? long.Parse(args[5]) : long.MaxValue;
         using var pool = SlotPool.Open(new SlotPoolOptions
         {
             Directory = dir, Identity = TestPayloads.Identity, CapacitySlots = slots, Durability = durability,
             BatchInterval = TimeSpan.FromMilliseconds(5), WriterLockTimeout = TimeSpan.FromSeconds(10),
         });
         Console.WriteLine("ready");
-        for (long i = 0; ; i++)
+        for (long i = 0; i < count; i++)
         {
             var key = TestPayloads.Key(seed, i);
             pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
             Console.WriteLine($"ack {i}");
         }
+        Thread.Sleep(Timeout.Infinite); // until killed, like a server
+        return 0;
     }
     case "cycler":
     {
@@ -72,7 +76,9 @@ switch (mode)
     }
     case "hold":
     {
-        using var pool = SlotPool.Open(new SlotPoolOptions { Directory = dir, Identity = TestPayloads.Identity, CapacitySlots = 4 });
+        // hold DIR: creates the pool, then holds its writer lock as a change in progress would, until killed.
+        using (SlotPool.Open(new SlotPoolOptions { Directory = dir, Identity = TestPayloads.Identity, CapacitySlots = 4 })) { }
+        using var held = SlotFile.AcquireWriterLock(dir, TimeSpan.FromSeconds(10));
         Console.WriteLine("ready");
         Thread.Sleep(Timeout.Infinite);
         return 0;

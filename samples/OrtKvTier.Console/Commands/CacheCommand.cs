@@ -7,7 +7,7 @@ namespace OrtKvTier.Console.Commands;
 internal static class CacheCommand
 {
     public const string Usage = "cache list|stats|verify|clear --cache-dir DIR [--json]\n" +
-        "ortkv cache prune --cache-dir DIR (--older-than 30d | --keep N) [--json]   (deletes whole pools, least recently used first; pools in use are kept)";
+        "ortkv cache prune --cache-dir DIR (--older-than 30d | --keep N) [--json]   (deletes whole pools, least recently used first; one being changed is kept)";
 
     public static int Run(string action, CommandLine cl)
     {
@@ -104,7 +104,7 @@ internal static class CacheCommand
         return 0;
     }
 
-    /// <summary>Deletes whole pools, least recently used first: those unused for longer than --older-than, or all but the --keep most recent. A pool another process has open for writing is kept.</summary>
+    /// <summary>Deletes whole pools, least recently used first: those unused for longer than --older-than, or all but the --keep most recent. A pool another process is changing (it holds the writer lock) is kept; one that is only open goes on in that process's open files.</summary>
     private static int Prune(string dir, CommandLine cl, bool json)
     {
         var olderThan = cl.String("older-than") is { } text ? CacheOptions.Duration("older-than", text) : (TimeSpan?)null;
@@ -131,7 +131,7 @@ internal static class CacheCommand
         else
         {
             foreach (var d in deleted) System.Console.WriteLine($"deleted {d}");
-            foreach (var d in inUse) System.Console.WriteLine($"kept {d}: another process is writing it");
+            foreach (var d in inUse) System.Console.WriteLine($"kept {d}: another process is changing it");
         }
         return 0;
     }
@@ -145,7 +145,7 @@ internal static class CacheCommand
             using (new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None))
                 foreach (var file in Directory.GetFiles(poolDir).Where(f => f != lockPath)) File.Delete(file);
         }
-        catch (IOException) when (File.Exists(Path.Combine(poolDir, "slots.bin")))
+        catch (IOException) when (File.Exists(Path.Combine(poolDir, "slots.bin"))) // the writer lock is held
         {
             return false;
         }

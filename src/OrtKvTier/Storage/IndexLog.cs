@@ -20,6 +20,8 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     private readonly string _journalPath = Path.Combine(directory, JournalFileName);
     private readonly string _snapshotPath = Path.Combine(directory, SnapshotFileName);
     private readonly List<ChunkKey> _pendingTouches = [];
+    /// <summary>Entries dropped on a read (damaged, rewritten): journaled with the next change, under the writer lock.</summary>
+    private readonly List<ChunkKey> _pendingRemoves = [];
     private SafeFileHandle? _journal;
     private long _journalEnd;
     private long _epoch;
@@ -83,29 +85,49 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
         logger?.LogWarning("Slot pool {Directory}: skipped {Skipped} journal records that check out but do not fit (slot out of range, unknown kind, wrong length).", directory, skipped);
     }
 
-    /// <summary>Re-reads the journal when another process appended to or compacted it (readers only); true when <paramref name="index"/> changed.</summary>
+    /// <summary>Re-reads the journal when another process appended to or compacted it; true when <paramref name="index"/> changed.</summary>
     public bool Refresh(SlotIndex index)
     {
         var journal = IndexJournal.ReadFile(_journalPath);
-        if (journal is null) return false;
-        var epoch = IndexJournal.ReadEpoch(journal, poolId);
-        if (epoch is null) return false;
+        if (journal is null || IndexJournal.ReadEpoch(journal, poolId) is not { } epoch) return false;
+        return Follow(journal, epoch, index) is { Changed: true };
+    }
+
+    /// <summary>
+    /// Before this process changes the pool, under the writer lock: replays what other processes journaled since
+    /// (or reloads after their compaction), reopens the journal they may have replaced, and cuts a torn tail a dead
+    /// writer left (nobody else appends now). True when the journal is unusable and a compaction must rewrite it.
+    /// </summary>
+    public bool CatchUp(SlotIndex index)
+    {
+        var journal = IndexJournal.ReadFile(_journalPath);
+        if (journal is null || IndexJournal.ReadEpoch(journal, poolId) is not { } epoch || Follow(journal, epoch, index) is null) return true;
+        _journal?.Dispose();
+        _journal = null;
+        _journal = File.OpenHandle(_journalPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+        if (RandomAccess.GetLength(_journal) > _journalEnd) RandomAccess.SetLength(_journal, _journalEnd);
+        return false;
+    }
+
+    /// <summary>Brings <paramref name="index"/> up to <paramref name="journal"/> (of <paramref name="epoch"/>); null when its snapshot cannot be loaded.</summary>
+    private (bool Changed, bool Reloaded)? Follow(byte[] journal, long epoch, SlotIndex index)
+    {
         if (epoch == _epoch)
         {
-            if (journal.Length <= _journalEnd) return false;
+            if (journal.Length <= _journalEnd) return (false, false);
             (_journalEnd, int records, int skipped) = IndexJournal.Replay(journal, _journalEnd, index);
             Records += records;
             ReportSkipped(skipped);
-            return records > 0;
+            return (records > 0, false);
         }
         index.Clear();
         var snapshot = IndexJournal.ReadFile(_snapshotPath);
-        if (snapshot is null || IndexJournal.LoadSnapshot(snapshot, poolId, index) != epoch) return false;
-        _epoch = epoch.Value;
+        if (snapshot is null || IndexJournal.LoadSnapshot(snapshot, poolId, index) != epoch) return null;
+        _epoch = epoch;
         (_journalEnd, int replayed, int dropped) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
         Records = replayed;
         ReportSkipped(dropped);
-        return true;
+        return (true, true);
     }
 
     /// <summary>Appends records; on failure cuts any torn tail (so later records still follow complete ones) and throws.</summary>
@@ -141,18 +163,22 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     /// <summary>Journals that an entry was used: the record waits for the next put, flush or a full batch, so a read never waits on the disk.</summary>
     public void Touch(ChunkKey key)
     {
-        _pendingTouches.Add(key);
-        if (_pendingTouches.Count >= MaxPendingTouches) WritePendingTouches();
+        if (_pendingTouches.Count < MaxPendingTouches) _pendingTouches.Add(key); // past that, recency waits for the next change
     }
 
-    public bool HasPendingTouches => _pendingTouches.Count > 0;
+    /// <summary>Journals that an entry was dropped, with the next change this process makes under the writer lock.</summary>
+    public void DeferRemove(ChunkKey key) => _pendingRemoves.Add(key);
 
+    public bool HasPendingTouches => _pendingTouches.Count > 0 || _pendingRemoves.Count > 0;
+
+    /// <summary>Appends the deferred removes and touches (the caller holds the writer lock).</summary>
     public void WritePendingTouches()
     {
-        if (_pendingTouches.Count == 0) return;
-        var batch = _pendingTouches.SelectMany(IndexJournal.TouchRecord).ToArray();
-        int count = _pendingTouches.Count;
+        if (!HasPendingTouches) return;
+        var batch = _pendingRemoves.SelectMany(IndexJournal.RemoveRecord).Concat(_pendingTouches.SelectMany(IndexJournal.TouchRecord)).ToArray();
+        int count = _pendingTouches.Count + _pendingRemoves.Count;
         _pendingTouches.Clear();
+        _pendingRemoves.Clear();
         TryAppend(batch, count);
     }
 
@@ -178,7 +204,8 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     /// <summary>Step 1, under the lock: the snapshot of <paramref name="entries"/> (least recently used first).</summary>
     public Compaction BeginCompaction(IReadOnlyList<SlotEntry> entries, ulong nextGeneration)
     {
-        _pendingTouches.Clear(); // the snapshot keeps recency
+        _pendingTouches.Clear(); // the snapshot keeps recency, and has no dropped entry
+        _pendingRemoves.Clear();
         long epoch = _epoch + 1;
         return new Compaction(epoch, IndexJournal.Snapshot(poolId, epoch, nextGeneration, entries), _journalEnd, Records);
     }

@@ -15,14 +15,13 @@ namespace OrtKvTier.Storage;
 /// </summary>
 internal sealed class SlotFile : IDisposable
 {
-    private readonly FileStream? _lock;
     private readonly FileStream _data;
     private readonly Action<string, long>? _beforeWrite;
 
-    private SlotFile(string directory, FileStream? writerLock, FileStream data, FileHeaderFields header, Action<string, long>? beforeWrite)
+    private SlotFile(string directory, PoolLock? writerLock, FileStream data, FileHeaderFields header, Action<string, long>? beforeWrite)
     {
         Directory = directory;
-        _lock = writerLock;
+        Lock = writerLock;
         _data = data;
         Header = header;
         _beforeWrite = beforeWrite;
@@ -39,7 +38,10 @@ internal sealed class SlotFile : IDisposable
     public bool Created { get; private init; }
 
     /// <summary>Whether this process holds the writer lock.</summary>
-    public bool IsWriter => _lock is not null;
+    public bool IsWriter => Lock is not null;
+
+    /// <summary>The writer lock, held while this process changes the pool (null for a read-only handle).</summary>
+    public PoolLock? Lock { get; }
     /// <summary>The data file, for positional reads; valid until <see cref="Dispose"/>.</summary>
     public SafeFileHandle Data => _data.SafeFileHandle;
 
@@ -126,7 +128,6 @@ internal sealed class SlotFile : IDisposable
     public void Dispose()
     {
         _data.Dispose();
-        _lock?.Dispose();
     }
 
     /// <summary>
@@ -134,10 +135,12 @@ internal sealed class SlotFile : IDisposable
     /// it (sparse: it grows on demand as slots are written) when missing or, per
     /// <see cref="SlotPoolOptions.OnMismatch"/>, when it belongs to another identity or format.
     /// </summary>
-    public static SlotFile OpenWriter(SlotPoolOptions options, string directory)
+    public static SlotFile OpenWriter(SlotPoolOptions options, string directory, out PoolLock.Hold openHold)
     {
         System.IO.Directory.CreateDirectory(directory);
-        var writerLock = AcquireWriterLock(directory, options.WriterLockTimeout);
+        var writerLock = new PoolLock(directory, options.WriterLockTimeout);
+        openHold = writerLock.Acquire(() => { });
+        var hold = openHold;
         FileStream? data = null;
         try
         {
@@ -173,7 +176,7 @@ internal sealed class SlotFile : IDisposable
         catch
         {
             data?.Dispose();
-            writerLock.Dispose();
+            hold.Dispose();
             throw;
         }
     }
@@ -310,7 +313,8 @@ internal sealed class SlotFile : IDisposable
     private static FileStream OpenData(string path, FileAccess access) =>
         new(path, FileMode.Open, access, FileShare.ReadWrite | FileShare.Delete, 1, FileOptions.None);
 
-    private static FileStream AcquireWriterLock(string directory, TimeSpan timeout)
+    /// <summary>Takes the directory's OS writer lock, waiting at most <paramref name="timeout"/>; throws <see cref="SlotPoolLockedException"/> then.</summary>
+    public static FileStream AcquireWriterLock(string directory, TimeSpan timeout)
     {
         var path = Path.Combine(directory, LockFileName);
         var clock = Stopwatch.StartNew();
@@ -324,8 +328,8 @@ internal sealed class SlotFile : IDisposable
             catch (IOException e) when (e is not FileNotFoundException and not DirectoryNotFoundException)
             {
                 if (clock.Elapsed >= timeout)
-                    throw new SlotPoolLockedException($"Another process is writing the slot pool in {directory} (it holds {path}). " +
-                        "Open read-only, wait for it (SlotPoolOptions.WriterLockTimeout), or use another directory.");
+                    throw new SlotPoolLockedException($"Another process held the slot pool's lock in {directory} ({path}) for longer than {timeout.TotalMilliseconds:F0} ms. " +
+                        "Wait longer (SlotPoolOptions.WriterLockTimeout), open read-only, or use another directory.");
                 Thread.Sleep(2);
             }
         }

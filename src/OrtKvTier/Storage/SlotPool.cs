@@ -84,7 +84,8 @@ public sealed unsafe class SlotPool : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         var directory = Path.GetFullPath(options.Directory);
-        var file = options.ReadOnly ? SlotFile.OpenReader(options, directory) : SlotFile.OpenWriter(options, directory);
+        PoolLock.Hold? openHold = null;
+        var file = options.ReadOnly ? SlotFile.OpenReader(options, directory) : SlotFile.OpenWriter(options, directory, out openHold);
         SlotPool? pool = null;
         try
         {
@@ -99,6 +100,10 @@ public sealed unsafe class SlotPool : IDisposable
             if (pool is not null) pool.Dispose();
             else file.Dispose();
             throw;
+        }
+        finally
+        {
+            openHold?.Dispose();
         }
     }
 
@@ -128,6 +133,7 @@ public sealed unsafe class SlotPool : IDisposable
         if (payload.Length > PayloadCapacity)
             throw new ArgumentException($"A slot holds at most {PayloadCapacity} payload bytes; got {payload.Length}.", nameof(payload));
 
+        using var hold = HoldLock(PutLockWait);
         if (!TryReserveSlot(key, out int slot, out ulong generation)) return false;
         var entry = new SlotEntry(key, slot, generation, tokens.Length, payload.Length);
         bool published = false;
@@ -271,7 +277,7 @@ public sealed unsafe class SlotPool : IDisposable
     /// <summary>Marks entries used (served from a tier above this one), so eviction follows use; absent keys are ignored.</summary>
     public void Touch(IEnumerable<ChunkKey> keys)
     {
-        ThrowIfUnusable(write: true);
+        ThrowIfUnusable(write: false);
         lock (_gate)
             foreach (var key in keys)
                 if (_index.Contains(key)) TouchLocked(key);
@@ -288,6 +294,7 @@ public sealed unsafe class SlotPool : IDisposable
     public bool Remove(ChunkKey key)
     {
         ThrowIfUnusable(write: true);
+        using var hold = HoldLock(PutLockWait);
         using var file = UseFile();
         lock (_writeGate)
         lock (_gate)
@@ -305,6 +312,7 @@ public sealed unsafe class SlotPool : IDisposable
     public void Clear()
     {
         ThrowIfUnusable(write: true);
+        using var hold = HoldLock(PutLockWait);
         using var file = UseFile();
         lock (_writeGate)
         {
@@ -369,6 +377,7 @@ public sealed unsafe class SlotPool : IDisposable
     {
         ThrowIfUnusable(write: false);
         if (IsReadOnly) return;
+        using var hold = _file.Lock!.TryAcquire(CatchUp, TimeSpan.Zero); // without it, deferred records wait for the next change
         lock (_writeGate)
         {
             // fsync outside the index lock, so reads go on while the disk catches up.
@@ -376,7 +385,7 @@ public sealed unsafe class SlotPool : IDisposable
             SafeFileHandle? journal;
             lock (_gate)
             {
-                _log.WritePendingTouches();
+                if (hold is not null) _log.WritePendingTouches();
                 dataDirty = _dataDirty;
                 _dataDirty = _log.Dirty = false;
                 journal = _log.Journal;
@@ -390,6 +399,14 @@ public sealed unsafe class SlotPool : IDisposable
     public void Compact()
     {
         ThrowIfUnusable(write: true);
+        using var hold = HoldLock(PutLockWait);
+        CompactHeld();
+    }
+
+    /// <summary>The compaction, by a thread that holds the writer lock.</summary>
+    private void CompactHeld()
+    {
+        _needsCompaction = false;
         lock (_writeGate)
         {
             if (_options.Durability != Durability.None) _file.FlushToDisk();
@@ -410,7 +427,8 @@ public sealed unsafe class SlotPool : IDisposable
         {
             try
             {
-                if (_log.Records > 0 || _log.HasPendingTouches) Compact();
+                using var hold = _file.Lock!.TryAcquire(CatchUp, CloseLockWait);
+                if (hold is not null && (_log.Records > 0 || _log.HasPendingTouches || _needsCompaction)) CompactHeld();
                 else if (_options.Durability != Durability.None) Flush();
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -443,7 +461,7 @@ public sealed unsafe class SlotPool : IDisposable
         if (!_index.RemoveIfSame(entry)) return;
         Dropped?.Invoke(entry.Key, reason);
         _logger?.LogWarning("Slot pool {Directory}: slot {Slot} for chunk {Key} is a miss: {Reason}. The entry was dropped.", Directory, entry.Slot, entry.Key, reason);
-        if (!IsReadOnly) _log.TryAppend(IndexJournal.RemoveRecord(entry.Key));
+        if (!IsReadOnly) _log.DeferRemove(entry.Key);
     }
 
     // ---- writing ----
@@ -478,9 +496,44 @@ public sealed unsafe class SlotPool : IDisposable
 
     /// <summary>The entry under <paramref name="key"/>; a reader first catches up with what other processes journaled.</summary>
     private bool TryFindLocked(ChunkKey key, out SlotEntry entry) =>
-        _index.TryGet(key, out entry) || (IsReadOnly && _log.Refresh(_index) && _index.TryGet(key, out entry));
+        _index.TryGet(key, out entry) || (_log.Refresh(_index) && _index.TryGet(key, out entry));
 
     private UseGuard.Use UseFile() => _lifetime.Enter();
+
+    /// <summary>How long a change waits for other processes' changes; past it the change is skipped (SlotPoolLockedException).</summary>
+    private static readonly TimeSpan PutLockWait = TimeSpan.FromSeconds(2);
+    private static readonly TimeSpan CloseLockWait = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>Set when catching up found the journal unusable: the next change compacts first.</summary>
+    private volatile bool _needsCompaction;
+
+    /// <summary>A hold on the writer lock for a change (the first of this process catches up with the others' changes), compacting first when catching up asked for it.</summary>
+    private PoolLock.Hold HoldLock(TimeSpan wait)
+    {
+        var hold = _file.Lock!.Acquire(CatchUp, wait > _options.WriterLockTimeout ? wait : _options.WriterLockTimeout);
+        if (_needsCompaction)
+            try
+            {
+                CompactHeld();
+            }
+            catch
+            {
+                hold.Dispose();
+                throw;
+            }
+        return hold;
+    }
+
+    /// <summary>Under the writer lock, first of this process: replays what others journaled since; an unusable journal is rebuilt from the slot headers and compacted.</summary>
+    private void CatchUp()
+    {
+        lock (_gate)
+            if (_log.CatchUp(_index) && !_disposed)
+            {
+                _log.Load(_index, writer: true, created: false, () => { foreach (var entry in _file.ScanSlots()) _index.Put(entry); });
+                _needsCompaction = true;
+            }
+    }
 
     private void ThrowIfUnusable(bool write)
     {

@@ -58,6 +58,7 @@ internal sealed class DiskTier : IStagedReadTier
             Durability = durability,
             OnMismatch = onMismatch,
             Logger = logger,
+            WriterLockTimeout = TimeSpan.FromSeconds(2), // every process stores: another may be in the middle of a change
         };
         try
         {
@@ -125,6 +126,11 @@ internal sealed class DiskTier : IStagedReadTier
         try
         {
             return Pool.Put(key, tokens, payload);
+        }
+        catch (SlotPoolLockedException e)
+        {
+            _faults.Report(Id, "busy", $"other processes held {Pool.Directory} past the wait; some chunks were not stored (they stay in memory).", e);
+            return false;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

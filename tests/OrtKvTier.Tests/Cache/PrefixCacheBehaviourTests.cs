@@ -145,22 +145,26 @@ public sealed class PrefixCacheBehaviourTests : IDisposable
     }
 
     [Fact]
-    public void ASecondCacheOnTheSameDirectoryReadsWhileTheFirstWrites()
+    public void TwoCachesOnTheSameDirectoryBothStoreAndEachRestoresTheOthersPrefix()
     {
         using var model = KvModel.Load(TestPaths.Tiny);
         var dir = _temp.Sub("cache");
-        var logger = new ListLogger();
-        using var writer = CacheTestKit.Open(model, dir, Chunk);
-        using var reader = CacheTestKit.Open(model, dir, Chunk, logger: logger);
-        Assert.False(writer.Disk!.GetStats().ReadOnly);
-        Assert.True(reader.Disk!.GetStats().ReadOnly);
-        Assert.Contains(logger.Entries, e => e.Message.Contains("read-only"));
-        var prompt = CacheTestKit.Prompt(4 * Chunk + 2, seed: 10);
-        CacheTestKit.Greedy(model, prompt, writer);
-        writer.Flush();
-        var run = CacheTestKit.Greedy(model, prompt, reader);
-        Assert.Equal(4 * Chunk, run.Restore.RestoredTokens);
-        Assert.All(run.Restore.ChunkTiers, t => Assert.Equal("disk", t));
+        using var first = CacheTestKit.Open(model, dir, Chunk);
+        using var second = CacheTestKit.Open(model, dir, Chunk);
+        Assert.False(first.Disk!.GetStats().ReadOnly);
+        Assert.False(second.Disk!.GetStats().ReadOnly);
+        var a = CacheTestKit.Prompt(4 * Chunk + 2, seed: 10);
+        var b = CacheTestKit.Prompt(3 * Chunk + 2, seed: 20);
+        CacheTestKit.Greedy(model, a, first);
+        CacheTestKit.Greedy(model, b, second);
+        first.Flush();
+        second.Flush();
+        var fromFirst = CacheTestKit.Greedy(model, a, second);
+        Assert.Equal(4 * Chunk, fromFirst.Restore.RestoredTokens);
+        Assert.All(fromFirst.Restore.ChunkTiers, t => Assert.Equal("disk", t));
+        var fromSecond = CacheTestKit.Greedy(model, b, first);
+        Assert.Equal(3 * Chunk, fromSecond.Restore.RestoredTokens);
+        Assert.All(fromSecond.Restore.ChunkTiers, t => Assert.Equal("disk", t));
     }
 
     [Fact]

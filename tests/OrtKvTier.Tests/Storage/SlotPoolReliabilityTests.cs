@@ -288,12 +288,50 @@ public sealed class SlotPoolReliabilityTests(ITestOutputHelper output) : IDispos
     }
 
     [Fact]
-    public void ASecondWriterIsRefusedAndGetsTheLockWithin100MsOfTheFirstDying()
+    public void TwoWriterProcessesStoreIntoOnePoolAndEveryAcknowledgedEntryIsThere()
+    {
+        // 1. Two writer processes put their own keys into one pool at once (no eviction: the pool holds them all).
+        Process Writer(int seed) => ChildProcess.Start(ChildProcess.TestChildDll, "writer", _temp.Path, "Batched", seed.ToString(), "400", "150");
+        using (var first = SlotPool.Open(Options(slots: 400))) { } // created once, so both open it
+        using var a = Writer(1);
+        using var b = Writer(2);
+        var acks = new[] { new List<long>(), new List<long>() };
+        var readers = new[] { a, b }.Select((child, n) => Task.Run(() =>
+        {
+            string? line;
+            while ((line = child.StandardOutput.ReadLine()) is not null)
+                if (line.StartsWith("ack ", StringComparison.Ordinal))
+                {
+                    lock (acks) acks[n].Add(long.Parse(line[4..]));
+                    if (acks[n].Count >= 150) break;
+                }
+        })).ToArray();
+        Task.WaitAll(readers, TimeSpan.FromSeconds(60));
+        a.Kill();
+        b.Kill();
+        a.WaitForExit();
+        b.WaitForExit();
+
+        // 2. Every acknowledged entry of both is in the pool and served byte for byte.
+        using var pool = SlotPool.Open(Options(slots: 400) with { WriterLockTimeout = TimeSpan.FromSeconds(5) });
+        for (int n = 0; n < 2; n++)
+        {
+            Assert.True(acks[n].Count >= 150, $"writer {n + 1} acknowledged only {acks[n].Count} puts");
+            foreach (var index in acks[n])
+                Assert.True(pool.Contains(TestPayloads.Key(n + 1, index)), $"writer {n + 1}'s acknowledged entry {index} is missing");
+        }
+        var (served, missed) = CheckEverything(pool);
+        Assert.Equal(0, missed);
+        output.WriteLine($"two writer processes: {acks[0].Count} + {acks[1].Count} acknowledged puts, {served} entries served byte for byte, 0 wrong.");
+    }
+
+    [Fact]
+    public void AChangeInProgressHoldsOffOthersAndItsLockIsFreeWithin100MsOfTheHolderDying()
     {
         using var holder = ChildProcess.Start(ChildProcess.TestChildDll, "hold", _temp.Path);
         ChildProcess.WaitForLine(holder, "ready", TimeSpan.FromSeconds(60));
         var e = Assert.Throws<SlotPoolLockedException>(() => SlotPool.Open(Options(slots: 4)));
-        Assert.Contains("Another process is writing", e.Message);
+        Assert.Contains("held the slot pool's lock", e.Message);
         using (var reader = SlotPool.Open(Options(slots: 4) with { ReadOnly = true })) Assert.Equal(0, reader.GetStats().Entries);
 
         var waiting = Task.Run(() =>
