@@ -9,16 +9,12 @@ namespace OrtKvTier.Storage;
 
 /// <summary>
 /// The disk tier: one file of fixed-size slots (sparse, growing on demand) holding chunk KV bytes, indexed by
-/// <see cref="ChunkKey"/> through a crash-safe journal and snapshot.
-/// <para>Promise: a read returns the bytes stored under the key or reports a miss, never other
-/// bytes. Every read checks the slot header (key, generation, fingerprint, layout, token ids,
-/// header checksum) and the checksum of the bytes it copied, in the same pass; damaged or
-/// rewritten slots are misses and are dropped.</para>
-/// <para>One writer process at a time holds an OS lock (released by the kernel if it dies); any
-/// number of read-only handles in other processes read concurrently and see entries journaled
-/// before each lookup. Thread-safe within a process.</para>
+/// <see cref="ChunkKey"/> through a crash-safe journal and snapshot. A read returns the bytes stored under the key
+/// or a miss, never other bytes: it checks the slot header and the checksum of the bytes it copied. Any number of
+/// processes store into one pool (each change under the directory's OS lock, caught up with the others' journal
+/// first) and read it; thread-safe within a process.
 /// </summary>
-public sealed unsafe class SlotPool : IDisposable
+public sealed unsafe partial class SlotPool : IDisposable
 {
     private readonly SlotPoolOptions _options;
     private readonly SlotFile _file;
@@ -186,15 +182,8 @@ public sealed unsafe class SlotPool : IDisposable
             else
             {
                 if (_index.Oldest is not { } victim) return false; // every slot is being written by another thread
-                // Journal the eviction first: if that fails, nothing has changed.
-                try
-                {
-                    _log.Append(IndexJournal.RemoveRecord(victim.Key));
-                }
-                catch (IOException e)
-                {
-                    throw new IOException($"Could not store chunk {key}: evicting the oldest entry failed to journal: {e.Message} Entries stored earlier are unaffected.", e);
-                }
+                try { _log.Append(IndexJournal.RemoveRecord(victim.Key)); } // journaled first: if that fails, nothing changed
+                catch (IOException e) { throw new IOException($"Could not store chunk {key}: journaling the eviction of the oldest entry failed: {e.Message} Entries stored earlier are unaffected.", e); }
                 _index.Remove(victim.Key);
                 _evictions++;
                 _log.Dirty = true;
@@ -354,68 +343,17 @@ public sealed unsafe class SlotPool : IDisposable
         var clock = Stopwatch.StartNew();
         List<SlotEntry> entries;
         lock (_gate) entries = _index.Entries();
-        int valid = 0, dropped = 0;
+        int dropped = 0;
         long bytes = 0;
         using (UseFile())
             foreach (var entry in entries)
-            {
-                var failure = _file.VerifySlot(entry, _parallelism, out long payloadLength);
-                if (failure is null)
+                if (_file.VerifySlot(entry, _parallelism, out long payloadLength) is not { } failure) bytes += payloadLength;
+                else
                 {
-                    valid++;
-                    bytes += payloadLength;
-                    continue;
+                    dropped++;
+                    lock (_gate) DropLocked(entry, failure);
                 }
-                dropped++;
-                lock (_gate) DropLocked(entry, failure);
-            }
-        return new SlotPoolVerifyReport(entries.Count, valid, dropped, bytes, clock.Elapsed) { SkippedRecords = _log.SkippedRecords };
-    }
-
-    /// <summary>Makes everything written so far durable (fsync of data and journal).</summary>
-    public void Flush()
-    {
-        ThrowIfUnusable(write: false);
-        if (IsReadOnly) return;
-        using var hold = _file.Lock!.TryAcquire(CatchUp, TimeSpan.Zero); // without it, deferred records wait for the next change
-        lock (_writeGate)
-        {
-            // fsync outside the index lock, so reads go on while the disk catches up.
-            bool dataDirty;
-            SafeFileHandle? journal;
-            lock (_gate)
-            {
-                if (hold is not null) _log.WritePendingTouches();
-                dataDirty = _dataDirty;
-                _dataDirty = _log.Dirty = false;
-                journal = _log.Journal;
-            }
-            if (dataDirty) _file.FlushToDisk();
-            IndexLog.FlushToDisk(journal);
-        }
-    }
-
-    /// <summary>Writes the index as a new snapshot with an empty journal, outside the index lock (records appended meanwhile follow into the new journal).</summary>
-    public void Compact()
-    {
-        ThrowIfUnusable(write: true);
-        using var hold = HoldLock(PutLockWait);
-        CompactHeld();
-    }
-
-    /// <summary>The compaction, by a thread that holds the writer lock.</summary>
-    private void CompactHeld()
-    {
-        _needsCompaction = false;
-        lock (_writeGate)
-        {
-            if (_options.Durability != Durability.None) _file.FlushToDisk();
-            IndexLog.Compaction compaction;
-            lock (_gate) compaction = _log.BeginCompaction(_index.Entries(), ((ulong)_writerEpoch << 32) | _nextGenerationLow);
-            _log.WriteCompacted(compaction);
-            lock (_gate) _log.FinishCompaction(compaction);
-            DirectorySync.Flush(Directory); // the new journal's rename
-        }
+        return new SlotPoolVerifyReport(entries.Count, entries.Count - dropped, dropped, bytes, clock.Elapsed) { SkippedRecords = _log.SkippedRecords };
     }
 
     /// <summary>Flushes per the durability setting, compacts a writer's journal and releases the lock.</summary>
@@ -473,67 +411,11 @@ public sealed unsafe class SlotPool : IDisposable
         if (!IsReadOnly) _log.Touch(key);
     }
 
-    private void MaybeCompact()
-    {
-        bool needed;
-        lock (_gate) needed = _log.NeedsCompaction(_index.Count);
-        if (needed) Compact();
-    }
-
-    private void FlushIfDirty()
-    {
-        try
-        {
-            bool dirty;
-            lock (_gate) dirty = _log.Dirty && !_disposed;
-            if (dirty) Flush();
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException)
-        {
-            _logger?.LogWarning(e, "Slot pool {Directory}: batched flush failed.", Directory);
-        }
-    }
-
     /// <summary>The entry under <paramref name="key"/>; a reader first catches up with what other processes journaled.</summary>
     private bool TryFindLocked(ChunkKey key, out SlotEntry entry) =>
         _index.TryGet(key, out entry) || (_log.Refresh(_index) && _index.TryGet(key, out entry));
 
     private UseGuard.Use UseFile() => _lifetime.Enter();
-
-    /// <summary>How long a change waits for other processes' changes; past it the change is skipped (SlotPoolLockedException).</summary>
-    private static readonly TimeSpan PutLockWait = TimeSpan.FromSeconds(2);
-    private static readonly TimeSpan CloseLockWait = TimeSpan.FromMilliseconds(200);
-
-    /// <summary>Set when catching up found the journal unusable: the next change compacts first.</summary>
-    private volatile bool _needsCompaction;
-
-    /// <summary>A hold on the writer lock for a change (the first of this process catches up with the others' changes), compacting first when catching up asked for it.</summary>
-    private PoolLock.Hold HoldLock(TimeSpan wait)
-    {
-        var hold = _file.Lock!.Acquire(CatchUp, wait > _options.WriterLockTimeout ? wait : _options.WriterLockTimeout);
-        if (_needsCompaction)
-            try
-            {
-                CompactHeld();
-            }
-            catch
-            {
-                hold.Dispose();
-                throw;
-            }
-        return hold;
-    }
-
-    /// <summary>Under the writer lock, first of this process: replays what others journaled since; an unusable journal is rebuilt from the slot headers and compacted.</summary>
-    private void CatchUp()
-    {
-        lock (_gate)
-            if (_log.CatchUp(_index) && !_disposed)
-            {
-                _log.Load(_index, writer: true, created: false, () => { foreach (var entry in _file.ScanSlots()) _index.Put(entry); });
-                _needsCompaction = true;
-            }
-    }
 
     private void ThrowIfUnusable(bool write)
     {
