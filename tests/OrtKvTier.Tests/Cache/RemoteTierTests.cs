@@ -1,3 +1,4 @@
+using OrtKvTier.Keys;
 using System.Text.Json;
 using OrtKvTier.Cache;
 using OrtKvTier.Tiers.Remote;
@@ -96,6 +97,30 @@ public sealed class RemoteTierTests : IDisposable
             Assert.False(db.KeyExists(remote.Key(keys[i])), $"value {i} should be deleted");
         }
         Assert.Equal(3, remote.Damaged);
+    }
+
+    [Fact]
+    public void AServerThatIsDownCostsAtMostOneConnectTimeoutThenTheBreakerAnswers()
+    {
+        var port = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        port.Start();
+        int closed = ((System.Net.IPEndPoint)port.LocalEndpoint).Port;
+        port.Stop(); // nothing listens there now
+        var identity = TestPayloads.Identity;
+        var options = new RemoteTierOptions { Connection = $"127.0.0.1:{closed}", OperationTimeout = TimeSpan.FromMilliseconds(250) };
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        using var remote = new RemoteTier(options, identity);
+        var opened = clock.Elapsed;
+        Assert.False(remote.Contains(new ChunkKey(1)));
+        var first = clock.Elapsed - opened;
+        for (int i = 0; i < 20; i++) Assert.False(remote.Contains(new ChunkKey((ulong)i)));
+        var next = clock.Elapsed - opened - first;
+
+        Assert.True(opened < TimeSpan.FromSeconds(1), $"opening took {opened.TotalMilliseconds:F0} ms");
+        Assert.True(first < TimeSpan.FromSeconds(3), $"the first operation took {first.TotalMilliseconds:F0} ms (connect timeout 1 s)");
+        Assert.True(next < TimeSpan.FromSeconds(1), $"20 more operations took {next.TotalMilliseconds:F0} ms: the breaker should answer them");
+        Assert.True(remote.IsBroken);
     }
 
     [RedisFact(ownServer: true)]
