@@ -1,9 +1,5 @@
-using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
-using static OrtKvTier.Storage.StoredFormats;
-using OrtKvTier.Keys;
-using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Storage;
 
