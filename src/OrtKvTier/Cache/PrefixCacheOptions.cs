@@ -34,7 +34,7 @@ public sealed record PrefixCacheOptions
     /// <summary>Most bytes of chunks held in host memory. Default 1 GiB.</summary>
     public long HostBudgetBytes { get; init; } = 1L << 30;
 
-    /// <summary>Capacity of the disk pool in bytes (its file grows on demand up to it); an existing pool of another capacity is resized to it (shrinking drops the entries in the slots cut off). Default 1 GiB.</summary>
+    /// <summary>Capacity of the disk pool in bytes (its file grows on demand up to it); an existing pool of another capacity is resized to it (shrinking keeps the most recently used entries). Default 1 GiB.</summary>
     public long DiskCapacityBytes { get; init; } = 1L << 30;
 
     /// <summary>

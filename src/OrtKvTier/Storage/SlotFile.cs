@@ -93,6 +93,16 @@ internal sealed class SlotFile : IDisposable
         return failure;
     }
 
+    /// <summary>The token ids a slot's header holds (the header is checked when the slot is read).</summary>
+    public int[] ReadTokens(int slot, int count)
+    {
+        Span<byte> header = stackalloc byte[SlotHeaderBytes];
+        PayloadSource.File(Data, SlotOffset(slot)).Read(0, header);
+        var tokens = new int[Math.Clamp(count, 0, Header.Identity.ChunkTokens)];
+        for (int i = 0; i < tokens.Length; i++) tokens[i] = BinaryPrimitives.ReadInt32LittleEndian(header[(StoredFormats.SlotHeader.Tokens + 4 * i)..]);
+        return tokens;
+    }
+
     /// <summary>Every slot whose header is valid, oldest write first: what recovery rebuilds the index from.</summary>
     public List<SlotEntry> ScanSlots()
     {
@@ -162,7 +172,7 @@ internal sealed class SlotFile : IDisposable
                     long slots = SlotsFor(options, existing!.SlotBytes) ?? existing.SlotCount;
                     var header = existing with { WriterEpoch = existing.WriterEpoch + 1, SlotCount = slots };
                     options.BeforeWrite?.Invoke(DataFileName, 0);
-                    // Resized: slots cut off are gone (their entries are dropped at load), added ones are sparse.
+                    // Grown: the added slots are sparse (shrinking was done by SlotPool.Open, copying the recent entries).
                     if (slots != existing.SlotCount) RandomAccess.SetLength(data.SafeFileHandle, FileHeaderBytes + slots * header.SlotBytes);
                     // No fsync: the epoch only makes generations distinct; integrity rests on key and checksums.
                     RandomAccess.Write(data.SafeFileHandle, FileHeader.Write(identity, header.SlotBytes, (int)header.SlotCount, header.PoolId, header.WriterEpoch), 0);
@@ -303,7 +313,7 @@ internal sealed class SlotFile : IDisposable
     }
 
     /// <summary>The slot count the options ask for (null when they name no capacity).</summary>
-    private static long? SlotsFor(SlotPoolOptions options, long slotBytes)
+    public static long? SlotsFor(SlotPoolOptions options, long slotBytes)
     {
         long? slots = options.CapacitySlots is int count ? count : options.CapacityBytes is long bytes ? Math.Max(1, (bytes - FileHeaderBytes) / slotBytes) : null;
         if (slots > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(options), slots, "At most int.MaxValue slots.");

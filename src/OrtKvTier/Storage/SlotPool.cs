@@ -80,6 +80,7 @@ public sealed unsafe partial class SlotPool : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         var directory = Path.GetFullPath(options.Directory);
+        if (!options.ReadOnly && ShrinkRequested(options, directory) is { } slots) ShrinkByCopy(options, directory, slots);
         PoolLock.Hold? openHold = null;
         var file = options.ReadOnly ? SlotFile.OpenReader(options, directory) : SlotFile.OpenWriter(options, directory, out openHold);
         SlotPool? pool = null;
@@ -101,6 +102,59 @@ public sealed unsafe partial class SlotPool : IDisposable
         {
             openHold?.Dispose();
         }
+    }
+
+    /// <summary>The slot count a writer asks for when it is below the existing pool's (of the same identity).</summary>
+    private static long? ShrinkRequested(SlotPoolOptions options, string directory)
+    {
+        var dataPath = Path.Combine(directory, DataFileName);
+        if (!File.Exists(dataPath)) return null;
+        try
+        {
+            var header = SlotFile.ReadHeaderOf(dataPath);
+            return header.Identity == options.Identity && SlotFile.SlotsFor(options, header.SlotBytes) is { } slots && slots < header.SlotCount ? slots : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null; // OpenWriter says what is wrong with it
+        }
+    }
+
+    /// <summary>
+    /// Shrinks a pool keeping its most recently used entries: they are copied, verified, least recently used first, into
+    /// a new pool of <paramref name="slots"/> slots beside it (whose own eviction keeps the most recent), which then
+    /// replaces it under the writer lock. A process that has the old pool open keeps serving its old file.
+    /// </summary>
+    private static void ShrinkByCopy(SlotPoolOptions options, string directory, long slots)
+    {
+        var staging = Path.Combine(directory, ".shrink");
+        SlotFile.DeletePoolFiles(staging);
+        using (var old = Open(options with { CapacitySlots = null, CapacityBytes = null }))
+        using (var fresh = Open(options with { Directory = staging, CapacitySlots = checked((int)slots), CapacityBytes = null, OnMismatch = MismatchPolicy.Recreate }))
+        {
+            var buffer = new byte[old.PayloadCapacity];
+            foreach (var (key, _, _) in old.Entries())
+                if (old.TryGetStored(key, buffer, out var tokens, out int length)) fresh.Put(key, tokens, buffer.AsSpan(0, length));
+        }
+        using (SlotFile.AcquireWriterLock(directory, options.WriterLockTimeout))
+        {
+            foreach (var name in new[] { DataFileName, JournalFileName, SnapshotFileName })
+                File.Move(Path.Combine(staging, name), Path.Combine(directory, name), overwrite: true);
+            DirectorySync.Flush(directory);
+        }
+        System.IO.Directory.Delete(staging, recursive: true);
+        options.Logger?.LogInformation("Slot pool {Directory}: shrunk to {Slots} slots, keeping the most recently used entries.", directory, slots);
+    }
+
+    /// <summary>A stored entry's bytes and token ids, verified; false when it is gone or damaged.</summary>
+    private bool TryGetStored(ChunkKey key, Span<byte> destination, out int[] tokens, out int length)
+    {
+        (tokens, length) = ([], 0);
+        SlotEntry entry;
+        lock (_gate)
+            if (!_index.TryGet(key, out entry)) return false;
+        using (UseFile()) tokens = _file.ReadTokens(entry.Slot, entry.TokenCount);
+        return TryGet(key, tokens, destination, out length);
     }
 
     /// <summary>Opens whatever pool is in <paramref name="directory"/> for reading, taking its identity from the file.</summary>

@@ -34,7 +34,7 @@ public sealed record SlotPoolOptions
     /// <summary>
     /// Capacity in bytes of disk, rounded down to whole slots (the file grows on demand up to it). Give this or
     /// <see cref="CapacitySlots"/>; a writer opening an existing pool of another capacity resizes it (shrinking
-    /// drops the entries in the slots cut off). Neither: an existing pool keeps its capacity.
+    /// keeps the most recently used entries). Neither: an existing pool keeps its capacity.
     /// </summary>
     public long? CapacityBytes { get; init; }
 
