@@ -129,6 +129,7 @@ internal static class IndexJournal
     {
         try
         {
+            PoolFiles.RefuseLink(path);
             using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
             return ReadAll(handle);
         }

@@ -270,7 +270,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     {
         try
         {
-            using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None);
+            using var file = PoolFiles.CreateFresh(path);
             beforeWrite?.Invoke(Path.GetFileName(path[..^".tmp".Length]), 0);
             file.Write(bytes);
             file.Flush(flushToDisk: true);

@@ -147,7 +147,7 @@ internal sealed class SlotFile : IDisposable
     /// </summary>
     public static SlotFile OpenWriter(SlotPoolOptions options, string directory, out PoolLock.Hold openHold)
     {
-        System.IO.Directory.CreateDirectory(directory);
+        PoolFiles.CreateDirectory(directory);
         var writerLock = new PoolLock(directory, options.WriterLockTimeout);
         openHold = writerLock.Acquire(() => { });
         var hold = openHold;
@@ -216,6 +216,7 @@ internal sealed class SlotFile : IDisposable
     public static FileHeaderFields ReadHeaderOf(string dataPath)
     {
         if (!File.Exists(dataPath)) throw new FileNotFoundException($"No slot pool file {dataPath}.", dataPath);
+        PoolFiles.RefuseLink(dataPath);
         using var handle = File.OpenHandle(dataPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         var page = new byte[FileHeaderBytes];
         int read = RandomAccess.Read(handle, page, 0);
@@ -291,10 +292,7 @@ internal sealed class SlotFile : IDisposable
             // Sparse: disk blocks are taken as slots are first written, so the pool grows on demand up to its
             // capacity. Reads and writes are positional (no mapping), so a full disk fails a write, which the disk
             // tier turns into a warning, never a crash.
-            using (var file = new FileStream(creating, new FileStreamOptions
-            {
-                Mode = FileMode.CreateNew, Access = FileAccess.ReadWrite, Share = FileShare.None,
-            }))
+            using (var file = PoolFiles.CreateFresh(creating))
             {
                 options.BeforeWrite?.Invoke(DataFileName, 0);
                 file.SetLength(total);
@@ -320,20 +318,24 @@ internal sealed class SlotFile : IDisposable
         return slots;
     }
 
-    private static FileStream OpenData(string path, FileAccess access) =>
-        new(path, FileMode.Open, access, FileShare.ReadWrite | FileShare.Delete, 1, FileOptions.None);
+    private static FileStream OpenData(string path, FileAccess access)
+    {
+        PoolFiles.RefuseLink(path);
+        return new(path, FileMode.Open, access, FileShare.ReadWrite | FileShare.Delete, 1, FileOptions.None);
+    }
 
     /// <summary>Takes the directory's OS writer lock, waiting at most <paramref name="timeout"/>; throws <see cref="SlotPoolLockedException"/> then.</summary>
     public static FileStream AcquireWriterLock(string directory, TimeSpan timeout)
     {
         var path = Path.Combine(directory, LockFileName);
+        PoolFiles.RefuseLink(path);
         var clock = Stopwatch.StartNew();
         while (true)
         {
             try
             {
                 // On Unix, FileShare.None takes flock(LOCK_EX); the kernel drops it when the process dies.
-                return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+                return PoolFiles.OpenOrCreate(path, FileAccess.ReadWrite, FileShare.None);
             }
             catch (IOException e) when (e is not FileNotFoundException and not DirectoryNotFoundException)
             {
