@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using StackExchange.Redis;
 using System.Net;
 using System.Net.Sockets;
 using OrtKvTier.Cache;
@@ -62,13 +63,28 @@ internal static class BenchRemoteCommand
                 System.Console.Error.WriteLine($"remote tier after the fill: {remote.GetStats().Writes} chunks written, {remote.Failures} failures");
             }
             long bytes = (long)prefix * model.Layout.BytesPerToken;
-            var remoteMs = Repeat(reps, _ => { using var c = RemoteOnly(); return RestoreMs(model, c, Prompt(-1)); });
+            string[] serverKeys;
+            using (var probe = RemoteOnly()) serverKeys = [.. probe.Chain.Keys(prefixTokens).Select(((RemoteTier)probe.Tiers[^1]).Key)];
+            using var plain = PlainClient.Connect(connection);
+            var remoteMs = new List<double>();
+            var plainMs = new List<double>();
+            for (int rep = 0; rep < reps; rep++) // alternated, so both see the same load
+            {
+                using (var c = RemoteOnly()) remoteMs.Add(RestoreMs(model, c, Prompt(-1)));
+                plainMs.Add(plain.FetchMs(serverKeys));
+            }
             var diskMs = Repeat(reps, _ => { using var c = PrefixCache.Open(model, diskOptions); return RestoreMs(model, c, Prompt(-1)); });
             var noCache = Repeat(reps, r => new TextGenerator(model, tokenizer).Generate(Prompt(r), 8, search).TtftMs);
-            var remoteHit = Repeat(reps, r => { using var c = RemoteOnly(); return new TextGenerator(model, tokenizer, c).Generate(Prompt(r), 8, search).TtftMs; });
+            var remoteHit = new List<double>();
+            var diskHit = new List<double>();
+            for (int rep = 0; rep < reps; rep++)
+            {
+                using (var c = RemoteOnly()) remoteHit.Add(new TextGenerator(model, tokenizer, c).Generate(Prompt(rep), 8, search).TtftMs);
+                using (var c = PrefixCache.Open(model, diskOptions)) diskHit.Add(new TextGenerator(model, tokenizer, c).Generate(Prompt(rep), 8, search).TtftMs);
+            }
 
-            double remoteGbps = bytes / BenchModel.Median(remoteMs) / 1e6, diskGbps = bytes / BenchModel.Median(diskMs) / 1e6;
-            double noCacheTtft = BenchModel.Median(noCache), remoteTtft = BenchModel.Median(remoteHit);
+            double remoteGbps = bytes / BenchModel.Median(remoteMs) / 1e6, diskGbps = bytes / BenchModel.Median(diskMs) / 1e6, plainGbps = bytes / BenchModel.Median(plainMs) / 1e6;
+            double noCacheTtft = BenchModel.Median(noCache), remoteTtft = BenchModel.Median(remoteHit), diskTtft = BenchModel.Median(diskHit);
             if (json)
                 JsonOutput.Write(w =>
                 {
@@ -77,14 +93,18 @@ internal static class BenchRemoteCommand
                     w.WriteNumber("restore_bytes", bytes);
                     w.WriteNumber("remote_restore_gbps", Math.Round(remoteGbps, 3));
                     w.WriteNumber("disk_restore_gbps", Math.Round(diskGbps, 3));
+                    w.WriteNumber("plain_client_gbps", Math.Round(plainGbps, 3));
+                    w.WriteNumber("remote_over_plain_client", Math.Round(remoteGbps / plainGbps, 2));
+                    w.WriteNumber("disk_hit_ttft_ms", Math.Round(diskTtft, 2));
+                    w.WriteNumber("remote_hit_over_disk_hit", Math.Round(remoteTtft / diskTtft, 2));
                     w.WriteNumber("no_cache_ttft_ms", Math.Round(noCacheTtft, 2));
                     w.WriteNumber("remote_hit_ttft_ms", Math.Round(remoteTtft, 2));
                     w.WriteNumber("no_cache_over_remote_hit", Math.Round(noCacheTtft / remoteTtft, 2));
                 });
             else
             {
-                System.Console.WriteLine($"restore {bytes / 1e6:F1} MB: remote {BenchModel.Median(remoteMs):F1} ms = {remoteGbps:F2} GB/s; local disk {BenchModel.Median(diskMs):F1} ms = {diskGbps:F2} GB/s (medians of {reps})");
-                System.Console.WriteLine($"TTFT: no cache {noCacheTtft:F1} ms, remote hit {remoteTtft:F1} ms ({noCacheTtft / remoteTtft:F1}x)");
+                System.Console.WriteLine($"restore {bytes / 1e6:F1} MB: remote {BenchModel.Median(remoteMs):F1} ms = {remoteGbps:F2} GB/s, a plain client fetching the same values {plainGbps:F2} GB/s ({remoteGbps / plainGbps:F2}x); local disk {diskGbps:F2} GB/s (medians of {reps})");
+                System.Console.WriteLine($"TTFT: no cache {noCacheTtft:F1} ms, remote hit {remoteTtft:F1} ms ({noCacheTtft / remoteTtft:F1}x), disk hit {diskTtft:F1} ms (remote / disk {remoteTtft / diskTtft:F2}x)");
             }
         }
         finally
@@ -107,6 +127,22 @@ internal static class BenchRemoteCommand
     private const int QuestionTokens = 16;
 
     private static List<double> Repeat(int reps, Func<int, double> measure) => Enumerable.Range(0, reps).Select(measure).ToList();
+
+    /// <summary>The limit to compare with: the same values fetched by a plain client the way the tier fetches them (one MGET), and dropped.</summary>
+    private sealed class PlainClient(ConnectionMultiplexer connection) : IDisposable
+    {
+        public static PlainClient Connect(string endpoint) => new(ConnectionMultiplexer.Connect(RemoteTierOptions.ConfigurationFor(endpoint)));
+
+        public double FetchMs(string[] keys)
+        {
+            var clock = Stopwatch.StartNew();
+            var values = connection.GetDatabase().StringGet([.. keys.Select(k => (RedisKey)k)]);
+            if (values.Sum(v => ((byte[]?)v)?.Length ?? 0) == 0) throw new InvalidOperationException("The plain client fetched nothing: are the values on the server?");
+            return clock.Elapsed.TotalMilliseconds;
+        }
+
+        public void Dispose() => connection.Dispose();
+    }
 
     /// <summary>A private redis-server on a free loopback port for the bench's duration.</summary>
     private sealed class LocalServer : IDisposable
