@@ -81,7 +81,28 @@ internal static class ChildProcess
         info.Environment["ORTKV_CACHE_DIR"] = DefaultCacheDir;
         info.ArgumentList.Add(dll);
         foreach (var a in args) info.ArgumentList.Add(a);
-        return Process.Start(info) ?? throw new InvalidOperationException($"Could not start {info.FileName}.");
+        var process = Process.Start(info) ?? throw new InvalidOperationException($"Could not start {info.FileName}.");
+        Started.Add((process.Id, process.StartTime));
+        return process;
+    }
+
+    /// <summary>Children still running when the test host exits (a test that failed before killing its writer or lock holder) are killed then.</summary>
+    private static readonly System.Collections.Concurrent.ConcurrentBag<(int Id, DateTime StartTime)> Started = Track();
+
+    private static System.Collections.Concurrent.ConcurrentBag<(int Id, DateTime StartTime)> Track()
+    {
+        var started = new System.Collections.Concurrent.ConcurrentBag<(int Id, DateTime StartTime)>();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            foreach (var (id, startTime) in started)
+                try
+                {
+                    using var child = Process.GetProcessById(id);
+                    if (child.StartTime == startTime && !child.HasExited) child.Kill(entireProcessTree: true); // the same process, not a reused id
+                }
+                catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception) { }
+        };
+        return started;
     }
 
     /// <summary>Runs any program to completion and returns its trimmed stdout (system tools: stat, mount).</summary>
