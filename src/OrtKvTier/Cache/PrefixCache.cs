@@ -66,6 +66,7 @@ public sealed class PrefixCache : IDisposable
             throw;
         }
         _lower = Disk is null ? [.. options.ExtraTiers] : [Disk, .. options.ExtraTiers];
+        LocalLowerTiers = [.. _lower.Where(t => t.Cost == TierCost.LocalIndex)];
         Tiers = [Host, .. _lower];
         _writes = new(checked((int)Math.Clamp(PendingWriteBytes / ChunkBytes, 8, 256)));
         // Several writers: the disk tier writes slots in parallel, a remote tier overlaps round trips.
@@ -160,6 +161,9 @@ public sealed class PrefixCache : IDisposable
 
     /// <summary>The tiers below host memory, in the order they are asked.</summary>
     internal IReadOnlyList<IKvChunkTier> LowerTiers => _lower;
+
+    /// <summary>The lower tiers an in-process index answers for (asked key by key; the others are batched).</summary>
+    internal IKvChunkTier[] LocalLowerTiers { get; }
 
     /// <summary>
     /// Restores the longest cached prefix of <paramref name="tokens"/> into a past in <paramref name="memory"/>
@@ -267,7 +271,7 @@ public sealed class PrefixCache : IDisposable
         {
             if (Host.Contains(keys[i])) continue;
             // Only local tiers are asked here; the writer threads ask each lower tier before writing to it.
-            bool isNew = !_lower.Any(t => t.Cost == TierCost.LocalIndex && t.Contains(keys[i]));
+            bool isNew = !LocalLowerTiers.Any(t => t.Contains(keys[i]));
             var chunk = Host.NewChunk(keys[i], ChunkTokensOf(tokens, i));
             try
             {
@@ -370,16 +374,15 @@ public sealed class PrefixCache : IDisposable
 
     private void TouchLowerTiers(ChunkKey[] keys)
     {
-        foreach (var tier in _lower)
-            if (tier.Cost == TierCost.LocalIndex)
-                try
-                {
-                    tier.Touch(keys);
-                }
-                catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-                {
-                    Faults.Report(tier.Id, "touch", $"marking entries used failed ({e.Message}); eviction order may lag.", e);
-                }
+        foreach (var tier in LocalLowerTiers)
+            try
+            {
+                tier.Touch(keys);
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+            {
+                Faults.Report(tier.Id, "touch", $"marking entries used failed ({e.Message}); eviction order may lag.", e);
+            }
     }
 
     private void WriteLowerTiers()

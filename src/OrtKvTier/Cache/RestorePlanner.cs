@@ -205,8 +205,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// </summary>
     private void FetchFromRoundTripTiers(ChainPlan plan)
     {
-        var local = cache.LowerTiers.Where(t => t.Cost == TierCost.LocalIndex).ToArray();
-        var missing = Enumerable.Range(0, plan.Count).Where(i => plan.Leased[i] is null && !local.Any(t => t.Contains(plan.Keys[i]))).ToList();
+        var missing = Enumerable.Range(0, plan.Count).Where(i => plan.Leased[i] is null && !cache.LocalLowerTiers.Any(t => t.Contains(plan.Keys[i]))).ToList();
         foreach (var tier in cache.LowerTiers.Where(t => t.Cost == TierCost.NetworkRoundTrip))
         {
             if (missing.Count == 0) return;
@@ -249,7 +248,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         chunk.Fill(0, PayloadChecksum.BlockCount(cache.ChunkBytes));
         if (chunk.Finish() is { } tier) return tier;
         // The staged copy failed verification (and was dropped): another lower tier may still hold the chunk.
-        if (ReadWhole(plan.Keys[index], cache.ChunkTokensOf(plan.Tokens, index), staged: false) is not var (other, name)) return null;
+        if (ReadWhole(plan.Keys[index], cache.ChunkTokensOf(plan.Tokens, index)) is not var (other, name)) return null;
         try
         {
             scatter.Place(other.Pointer, 0, other.Length);
@@ -283,15 +282,15 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
                 ReadFailed(e, key, tier.Id);
             }
         }
-        return ReadWhole(key, tokens, staged: false) is var (chunk, from) ? new StagedChunk(this, scatter, chunk, owned: true, from) : null;
+        return ReadWhole(key, tokens) is var (chunk, from) ? new StagedChunk(this, scatter, chunk, owned: true, from) : null;
     }
 
-    /// <summary>A chunk read whole from the first lower tier that returns it (and promoted), skipping those that read in stages unless <paramref name="staged"/>; null when none does.</summary>
-    private (HostChunk Chunk, TierId Tier)? ReadWhole(ChunkKey key, ReadOnlySpan<int> tokens, bool staged)
+    /// <summary>A chunk read whole from the first lower tier that returns it (and promoted), skipping those that read in stages (asked first, in place); null when none does.</summary>
+    private (HostChunk Chunk, TierId Tier)? ReadWhole(ChunkKey key, ReadOnlySpan<int> tokens)
     {
         foreach (var tier in cache.LowerTiers)
         {
-            if (!staged && tier is IStagedReadTier) continue;
+            if (tier is IStagedReadTier) continue;
             var chunk = cache.Host.NewChunk(key, tokens);
             try
             {

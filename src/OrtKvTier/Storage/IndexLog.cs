@@ -90,7 +90,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     {
         var journal = IndexJournal.ReadFile(_journalPath);
         if (journal is null || IndexJournal.ReadEpoch(journal, poolId) is not { } epoch) return false;
-        return Follow(journal, epoch, index) is { Changed: true };
+        return Follow(journal, epoch, index) == true;
     }
 
     /// <summary>
@@ -109,16 +109,16 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
         return false;
     }
 
-    /// <summary>Brings <paramref name="index"/> up to <paramref name="journal"/> (of <paramref name="epoch"/>); null when its snapshot cannot be loaded.</summary>
-    private (bool Changed, bool Reloaded)? Follow(byte[] journal, long epoch, SlotIndex index)
+    /// <summary>Brings <paramref name="index"/> up to <paramref name="journal"/> (of <paramref name="epoch"/>): whether it changed, or null when the journal's snapshot cannot be loaded.</summary>
+    private bool? Follow(byte[] journal, long epoch, SlotIndex index)
     {
         if (epoch == _epoch)
         {
-            if (journal.Length <= _journalEnd) return (false, false);
+            if (journal.Length <= _journalEnd) return false;
             (_journalEnd, int records, int skipped) = IndexJournal.Replay(journal, _journalEnd, index);
             Records += records;
             ReportSkipped(skipped);
-            return (records > 0, false);
+            return records > 0;
         }
         index.Clear();
         var snapshot = IndexJournal.ReadFile(_snapshotPath);
@@ -127,7 +127,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
         (_journalEnd, int replayed, int dropped) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
         Records = replayed;
         ReportSkipped(dropped);
-        return (true, true);
+        return true;
     }
 
     /// <summary>Appends records; on failure cuts any torn tail (so later records still follow complete ones) and throws.</summary>

@@ -33,7 +33,7 @@ public sealed unsafe partial class SlotPool
     public void Compact()
     {
         ThrowIfUnusable(write: true);
-        using var hold = HoldLock(PutLockWait);
+        using var hold = HoldLock();
         CompactHeld();
     }
 
@@ -81,9 +81,9 @@ public sealed unsafe partial class SlotPool
     private volatile bool _needsCompaction;
 
     /// <summary>A hold on the writer lock for a change (the first of this process catches up with the others' changes), compacting first when catching up asked for it.</summary>
-    private PoolLock.Hold HoldLock(TimeSpan wait)
+    private PoolLock.Hold HoldLock()
     {
-        var hold = _file.Lock!.Acquire(CatchUp, wait > _options.WriterLockTimeout ? wait : _options.WriterLockTimeout);
+        var hold = _file.Lock!.Acquire(CatchUp, PutLockWait > _options.WriterLockTimeout ? PutLockWait : _options.WriterLockTimeout);
         if (_needsCompaction)
             try
             {

@@ -183,7 +183,7 @@ public sealed unsafe partial class SlotPool : IDisposable
         if (payload.Length > PayloadCapacity)
             throw new ArgumentException($"A slot holds at most {PayloadCapacity} payload bytes; got {payload.Length}.", nameof(payload));
 
-        using var hold = HoldLock(PutLockWait);
+        using var hold = HoldLock();
         if (!TryReserveSlot(key, out int slot, out ulong generation)) return false;
         var entry = new SlotEntry(key, slot, generation, tokens.Length, payload.Length);
         bool published = false;
@@ -337,7 +337,7 @@ public sealed unsafe partial class SlotPool : IDisposable
     public bool Remove(ChunkKey key)
     {
         ThrowIfUnusable(write: true);
-        using var hold = HoldLock(PutLockWait);
+        using var hold = HoldLock();
         using var file = UseFile();
         lock (_writeGate)
         lock (_gate)
@@ -355,7 +355,7 @@ public sealed unsafe partial class SlotPool : IDisposable
     public void Clear()
     {
         ThrowIfUnusable(write: true);
-        using var hold = HoldLock(PutLockWait);
+        using var hold = HoldLock();
         using var file = UseFile();
         lock (_writeGate)
         {
