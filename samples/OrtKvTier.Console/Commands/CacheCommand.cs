@@ -73,7 +73,7 @@ internal static class CacheCommand
     /// <summary>Pools by last use, most recent first: model, layout, entries, bytes of KV held and of disk taken.</summary>
     private static int List(string dir, bool json)
     {
-        var pools = FindPools(dir).Select(p => (Dir: p, LastUse: LastUse(p))).OrderByDescending(p => p.LastUse).ToList();
+        var pools = PoolsByLastUse(dir);
         var rows = new List<(string Dir, DateTime LastUse, SlotPoolStats Stats)>();
         foreach (var (poolDir, lastUse) in pools)
         {
@@ -112,7 +112,7 @@ internal static class CacheCommand
         int? keep = keepText is null ? null : cl.Int("keep", 0, min: 0);
         cl.RejectUnknown();
         if ((olderThan is null) == (keep is null)) throw new UsageException("cache prune needs exactly one of --older-than DURATION (e.g. 30d) or --keep N.");
-        var pools = FindPools(dir).Select(p => (Dir: p, LastUse: LastUse(p))).OrderByDescending(p => p.LastUse).ToList();
+        var pools = PoolsByLastUse(dir);
         var doomed = keep is { } n ? pools.Skip(n) : pools.Where(p => DateTime.UtcNow - p.LastUse > olderThan);
         var deleted = new List<string>();
         var inUse = new List<string>();
@@ -152,6 +152,9 @@ internal static class CacheCommand
         Directory.Delete(poolDir, recursive: true);
         return true;
     }
+
+    private static List<(string Dir, DateTime LastUse)> PoolsByLastUse(string dir) =>
+        [.. FindPools(dir).Select(p => (Dir: p, LastUse: LastUse(p))).OrderByDescending(p => p.LastUse)];
 
     /// <summary>When the pool was last written: its newest file (the journal gets every put and, in batches, every use).</summary>
     private static DateTime LastUse(string poolDir) =>

@@ -33,15 +33,14 @@ internal sealed class DeviceKvTransfer : IDisposable
         ArgumentNullException.ThrowIfNull(layout);
         _layout = layout;
         _device = device;
-        var staging = OrtAllocator.DefaultInstance;
-        _deviceAllocator = OrtAllocator.DefaultInstance;
+        _deviceAllocator = _stagingAllocator = OrtAllocator.DefaultInstance;
         if (device is not null)
         {
             var env = OrtEnv.Instance();
             _deviceAllocator = env.CreateSharedAllocator(device, OrtDeviceMemoryType.DEFAULT, OrtAllocatorType.DeviceAllocator, new Dictionary<string, string>());
             try
             {
-                staging = env.CreateSharedAllocator(device, OrtDeviceMemoryType.HOST_ACCESSIBLE, OrtAllocatorType.DeviceAllocator, new Dictionary<string, string>());
+                _stagingAllocator = env.CreateSharedAllocator(device, OrtDeviceMemoryType.HOST_ACCESSIBLE, OrtAllocatorType.DeviceAllocator, new Dictionary<string, string>());
             }
             catch
             {
@@ -49,9 +48,8 @@ internal sealed class DeviceKvTransfer : IDisposable
                 throw;
             }
         }
-        _stagingAllocator = staging;
-        _restoreStaging = new PinnedStaging(layout, staging);
-        _captureStaging = new PinnedStaging(layout, staging);
+        _restoreStaging = new PinnedStaging(layout, _stagingAllocator);
+        _captureStaging = new PinnedStaging(layout, _stagingAllocator);
     }
 
     /// <summary>Whether the target memory is a device's (false: host memory).</summary>

@@ -65,6 +65,14 @@ internal static class ChunkRecord
         return null;
     }
 
+    /// <summary>The first <paramref name="count"/> token ids of a header.</summary>
+    public static int[] Tokens(ReadOnlySpan<byte> header, ChunkRecordFormat format, int count)
+    {
+        var tokens = new int[count];
+        for (int i = 0; i < count; i++) tokens[i] = BinaryPrimitives.ReadInt32LittleEndian(header[(format.Tokens + 4 * i)..]);
+        return tokens;
+    }
+
     /// <summary>Whether a checked header's token ids equal <paramref name="tokens"/>.</summary>
     public static bool TokensEqual(ReadOnlySpan<byte> header, ChunkRecordFormat format, ReadOnlySpan<int> tokens)
     {

@@ -63,7 +63,7 @@ internal sealed class SlotFile : IDisposable
     {
         // One copy of the header, so every check sees the same bytes.
         Span<byte> header = stackalloc byte[SlotHeaderBytes];
-        PayloadSource.File(Data, SlotOffset(expected.Slot)).Read(0, header);
+        ReadHeader(expected.Slot, header);
         var failure = SlotHeader.Check(header, Header.Identity, expected.Slot, anyKey ? null : expected.Generation, anyKey ? null : expected.Key,
             checkTokens, tokens, PayloadCapacity, out found, out checksum);
         if (failure is null && !anyKey && found.TokenCount != expected.TokenCount) return "token count differs from the index";
@@ -97,11 +97,11 @@ internal sealed class SlotFile : IDisposable
     public int[] ReadTokens(int slot, int count)
     {
         Span<byte> header = stackalloc byte[SlotHeaderBytes];
-        PayloadSource.File(Data, SlotOffset(slot)).Read(0, header);
-        var tokens = new int[Math.Clamp(count, 0, Header.Identity.ChunkTokens)];
-        for (int i = 0; i < tokens.Length; i++) tokens[i] = BinaryPrimitives.ReadInt32LittleEndian(header[(StoredFormats.SlotHeader.Tokens + 4 * i)..]);
-        return tokens;
+        ReadHeader(slot, header);
+        return ChunkRecord.Tokens(header, StoredFormats.SlotHeader, Math.Clamp(count, 0, Header.Identity.ChunkTokens));
     }
+
+    private void ReadHeader(int slot, Span<byte> header) => PayloadSource.File(Data, SlotOffset(slot)).Read(0, header);
 
     /// <summary>Every slot whose header is valid, oldest write first: what recovery rebuilds the index from.</summary>
     public List<SlotEntry> ScanSlots()
