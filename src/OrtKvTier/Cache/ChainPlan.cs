@@ -61,8 +61,8 @@ internal sealed unsafe class StagedChunk
         if (_failed) return;
         if (_memory is not null)
         {
-            long start = (long)firstBlock * StoredFormats.ChecksumBlockBytes;
-            long end = Math.Min((long)endBlock * StoredFormats.ChecksumBlockBytes, _memory.Length);
+            long start = (long)firstBlock * StoredFormats.SealBlockBytes;
+            long end = Math.Min((long)endBlock * StoredFormats.SealBlockBytes, _memory.Length);
             if (end > start) _scatter.Place(_memory.Pointer + start, start, end - start);
             return;
         }

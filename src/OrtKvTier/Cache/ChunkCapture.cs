@@ -11,14 +11,14 @@ internal static unsafe class ChunkCapture
     /// <summary>
     /// Stores every full chunk of the first <paramref name="validTokens"/> of <paramref name="tokens"/>
     /// from chunk <paramref name="firstChunk"/> on that the cache does not hold, copying it out of
-    /// <paramref name="view"/>. <paramref name="keys"/> is extended as needed (callers keep it between calls).
+    /// <paramref name="view"/>, keyed by <paramref name="chain"/>. <paramref name="keys"/> is extended as needed (callers keep it between calls).
     /// Returns the chunks stored.
     /// </summary>
-    public static int Capture(PrefixCache cache, ReadOnlySpan<int> tokens, int validTokens, IKvTensorView view, List<ChunkKey> keys, int firstChunk)
+    public static int Capture(PrefixCache cache, ChunkChain chain, ReadOnlySpan<int> tokens, int validTokens, IKvTensorView view, List<ChunkKey> keys, int firstChunk)
     {
         var prefix = tokens[..validTokens];
-        cache.Chain.Extend(keys, prefix);
-        int chunks = cache.Chain.FullChunks(validTokens);
+        chain.Extend(keys, prefix);
+        int chunks = chain.FullChunks(validTokens);
         if (firstChunk >= chunks) return 0;
         long start = Stopwatch.GetTimestamp();
         var layout = cache.ChunkLayout;

@@ -84,7 +84,7 @@ internal sealed class DeviceKvTransfer : IDisposable
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(prepareTargets);
-        var target = new RestoreTarget(rows =>
+        var target = new RestoreTarget(cache.Chain, rows =>
         {
             var (targets, capacity) = prepareTargets(rows);
             return OrtKvTensors.View([.. targets], capacity);
@@ -106,7 +106,7 @@ internal sealed class DeviceKvTransfer : IDisposable
             try
             {
                 var staged = OrtKvTensors.View(views, restored);
-                if (PayloadChecksum.BlockCount(planner.ChunkBytes) > 1)
+                if (PayloadSeal.BlockCount(planner.ChunkBytes) > 1)
                     return FillOverlapped(planner, plan, restored, staged, target);
                 var tiers = planner.FillPast(plan, restored, staged);
                 if (Array.IndexOf(tiers, null) >= 0) return tiers;

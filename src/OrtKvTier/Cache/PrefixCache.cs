@@ -6,6 +6,7 @@ using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Keys;
+using OrtKvTier.Security;
 using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Cache;
@@ -49,22 +50,25 @@ public sealed class PrefixCache : IDisposable
         _options = options;
         _logger = options.Logger;
         Layout = layout;
-        Chain = new ChunkChain(fingerprint, options.ChunkTokens, options.Salt);
         Identity = SlotPoolIdentity.For(fingerprint, layout, options.ChunkTokens);
         ChunkLayout = new ChunkLayout(layout, options.ChunkTokens);
         Faults = new TierFaults(_logger);
+        Secret = ResolveSecret(options, Faults, out bool diskKeyed);
+        Chain = new ChunkChain(fingerprint, options.ChunkTokens, Secret, options.Salt);
         Planner = new RestorePlanner(this);
         Host = new HostTier(options.HostBudgetBytes, ChunkLayout.ChunkBytes);
         if (options.LowerTierWrites == LowerTierWrites.WriteBack) Host.Evicted = OnHostEviction;
         try
         {
-            if (options.Directory is not null) Disk = DiskTier.TryOpen(options.Directory, Identity, options.DiskCapacityBytes, options.Durability, Faults, _logger);
+            if (options.Directory is not null && diskKeyed)
+                Disk = DiskTier.TryOpen(new DiskTierSettings(options.Directory, Identity, Secret, options.EncryptAtRest, options.DiskCapacityBytes, options.Durability), Faults, _logger);
         }
         catch
         {
             Host.Dispose();
             throw;
         }
+        foreach (var tier in options.ExtraTiers) tier.UseCacheSecret(Secret);
         _lower = Disk is null ? [.. options.ExtraTiers] : [Disk, .. options.ExtraTiers];
         LocalLowerTiers = [.. _lower.Where(t => t.Cost == TierCost.LocalIndex)];
         Tiers = [Host, .. _lower];
@@ -84,8 +88,38 @@ public sealed class PrefixCache : IDisposable
     /// <summary>The model's KV layout.</summary>
     public KvLayout Layout { get; }
 
-    /// <summary>How keys are made.</summary>
+    /// <summary>How keys are made (no tenant).</summary>
     internal ChunkChain Chain { get; }
+
+    /// <summary>The key that authenticates entries and makes chunk keys.</summary>
+    internal CacheSecret Secret { get; }
+
+    /// <summary>How keys are made for <paramref name="tenant"/>: tenants never compute each other's keys, so none hits (or can time) another's entries.</summary>
+    internal ChunkChain ChainFor(string? tenant) =>
+        string.IsNullOrEmpty(tenant) ? Chain : new ChunkChain(Identity.Fingerprint, ChunkTokens, Secret, _options.Salt, tenant);
+
+    /// <summary>
+    /// The secret: <see cref="PrefixCacheOptions.SecretKey"/>, <c>ORTKV_CACHE_KEY</c>, or the cache directory's key
+    /// file (created at first use). A key file that cannot be trusted or made leaves the disk tier off (a warning) and
+    /// the process on a key of its own; a memory-only cache with no key given uses a key of its own.
+    /// </summary>
+    private static CacheSecret ResolveSecret(PrefixCacheOptions options, TierFaults faults, out bool diskKeyed)
+    {
+        diskKeyed = true;
+        if (options.Directory is null) return options.SecretKey is { } key ? new CacheSecret(key) : CacheKeys.FromEnvironment() ?? CacheSecret.CreateRandom();
+        try
+        {
+            return CacheKeys.Resolve(options.SecretKey, options.Directory, create: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            diskKeyed = false;
+            faults.Report(TierId.Disk, "key",
+                $"the disk cache is off for this process: the key of {options.Directory} cannot be used ({e.Message}). Requests run with host memory only. " +
+                $"Give the cache a writable directory of its own (--cache-dir, ORTKV_CACHE_DIR), set {CacheKeys.EnvironmentVariable}, or --no-cache.", e);
+            return CacheSecret.CreateRandom();
+        }
+    }
 
     /// <summary>Tokens per chunk.</summary>
     public int ChunkTokens => Chain.ChunkTokens;
@@ -170,8 +204,8 @@ public sealed class PrefixCache : IDisposable
     /// when it covers more than <paramref name="computedTokens"/>; <paramref name="preparePast"/>(n) makes the
     /// past hold n rows and returns it (not called when nothing is restored).
     /// </summary>
-    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, KvMemory memory, Func<int, IKvTensorView> preparePast) =>
-        Restore(tokens, computedTokens, new RestoreTarget(preparePast, DeviceTransferFor(memory), DeviceTierFor(memory)));
+    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, KvMemory memory, ChunkChain chain, Func<int, IKvTensorView> preparePast) =>
+        Restore(tokens, computedTokens, new RestoreTarget(chain, preparePast, DeviceTransferFor(memory), DeviceTierFor(memory)));
 
     internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, RestoreTarget target)
     {
@@ -184,12 +218,12 @@ public sealed class PrefixCache : IDisposable
     /// <paramref name="past"/> in <paramref name="memory"/> (through the pinned staging from device memory), and the
     /// prefix in the device tier. Returns the chunks no tier held before.
     /// </summary>
-    internal int Capture(int[] tokens, List<ChunkKey> keys, int firstChunk, IKvTensorView past, KvMemory memory)
+    internal int Capture(int[] tokens, ChunkChain chain, List<ChunkKey> keys, int firstChunk, IKvTensorView past, KvMemory memory)
     {
         int stored = 0;
-        if (DeviceTransferFor(memory) is not { } transfer) stored = ChunkCapture.Capture(this, tokens, tokens.Length, past, keys, firstChunk);
+        if (DeviceTransferFor(memory) is not { } transfer) stored = ChunkCapture.Capture(this, chain, tokens, tokens.Length, past, keys, firstChunk);
         else if (keys.Count > firstChunk)
-            stored = transfer.CaptureFrom(past.Tensors(), past.Capacity, tokens.Length, host => ChunkCapture.Capture(this, tokens, tokens.Length, host, keys, firstChunk));
+            stored = transfer.CaptureFrom(past.Tensors(), past.Capacity, tokens.Length, host => ChunkCapture.Capture(this, chain, tokens, tokens.Length, host, keys, firstChunk));
         DeviceTierFor(memory)?.Store(keys, tokens, past.Tensors(), past.Capacity);
         return stored;
     }
@@ -198,10 +232,10 @@ public sealed class PrefixCache : IDisposable
     /// How many leading tokens of <paramref name="tokens"/> some tier holds, in whole chunks
     /// (from the index only; bytes are verified when restored).
     /// </summary>
-    public int CachedPrefixLength(ReadOnlySpan<int> tokens)
+    public int CachedPrefixLength(ReadOnlySpan<int> tokens, string? tenant = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return IndexedChainLength(Chain.Keys(tokens)) * ChunkTokens;
+        return IndexedChainLength(ChainFor(tenant).Keys(tokens)) * ChunkTokens;
     }
 
     /// <summary>Waits until every stored chunk has reached the lower tiers and makes the disk tier durable.</summary>
@@ -339,7 +373,7 @@ public sealed class PrefixCache : IDisposable
             int rows = keys.Count * ChunkTokens;
             using var host = OrtKvTensors.Allocate(Layout, rows);
             KvMemory.CopyRows(Layout, tensors, rows, host.Values, rows, rows);
-            ChunkCapture.Capture(this, tokens, rows, host, [.. keys], firstChunk: 0);
+            ChunkCapture.Capture(this, Chain, tokens, rows, host, [.. keys], firstChunk: 0);
         }
         catch (Exception e) when (e is OnnxRuntimeException or OutOfMemoryException or InvalidOperationException)
         {

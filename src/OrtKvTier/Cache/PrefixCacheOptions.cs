@@ -44,8 +44,20 @@ public sealed record PrefixCacheOptions
     /// </summary>
     public long DeviceBudgetBytes { get; init; }
 
-    /// <summary>Mixed into every key, so caches with different salts never share entries (for example per tenant). Default none.</summary>
+    /// <summary>Mixed into every key, so caches with different salts never share entries. Default none. For tenants of one cache, give each request its tenant instead (<c>KvGenerator</c>, <c>TextGenerator</c>, <c>KvChatClient</c>).</summary>
     public string? Salt { get; init; }
+
+    /// <summary>
+    /// The secret key that authenticates entries and makes chunk keys (at least 16 bytes; 32 random bytes
+    /// recommended). Null: the <c>ORTKV_CACHE_KEY</c> environment variable (hex or base64), else the <c>cache.key</c>
+    /// file in <see cref="Directory"/>, created at first use (32 random bytes, mode 0600); a memory-only cache with
+    /// neither uses a key of its own. Processes share entries (disk and remote) only when they share the key; an
+    /// entry under another key is a miss, never an error.
+    /// </summary>
+    public byte[]? SecretKey { get; init; }
+
+    /// <summary>Encrypt the payload and token ids of chunks written to disk (AES-CTR under per-entry keys; entries are authenticated either way), so a reader of the pool files learns nothing about prompts. Default false.</summary>
+    public bool EncryptAtRest { get; init; }
 
     /// <summary>When chunks reach the disk tier. Default <see cref="LowerTierWrites.WriteThrough"/>.</summary>
     public LowerTierWrites LowerTierWrites { get; init; } = LowerTierWrites.WriteThrough;
@@ -87,5 +99,7 @@ public sealed record PrefixCacheOptions
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(DiskCapacityBytes);
         if (Directory is not null) ArgumentException.ThrowIfNullOrWhiteSpace(Directory);
         ArgumentNullException.ThrowIfNull(ExtraTiers);
+        if (SecretKey is { Length: < Security.CacheSecret.MinKeyBytes })
+            throw new ArgumentException($"SecretKey needs at least {Security.CacheSecret.MinKeyBytes} bytes (32 random bytes recommended, for example from `openssl rand -hex 32`); got {SecretKey.Length}.", nameof(SecretKey));
     }
 }

@@ -41,7 +41,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         while (true)
         {
             // Once the past was prepared, what it held before is gone.
-            var lookup = Lookup(tokens, target.Prepared ? 0 : computedTokens, chunkLimit);
+            var lookup = Lookup(tokens, target.Prepared ? 0 : computedTokens, chunkLimit, target.Chain);
             if (lookup is not { Plan: { } plan, Restored: var restored, LookupMs: var lookupMs })
             {
                 if (target.Prepared) target.Prepare(0);
@@ -94,12 +94,12 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
             Parallel.For(0, chunks, j => staged[j] = OpenStaged(plan, j, layout.ScatterToPast(past, capacity, j, Math.Min(chunkTokens, restored - j * chunkTokens))));
             gone = Array.IndexOf(staged, null);
             if (gone >= 0) return tiers; // vanished since the lookup: nothing was read, the chain before it is intact
-            int blocks = PayloadChecksum.BlockCount(layout.ChunkBytes), tensors = past.Length, ready = 0;
+            int blocks = PayloadSeal.BlockCount(layout.ChunkBytes), tensors = past.Length, ready = 0;
             long tensorBytes = layout.ChunkBytes / tensors;
             for (int block = 0; block < blocks; block++)
             {
                 Parallel.For(0, chunks, j => staged[j]!.Fill(block, block + 1));
-                int complete = block == blocks - 1 ? tensors : (int)Math.Min(tensors, (block + 1L) * StoredFormats.ChecksumBlockBytes / tensorBytes);
+                int complete = block == blocks - 1 ? tensors : (int)Math.Min(tensors, (block + 1L) * StoredFormats.SealBlockBytes / tensorBytes);
                 if (complete > ready) tensorsReady(ready, complete);
                 ready = Math.Max(ready, complete);
             }
@@ -135,8 +135,8 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         int usable = tokens.Length - MinimumSuffixTokens;
         int chunkTokens = cache.ChunkTokens;
         if (usable <= computedTokens) return null;
-        int maxChunks = Math.Min((usable + chunkTokens - 1) / chunkTokens, cache.Chain.FullChunks(tokens.Length));
-        var keys = cache.Chain.Keys(tokens[..(maxChunks * chunkTokens)]);
+        int maxChunks = Math.Min((usable + chunkTokens - 1) / chunkTokens, target.Chain.FullChunks(tokens.Length));
+        var keys = target.Chain.Keys(tokens[..(maxChunks * chunkTokens)]);
         using var hit = device.Find(keys, tokens);
         if (hit is null) return null;
         int restored = Math.Min(hit.Chunks * chunkTokens, usable);
@@ -155,13 +155,13 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     private readonly record struct Found(ChainPlan? Plan, int Restored, double LookupMs);
 
     /// <summary>Looks the prompt up; null when it is too short to restore anything (no lookup made).</summary>
-    private Found? Lookup(ReadOnlySpan<int> tokens, int computedTokens, int chunkLimit)
+    private Found? Lookup(ReadOnlySpan<int> tokens, int computedTokens, int chunkLimit, ChunkChain chain)
     {
         int chunkTokens = cache.ChunkTokens;
         int usable = tokens.Length - MinimumSuffixTokens;
         if (usable < 1) return null;
         int maxChunks = Math.Min(chunkLimit, (usable + chunkTokens - 1) / chunkTokens);
-        var plan = Plan(tokens, maxChunks, minChunks: computedTokens / chunkTokens + 1);
+        var plan = Plan(tokens, chain, maxChunks, minChunks: computedTokens / chunkTokens + 1);
         int restored = Math.Min(plan.Count * chunkTokens, usable);
         double lookupMs = KvCacheMetrics.Milliseconds(plan.StartTimestamp);
         if (restored > computedTokens) return new Found(plan, restored, lookupMs);
@@ -174,12 +174,12 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// <paramref name="maxChunks"/>, leasing those in host memory and fetching those only round-trip tiers
     /// hold. Local lower tiers are read later, straight into the past. Fewer than <paramref name="minChunks"/>: an empty plan.
     /// </summary>
-    private ChainPlan Plan(ReadOnlySpan<int> tokens, int maxChunks, int minChunks)
+    private ChainPlan Plan(ReadOnlySpan<int> tokens, ChunkChain chain, int maxChunks, int minChunks)
     {
         long start = Stopwatch.GetTimestamp();
         int chunkTokens = cache.ChunkTokens;
-        int chunks = Math.Min(maxChunks, cache.Chain.FullChunks(tokens.Length));
-        var keys = cache.Chain.Keys(tokens[..(chunks * chunkTokens)]);
+        int chunks = Math.Min(maxChunks, chain.FullChunks(tokens.Length));
+        var keys = chain.Keys(tokens[..(chunks * chunkTokens)]);
         int count = cache.IndexedChainLength(keys);
         if (count < minChunks) count = 0;
         var leased = new HostChunk?[count];
@@ -245,7 +245,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     {
         var scatter = cache.ChunkLayout.ScatterToPast(past, capacity, index, tokens);
         if (OpenStaged(plan, index, scatter) is not { } chunk) return null;
-        chunk.Fill(0, PayloadChecksum.BlockCount(cache.ChunkBytes));
+        chunk.Fill(0, PayloadSeal.BlockCount(cache.ChunkBytes));
         if (chunk.Finish() is { } tier) return tier;
         // The staged copy failed verification (and was dropped): another lower tier may still hold the chunk.
         if (ReadWhole(plan.Keys[index], cache.ChunkTokensOf(plan.Tokens, index)) is not var (other, name)) return null;
@@ -348,8 +348,11 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
 /// 0 next) and returns it. With a <see cref="Device"/> the past is in device memory: chunks are staged in its
 /// pinned buffers and copied over; with a <see cref="DeviceTier"/> its prefixes are tried first.
 /// </summary>
-internal sealed class RestoreTarget(Func<int, IKvTensorView> preparePast, DeviceKvTransfer? device = null, DeviceTier? deviceTier = null)
+internal sealed class RestoreTarget(ChunkChain chain, Func<int, IKvTensorView> preparePast, DeviceKvTransfer? device = null, DeviceTier? deviceTier = null)
 {
+    /// <summary>How the request's keys are made (its tenant's chain).</summary>
+    public ChunkChain Chain { get; } = chain;
+
     public DeviceKvTransfer? Device { get; } = device;
     public DeviceTier? DeviceTier { get; } = deviceTier;
 

@@ -17,6 +17,9 @@ public sealed record KvChatClientOptions
 
     /// <summary>The model id reported in metadata and responses. Default: the model folder's name.</summary>
     public string? ModelId { get; init; }
+
+    /// <summary>The tenant of requests whose options name none (<see cref="KvChatClient.TenantProperty"/>). Default none.</summary>
+    public string? Tenant { get; init; }
 }
 
 /// <summary>
@@ -33,6 +36,13 @@ public sealed class KvChatClient : IChatClient
     private readonly PrefixCache? _cache;
     private readonly KvChatClientOptions _options;
     private readonly ChatClientMetadata _metadata;
+
+    /// <summary>
+    /// The <see cref="ChatOptions.AdditionalProperties"/> entry (a string) naming a request's tenant: a server sets it
+    /// from what authenticated the caller (an API key), never from the request body. Tenants never hit each other's
+    /// cache entries, so none can tell by timing whether another's prompt is cached.
+    /// </summary>
+    public const string TenantProperty = "ortkv.tenant";
 
     /// <summary>A client over <paramref name="model"/> and its <paramref name="tokenizer"/>; <paramref name="cache"/> null answers without prefix reuse.</summary>
     public KvChatClient(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null, KvChatClientOptions? options = null)
@@ -141,7 +151,8 @@ public sealed class KvChatClient : IChatClient
         int room = search.MaxLength - prompt.Length;
         if (room <= 0)
             throw new ArgumentException($"The conversation is {prompt.Length} tokens; the model takes at most {search.MaxLength}. Shorten the history.", nameof(options));
-        return new TextGenerator(_model, _tokenizer, _cache).Generate(prompt, Math.Min(maxNew, room), search, onText, options?.StopSequences?.ToArray(), cancellationToken);
+        var tenant = options?.AdditionalProperties?.TryGetValue(TenantProperty, out var value) == true ? value as string ?? value?.ToString() : _options.Tenant;
+        return new TextGenerator(_model, _tokenizer, _cache, tenant).Generate(prompt, Math.Min(maxNew, room), search, onText, options?.StopSequences?.ToArray(), cancellationToken);
     }
 
     private SearchOptions SearchFor(ChatOptions? options)

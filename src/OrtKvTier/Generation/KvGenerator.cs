@@ -35,6 +35,8 @@ public sealed class KvGenerator : IDisposable
     private bool _lastWasGenerated;
     private bool _disposed;
     private readonly PrefixCache? _cache;
+    /// <summary>How this generator's keys are made (its tenant's chain); set with the cache.</summary>
+    private readonly ChunkChain? _chain;
     private readonly List<ChunkKey> _chunkKeys = [];
     /// <summary>Leading chunks of the sequence known to be in the cache (restored or captured).</summary>
     private int _cachedChunks;
@@ -44,9 +46,12 @@ public sealed class KvGenerator : IDisposable
 
     /// <summary>
     /// Creates a generator; <paramref name="search"/> defaults to the model's config. With
-    /// <paramref name="cache"/> (opened for this model), prompts restore cached prefixes.
+    /// <paramref name="cache"/> (opened for this model), prompts restore cached prefixes. A
+    /// <paramref name="tenant"/> (chosen by the application, for example from an API key; never from what
+    /// an end user types) gets chunk keys no other tenant computes: it hits only its own entries, and
+    /// nobody can tell by timing whether another tenant's prompt is cached.
     /// </summary>
-    public KvGenerator(KvModel model, SearchOptions? search = null, PrefixCache? cache = null)
+    public KvGenerator(KvModel model, SearchOptions? search = null, PrefixCache? cache = null, string? tenant = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         search ??= SearchOptions.FromConfig(model);
@@ -54,6 +59,7 @@ public sealed class KvGenerator : IDisposable
         if (cache is not null) RequireCacheFor(model, cache);
         _model = model;
         _cache = cache;
+        _chain = cache?.ChainFor(tenant);
         Search = search;
         _sampler = new TokenSampler(search, model.EosTokenIds);
         _logits = new float[model.VocabSize];
@@ -131,17 +137,17 @@ public sealed class KvGenerator : IDisposable
     /// <summary>Null when there is nothing to store; otherwise the capture, holding the past tensors it reads until it has run.</summary>
     private PlannedCapture? PlanCapture()
     {
-        if (_cache is not { } cache) return null;
-        int rows = _past.Length, chunks = cache.Chain.FullChunks(rows), from = _cachedChunks;
+        if (_cache is not { } cache || _chain is not { } chain) return null;
+        int rows = _past.Length, chunks = chain.FullChunks(rows), from = _cachedChunks;
         bool toDeviceTier = cache.DeviceTierFor(_past.Memory) is not null;
         if (chunks <= from && (!toDeviceTier || chunks == 0)) return null;
         var tokens = CollectionsMarshal.AsSpan(_sequence)[..rows].ToArray();
-        cache.Chain.Extend(_chunkKeys, tokens);
+        chain.Extend(_chunkKeys, tokens);
         var keys = _chunkKeys.GetRange(0, chunks);
         var hold = _past.Hold();
         return new PlannedCapture(() =>
         {
-            using (hold) return cache.Capture(tokens, keys, from, OrtKvTensors.View(hold.Tensors, hold.Capacity), _past.Memory);
+            using (hold) return cache.Capture(tokens, chain, keys, from, OrtKvTensors.View(hold.Tensors, hold.Capacity), _past.Memory);
         }, chunks);
     }
 
@@ -203,9 +209,9 @@ public sealed class KvGenerator : IDisposable
         // Keep the last token pending so its logits are computed again on the next step.
         int keep = Math.Max(0, length - 1);
         if (_past.Length > keep) _past.Truncate(keep);
-        if (_cache is not null)
+        if (_chain is not null)
         {
-            int chunks = _cache.Chain.FullChunks(_past.Length);
+            int chunks = _chain.FullChunks(_past.Length);
             if (_chunkKeys.Count > chunks) _chunkKeys.RemoveRange(chunks, _chunkKeys.Count - chunks);
             _cachedChunks = Math.Min(_cachedChunks, chunks);
         }
@@ -226,7 +232,7 @@ public sealed class KvGenerator : IDisposable
 
     private void RestoreFromCache(PrefixCache cache)
     {
-        LastRestore = cache.Restore(CollectionsMarshal.AsSpan(_sequence), _past.Length, _past.Memory, length =>
+        LastRestore = cache.Restore(CollectionsMarshal.AsSpan(_sequence), _past.Length, _past.Memory, _chain!, length =>
         {
             _past.PrepareRestore(length);
             return _past;

@@ -1,4 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
+using OrtKvTier.Keys;
 using OrtKvTier.Cache;
 using OrtKvTier.Model;
 using OrtKvTier.Tensors;
@@ -16,9 +17,13 @@ public sealed class PrefixCacheHook
 {
     private readonly PrefixCache _cache;
     private readonly KvLayout _layout;
+    private readonly ChunkChain _chain;
 
-    /// <summary>A hook over <paramref name="cache"/> for a model with <paramref name="layout"/> (the cache's own).</summary>
-    public PrefixCacheHook(PrefixCache cache, KvLayout layout)
+    /// <summary>
+    /// A hook over <paramref name="cache"/> for a model with <paramref name="layout"/> (the cache's own), for
+    /// <paramref name="tenant"/> (chosen by the application; tenants never hit each other's entries).
+    /// </summary>
+    public PrefixCacheHook(PrefixCache cache, KvLayout layout, string? tenant = null)
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(layout);
@@ -26,6 +31,7 @@ public sealed class PrefixCacheHook
             throw new ArgumentException($"The cache holds {cache.Layout.ShapeKey} KV; this layout is {layout.ShapeKey}. Open the cache for this model.", nameof(layout));
         _cache = cache;
         _layout = layout;
+        _chain = cache.ChainFor(tenant);
     }
 
     /// <summary>The cache underneath.</summary>
@@ -52,7 +58,7 @@ public sealed class PrefixCacheHook
             var shared = OrtKvTensors.Wrap(sharedBuffers, _layout, nameof(sharedBuffers));
             if (tokens.Length > shared.Capacity)
                 throw new ArgumentException($"The prompt has {tokens.Length} tokens; the shared buffers hold {shared.Capacity}.", nameof(tokens));
-            var report = _cache.Restore(tokens, 0, KvMemory.Host, _ => shared);
+            var report = _cache.Restore(tokens, 0, KvMemory.Host, _chain, _ => shared);
             for (int layer = 0; layer < _layout.Layers; layer++)
             {
                 binding.BindInput(_layout.PastKeyNames[layer], sharedBuffers[2 * layer]);
@@ -66,7 +72,7 @@ public sealed class PrefixCacheHook
         OrtKvTensors? grown = null;
         try
         {
-            var report = _cache.Restore(tokens, 0, KvMemory.Host, length =>
+            var report = _cache.Restore(tokens, 0, KvMemory.Host, _chain, length =>
             {
                 grown?.Dispose();
                 grown = null;
@@ -98,7 +104,7 @@ public sealed class PrefixCacheHook
         var view = OrtKvTensors.Wrap(presents, _layout, nameof(presents));
         if (tokens.Length > view.Capacity)
             throw new ArgumentException($"{tokens.Length} tokens were given; the present tensors hold {view.Capacity} rows.", nameof(tokens));
-        return ChunkCapture.Capture(_cache, tokens, tokens.Length, view, [], 0);
+        return ChunkCapture.Capture(_cache, _chain, tokens, tokens.Length, view, [], 0);
     }
 }
 

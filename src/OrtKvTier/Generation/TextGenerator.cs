@@ -50,9 +50,10 @@ public enum StopReason
 /// Prompt in, streamed text out: <see cref="KvGenerator"/> plus the model's tokenizer. With a
 /// <see cref="PrefixCache"/>, the prompt's cached prefix is restored, and the prompt's chunks are
 /// captured right after the first token (off the time-to-first-token, in the background while the next
-/// tokens are generated) and again at the end.
+/// tokens are generated) and again at the end. A <c>tenant</c> (chosen by the application) hits only its own
+/// entries (<see cref="KvGenerator"/>).
 /// </summary>
-public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null)
+public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null, string? tenant = null)
 {
     /// <summary>
     /// Generates up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/>,
@@ -78,7 +79,7 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
         var clock = Stopwatch.StartNew();
         search ??= SearchOptions.FromConfig(model);
         search = search with { MaxLength = Math.Min(search.MaxLength, prompt.Length + maxNewTokens) };
-        using var generator = new KvGenerator(model, search, cache);
+        using var generator = new KvGenerator(model, search, cache, tenant);
         using var stream = tokenizer.CreateStream();
         var text = new StringBuilder();
         var tokens = new List<int>(maxNewTokens);

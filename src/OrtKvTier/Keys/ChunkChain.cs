@@ -1,44 +1,45 @@
 using System.Buffers.Binary;
-using System.IO.Hashing;
-using System.Runtime.InteropServices;
-using System.Text;
 using OrtKvTier.Model;
-using OrtKvTier.Storage;
+using OrtKvTier.Security;
 
 namespace OrtKvTier.Keys;
 
 /// <summary>
 /// Chained chunk keys: <c>key(0) = H(root ‖ tokens of chunk 0)</c>, <c>key(i) = H(key(i-1) ‖ tokens of chunk i)</c>,
-/// tokens as u32 little-endian, H = XxHash128, root = H(domain ‖ model fingerprint ‖ chunk length ‖ salt).
-/// A key names a whole prefix, so equal keys mean equal prefixes (token ids are compared on every
-/// hit as well). The same on every process and machine.
+/// tokens as u32 little-endian, H = BLAKE3 keyed by the cache's secret (<see cref="CacheSecret.ChainHash"/>), root =
+/// H(domain ‖ model fingerprint ‖ chunk length ‖ salt ‖ tenant). A key names a whole prefix, so equal keys mean equal
+/// prefixes (token ids are compared on every hit as well). The same on every process that shares the key; without
+/// the key nobody can tell which prompt a key names, and two tenants never compute each other's keys.
 /// </summary>
 internal sealed class ChunkChain
 {
-    private const string Domain = "ortkvtier/chunk-chain/v1";
+    private const string Domain = "ortkvtier/chunk-chain/v2";
+    private readonly CacheSecret _secret;
 
-    /// <summary>Creates the chain for a model fingerprint, a chunk length and an optional salt (for example a tenant id).</summary>
-    public ChunkChain(ModelFingerprint fingerprint, int chunkTokens, string? salt = null)
+    /// <summary>Creates the chain for a model fingerprint, a chunk length, the cache's secret, an optional cache-wide salt and an optional tenant.</summary>
+    public ChunkChain(ModelFingerprint fingerprint, int chunkTokens, CacheSecret secret, string? salt = null, string? tenant = null)
     {
         if (chunkTokens < 1 || chunkTokens > 65536)
             throw new ArgumentOutOfRangeException(nameof(chunkTokens), chunkTokens, "Chunk length must be between 1 and 65536 tokens.");
+        ArgumentNullException.ThrowIfNull(secret);
+        _secret = secret;
         ChunkTokens = chunkTokens;
         Salt = salt ?? "";
-        var hash = new XxHash128();
-        hash.Append(Encoding.UTF8.GetBytes(Domain));
+        Tenant = tenant ?? "";
         Span<byte> fields = stackalloc byte[20];
         BinaryPrimitives.WriteUInt128LittleEndian(fields, fingerprint.Value);
         BinaryPrimitives.WriteInt32LittleEndian(fields[16..], chunkTokens);
-        hash.Append(fields);
-        hash.Append(Encoding.UTF8.GetBytes(Salt));
-        Root = new ChunkKey(hash.GetCurrentHashAsUInt128());
+        Root = new ChunkKey(secret.ChainRoot(fields, Domain, Salt, Tenant));
     }
 
     /// <summary>Tokens per chunk.</summary>
     public int ChunkTokens { get; }
 
-    /// <summary>The salt mixed into the root ("" when none).</summary>
+    /// <summary>The cache-wide salt mixed into the root ("" when none).</summary>
     public string Salt { get; }
+
+    /// <summary>The tenant mixed into the root ("" when none).</summary>
+    public string Tenant { get; }
 
     /// <summary>The key before the first chunk.</summary>
     public ChunkKey Root { get; }
@@ -47,24 +48,7 @@ internal sealed class ChunkChain
     public int FullChunks(int tokenCount) => tokenCount / ChunkTokens;
 
     /// <summary>The key of the chunk holding <paramref name="chunkTokens"/> after the chunk keyed <paramref name="previous"/>.</summary>
-    public static ChunkKey Next(ChunkKey previous, ReadOnlySpan<int> chunkTokens)
-    {
-        var hash = new XxHash128();
-        Span<byte> head = stackalloc byte[16];
-        BinaryPrimitives.WriteUInt128LittleEndian(head, previous.Value);
-        hash.Append(head);
-        if (BitConverter.IsLittleEndian) hash.Append(MemoryMarshal.AsBytes(chunkTokens));
-        else
-        {
-            Span<byte> word = stackalloc byte[4];
-            foreach (var t in chunkTokens)
-            {
-                BinaryPrimitives.WriteInt32LittleEndian(word, t);
-                hash.Append(word);
-            }
-        }
-        return new ChunkKey(hash.GetCurrentHashAsUInt128());
-    }
+    public ChunkKey Next(ChunkKey previous, ReadOnlySpan<int> chunkTokens) => new(_secret.ChainHash(previous.Value, chunkTokens));
 
     /// <summary>Keys of every full chunk of <paramref name="tokens"/>, in order.</summary>
     public ChunkKey[] Keys(ReadOnlySpan<int> tokens)

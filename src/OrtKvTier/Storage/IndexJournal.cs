@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
 using static OrtKvTier.Storage.StoredFormats;
 using OrtKvTier.Keys;
+using OrtKvTier.Security;
 
 namespace OrtKvTier.Storage;
 
@@ -15,30 +16,30 @@ internal enum JournalRecordType : byte
 }
 
 /// <summary>
-/// Reads and writes the index journal (append-only, checksummed records) and the snapshot it is
-/// compacted into. A journal belongs to one pool (pool id) and one snapshot epoch; recovery
-/// replays records up to the first one that is torn or fails its checksum.
+/// Reads and writes the index journal (append-only records, each with a MAC under the cache's secret) and the
+/// snapshot it is compacted into. A journal belongs to one pool (pool id) and one snapshot epoch; recovery
+/// replays records up to the first one that is torn or fails its MAC (a forged record ends the replay there).
 /// </summary>
-internal static class IndexJournal
+internal sealed class IndexJournal(CacheSecret secret)
 {
     /// <summary>The header of a fresh journal.</summary>
-    public static byte[] Header(ulong poolId, long epoch)
+    public byte[] Header(ulong poolId, long epoch)
     {
         var header = new byte[JournalHeaderBytes];
         BinaryPrimitives.WriteUInt64LittleEndian(header.AsSpan(JhMagic), JournalMagic);
         BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(JhVersion), FormatVersion);
         BinaryPrimitives.WriteUInt64LittleEndian(header.AsSpan(JhPoolId), poolId);
         BinaryPrimitives.WriteInt64LittleEndian(header.AsSpan(JhEpoch), epoch);
-        BinaryPrimitives.WriteUInt64LittleEndian(header.AsSpan(JhChecksum), Checksum64(header.AsSpan(0, JhChecksum)));
+        WriteUInt128(header.AsSpan(JhMac), secret.Mac(header.AsSpan(0, JhMac)));
         return header;
     }
 
     /// <summary>Reads the journal's epoch, or null when the header is missing, damaged or another pool's.</summary>
-    public static long? ReadEpoch(ReadOnlySpan<byte> bytes, ulong poolId)
+    public long? ReadEpoch(ReadOnlySpan<byte> bytes, ulong poolId)
     {
         if (bytes.Length < JournalHeaderBytes) return null;
         if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[JhMagic..]) != JournalMagic) return null;
-        if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[JhChecksum..]) != Checksum64(bytes[..JhChecksum])) return null;
+        if (ReadUInt128(bytes[JhMac..]) != secret.Mac(bytes[..JhMac])) return null;
         if (BinaryPrimitives.ReadUInt32LittleEndian(bytes[JhVersion..]) != FormatVersion) return null;
         if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[JhPoolId..]) != poolId) return null;
         return BinaryPrimitives.ReadInt64LittleEndian(bytes[JhEpoch..]);
@@ -46,11 +47,11 @@ internal static class IndexJournal
 
     /// <summary>
     /// Applies the complete, valid records of <paramref name="bytes"/> from <paramref name="offset"/> to
-    /// <paramref name="index"/>, up to the first one that is torn or fails its checksum; a record that checks out
+    /// <paramref name="index"/>, up to the first one that is torn or fails its MAC; a record that checks out
     /// but does not fit (unknown kind, wrong body length, slot out of range) is skipped. Returns where the valid
     /// records end, how many were applied and how many skipped.
     /// </summary>
-    public static (long ValidEnd, int Records, int Skipped) Replay(ReadOnlySpan<byte> bytes, long offset, SlotIndex index)
+    public (long ValidEnd, int Records, int Skipped) Replay(ReadOnlySpan<byte> bytes, long offset, SlotIndex index)
     {
         int records = 0, skipped = 0;
         int pos = (int)offset;
@@ -60,7 +61,7 @@ internal static class IndexJournal
             int total = RecordOverhead + bodyLength;
             if (pos + total > bytes.Length) break;
             var record = bytes.Slice(pos, total);
-            if (BinaryPrimitives.ReadUInt64LittleEndian(record[^8..]) != Checksum64(record[..^8])) break;
+            if (ReadUInt128(record[^MacBytes..]) != secret.Mac(record[..^MacBytes])) break;
             if (Apply((JournalRecordType)record[2], record.Slice(3, bodyLength), index)) records++;
             else skipped++;
             pos += total;
@@ -68,33 +69,33 @@ internal static class IndexJournal
         return (pos, records, skipped);
     }
 
-    public static byte[] PutRecord(SlotEntry e)
+    public byte[] PutRecord(SlotEntry e)
     {
         var body = new byte[40];
         WriteEntry(body, e);
         return Record(JournalRecordType.Put, body);
     }
 
-    public static byte[] RemoveRecord(ChunkKey key)
+    public byte[] RemoveRecord(ChunkKey key)
     {
         var body = new byte[16];
         WriteUInt128(body, key.Value);
         return Record(JournalRecordType.Remove, body);
     }
 
-    public static byte[] TouchRecord(ChunkKey key)
+    public byte[] TouchRecord(ChunkKey key)
     {
         var body = new byte[16];
         WriteUInt128(body, key.Value);
         return Record(JournalRecordType.Touch, body);
     }
 
-    public static byte[] ClearRecord() => Record(JournalRecordType.Clear, []);
+    public byte[] ClearRecord() => Record(JournalRecordType.Clear, []);
 
     /// <summary>The snapshot of <paramref name="entries"/> (least recently used first).</summary>
-    public static byte[] Snapshot(ulong poolId, long epoch, ulong nextGeneration, IReadOnlyList<SlotEntry> entries)
+    public byte[] Snapshot(ulong poolId, long epoch, ulong nextGeneration, IReadOnlyList<SlotEntry> entries)
     {
-        var bytes = new byte[SnapshotHeaderBytes + entries.Count * SnapshotEntryBytes + 8];
+        var bytes = new byte[SnapshotHeaderBytes + entries.Count * SnapshotEntryBytes + MacBytes];
         var span = bytes.AsSpan();
         BinaryPrimitives.WriteUInt64LittleEndian(span[SnMagic..], SnapshotMagic);
         BinaryPrimitives.WriteUInt32LittleEndian(span[SnVersion..], FormatVersion);
@@ -103,20 +104,20 @@ internal static class IndexJournal
         BinaryPrimitives.WriteInt64LittleEndian(span[SnEpoch..], epoch);
         BinaryPrimitives.WriteUInt64LittleEndian(span[SnNextGeneration..], nextGeneration);
         for (int i = 0; i < entries.Count; i++) WriteEntry(span.Slice(SnapshotHeaderBytes + i * SnapshotEntryBytes), entries[i]);
-        BinaryPrimitives.WriteUInt64LittleEndian(span[^8..], Checksum64(span[..^8]));
+        WriteUInt128(span[^MacBytes..], secret.Mac(span[..^MacBytes]));
         return bytes;
     }
 
     /// <summary>Loads a snapshot into <paramref name="index"/>; returns its epoch, or null when it is absent, damaged or another pool's.</summary>
-    public static long? LoadSnapshot(ReadOnlySpan<byte> bytes, ulong poolId, SlotIndex index)
+    public long? LoadSnapshot(ReadOnlySpan<byte> bytes, ulong poolId, SlotIndex index)
     {
-        if (bytes.Length < SnapshotHeaderBytes + 8) return null;
+        if (bytes.Length < SnapshotHeaderBytes + MacBytes) return null;
         if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[SnMagic..]) != SnapshotMagic) return null;
         if (BinaryPrimitives.ReadUInt32LittleEndian(bytes[SnVersion..]) != FormatVersion) return null;
         if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[SnPoolId..]) != poolId) return null;
         int count = BinaryPrimitives.ReadInt32LittleEndian(bytes[SnCount..]);
-        if (count < 0 || bytes.Length != SnapshotHeaderBytes + (long)count * SnapshotEntryBytes + 8) return null;
-        if (BinaryPrimitives.ReadUInt64LittleEndian(bytes[^8..]) != Checksum64(bytes[..^8])) return null;
+        if (count < 0 || bytes.Length != SnapshotHeaderBytes + (long)count * SnapshotEntryBytes + MacBytes) return null;
+        if (ReadUInt128(bytes[^MacBytes..]) != secret.Mac(bytes[..^MacBytes])) return null;
         // An entry from a generation the snapshot says was not handed out yet does not fit: it is skipped.
         ulong nextGeneration = BinaryPrimitives.ReadUInt64LittleEndian(bytes[SnNextGeneration..]);
         for (int i = 0; i < count; i++)
@@ -173,13 +174,13 @@ internal static class IndexJournal
         }
     }
 
-    private static byte[] Record(JournalRecordType type, ReadOnlySpan<byte> body)
+    private byte[] Record(JournalRecordType type, ReadOnlySpan<byte> body)
     {
         var record = new byte[RecordOverhead + body.Length];
         BinaryPrimitives.WriteUInt16LittleEndian(record, (ushort)body.Length);
         record[2] = (byte)type;
         body.CopyTo(record.AsSpan(3));
-        BinaryPrimitives.WriteUInt64LittleEndian(record.AsSpan(record.Length - 8), Checksum64(record.AsSpan(0, record.Length - 8)));
+        WriteUInt128(record.AsSpan(record.Length - MacBytes), secret.Mac(record.AsSpan(0, record.Length - MacBytes)));
         return record;
     }
 

@@ -13,8 +13,11 @@ namespace OrtKvTier.Storage;
 /// <see cref="FlushToDisk"/> runs under the pool's index lock; those two do the slow file work (fsync) outside it.
 /// Owns the journal handle: <see cref="Dispose"/> closes it.
 /// </summary>
-internal sealed class IndexLog(string directory, ulong poolId, Action<string, long>? beforeWrite, ILogger? logger) : IDisposable
+internal sealed class IndexLog(string directory, ulong poolId, IndexJournal codec, Action<string, long>? beforeWrite, ILogger? logger) : IDisposable
 {
+    /// <summary>Encodes and checks this pool's journal records and snapshots.</summary>
+    public IndexJournal Codec => codec;
+
     private const int MaxPendingTouches = 1024;
 
     private readonly string _journalPath = Path.Combine(directory, JournalFileName);
@@ -48,9 +51,9 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     {
         index.Clear();
         var snapshot = IndexJournal.ReadFile(_snapshotPath);
-        long? snapshotEpoch = snapshot is null ? 0 : IndexJournal.LoadSnapshot(snapshot, poolId, index);
+        long? snapshotEpoch = snapshot is null ? 0 : codec.LoadSnapshot(snapshot, poolId, index);
         var journal = IndexJournal.ReadFile(_journalPath);
-        long? journalEpoch = journal is null ? null : IndexJournal.ReadEpoch(journal, poolId);
+        long? journalEpoch = journal is null ? null : codec.ReadEpoch(journal, poolId);
         long validEnd = JournalHeaderBytes;
         string? damage = snapshotEpoch is null ? "the index snapshot is damaged"
             : journal is null ? (snapshot is null && !created ? "the index snapshot and journal are missing" : null)
@@ -59,7 +62,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
             : null;
         if (damage is null && journal is not null)
         {
-            (validEnd, int records, int skipped) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
+            (validEnd, int records, int skipped) = codec.Replay(journal, JournalHeaderBytes, index);
             Records = records;
             ReportSkipped(skipped);
             if (validEnd != journal.Length) damage = $"the journal is torn or damaged at byte {validEnd} of {journal.Length}";
@@ -89,7 +92,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     public bool Refresh(SlotIndex index)
     {
         var journal = IndexJournal.ReadFile(_journalPath);
-        if (journal is null || IndexJournal.ReadEpoch(journal, poolId) is not { } epoch) return false;
+        if (journal is null || codec.ReadEpoch(journal, poolId) is not { } epoch) return false;
         return Follow(journal, epoch, index) == true;
     }
 
@@ -101,7 +104,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     public bool CatchUp(SlotIndex index)
     {
         var journal = IndexJournal.ReadFile(_journalPath);
-        if (journal is null || IndexJournal.ReadEpoch(journal, poolId) is not { } epoch || Follow(journal, epoch, index) is null) return true;
+        if (journal is null || codec.ReadEpoch(journal, poolId) is not { } epoch || Follow(journal, epoch, index) is null) return true;
         _journal?.Dispose();
         _journal = null;
         _journal = File.OpenHandle(_journalPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
@@ -115,16 +118,16 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
         if (epoch == _epoch)
         {
             if (journal.Length <= _journalEnd) return false;
-            (_journalEnd, int records, int skipped) = IndexJournal.Replay(journal, _journalEnd, index);
+            (_journalEnd, int records, int skipped) = codec.Replay(journal, _journalEnd, index);
             Records += records;
             ReportSkipped(skipped);
             return records > 0;
         }
         index.Clear();
         var snapshot = IndexJournal.ReadFile(_snapshotPath);
-        if (snapshot is null || IndexJournal.LoadSnapshot(snapshot, poolId, index) != epoch) return null;
+        if (snapshot is null || codec.LoadSnapshot(snapshot, poolId, index) != epoch) return null;
         _epoch = epoch;
-        (_journalEnd, int replayed, int dropped) = IndexJournal.Replay(journal, JournalHeaderBytes, index);
+        (_journalEnd, int replayed, int dropped) = codec.Replay(journal, JournalHeaderBytes, index);
         Records = replayed;
         ReportSkipped(dropped);
         return true;
@@ -175,7 +178,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     public void WritePendingTouches()
     {
         if (!HasPendingTouches) return;
-        var batch = _pendingRemoves.SelectMany(IndexJournal.RemoveRecord).Concat(_pendingTouches.SelectMany(IndexJournal.TouchRecord)).ToArray();
+        var batch = _pendingRemoves.SelectMany(codec.RemoveRecord).Concat(_pendingTouches.SelectMany(codec.TouchRecord)).ToArray();
         int count = _pendingTouches.Count + _pendingRemoves.Count;
         _pendingTouches.Clear();
         _pendingRemoves.Clear();
@@ -207,7 +210,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
         _pendingTouches.Clear(); // the snapshot keeps recency, and has no dropped entry
         _pendingRemoves.Clear();
         long epoch = _epoch + 1;
-        return new Compaction(epoch, IndexJournal.Snapshot(poolId, epoch, nextGeneration, entries), _journalEnd, Records);
+        return new Compaction(epoch, codec.Snapshot(poolId, epoch, nextGeneration, entries), _journalEnd, Records);
     }
 
     /// <summary>
@@ -217,7 +220,7 @@ internal sealed class IndexLog(string directory, ulong poolId, Action<string, lo
     public void WriteCompacted(Compaction compaction)
     {
         compaction.NewJournal = _journalPath + ".tmp";
-        WriteSynced(compaction.NewJournal, IndexJournal.Header(poolId, compaction.Epoch));
+        WriteSynced(compaction.NewJournal, codec.Header(poolId, compaction.Epoch));
         try
         {
             WriteSynced(_snapshotPath + ".tmp", compaction.Snapshot);

@@ -4,6 +4,7 @@ using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
 using static OrtKvTier.Storage.StoredFormats;
+using OrtKvTier.Security;
 
 namespace OrtKvTier.Storage;
 
@@ -18,14 +19,21 @@ internal sealed class SlotFile : IDisposable
     private readonly FileStream _data;
     private readonly Action<string, long>? _beforeWrite;
 
-    private SlotFile(string directory, PoolLock? writerLock, FileStream data, FileHeaderFields header, Action<string, long>? beforeWrite)
+    private SlotFile(string directory, PoolLock? writerLock, FileStream data, FileHeaderFields header, SlotPoolOptions options)
     {
         Directory = directory;
         Lock = writerLock;
         _data = data;
         Header = header;
-        _beforeWrite = beforeWrite;
+        _beforeWrite = options.BeforeWrite;
+        Secret = options.Secret ?? throw new InvalidOperationException("The pool's secret is resolved before its files are opened.");
+        _encrypt = options.Encrypt;
     }
+
+    private readonly bool _encrypt;
+
+    /// <summary>The key that authenticates (and may encrypt) this pool's entries.</summary>
+    public CacheSecret Secret { get; }
 
     /// <summary>The pool directory (full path).</summary>
     public string Directory { get; }
@@ -59,46 +67,51 @@ internal sealed class SlotFile : IDisposable
     /// Checks the header of <paramref name="expected"/>'s slot: against its key and generation, the caller's
     /// token ids when given, or (<paramref name="anyKey"/>) only for being a valid header. Null when it fits; else why not.
     /// </summary>
-    public string? CheckSlot(SlotEntry expected, out SlotEntry found, out UInt128 checksum, bool checkTokens = false, ReadOnlySpan<int> tokens = default, bool anyKey = false)
+    public string? CheckSlot(SlotEntry expected, out SlotEntry found, out ChunkRecordFields fields, bool checkTokens = false, ReadOnlySpan<int> tokens = default, bool anyKey = false)
     {
         // One copy of the header, so every check sees the same bytes.
         Span<byte> header = stackalloc byte[SlotHeaderBytes];
         ReadHeader(expected.Slot, header);
-        var failure = SlotHeader.Check(header, Header.Identity, expected.Slot, anyKey ? null : expected.Generation, anyKey ? null : expected.Key,
-            checkTokens, tokens, PayloadCapacity, out found, out checksum);
+        var failure = SlotHeader.Check(header, Header.Identity, Secret, expected.Slot, anyKey ? null : expected.Generation, anyKey ? null : expected.Key,
+            checkTokens, tokens, PayloadCapacity, out found, out fields);
         if (failure is null && !anyKey && found.TokenCount != expected.TokenCount) return "token count differs from the index";
         return failure;
     }
 
     /// <summary>
-    /// Writes a slot: the payload, hashed and written block by block on up to <paramref name="parallelism"/>
-    /// threads, then the header that names it (so a torn write never reads as the entry).
+    /// Writes a slot: the payload, sealed (under a fresh entry nonce) and written block by block on up to
+    /// <paramref name="parallelism"/> threads, then the header that names it (so a torn write never reads as the entry).
     /// </summary>
     public void WriteSlot(SlotEntry entry, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload, int parallelism)
     {
-        var checksum = PayloadChecksum.ComputeAndWrite(payload, Data, PayloadOffset(entry.Slot), parallelism,
+        var nonce = CacheSecret.NewEntryNonce();
+        var seal = Secret.SealFor(nonce, _encrypt);
+        var tag = PayloadSeal.SealAndWrite(payload, seal, Data, PayloadOffset(entry.Slot), parallelism,
             _beforeWrite is { } hook ? position => hook(DataFileName, position) : null);
         var header = new byte[SlotHeaderBytes];
-        int used = SlotHeader.Write(header, Header.Identity, entry.Slot, entry.Generation, entry.Key, tokens, payload.Length, checksum);
+        int used = SlotHeader.Write(header, Header.Identity, Secret, entry.Slot, entry.Generation, entry.Key, tokens, new SealedPayload(payload.Length, tag, nonce, seal));
         Write(header.AsSpan(0, AlignUp(used, 512)), SlotOffset(entry.Slot));
     }
 
     /// <summary>Checks an indexed slot's header and the checksum of its whole payload; null when intact, else why not.</summary>
     public string? VerifySlot(SlotEntry entry, int parallelism, out long payloadLength)
     {
-        var failure = CheckSlot(entry, out var found, out var checksum)
+        var failure = CheckSlot(entry, out var found, out var fields)
             ?? (found.PayloadLength != entry.PayloadLength ? $"the index says {entry.PayloadLength} payload bytes, the slot {found.PayloadLength}" : null)
-            ?? (PayloadChecksum.Compute(Data, PayloadOffset(entry.Slot), found.PayloadLength, parallelism) == checksum ? null : "payload checksum mismatch");
+            ?? (PayloadSeal.TagOf(Data, PayloadOffset(entry.Slot), found.PayloadLength, ChunkRecord.SealOf(fields, Secret), parallelism) == fields.PayloadTag
+                ? null : "payload tag mismatch (damaged, forged, or rewritten)");
         payloadLength = found.PayloadLength;
         return failure;
     }
 
-    /// <summary>The token ids a slot's header holds (the header is checked when the slot is read).</summary>
-    public int[] ReadTokens(int slot, int count)
+    /// <summary>The token ids an indexed slot's header holds, decrypted; null when its header does not check out.</summary>
+    public int[]? ReadTokens(SlotEntry entry)
     {
         Span<byte> header = stackalloc byte[SlotHeaderBytes];
-        ReadHeader(slot, header);
-        return ChunkRecord.Tokens(header, StoredFormats.SlotHeader, Math.Clamp(count, 0, Header.Identity.ChunkTokens));
+        ReadHeader(entry.Slot, header);
+        return SlotHeader.Check(header, Header.Identity, Secret, entry.Slot, entry.Generation, entry.Key, false, default, PayloadCapacity, out _, out var fields) is null
+            ? ChunkRecord.Tokens(header, StoredFormats.SlotHeader, fields, Secret)
+            : null;
     }
 
     private void ReadHeader(int slot, Span<byte> header) => PayloadSource.File(Data, SlotOffset(slot)).Read(0, header);
@@ -176,12 +189,12 @@ internal sealed class SlotFile : IDisposable
                     if (slots != existing.SlotCount) RandomAccess.SetLength(data.SafeFileHandle, FileHeaderBytes + slots * header.SlotBytes);
                     // No fsync: the epoch only makes generations distinct; integrity rests on key and checksums.
                     RandomAccess.Write(data.SafeFileHandle, FileHeader.Write(identity, header.SlotBytes, (int)header.SlotCount, header.PoolId, header.WriterEpoch), 0);
-                    return new SlotFile(directory, writerLock, data, header, options.BeforeWrite) { ResizedFrom = slots != existing.SlotCount ? existing.SlotCount : null };
+                    return new SlotFile(directory, writerLock, data, header, options) { ResizedFrom = slots != existing.SlotCount ? existing.SlotCount : null };
                 }
             }
             var created = Create(options, directory, identity);
             data = OpenData(dataPath, FileAccess.ReadWrite);
-            return new SlotFile(directory, writerLock, data, created, options.BeforeWrite) { Created = true };
+            return new SlotFile(directory, writerLock, data, created, options) { Created = true };
         }
         catch
         {
@@ -209,7 +222,7 @@ internal sealed class SlotFile : IDisposable
             header = ReadHeaderOf(dataPath);
             CheckLength(dataPath, header, new FileInfo(dataPath).Length);
         }
-        return new SlotFile(directory, null, OpenData(dataPath, FileAccess.Read), header, options.BeforeWrite);
+        return new SlotFile(directory, null, OpenData(dataPath, FileAccess.Read), header, options);
     }
 
     /// <summary>The header of the data file at <paramref name="dataPath"/>; throws <see cref="SlotPoolMismatchException"/> saying what is wrong.</summary>

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using static OrtKvTier.Storage.StoredFormats;
 using OrtKvTier.Keys;
 using OrtKvTier.Model;
+using OrtKvTier.Security;
 
 namespace OrtKvTier.Storage;
 
@@ -9,11 +10,11 @@ namespace OrtKvTier.Storage;
 internal static class SlotHeader
 {
     /// <summary>Writes a header into <paramref name="header"/> (at least <c>SlotHeaderBytes</c>, cleared); returns its used length.</summary>
-    public static int Write(Span<byte> header, SlotPoolIdentity identity, int slot, ulong generation, ChunkKey key,
-        ReadOnlySpan<int> tokens, long payloadLength, UInt128 payloadChecksum)
+    public static int Write(Span<byte> header, SlotPoolIdentity identity, CacheSecret secret, int slot, ulong generation, ChunkKey key,
+        ReadOnlySpan<int> tokens, SealedPayload payload)
     {
         header.Clear();
-        return ChunkRecord.Write(header, StoredFormats.SlotHeader, identity, key, tokens, payloadLength, payloadChecksum, own =>
+        return ChunkRecord.Write(header, StoredFormats.SlotHeader, identity, secret, key, tokens, payload, own =>
         {
             BinaryPrimitives.WriteInt32LittleEndian(own[ShSlotNumber..], slot);
             BinaryPrimitives.WriteUInt64LittleEndian(own[ShGeneration..], generation);
@@ -22,12 +23,11 @@ internal static class SlotHeader
 
     /// <summary>Why a header does not describe the expected entry, or null when it does.</summary>
     /// <remarks>Null <paramref name="generation"/> or <paramref name="key"/> accept any; token ids are compared when <paramref name="checkTokens"/>.</remarks>
-    public static string? Check(ReadOnlySpan<byte> header, SlotPoolIdentity identity, int slot, ulong? generation, ChunkKey? key,
-        bool checkTokens, ReadOnlySpan<int> tokens, long payloadCapacity, out SlotEntry found, out UInt128 payloadChecksum)
+    public static string? Check(ReadOnlySpan<byte> header, SlotPoolIdentity identity, CacheSecret secret, int slot, ulong? generation, ChunkKey? key,
+        bool checkTokens, ReadOnlySpan<int> tokens, long payloadCapacity, out SlotEntry found, out ChunkRecordFields fields)
     {
         found = default;
-        payloadChecksum = default;
-        if (ChunkRecord.Check(header, StoredFormats.SlotHeader, identity, identity.ChunkTokens, out var fields) is { } failure) return failure;
+        if (ChunkRecord.Check(header, StoredFormats.SlotHeader, identity, secret, identity.ChunkTokens, out fields) is { } failure) return failure;
         if (BinaryPrimitives.ReadInt32LittleEndian(header[ShSlotNumber..]) != slot) return "slot number differs";
         ulong storedGeneration = BinaryPrimitives.ReadUInt64LittleEndian(header[ShGeneration..]);
         if (key is { } k && fields.Key != k) return "slot holds another key (rewritten)";
@@ -36,9 +36,8 @@ internal static class SlotHeader
         if (checkTokens)
         {
             if (fields.TokenCount != tokens.Length) return $"token count {fields.TokenCount} differs from the {tokens.Length} asked for";
-            if (!ChunkRecord.TokensEqual(header, StoredFormats.SlotHeader, tokens)) return "token ids differ";
+            if (!ChunkRecord.TokensEqual(header, StoredFormats.SlotHeader, fields, secret, tokens)) return "token ids differ";
         }
-        payloadChecksum = fields.PayloadChecksum;
         found = new SlotEntry(fields.Key, slot, storedGeneration, fields.TokenCount, fields.PayloadLength);
         return null;
     }

@@ -53,7 +53,7 @@ public sealed unsafe partial class SlotPool : IDisposable
         _writerEpoch = file.Header.WriterEpoch;
         IsReadOnly = !file.IsWriter;
         _index = new SlotIndex(SlotCount);
-        _log = new IndexLog(Directory, file.Header.PoolId, options.BeforeWrite, _logger);
+        _log = new IndexLog(Directory, file.Header.PoolId, new IndexJournal(file.Secret), options.BeforeWrite, _logger);
         if (!IsReadOnly && options.Durability == Durability.Batched)
             _batchTimer = new Timer(_ => FlushIfDirty(), null, options.BatchInterval, options.BatchInterval);
     }
@@ -80,6 +80,7 @@ public sealed unsafe partial class SlotPool : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         var directory = Path.GetFullPath(options.Directory);
+        options = options.ResolveSecret(directory);
         if (!options.ReadOnly && ShrinkRequested(options, directory) is { } slots) ShrinkByCopy(options, directory, slots);
         PoolLock.Hold? openHold = null;
         var file = options.ReadOnly ? SlotFile.OpenReader(options, directory) : SlotFile.OpenWriter(options, directory, out openHold);
@@ -153,7 +154,9 @@ public sealed unsafe partial class SlotPool : IDisposable
         SlotEntry entry;
         lock (_gate)
             if (!_index.TryGet(key, out entry)) return false;
-        using (UseFile()) tokens = _file.ReadTokens(entry.Slot, entry.TokenCount);
+        using (UseFile())
+            if (_file.ReadTokens(entry) is { } stored) tokens = stored;
+            else return false;
         return TryGet(key, tokens, destination, out length);
     }
 
@@ -196,7 +199,7 @@ public sealed unsafe partial class SlotPool : IDisposable
             lock (_gate)
             {
                 _log.WritePendingTouches();
-                _log.Append(IndexJournal.PutRecord(entry));
+                _log.Append(_log.Codec.PutRecord(entry));
                 _index.Put(entry);
                 _puts++;
                 _log.Dirty = _dataDirty = true;
@@ -236,7 +239,7 @@ public sealed unsafe partial class SlotPool : IDisposable
             else
             {
                 if (_index.Oldest is not { } victim) return false; // every slot is being written by another thread
-                try { _log.Append(IndexJournal.RemoveRecord(victim.Key)); } // journaled first: if that fails, nothing changed
+                try { _log.Append(_log.Codec.RemoveRecord(victim.Key)); } // journaled first: if that fails, nothing changed
                 catch (IOException e) { throw new IOException($"Could not store chunk {key}: journaling the eviction of the oldest entry failed: {e.Message} Entries stored earlier are unaffected.", e); }
                 _index.Remove(victim.Key);
                 _evictions++;
@@ -280,13 +283,13 @@ public sealed unsafe partial class SlotPool : IDisposable
         bool contiguous = scatter.IsContiguous;
         using (UseFile())
         {
-            var failure = _file.CheckSlot(entry, out var found, out var checksum, checkTokens: true, tokens: tokens);
+            var failure = _file.CheckSlot(entry, out var found, out var fields, checkTokens: true, tokens: tokens);
             if (failure is null && found.PayloadLength != entry.PayloadLength) failure = $"the index says {entry.PayloadLength} payload bytes, the slot {found.PayloadLength}";
             if (failure is null && contiguous && found.PayloadLength > scatter.CopyBytes)
                 throw new ArgumentException($"The destination holds {scatter.CopyBytes} bytes; the entry for {key} has {found.PayloadLength}.", nameof(scatter));
             if (failure is null && !contiguous && found.PayloadLength != scatter.Length)
                 failure = $"payload of {found.PayloadLength} bytes does not match the {scatter.Length}-byte destination";
-            if (failure is null) return new SlotRead(entry, checksum, found.PayloadLength, scatter);
+            if (failure is null) return new SlotRead(entry, fields.PayloadTag, ChunkRecord.SealOf(fields, _file.Secret), found.PayloadLength, scatter);
             lock (_gate) DropLocked(entry, failure);
             return null;
         }
@@ -296,14 +299,14 @@ public sealed unsafe partial class SlotPool : IDisposable
     internal void ReadBlocks(SlotRead read, int firstBlock, int endBlock)
     {
         using (UseFile())
-            PayloadChecksum.ReadBlocks(_file.Data, _file.PayloadOffset(read.Entry.Slot), read.Scatter, read.PayloadLength,
-                firstBlock, endBlock, read.BlockHashes, _parallelism);
+            PayloadSeal.ReadBlocks(_file.Data, _file.PayloadOffset(read.Entry.Slot), read.Scatter, read.PayloadLength,
+                firstBlock, endBlock, read.BlockTags, read.Seal, _parallelism);
     }
 
     /// <summary>Verifies a read whose every block was read: true when the bytes read are the bytes stored (a hit), else a miss that drops the entry.</summary>
     internal bool EndRead(SlotRead read)
     {
-        bool intact = PayloadChecksum.Combine(read.BlockHashes) == read.Checksum;
+        bool intact = read.Seal.Combine(read.BlockTags) == read.Tag;
         lock (_gate)
         {
             if (intact)
@@ -312,7 +315,7 @@ public sealed unsafe partial class SlotPool : IDisposable
                 TouchLocked(read.Entry.Key);
                 return true;
             }
-            DropLocked(read.Entry, "payload checksum mismatch (damaged, or rewritten while reading)");
+            DropLocked(read.Entry, "payload tag mismatch (damaged, forged, or rewritten while reading)");
             return false;
         }
     }
@@ -343,7 +346,7 @@ public sealed unsafe partial class SlotPool : IDisposable
         lock (_gate)
         {
             if (!_index.TryGet(key, out var entry)) return false;
-            _log.Append(IndexJournal.RemoveRecord(key));
+            _log.Append(_log.Codec.RemoveRecord(key));
             _index.Remove(key);
             _log.Dirty = _dataDirty = true;
             _file.Invalidate(entry.Slot); // so a rebuild from slot headers does not bring it back
@@ -362,7 +365,7 @@ public sealed unsafe partial class SlotPool : IDisposable
             lock (_gate)
             {
                 _index.Clear();
-                _log.Append(IndexJournal.ClearRecord());
+                _log.Append(_log.Codec.ClearRecord());
                 _log.Dirty = _dataDirty = true;
                 _file.ZeroSlots();
             }

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using OrtKvTier.Security;
 
 namespace OrtKvTier.Storage;
 
@@ -59,6 +60,26 @@ public sealed record SlotPoolOptions
     /// <summary>Receives events for misses caused by damage or mismatch, and recoveries.</summary>
     public ILogger? Logger { get; init; }
 
+    /// <summary>
+    /// The secret key that authenticates entries (at least 16 bytes; 32 random bytes recommended). Null: the
+    /// <c>ORTKV_CACHE_KEY</c> environment variable (hex or base64), else the <c>cache.key</c> file in the directory
+    /// that holds the pool's directory, created (32 random bytes, mode 0600) when a writer finds none. Entries
+    /// written under another key are misses.
+    /// </summary>
+    public byte[]? SecretKey { get; init; }
+
+    /// <summary>Encrypt the payload and token ids of entries this handle writes (AES-CTR under per-entry keys; entries stay authenticated either way). Default false.</summary>
+    public bool Encrypt { get; init; }
+
+    /// <summary>The resolved secret (set by the prefix cache, or by <see cref="ResolveSecret"/>).</summary>
+    internal CacheSecret? Secret { get; init; }
+
+    /// <summary>These options with <see cref="Secret"/> resolved as <see cref="SecretKey"/> says, for the pool in <paramref name="directory"/>.</summary>
+    internal SlotPoolOptions ResolveSecret(string directory) => Secret is not null ? this : this with
+    {
+        Secret = CacheKeys.Resolve(SecretKey, Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(directory)) ?? directory, create: !ReadOnly),
+    };
+
     /// <summary>Test seam: called before every write to a pool file with the file name and offset; may throw.</summary>
     internal Action<string, long>? BeforeWrite { get; init; }
 
@@ -75,6 +96,8 @@ public sealed record SlotPoolOptions
         if (Identity is not null && CapacityBytes is long bytes && bytes < Identity.SlotBytes)
             throw new ArgumentOutOfRangeException(nameof(CapacityBytes), bytes, $"CapacityBytes must hold at least one slot of {Identity.SlotBytes} bytes.");
         if (BatchInterval <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(BatchInterval), BatchInterval, "BatchInterval must be positive.");
+        if (SecretKey is { Length: < CacheSecret.MinKeyBytes })
+            throw new ArgumentException($"SecretKey needs at least {CacheSecret.MinKeyBytes} bytes ({CacheSecret.KeyBytes} random bytes recommended); got {SecretKey.Length}.", nameof(SecretKey));
         if (WriterLockTimeout < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(WriterLockTimeout), WriterLockTimeout, "WriterLockTimeout must not be negative.");
     }
 }

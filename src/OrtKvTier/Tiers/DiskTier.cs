@@ -2,9 +2,13 @@ using Microsoft.Extensions.Logging;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Storage;
 using OrtKvTier.Keys;
+using OrtKvTier.Security;
 using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Tiers;
+
+/// <summary>Where and how the disk tier keeps a cache's chunks.</summary>
+internal sealed record DiskTierSettings(string CacheDirectory, SlotPoolIdentity Identity, CacheSecret Secret, bool Encrypt, long CapacityBytes, Durability Durability);
 
 /// <summary>
 /// The disk tier: a <see cref="SlotPool"/> in its own directory per model and chunk length. It never fails a
@@ -41,25 +45,33 @@ internal sealed class DiskTier : IStagedReadTier
     public bool Writable => !Pool.IsReadOnly && !_writesOff;
 
     /// <summary>
-    /// Opens (or creates) the pool for <paramref name="identity"/> under <paramref name="cacheDirectory"/>: read-only
-    /// when it cannot be written, null when it cannot be opened at all (each reported to <paramref name="faults"/>).
+    /// Opens (or creates) the pool for <see cref="DiskTierSettings.Identity"/> under the cache directory: read-only
+    /// when it cannot be written (or the cache directory belongs to another user), null when it cannot be opened at
+    /// all (each reported to <paramref name="faults"/>).
     /// </summary>
-    public static DiskTier? TryOpen(string cacheDirectory, SlotPoolIdentity identity, long capacityBytes, Durability durability,
-        TierFaults faults, ILogger? logger = null, MismatchPolicy onMismatch = MismatchPolicy.Recreate)
+    public static DiskTier? TryOpen(DiskTierSettings settings, TierFaults faults, ILogger? logger = null, MismatchPolicy onMismatch = MismatchPolicy.Recreate)
     {
-        ArgumentException.ThrowIfNullOrWhiteSpace(cacheDirectory);
-        ArgumentNullException.ThrowIfNull(identity);
+        ArgumentNullException.ThrowIfNull(settings);
         ArgumentNullException.ThrowIfNull(faults);
         var options = new SlotPoolOptions
         {
-            Directory = PoolDirectory(cacheDirectory, identity),
-            Identity = identity,
-            CapacityBytes = Math.Max(capacityBytes, identity.SlotBytes),
-            Durability = durability,
+            Directory = PoolDirectory(settings.CacheDirectory, settings.Identity, settings.Secret.KeyId),
+            Identity = settings.Identity,
+            CapacityBytes = Math.Max(settings.CapacityBytes, settings.Identity.SlotBytes),
+            Durability = settings.Durability,
             OnMismatch = onMismatch,
             Logger = logger,
+            Secret = settings.Secret,
+            Encrypt = settings.Encrypt,
             WriterLockTimeout = TimeSpan.FromSeconds(2), // every process stores: another may be in the middle of a change
         };
+        if (CacheKeys.Owner(settings.CacheDirectory) is { } owner && owner != CacheKeys.CurrentUser)
+        {
+            var why = new UnauthorizedAccessException($"the cache directory {settings.CacheDirectory} belongs to user {owner}, not to this process's user {CacheKeys.CurrentUser}");
+            faults.Report(TierId.Disk, "foreign-directory",
+                $"{why.Message}: its entries are served read-only and nothing is written there. Give each user a cache directory of their own (--cache-dir, ORTKV_CACHE_DIR).", why);
+            return OpenReadOnly(options, faults, why);
+        }
         try
         {
             return new DiskTier(SlotPool.Open(options), faults);
@@ -97,9 +109,9 @@ internal sealed class DiskTier : IStagedReadTier
         }
     }
 
-    /// <summary>The pool directory for an identity: <c>CACHE_DIR/&lt;fingerprint&gt;-c&lt;chunk tokens&gt;-&lt;fp16|fp32&gt;</c>.</summary>
-    public static string PoolDirectory(string cacheDirectory, SlotPoolIdentity identity) =>
-        Path.Combine(cacheDirectory, $"{identity.Fingerprint}-c{identity.ChunkTokens}-{(identity.Shape.ElementName)}");
+    /// <summary>The pool directory for an identity and a key: <c>CACHE_DIR/&lt;fingerprint&gt;-c&lt;chunk tokens&gt;-&lt;fp16|fp32&gt;-k&lt;key id&gt;</c> (processes with different keys never share a pool).</summary>
+    public static string PoolDirectory(string cacheDirectory, SlotPoolIdentity identity, string keyId) =>
+        Path.Combine(cacheDirectory, $"{identity.Fingerprint}-c{identity.ChunkTokens}-{identity.Shape.ElementName}-k{keyId}");
 
     /// <inheritdoc />
     public bool Contains(ChunkKey key) => Pool.Contains(key);

@@ -71,6 +71,9 @@ public interface IKvChunkTier : IKvTier
     /// <summary>Removes an entry; false when there was none.</summary>
     bool Remove(ChunkKey key);
 
+    /// <summary>The cache's secret, for a tier that authenticates entries and was given no key of its own.</summary>
+    internal void UseCacheSecret(Security.CacheSecret secret) { }
+
     /// <summary>Drops every entry this process may drop (a tier shared by a fleet keeps its entries).</summary>
     void Clear() { }
 

@@ -47,7 +47,8 @@ public sealed class NeverFailTests : IDisposable
     [System.Runtime.Versioning.SupportedOSPlatform("linux")]
     public void ACacheAnotherUserCanOnlyReadIsServedReadOnly()
     {
-        // 1. Root fills a cache. 2. Everything is made readable, nothing writable. 3. Another uid generates from it.
+        // 1. Root fills a cache. 2. Everything is made readable, nothing writable. 3. Another uid, given the cache's key
+        // (as a deployment shares it: ORTKV_CACHE_KEY), generates from it.
         var dir = _temp.Sub("shared-cache");
         var reference = Json(ChildProcess.Console(Generate("--no-cache")));
         Assert.Equal(Tokens(reference), Tokens(Json(ChildProcess.Console(Generate("--cache-dir", dir)))));
@@ -57,10 +58,16 @@ public sealed class NeverFailTests : IDisposable
         foreach (var f in Directory.GetFiles(dir, "*", SearchOption.AllDirectories))
             File.SetUnixFileMode(f, UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
 
-        var run = Json(ChildProcess.ConsoleAs(65534, Generate("--cache-dir", dir)));
+        var key = new Dictionary<string, string> { ["ORTKV_CACHE_KEY"] = Convert.ToHexString(File.ReadAllBytes(Path.Combine(dir, CacheKeys.FileName))) };
+        var run = Json(ChildProcess.ConsoleAs(65534, key, Generate("--cache-dir", dir)));
         Assert.Equal(Tokens(reference), Tokens(run));
         Assert.True(run.GetProperty("cached_tokens").GetInt32() > 0, "the readable cache was not served");
         Assert.Contains(Warnings(run), w => w.Contains("read-only", StringComparison.Ordinal));
+
+        // Without the key the other user cannot use root's key file (not theirs): misses, never an error.
+        var keyless = Json(ChildProcess.ConsoleAs(65534, Generate("--cache-dir", dir)));
+        Assert.Equal(Tokens(reference), Tokens(keyless));
+        Assert.Equal(0, keyless.GetProperty("cached_tokens").GetInt32());
     }
 
     [TmpfsFact]
@@ -98,11 +105,11 @@ public sealed class NeverFailTests : IDisposable
         var key = TestPayloads.Key(1, 1);
         using (var pool = SlotPool.Open(options)) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
         var index = new SlotIndex(8);
-        IndexJournal.LoadSnapshot(File.ReadAllBytes(Path.Combine(options.Directory, StoredFormats.SnapshotFileName)), PoolIdOf(options.Directory), index);
+        JournalOf(options.Directory).LoadSnapshot(File.ReadAllBytes(Path.Combine(options.Directory, StoredFormats.SnapshotFileName)), PoolIdOf(options.Directory), index);
         Assert.True(index.TryGet(key, out var stored));
         var forged = stored with { PayloadLength = 12345 };
         // A well-formed record that says the wrong length, appended after the clean close's empty journal.
-        File.AppendAllBytes(Path.Combine(options.Directory, StoredFormats.JournalFileName), IndexJournal.PutRecord(forged));
+        File.AppendAllBytes(Path.Combine(options.Directory, StoredFormats.JournalFileName), JournalOf(options.Directory).PutRecord(forged));
         using (var pool = SlotPool.Open(options with { ReadOnly = true }))
         {
             Assert.False(pool.TryGet(key, TestPayloads.Tokens(key), new byte[pool.PayloadCapacity], out _));
@@ -119,7 +126,7 @@ public sealed class NeverFailTests : IDisposable
         var key = TestPayloads.Key(2, 1);
         using (var pool = SlotPool.Open(options)) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
         var journal = Path.Combine(options.Directory, StoredFormats.JournalFileName);
-        File.AppendAllBytes(journal, IndexJournal.PutRecord(new SlotEntry(TestPayloads.Key(2, 2), Slot: 999, Generation: 1, TokenCount: 32, PayloadLength: 10)));
+        File.AppendAllBytes(journal, JournalOf(options.Directory).PutRecord(new SlotEntry(TestPayloads.Key(2, 2), Slot: 999, Generation: 1, TokenCount: 32, PayloadLength: 10)));
         using var reader = SlotPool.Open(options with { ReadOnly = true });
         Assert.Equal(1, reader.GetStats().SkippedRecords);
         Assert.Equal(1, reader.Verify().SkippedRecords);
@@ -150,6 +157,9 @@ public sealed class NeverFailTests : IDisposable
             Assert.All(systemKeys, k => Assert.True(cache.Disk!.Contains(k), $"the system prompt's chunk {k} was evicted from disk"));
         }
     }
+
+    /// <summary>The journal codec of a pool, under the key its cache directory holds (what an attacker with the key could write).</summary>
+    private static IndexJournal JournalOf(string poolDirectory) => new(CacheKeys.LoadOrCreate(Path.GetDirectoryName(poolDirectory)!, create: false));
 
     private static ulong PoolIdOf(string directory) => SlotFile.ReadHeaderOf(Path.Combine(directory, StoredFormats.DataFileName)).PoolId;
 

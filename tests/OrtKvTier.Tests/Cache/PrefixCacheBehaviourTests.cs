@@ -56,7 +56,7 @@ public sealed class PrefixCacheBehaviourTests : IDisposable
             Assert.Equal(Chunk, run.Restore.RestoredTokens);
             AssertSame(CacheTestKit.Greedy(model, prompt, cache: null), run, "damaged slot");
         }
-        Assert.Contains(logger.Entries, e => e.Level == LogLevel.Warning && e.Message.Contains("checksum", StringComparison.OrdinalIgnoreCase));
+        Assert.Contains(logger.Entries, e => e.Level == LogLevel.Warning && e.Message.Contains("tag mismatch", StringComparison.OrdinalIgnoreCase));
         Assert.True(metrics.Sum("ortkv.cache.damaged_chunks", "tier", "disk") >= 1);
     }
 

@@ -15,13 +15,17 @@ public sealed class RemoteTierTests : IDisposable
     private const int Chunk = 16;
     private readonly TempDir _temp = new();
     private readonly string _namespace = "test-" + Guid.NewGuid().ToString("N")[..8];
+    /// <summary>The key this test's fleet shares (processes share entries only when they share a key).</summary>
+    private readonly byte[] _fleetKey = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
 
     private RemoteTierOptions Options(RedisServer server, RemoteAdmission admission = RemoteAdmission.Always) =>
         // Generous timeouts: these tests are about what is stored, not about a slow server (the kill test sets its own).
-        new() { Connection = "redis://" + server.Endpoint, Namespace = _namespace, Admission = admission, BreakDuration = TimeSpan.FromSeconds(30), OperationTimeout = TimeSpan.FromSeconds(5) };
+        new() { Connection = "redis://" + server.Endpoint, Namespace = _namespace, Admission = admission, BreakDuration = TimeSpan.FromSeconds(30), OperationTimeout = TimeSpan.FromSeconds(5), SecretKey = _fleetKey };
 
     private PrefixCache Cache(KvModel model, RemoteTier remote, string? directory) =>
-        PrefixCache.Open(model, new PrefixCacheOptions { Directory = directory, ChunkTokens = Chunk, DiskCapacityBytes = 16L << 20, ExtraTiers = [remote] });
+        PrefixCache.Open(model, new PrefixCacheOptions { Directory = directory, ChunkTokens = Chunk, DiskCapacityBytes = 16L << 20, ExtraTiers = [remote], SecretKey = _fleetKey });
+
+    private Dictionary<string, string> FleetEnvironment => new() { ["ORTKV_CACHE_KEY"] = Convert.ToHexString(_fleetKey) };
 
     [RedisFact]
     public void ASecondProcessWithItsOwnLocalCacheRestoresTheFirstsPrefixFromTheServer()
@@ -30,15 +34,15 @@ public sealed class RemoteTierTests : IDisposable
         var prompt = string.Join(' ', Enumerable.Repeat("The quick brown fox jumps over the lazy dog.", 6));
         string[] Args(string dir) => ["generate", "--prompt", prompt, "--max-new-tokens", "8", "--json", "--chunk-tokens", "16", "--cache-size", "16MiB",
             "--cache-dir", dir, "--remote", "redis://" + server.Endpoint, "--remote-admission", "always", "--remote-namespace", _namespace, "--remote-timeout", "5s"];
-        var first = Json(ChildProcess.Console(Args(_temp.Sub("a"))));
-        var second = Json(ChildProcess.Console(Args(_temp.Sub("b"))));
+        var first = Json(ChildProcess.ConsoleWith(FleetEnvironment, Args(_temp.Sub("a"))));
+        var second = Json(ChildProcess.ConsoleWith(FleetEnvironment, Args(_temp.Sub("b"))));
         int promptTokens = first.GetProperty("prompt_tokens").GetInt32();
         Assert.Equal(0, first.GetProperty("cached_tokens").GetInt32());
         Assert.Equal(promptTokens / Chunk * Chunk, second.GetProperty("cached_tokens").GetInt32());
         Assert.Equal(second.GetProperty("cached_tokens").GetInt32(), second.GetProperty("cache").GetProperty("tokens_by_tier").GetProperty("remote").GetInt32());
         Assert.Equal(first.GetProperty("tokens").ToString(), second.GetProperty("tokens").ToString());
         // The second process promoted what it read into its own disk tier.
-        var stats = ChildProcess.Console("cache", "stats", "--cache-dir", _temp.Sub("b"), "--json");
+        var stats = ChildProcess.ConsoleWith(FleetEnvironment, "cache", "stats", "--cache-dir", _temp.Sub("b"), "--json");
         Assert.True(JsonDocument.Parse(stats.StdOut).RootElement.GetProperty("pools")[0].GetProperty("entries").GetInt32() >= promptTokens / Chunk);
     }
 

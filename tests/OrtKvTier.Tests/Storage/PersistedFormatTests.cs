@@ -1,5 +1,6 @@
 using OrtKvTier.Keys;
 using OrtKvTier.Model;
+using OrtKvTier.Security;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 using OrtKvTier.Tiers.Remote;
@@ -27,6 +28,9 @@ public sealed class PersistedFormatTests
     private static readonly int[] Tokens = [7, 300, 65_000, 2];
     private static readonly SlotEntry Entry = new(Key, Slot: 3, Generation: (5UL << 32) | 9, TokenCount: 4, PayloadLength: 1024);
     private const ulong PoolId = 0x0a0b0c0d0e0f1011;
+    private static readonly CacheSecret Secret = new(Enumerable.Range(0, 32).Select(i => (byte)(i * 3 + 1)).ToArray());
+    private static readonly UInt128 Nonce = new(0x9999aaaabbbbcccc, 0xddddeeeeffff0000);
+    private static readonly IndexJournal Journal = new(Secret);
 
     [Fact]
     public void FileHeader() =>
@@ -36,7 +40,8 @@ public sealed class PersistedFormatTests
     public void SlotHeader()
     {
         var header = new byte[StoredFormats.SlotHeaderBytes(Identity.ChunkTokens)];
-        int used = global::OrtKvTier.Storage.SlotHeader.Write(header, Identity, Entry.Slot, Entry.Generation, Key, Tokens, Entry.PayloadLength, new UInt128(0xabcdef, 0x123456));
+        int used = global::OrtKvTier.Storage.SlotHeader.Write(header, Identity, Secret, Entry.Slot, Entry.Generation, Key, Tokens,
+            new SealedPayload(Entry.PayloadLength, new UInt128(0xabcdef, 0x123456), Nonce, Secret.SealFor(Nonce, encrypted: false)));
         Assert.All(header[used..], b => Assert.Equal(0, b));
         AssertGolden("slot-header", StoredFormats.FormatVersion, header[..used]);
     }
@@ -46,11 +51,11 @@ public sealed class PersistedFormatTests
     {
         byte[] journal =
         [
-            .. IndexJournal.Header(PoolId, epoch: 6),
-            .. IndexJournal.PutRecord(Entry),
-            .. IndexJournal.RemoveRecord(Key),
-            .. IndexJournal.TouchRecord(Key),
-            .. IndexJournal.ClearRecord(),
+            .. Journal.Header(PoolId, epoch: 6),
+            .. Journal.PutRecord(Entry),
+            .. Journal.RemoveRecord(Key),
+            .. Journal.TouchRecord(Key),
+            .. Journal.ClearRecord(),
         ];
         AssertGolden("journal", StoredFormats.FormatVersion, journal);
     }
@@ -58,31 +63,36 @@ public sealed class PersistedFormatTests
     [Fact]
     public void Snapshot() =>
         AssertGolden("snapshot", StoredFormats.FormatVersion,
-            IndexJournal.Snapshot(PoolId, epoch: 6, nextGeneration: (5UL << 32) | 10, [Entry, Entry with { Key = new ChunkKey(42), Slot = 4 }]));
+            Journal.Snapshot(PoolId, epoch: 6, nextGeneration: (5UL << 32) | 10, [Entry, Entry with { Key = new ChunkKey(42), Slot = 4 }]));
 
     [Fact]
     public void RemoteValue()
     {
         var payload = Enumerable.Range(0, 64).Select(i => (byte)(i * 7)).ToArray();
-        AssertGolden("remote-value", RemoteEntry.Version, RemoteEntry.Encode(Identity, Key, Tokens, payload));
+        AssertGolden("remote-value", RemoteEntry.Version, RemoteEntry.Encode(Identity, Secret, encrypt: false, Key, Tokens, payload, Nonce));
+        AssertGolden("remote-value-encrypted", RemoteEntry.Version, RemoteEntry.Encode(Identity, Secret, encrypt: true, Key, Tokens, payload, Nonce));
     }
 
     /// <summary>The golden bytes decode back to the fixed input (so the files are also readable evidence of the layout).</summary>
     [Fact]
     public void GoldenValuesReadBack()
     {
-        var remote = Read("remote-value", RemoteEntry.Version);
-        var payload = new byte[64];
-        Assert.Null(RemoteEntry.Decode(remote, Identity, Key, Tokens, payload));
-        Assert.Equal(Enumerable.Range(0, 64).Select(i => (byte)(i * 7)), payload);
+        foreach (var name in new[] { "remote-value", "remote-value-encrypted" })
+        {
+            var remote = Read(name, RemoteEntry.Version);
+            var payload = new byte[64];
+            Assert.Null(RemoteEntry.Decode(remote, Identity, Secret, Key, Tokens, payload));
+            Assert.Equal(Enumerable.Range(0, 64).Select(i => (byte)(i * 7)), payload);
+            Assert.NotNull(RemoteEntry.Decode(remote, Identity, new CacheSecret(new byte[32]), Key, Tokens, payload)); // another key: a miss
+        }
 
         var index = new SlotIndex(8);
-        Assert.Equal(6, IndexJournal.LoadSnapshot(Read("snapshot", StoredFormats.FormatVersion), PoolId, index));
+        Assert.Equal(6, Journal.LoadSnapshot(Read("snapshot", StoredFormats.FormatVersion), PoolId, index));
         Assert.Equal(2, index.Count);
 
         var header = new byte[StoredFormats.SlotHeaderBytes(Identity.ChunkTokens)];
         Read("slot-header", StoredFormats.FormatVersion).CopyTo(header, 0);
-        Assert.Null(global::OrtKvTier.Storage.SlotHeader.Check(header, Identity, Entry.Slot, Entry.Generation, Key, checkTokens: true, Tokens, 4096, out var found, out _));
+        Assert.Null(global::OrtKvTier.Storage.SlotHeader.Check(header, Identity, Secret, Entry.Slot, Entry.Generation, Key, checkTokens: true, Tokens, 4096, out var found, out _));
         Assert.Equal(Entry, found);
     }
 

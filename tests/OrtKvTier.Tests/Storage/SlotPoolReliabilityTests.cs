@@ -241,7 +241,7 @@ public sealed class SlotPoolReliabilityTests(ITestOutputHelper output) : IDispos
         BitConverter.TryWriteBytes(patched.AsSpan(88), System.IO.Hashing.XxHash64.HashToUInt64(patched.AsSpan(0, 88)));
         WriteAt(data, 0, patched);
         var e3 = Assert.Throws<SlotPoolMismatchException>(() => SlotPool.Open(Options()));
-        Assert.Contains("format version 99; this library reads version 1", e3.Message);
+        Assert.Contains($"format version 99; this library reads version {StoredFormats.FormatVersion}", e3.Message);
         WriteAt(data, 0, original);
 
         // Truncated and extended files.

@@ -24,6 +24,10 @@ internal static class ChildProcess
     /// <summary>Runs the console to completion.</summary>
     public static (int ExitCode, string StdOut, string StdErr) Console(params string[] args) => Run(ConsoleDll, TimeSpan.FromMinutes(5), args);
 
+    /// <summary>Runs the console with extra environment variables (for example a fleet's shared <c>ORTKV_CACHE_KEY</c>).</summary>
+    public static (int ExitCode, string StdOut, string StdErr) ConsoleWith(IReadOnlyDictionary<string, string> environment, params string[] args) =>
+        Run(ConsoleDll, TimeSpan.FromMinutes(5), stdin: null, args, environment);
+
     /// <summary>Runs a bench to completion.</summary>
     public static (int ExitCode, string StdOut, string StdErr) Bench(params string[] args) => Run(BenchDll, TimeSpan.FromMinutes(5), args);
 
@@ -32,9 +36,9 @@ internal static class ChildProcess
     /// <summary>Runs the console with <paramref name="stdin"/> as its input (then end of input).</summary>
     public static (int ExitCode, string StdOut, string StdErr) ConsoleWithInput(string stdin, params string[] args) => Run(ConsoleDll, TimeSpan.FromMinutes(5), stdin, args);
 
-    private static (int ExitCode, string StdOut, string StdErr) Run(string dll, TimeSpan timeout, string? stdin, string[] args)
+    private static (int ExitCode, string StdOut, string StdErr) Run(string dll, TimeSpan timeout, string? stdin, string[] args, IReadOnlyDictionary<string, string>? environment = null)
     {
-        using var process = Start(dll, args);
+        using var process = Start(dll, uid: null, args, environment);
         if (stdin is not null) process.StandardInput.Write(stdin);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
@@ -51,9 +55,12 @@ internal static class ChildProcess
     public static Process Start(string dll, params string[] args) => Start(dll, uid: null, args);
 
     /// <summary>Runs the console to completion as the user <paramref name="uid"/> (through setpriv; the tests run as root).</summary>
-    public static (int ExitCode, string StdOut, string StdErr) ConsoleAs(int uid, params string[] args)
+    public static (int ExitCode, string StdOut, string StdErr) ConsoleAs(int uid, params string[] args) => ConsoleAs(uid, new Dictionary<string, string>(), args);
+
+    /// <summary>Runs the console as another user with extra environment variables.</summary>
+    public static (int ExitCode, string StdOut, string StdErr) ConsoleAs(int uid, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
-        using var process = Start(ConsoleDll, uid, args);
+        using var process = Start(ConsoleDll, uid, args, environment);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
@@ -66,7 +73,7 @@ internal static class ChildProcess
         return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
-    private static Process Start(string dll, int? uid, string[] args)
+    private static Process Start(string dll, int? uid, string[] args, IReadOnlyDictionary<string, string>? environment = null)
     {
         var info = new ProcessStartInfo(uid is null ? "dotnet" : "setpriv")
         {
@@ -79,6 +86,7 @@ internal static class ChildProcess
         }
         // Console runs that do not name --cache-dir must not touch the user's real cache.
         info.Environment["ORTKV_CACHE_DIR"] = DefaultCacheDir;
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) info.Environment[name] = value;
         info.ArgumentList.Add(dll);
         foreach (var a in args) info.ArgumentList.Add(a);
         var process = Process.Start(info) ?? throw new InvalidOperationException($"Could not start {info.FileName}.");

@@ -118,7 +118,7 @@ public sealed class DeviceKvTransferTests : IDisposable
                 cache = new PrefixCache(StagedFingerprint, layout, options);
             }
             using var transfer = new DeviceKvTransfer(layout, device: null);
-            Assert.True(cache.ChunkBytes > StoredFormats.ChecksumBlockBytes);
+            Assert.True(cache.ChunkBytes > StoredFormats.SealBlockBytes);
             int expected = 8 * Chunk;
             using var target = OrtKvTensors.Allocate(layout, expected + extraRows);
             int prepared = 0;
@@ -217,7 +217,7 @@ public sealed class DeviceKvTransferTests : IDisposable
         using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16 });
         using var transfer = new DeviceKvTransfer(model.Layout, device: null);
         int stored = transfer.CaptureFrom(past, generator.Past.Capacity, prompt.Length,
-            view => ChunkCapture.Capture(cache, prompt, prompt.Length, view, [], firstChunk: 0));
+            view => ChunkCapture.Capture(cache, cache.Chain, prompt, prompt.Length, view, [], firstChunk: 0));
         Assert.Equal(3, stored);
 
         // What was stored is what the model computed: a restore from it gives a full prefill's logits.

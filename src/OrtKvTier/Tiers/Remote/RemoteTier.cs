@@ -5,12 +5,14 @@ using OrtKvTier.Storage;
 using StackExchange.Redis;
 using OrtKvTier.Cache;
 using OrtKvTier.Keys;
+using OrtKvTier.Security;
 
 namespace OrtKvTier.Tiers.Remote;
 
 /// <summary>
 /// A tier on a Redis-compatible server shared by a fleet: chunk entries under
-/// <c>namespace:fingerprint:chunk-key</c>, self-verifying like a slot, with a time to live. Give it to
+/// <c>namespace:fingerprint:chunk-tokens:key-id:chunk-key</c>, authenticated (and by default encrypted) like a slot,
+/// with a time to live. Give it to
 /// <see cref="PrefixCacheOptions.ExtraTiers"/>: reads come through on a local miss (and are promoted
 /// into host memory and disk), writes go behind on the cache's writer thread, filtered by
 /// <see cref="RemoteTierOptions.Admission"/>. A slow, absent or restarting server never fails a
@@ -25,7 +27,8 @@ public sealed class RemoteTier : IKvChunkTier
     /// <summary>Connecting starts at construction and is waited for by the first operation, at most <see cref="_connectTimeout"/>.</summary>
     private readonly Task<ConnectionMultiplexer> _connecting;
     private readonly TimeSpan _connectTimeout;
-    private readonly string _prefix;
+    private CacheSecret? _secret;
+    private string? _prefix;
     private readonly object _breakerGate = new();
     private int _consecutiveFailures;
     private long _openUntilTicks;
@@ -40,7 +43,7 @@ public sealed class RemoteTier : IKvChunkTier
         _options = options;
         _identity = identity;
         _logger = logger;
-        _prefix = $"{options.Namespace}:{identity.Fingerprint}:{identity.ChunkTokens}:";
+        _secret = options.SecretKey is { } key ? new CacheSecret(key) : CacheKeys.FromEnvironment();
         var config = ConfigurationOptions.Parse(RemoteTierOptions.ConfigurationFor(options.Connection));
         config.AbortOnConnectFail = false;
         int timeout = (int)Math.Max(1, options.OperationTimeout.TotalMilliseconds);
@@ -92,7 +95,7 @@ public sealed class RemoteTier : IKvChunkTier
             Interlocked.Increment(ref _misses);
             return false;
         }
-        var failure = value.LongLength > _options.MaxValueBytes ? $"{value.LongLength} bytes is over MaxValueBytes" : RemoteEntry.Decode(value, _identity, key, tokens, destination);
+        var failure = value.LongLength > _options.MaxValueBytes ? $"{value.LongLength} bytes is over MaxValueBytes" : RemoteEntry.Decode(value, _identity, Secret, key, tokens, destination);
         if (failure is null)
         {
             Interlocked.Increment(ref _hits);
@@ -132,7 +135,7 @@ public sealed class RemoteTier : IKvChunkTier
         if (IsBroken) return false;
         if (_options.Admission == RemoteAdmission.SeenTwice)
         {
-            var seen = _prefix + "seen:" + key;
+            var seen = Prefix + "seen:" + key;
             long count = Guarded(db =>
             {
                 long n = db.StringIncrement(seen);
@@ -145,7 +148,7 @@ public sealed class RemoteTier : IKvChunkTier
                 return false;
             }
         }
-        var value = RemoteEntry.Encode(_identity, key, tokens, payload);
+        var value = RemoteEntry.Encode(_identity, Secret, _options.Encrypt, key, tokens, payload);
         if (value.LongLength > _options.MaxValueBytes)
         {
             Interlocked.Increment(ref _rejected);
@@ -174,7 +177,28 @@ public sealed class RemoteTier : IKvChunkTier
     public void Dispose() => _connecting.ContinueWith(t => t.Result.Dispose(), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
 
     /// <summary>The server key of a chunk.</summary>
-    public string Key(ChunkKey key) => _prefix + key;
+    public string Key(ChunkKey key) => Prefix + key;
+
+    /// <summary>
+    /// The secret of the cache this tier serves, when the options and the environment gave none: the fleet shares
+    /// entries when its processes share the key (<see cref="RemoteTierOptions.SecretKey"/> or <c>ORTKV_CACHE_KEY</c>).
+    /// </summary>
+    void IKvChunkTier.UseCacheSecret(CacheSecret secret) => Interlocked.CompareExchange(ref _secret, secret, null);
+
+    /// <summary>The key that authenticates values: given, adopted from the cache, or (standalone, with none) this process's own.</summary>
+    private CacheSecret Secret
+    {
+        get
+        {
+            if (Volatile.Read(ref _secret) is { } secret) return secret;
+            if (Interlocked.CompareExchange(ref _secret, CacheSecret.CreateRandom(), null) is null)
+                _logger?.LogWarning("Remote tier: no cache key given (RemoteTierOptions.SecretKey, ${Variable}); values this process writes are readable by itself only.", CacheKeys.EnvironmentVariable);
+            return _secret!;
+        }
+    }
+
+    /// <summary>Every key of this tier starts with it; the key id keeps processes with different keys apart (none deletes the other's values).</summary>
+    private string Prefix => _prefix ??= $"{_options.Namespace}:{_identity.Fingerprint}:{_identity.ChunkTokens}:{Secret.KeyId}:";
 
     /// <summary>Runs a server call unless the circuit is open; a failure returns <paramref name="fallback"/> and counts towards opening it.</summary>
     private T Guarded<T>(Func<IDatabase, T> call, T fallback)

@@ -40,6 +40,16 @@ public sealed record RemoteTierOptions
     /// <summary>How long an open circuit stays open. Default 5 s.</summary>
     public TimeSpan BreakDuration { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// The secret key that authenticates values (at least 16 bytes; 32 random bytes recommended): every process of a
+    /// fleet that shares entries gives the same one. Null: <c>ORTKV_CACHE_KEY</c>, else the key of the prefix cache
+    /// this tier serves. Values under another key are misses.
+    /// </summary>
+    public byte[]? SecretKey { get; init; }
+
+    /// <summary>Encrypt the payload and token ids of values (AES-CTR under per-entry keys), so the server and whoever reads it learn nothing about prompts. Default true.</summary>
+    public bool Encrypt { get; init; } = true;
+
     /// <summary>Parses <c>redis://host:port</c> (or <c>host:port</c>) into a StackExchange.Redis configuration string.</summary>
     public static string ConfigurationFor(string connection)
     {
@@ -57,6 +67,8 @@ public sealed record RemoteTierOptions
         ArgumentException.ThrowIfNullOrWhiteSpace(Namespace);
         if (TimeToLive <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(TimeToLive), TimeToLive, "TimeToLive must be positive.");
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxValueBytes);
+        if (SecretKey is { Length: < Security.CacheSecret.MinKeyBytes })
+            throw new ArgumentException($"SecretKey needs at least {Security.CacheSecret.MinKeyBytes} bytes (32 random bytes recommended); got {SecretKey.Length}.", nameof(SecretKey));
         if (OperationTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(OperationTimeout), OperationTimeout, "OperationTimeout must be positive.");
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(FailuresToBreak);
         if (BreakDuration < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(BreakDuration), BreakDuration, "BreakDuration must not be negative.");

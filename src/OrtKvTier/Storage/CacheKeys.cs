@@ -1,0 +1,103 @@
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using OrtKvTier.Security;
+
+namespace OrtKvTier.Storage;
+
+/// <summary>
+/// Where the cache's secret key comes from: given by the application, the <see cref="EnvironmentVariable"/>, or the
+/// <see cref="FileName"/> file in the cache directory, created at first use (32 random bytes, owner-only). A key file
+/// that others could read or replace (a link, another owner, group or other permissions) is refused: whoever
+/// planted it could forge entries.
+/// </summary>
+internal static partial class CacheKeys
+{
+    public const string FileName = "cache.key";
+    public const string EnvironmentVariable = "ORTKV_CACHE_KEY";
+
+    /// <summary>The key from <paramref name="configured"/>, else the environment variable, else the key file in <paramref name="cacheDirectory"/> (created when <paramref name="create"/>).</summary>
+    /// <exception cref="IOException">No key file and not <paramref name="create"/>, or the key file cannot be trusted or read.</exception>
+    public static CacheSecret Resolve(byte[]? configured, string cacheDirectory, bool create)
+    {
+        if (configured is not null) return new CacheSecret(configured);
+        if (FromEnvironment() is { } fromEnvironment) return fromEnvironment;
+        return LoadOrCreate(cacheDirectory, create);
+    }
+
+    /// <summary>The key in <see cref="EnvironmentVariable"/>, or null when it is unset.</summary>
+    public static CacheSecret? FromEnvironment() =>
+        Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } text ? CacheSecret.Parse(text, $"${EnvironmentVariable}") : null;
+
+    /// <summary>The key file's key; created first (exclusively, so concurrent first uses agree) when missing and <paramref name="create"/>.</summary>
+    public static CacheSecret LoadOrCreate(string cacheDirectory, bool create)
+    {
+        var path = Path.Combine(Path.GetFullPath(cacheDirectory), FileName);
+        while (true)
+        {
+            if (TryLoad(path) is { } secret) return secret;
+            if (!create)
+                throw new FileNotFoundException($"There is no cache key at {path}, so no entry of this cache can be authenticated. A process that writes the cache creates it; or set ${EnvironmentVariable}.", path);
+            PoolFiles.CreateDirectory(cacheDirectory);
+            var temporary = $"{path}.{Environment.ProcessId}.tmp";
+            using (var file = PoolFiles.CreateFresh(temporary))
+            {
+                file.Write(RandomNumberGenerator.GetBytes(CacheSecret.KeyBytes));
+                file.Flush(flushToDisk: true);
+            }
+            try
+            {
+                File.Move(temporary, path, overwrite: false); // link(2): fails when another process created it first
+                DirectorySync.Flush(cacheDirectory);
+            }
+            catch (IOException) when (File.Exists(path))
+            {
+                SlotFile.TryDelete(temporary);
+            }
+        }
+    }
+
+    private static CacheSecret? TryLoad(string path)
+    {
+        if (!File.Exists(path) && new FileInfo(path).LinkTarget is null) return null;
+        PoolFiles.RefuseLink(path);
+        if (!OperatingSystem.IsWindows())
+        {
+            if (Owner(path) is { } owner && owner != CurrentUser)
+                throw new IOException($"The cache key {path} belongs to user {owner}, not to this process's user {CurrentUser}: whoever planted it could forge entries. Remove it (a new key is made) or set ${EnvironmentVariable}.");
+            var mode = File.GetUnixFileMode(path);
+            if ((mode & (UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.OtherRead | UnixFileMode.OtherWrite)) != 0)
+                throw new IOException($"The cache key {path} has mode {Convert.ToString((int)mode, 8)}: others can read or replace it. Run `chmod 600 {path}`, or remove it (a new key is made and the entries written under the old one become misses).");
+        }
+        var bytes = File.ReadAllBytes(path);
+        if (bytes.Length < CacheSecret.MinKeyBytes)
+            throw new IOException($"The cache key {path} holds {bytes.Length} bytes, expected {CacheSecret.KeyBytes}. Remove it; a new key is made (entries written under the old one become misses).");
+        return new CacheSecret(bytes);
+    }
+
+    /// <summary>The user id this process runs as.</summary>
+    public static uint CurrentUser => OperatingSystem.IsWindows() ? 0 : geteuid();
+
+    /// <summary>The user id that owns <paramref name="path"/> (a link itself, not its target); null where it cannot be told.</summary>
+    public static uint? Owner(string path)
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        var buffer = new StatxBuffer();
+        return statx(AtCurrentDirectory, path, AtSymlinkNoFollow, StatxUid, ref buffer) == 0 ? buffer.Uid : null;
+    }
+
+    private const int AtCurrentDirectory = -100, AtSymlinkNoFollow = 0x100;
+    private const uint StatxUid = 0x8;
+
+    /// <summary>struct statx: the same layout on every Linux architecture (stx_uid at byte 20).</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 256)]
+    private struct StatxBuffer
+    {
+        [FieldOffset(20)] public uint Uid;
+    }
+
+    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int statx(int directoryFd, string path, int flags, uint mask, ref StatxBuffer buffer);
+
+    [LibraryImport("libc")]
+    private static partial uint geteuid();
+}
