@@ -29,10 +29,10 @@ internal static class CacheTestKit
     }
 
     /// <summary>Prompt, logits, <paramref name="newTokens"/> greedy tokens, capture into the cache (if any).</summary>
-    public static GreedyRun Greedy(KvModel model, int[] prompt, PrefixCache? cache, int newTokens = 6)
+    public static GreedyRun Greedy(KvModel model, int[] prompt, PrefixCache? cache, int newTokens = 6, string? tenant = null)
     {
         var search = SearchOptions.FromConfig(model) with { MaxLength = prompt.Length + newTokens, DoSample = false };
-        using var generator = new KvGenerator(model, search, cache);
+        using var generator = new KvGenerator(model, search, cache, tenant);
         generator.AppendTokens(prompt);
         var logits = generator.GetLogits().ToArray();
         generator.CaptureToCache();
@@ -42,11 +42,11 @@ internal static class CacheTestKit
     }
 
     public static PrefixCache Open(KvModel model, string? directory, int chunkTokens = 16, long hostBytes = 64L << 20, ILogger? logger = null,
-        LowerTierWrites writes = LowerTierWrites.WriteThrough) =>
+        LowerTierWrites writes = LowerTierWrites.WriteThrough, bool encrypt = false, IReadOnlyList<IKvChunkTier>? extraTiers = null) =>
         PrefixCache.Open(model, new PrefixCacheOptions
         {
             Directory = directory, ChunkTokens = chunkTokens, HostBudgetBytes = hostBytes, DiskCapacityBytes = 32L << 20,
-            Logger = logger, LowerTierWrites = writes,
+            Logger = logger, LowerTierWrites = writes, EncryptAtRest = encrypt, ExtraTiers = extraTiers ?? [],
         });
 
     /// <summary>Flips a payload byte of the slot holding <paramref name="key"/> (found by its key bytes in the slot headers).</summary>
