@@ -5,13 +5,18 @@ using OrtKvTier.Model;
 
 namespace OrtKvTier.Console.Commands;
 
-/// <summary>The cache options shared by generate, chat and warm: <c>--cache-dir</c>, <c>--no-cache</c>, <c>--chunk-tokens</c>, <c>--cache-size</c>, <c>--host-cache-size</c>, <c>--device-cache-size</c>, the remote tier's.</summary>
-internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, RemoteTierOptions? Remote)
+/// <summary>
+/// The cache options shared by generate, chat and warm: <c>--cache-dir</c>, <c>--no-cache</c>, <c>--chunk-tokens</c>, <c>--cache-size</c>,
+/// <c>--host-cache-size</c>, <c>--device-cache-size</c>, <c>--salt</c>, <c>--tenant</c>, <c>--encrypt</c>, the remote tier's. The key comes
+/// from <c>ORTKV_CACHE_KEY</c> or the cache directory's <c>cache.key</c>.
+/// </summary>
+internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, RemoteTierOptions? Remote, string? Tenant)
 {
     public const string Usage = "[--cache-dir DIR | --no-cache] [--chunk-tokens N] [--cache-size SIZE] [--host-cache-size SIZE] [--device-cache-size SIZE]\n" +
+        "         [--salt TEXT] [--tenant NAME] [--encrypt]   (key: $ORTKV_CACHE_KEY, else CACHE_DIR/cache.key)\n" +
         "         [--remote redis://HOST:PORT [--remote-admission always|seen-twice] [--remote-namespace NS] [--remote-ttl 12h] [--remote-timeout 250ms]]";
 
-    public static readonly string[] Flags = ["no-cache"];
+    public static readonly string[] Flags = ["no-cache", "encrypt"];
 
     public static CacheOptions Read(CommandLine cl)
     {
@@ -26,8 +31,11 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
             DiskCapacityBytes = cl.Bytes("cache-size", defaults.DiskCapacityBytes),
             HostBudgetBytes = cl.Bytes("host-cache-size", defaults.HostBudgetBytes),
             DeviceBudgetBytes = cl.Bytes("device-cache-size", defaults.DeviceBudgetBytes),
+            Salt = cl.String("salt"),
+            EncryptAtRest = cl.Flag("encrypt"),
             Logger = StderrLogger.Instance,
         };
+        var tenant = cl.String("tenant");
         var remote = cl.String("remote");
         var admission = cl.String("remote-admission");
         var ns = cl.String("remote-namespace");
@@ -61,7 +69,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
                 throw new UsageException($"--remote: {e.Message}");
             }
         }
-        return new CacheOptions(!disabled, options, remoteOptions);
+        return new CacheOptions(!disabled, options, remoteOptions, tenant);
     }
 
     /// <summary>A duration such as <c>250ms</c>, <c>90s</c>, <c>30m</c>, <c>12h</c> or <c>2d</c>.</summary>

@@ -34,7 +34,7 @@ internal static class ChatCommand
         using var model = KvModel.Load(modelDir);
         using var tokenizer = new ModelTokenizer(model.Folder);
         using var cache = cacheOptions.Open(model);
-        var client = model.AsChatClient(tokenizer, cache);
+        var client = model.AsChatClient(tokenizer, cache, new KvChatClientOptions { Tenant = cacheOptions.Tenant });
         var options = new ChatOptions
         {
             MaxOutputTokens = maxNew, Temperature = (float?)temperature,
@@ -99,7 +99,7 @@ internal static class ChatCommand
         var tokens = model.AsChatClient(tokenizer, cache).PromptTokens(NewHistory(system));
         if (tokens.Length > model.Layout.MaxLength)
             throw new UsageException($"{file} is {tokens.Length} tokens as a system prompt; the model takes {model.Layout.MaxLength}.");
-        using var generator = new KvGenerator(model, SearchOptions.FromConfig(model), cache);
+        using var generator = new KvGenerator(model, SearchOptions.FromConfig(model), cache, cacheOptions.Tenant);
         int restored = 0;
         AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
             .Start(context =>

@@ -55,7 +55,7 @@ internal static class GenerateCommand
             Seed = seedText is null ? null : ulong.Parse(seedText, CultureInfo.InvariantCulture),
         };
         using var cache = cacheOptions.Open(model);
-        var result = new TextGenerator(model, tokenizer, cache).Generate(promptTokens, maxNew, search,
+        var result = new TextGenerator(model, tokenizer, cache, cacheOptions.Tenant).Generate(promptTokens, maxNew, search,
             json ? null : piece => System.Console.Out.Write(piece));
 
         cache?.Flush(); // the chunks reached every tier (or the faults that stopped them are in the warnings)
