@@ -4,6 +4,7 @@ using System.Security.Cryptography;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Keys;
+using OrtKvTier.Security;
 
 namespace OrtKvTier.Benchmarks.Commands;
 
@@ -13,8 +14,9 @@ using OrtKvTier.Console.Commands;
 using CommandLine = OrtKvTier.Console.CommandLine;
 
 /// <summary>
-/// <c>ortkv-bench disk</c>: put and verified-get throughput of the slot pool beside a one-thread memcpy of
-/// the same bytes, measured in the same run, plus the time to open the pool it wrote and one of 10k entries.
+/// <c>ortkv-bench disk</c>: put and verified-get throughput of the slot pool (entries authenticated, and authenticated
+/// and encrypted) and the MAC alone beside a one-thread memcpy of the same bytes, measured in the same run, plus the
+/// time to open the pool it wrote and one of 10k entries.
 /// </summary>
 internal static class BenchDiskCommand
 {
@@ -56,30 +58,37 @@ internal static class BenchDiskCommand
         try
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
-            var options = new SlotPoolOptions { Directory = dir, Identity = identity, CapacitySlots = chunks, Durability = durability };
-            double fillSeconds, putSeconds, getSeconds = double.MaxValue, memcpySeconds = double.MaxValue;
+            // Two pools in one run: entries authenticated (the default), and authenticated and encrypted.
+            var options = new SlotPoolOptions { Directory = Path.Combine(dir, "auth"), Identity = identity, CapacitySlots = chunks, Durability = durability };
+            var encryptedOptions = options with { Directory = Path.Combine(dir, "encrypted"), Encrypt = true };
+            double getSeconds = double.MaxValue, encryptedGetSeconds = double.MaxValue, memcpySeconds = double.MaxValue, macSeconds = double.MaxValue;
+            var seal = CacheSecret.CreateRandom().SealFor(CacheSecret.NewEntryNonce(), encrypted: false);
+            var tag = new byte[StoredFormats.MacBytes];
+            double fillSeconds, putSeconds, encryptedPutSeconds;
             using (var pool = SlotPool.Open(options))
+            using (var encrypted = SlotPool.Open(encryptedOptions))
             {
-                // First fill of the pre-allocated file, then a rewrite of every slot with new keys (a full cache's steady state).
-                var clock = Stopwatch.StartNew();
-                for (int i = 0; i < chunks; i++) pool.Put(KeyOf(chunks + i), tokens, sources[i % sources.Length]);
-                if (durability != Durability.None) pool.Flush();
-                fillSeconds = clock.Elapsed.TotalSeconds;
-                clock.Restart();
-                for (int i = 0; i < chunks; i++) pool.Put(KeyOf(i), tokens, sources[i % sources.Length]);
-                if (durability != Durability.None) pool.Flush();
-                putSeconds = clock.Elapsed.TotalSeconds;
+                // First fill of the file, then a rewrite of every slot with new keys (a full cache's steady state).
+                fillSeconds = Fill(pool, chunks, i => KeyOf(chunks + i), tokens, sources, durability);
+                putSeconds = Fill(pool, chunks, KeyOf, tokens, sources, durability);
+                Fill(encrypted, chunks, i => KeyOf(chunks + i), tokens, sources, durability);
+                encryptedPutSeconds = Fill(encrypted, chunks, KeyOf, tokens, sources, durability);
 
                 for (int round = 0; round < rounds; round++)
                 {
-                    // Interleave the two measurements so machine noise hits both alike.
-                    clock.Restart();
-                    for (int i = 0; i < chunks; i++) sources[i % sources.Length].AsSpan().CopyTo(destination);
-                    memcpySeconds = Math.Min(memcpySeconds, clock.Elapsed.TotalSeconds);
-                    clock.Restart();
-                    for (int i = 0; i < chunks; i++)
-                        if (!pool.TryGet(KeyOf(i), tokens, destination, out _)) throw new InvalidOperationException($"chunk {i} missing");
-                    getSeconds = Math.Min(getSeconds, clock.Elapsed.TotalSeconds);
+                    // Interleave the measurements so machine noise hits them alike.
+                    memcpySeconds = Math.Min(memcpySeconds, Time(() => { for (int i = 0; i < chunks; i++) sources[i % sources.Length].AsSpan().CopyTo(destination); }));
+                    macSeconds = Math.Min(macSeconds, Time(() =>
+                    {
+                        for (int i = 0; i < chunks; i++)
+                        {
+                            var source = sources[i % sources.Length];
+                            for (int at = 0, block = 0; at < source.Length; at += StoredFormats.SealBlockBytes, block++)
+                                seal.Tag(block, source.AsSpan(at, Math.Min(StoredFormats.SealBlockBytes, source.Length - at)), tag);
+                        }
+                    }));
+                    getSeconds = Math.Min(getSeconds, Time(() => GetAll(pool, chunks, KeyOf, tokens, destination)));
+                    encryptedGetSeconds = Math.Min(encryptedGetSeconds, Time(() => GetAll(encrypted, chunks, KeyOf, tokens, destination)));
                 }
             }
             var openClock = Stopwatch.StartNew();
@@ -87,7 +96,9 @@ internal static class BenchDiskCommand
             double openMs = openClock.Elapsed.TotalMilliseconds;
             double open10kMs = OpenTenThousand(Path.Combine(dir, "10k"));
 
-            double fillGbps = totalBytes / fillSeconds / 1e9, putGbps = totalBytes / putSeconds / 1e9, getGbps = totalBytes / getSeconds / 1e9, memcpyGbps = totalBytes / memcpySeconds / 1e9;
+            double Gbps(double seconds) => totalBytes / seconds / 1e9;
+            double fillGbps = Gbps(fillSeconds), putGbps = Gbps(putSeconds), getGbps = Gbps(getSeconds), memcpyGbps = Gbps(memcpySeconds);
+            double encryptedPutGbps = Gbps(encryptedPutSeconds), encryptedGetGbps = Gbps(encryptedGetSeconds), macGbps = Gbps(macSeconds);
             if (json)
                 JsonOutput.Write(w =>
                 {
@@ -98,18 +109,25 @@ internal static class BenchDiskCommand
                     w.WriteNumber("put_gbps", Math.Round(putGbps, 3));
                     w.WriteNumber("first_fill_gbps", Math.Round(fillGbps, 3));
                     w.WriteNumber("get_gbps", Math.Round(getGbps, 3));
+                    w.WriteNumber("put_encrypted_gbps", Math.Round(encryptedPutGbps, 3));
+                    w.WriteNumber("get_encrypted_gbps", Math.Round(encryptedGetGbps, 3));
+                    w.WriteNumber("mac_1_thread_gbps", Math.Round(macGbps, 3));
                     w.WriteNumber("memcpy_gbps", Math.Round(memcpyGbps, 3));
                     w.WriteNumber("get_over_memcpy", Math.Round(getGbps / memcpyGbps, 3));
+                    w.WriteNumber("get_encrypted_over_memcpy", Math.Round(encryptedGetGbps / memcpyGbps, 3));
+                    w.WriteNumber("mac_over_memcpy", Math.Round(macGbps / memcpyGbps, 3));
                     w.WriteNumber("open_ms", Math.Round(openMs, 2));
                     w.WriteNumber("open_10k_entries_ms", Math.Round(open10kMs, 2));
                 });
             else
             {
                 System.Console.WriteLine($"{identity.LayoutText}: {chunks} chunks of {payloadBytes / 1024.0:F0} KiB ({totalBytes / 1e6:F0} MB), durability {durability}");
-                System.Console.WriteLine($"  put (rewrite)  {putGbps,7:F2} GB/s");
-                System.Console.WriteLine($"  put (1st fill) {fillGbps,7:F2} GB/s");
-                System.Console.WriteLine($"  verified get   {getGbps,7:F2} GB/s   ({getGbps / memcpyGbps:F2}× memcpy)");
-                System.Console.WriteLine($"  memcpy 1 thread{memcpyGbps,7:F2} GB/s");
+                System.Console.WriteLine($"  put (rewrite)            {putGbps,7:F2} GB/s   encrypted {encryptedPutGbps,7:F2} GB/s");
+                System.Console.WriteLine($"  put (1st fill)           {fillGbps,7:F2} GB/s");
+                System.Console.WriteLine($"  verified get (MAC)       {getGbps,7:F2} GB/s   ({getGbps / memcpyGbps:F2}× memcpy)");
+                System.Console.WriteLine($"  verified get (MAC+AES)   {encryptedGetGbps,7:F2} GB/s   ({encryptedGetGbps / memcpyGbps:F2}× memcpy)");
+                System.Console.WriteLine($"  MAC alone, 1 thread      {macGbps,7:F2} GB/s   ({macGbps / memcpyGbps:F2}× memcpy)");
+                System.Console.WriteLine($"  memcpy 1 thread          {memcpyGbps,7:F2} GB/s");
                 System.Console.WriteLine($"  open ({chunks} entries) {openMs:F1} ms; open (10k entries) {open10kMs:F1} ms");
             }
             return 0;
@@ -118,6 +136,26 @@ internal static class BenchDiskCommand
         {
             if (cl.String("dir") is null && Directory.Exists(dir)) Directory.Delete(dir, true);
         }
+    }
+
+    private static double Time(Action action)
+    {
+        var clock = Stopwatch.StartNew();
+        action();
+        return clock.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>Stores <paramref name="chunks"/> entries (flushed unless durability is none); returns seconds.</summary>
+    private static double Fill(SlotPool pool, int chunks, Func<int, ChunkKey> keyOf, int[] tokens, byte[][] sources, Durability durability) => Time(() =>
+    {
+        for (int i = 0; i < chunks; i++) pool.Put(keyOf(i), tokens, sources[i % sources.Length]);
+        if (durability != Durability.None) pool.Flush();
+    });
+
+    private static void GetAll(SlotPool pool, int chunks, Func<int, ChunkKey> keyOf, int[] tokens, byte[] destination)
+    {
+        for (int i = 0; i < chunks; i++)
+            if (!pool.TryGet(keyOf(i), tokens, destination, out _)) throw new InvalidOperationException($"chunk {i} missing");
     }
 
     /// <summary>Opens a pool of 10,000 small entries written earlier in the run; returns milliseconds.</summary>
