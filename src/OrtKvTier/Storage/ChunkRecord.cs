@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using OrtKvTier.Keys;
@@ -100,22 +99,11 @@ internal static class ChunkRecord
     {
         if (fields.TokenCount != tokens.Length) return false;
         var stored = header.Slice(format.Tokens, 4 * tokens.Length);
-        byte[]? rented = null;
-        if (fields.Encrypted)
-        {
-            rented = ArrayPool<byte>.Shared.Rent(stored.Length);
-            var plain = rented.AsSpan(0, stored.Length);
-            stored.CopyTo(plain);
-            SealOf(fields, secret).CryptTokens(plain);
-            stored = plain;
-        }
-        try
-        {
-            return stored.SequenceEqual(TokenBytes.AsLittleEndian(tokens, BitConverter.IsLittleEndian ? default : new byte[stored.Length]));
-        }
-        finally
-        {
-            if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
-        }
+        var expected = TokenBytes.AsLittleEndian(tokens, BitConverter.IsLittleEndian ? default : new byte[stored.Length]);
+        if (!fields.Encrypted) return stored.SequenceEqual(expected);
+        Span<byte> plain = stored.Length <= 4096 ? stackalloc byte[stored.Length] : new byte[stored.Length];
+        stored.CopyTo(plain);
+        SealOf(fields, secret).CryptTokens(plain);
+        return plain.SequenceEqual(expected);
     }
 }
