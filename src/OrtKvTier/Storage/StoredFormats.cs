@@ -12,7 +12,7 @@ namespace OrtKvTier.Storage;
 /// index records), <see cref="SnapshotFileName"/> (the compacted index) and <see cref="LockFileName"/>
 /// (the writer OS lock). All integers are little-endian. Version 2 authenticates: slot headers, remote value
 /// headers, journal records, the journal header and the snapshot end in a 128-bit MAC under the cache's secret
-/// key (keyed BLAKE3), payloads are authenticated per block (AES-GMAC under a per-entry key, combined into the
+/// key (keyed BLAKE3), payloads are authenticated per block (Poly1305 under per-entry keys, combined into the
 /// payload tag the header carries) and, when the entry's flags say so, encrypted with its token ids.</para>
 /// </summary>
 internal static class StoredFormats
