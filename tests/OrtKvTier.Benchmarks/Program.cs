@@ -33,7 +33,7 @@ if (bench is null)
 
 try
 {
-    return bench(new OrtKvTier.Console.CommandLine(args.Skip(1), new HashSet<string> { "json" }));
+    return bench(new OrtKvTier.Console.CommandLine(args.Skip(1), new HashSet<string> { "json", "encrypt" }));
 }
 catch (Exception e) when (e is UsageException or ModelFolderException or ArgumentException or InvalidOperationException or IOException)
 {

@@ -13,10 +13,10 @@ namespace OrtKvTier.Console.Commands;
 internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, RemoteTierOptions? Remote, string? Tenant)
 {
     public const string Usage = "[--cache-dir DIR | --no-cache] [--chunk-tokens N] [--cache-size SIZE] [--host-cache-size SIZE] [--device-cache-size SIZE]\n" +
-        "         [--salt TEXT] [--tenant NAME] [--encrypt]   (key: $ORTKV_CACHE_KEY, else CACHE_DIR/cache.key)\n" +
+        "         [--salt TEXT] [--tenant NAME] [--encrypt] [--share-with-group]   (key: $ORTKV_CACHE_KEY, else CACHE_DIR/cache.key)\n" +
         "         [--remote redis://HOST:PORT [--remote-admission always|seen-twice] [--remote-namespace NS] [--remote-ttl 12h] [--remote-timeout 250ms]]";
 
-    public static readonly string[] Flags = ["no-cache", "encrypt"];
+    public static readonly string[] Flags = ["no-cache", "encrypt", "share-with-group"];
 
     public static CacheOptions Read(CommandLine cl)
     {
@@ -33,6 +33,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
             DeviceBudgetBytes = cl.Bytes("device-cache-size", defaults.DeviceBudgetBytes),
             Salt = cl.String("salt"),
             EncryptAtRest = cl.Flag("encrypt"),
+            ShareWithGroup = cl.Flag("share-with-group"),
             Logger = StderrLogger.Instance,
         };
         var tenant = cl.String("tenant");

@@ -61,7 +61,7 @@ public sealed class PrefixCache : IDisposable
         try
         {
             if (options.Directory is not null && diskKeyed)
-                Disk = DiskTier.TryOpen(new DiskTierSettings(options.Directory, Identity, Secret, options.EncryptAtRest, options.DiskCapacityBytes, options.Durability), Faults, _logger);
+                Disk = DiskTier.TryOpen(new DiskTierSettings(options.Directory, Identity, Secret, options.EncryptAtRest, options.DiskCapacityBytes, options.Durability, options.ShareWithGroup), Faults, _logger);
         }
         catch
         {
@@ -109,7 +109,7 @@ public sealed class PrefixCache : IDisposable
         if (options.Directory is null) return options.SecretKey is { } key ? new CacheSecret(key) : CacheKeys.FromEnvironment() ?? CacheSecret.CreateRandom();
         try
         {
-            return CacheKeys.Resolve(options.SecretKey, options.Directory, create: true);
+            return CacheKeys.Resolve(options.SecretKey, options.Directory, create: true, options.ShareWithGroup);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

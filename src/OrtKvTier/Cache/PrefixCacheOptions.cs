@@ -59,6 +59,14 @@ public sealed record PrefixCacheOptions
     /// <summary>Encrypt the payload and token ids of chunks written to disk (AES-CTR under per-entry keys; entries are authenticated either way), so a reader of the pool files learns nothing about prompts. Default false.</summary>
     public bool EncryptAtRest { get; init; }
 
+    /// <summary>
+    /// Share <see cref="Directory"/> with its group on purpose: directories created 0770 and files 0660 (not 0700/0600),
+    /// a directory or key file of another member trusted and written. Every member can read and forge entries, so use it
+    /// only within one trust domain (for example the workers of one service under one group). Default false: a cache
+    /// directory owned by another user is served read-only.
+    /// </summary>
+    public bool ShareWithGroup { get; init; }
+
     /// <summary>When chunks reach the disk tier. Default <see cref="LowerTierWrites.WriteThrough"/>.</summary>
     public LowerTierWrites LowerTierWrites { get; init; } = LowerTierWrites.WriteThrough;
 

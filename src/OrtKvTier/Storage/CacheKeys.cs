@@ -8,7 +8,8 @@ namespace OrtKvTier.Storage;
 /// Where the cache's secret key comes from: given by the application, the <see cref="EnvironmentVariable"/>, or the
 /// <see cref="FileName"/> file in the cache directory, created at first use (32 random bytes, owner-only). A key file
 /// that others could read or replace (a link, another owner, group or other permissions) is refused: whoever
-/// planted it could forge entries.
+/// planted it could forge entries. A cache shared with a group on purpose trusts the group: its key file is 0660
+/// and may belong to any member.
 /// </summary>
 internal static partial class CacheKeys
 {
@@ -17,11 +18,11 @@ internal static partial class CacheKeys
 
     /// <summary>The key from <paramref name="configured"/>, else the environment variable, else the key file in <paramref name="cacheDirectory"/> (created when <paramref name="create"/>).</summary>
     /// <exception cref="IOException">No key file and not <paramref name="create"/>, or the key file cannot be trusted or read.</exception>
-    public static CacheSecret Resolve(byte[]? configured, string cacheDirectory, bool create)
+    public static CacheSecret Resolve(byte[]? configured, string cacheDirectory, bool create, bool shareWithGroup = false)
     {
         if (configured is not null) return new CacheSecret(configured);
         if (FromEnvironment() is { } fromEnvironment) return fromEnvironment;
-        return LoadOrCreate(cacheDirectory, create);
+        return LoadOrCreate(cacheDirectory, create, shareWithGroup);
     }
 
     /// <summary>The key in <see cref="EnvironmentVariable"/>, or null when it is unset.</summary>
@@ -29,17 +30,17 @@ internal static partial class CacheKeys
         Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } text ? CacheSecret.Parse(text, $"${EnvironmentVariable}") : null;
 
     /// <summary>The key file's key; created first (exclusively, so concurrent first uses agree) when missing and <paramref name="create"/>.</summary>
-    public static CacheSecret LoadOrCreate(string cacheDirectory, bool create)
+    public static CacheSecret LoadOrCreate(string cacheDirectory, bool create, bool shareWithGroup = false)
     {
         var path = Path.Combine(Path.GetFullPath(cacheDirectory), FileName);
         while (true)
         {
-            if (TryLoad(path) is { } secret) return secret;
+            if (TryLoad(path, shareWithGroup) is { } secret) return secret;
             if (!create)
                 throw new FileNotFoundException($"There is no cache key at {path}, so no entry of this cache can be authenticated. A process that writes the cache creates it; or set ${EnvironmentVariable}.", path);
-            PoolFiles.CreateDirectory(cacheDirectory);
+            PoolFiles.CreateDirectory(cacheDirectory, shareWithGroup);
             var temporary = $"{path}.{Environment.ProcessId}.tmp";
-            using (var file = PoolFiles.CreateFresh(temporary))
+            using (var file = PoolFiles.CreateFresh(temporary, shareWithGroup: shareWithGroup))
             {
                 file.Write(RandomNumberGenerator.GetBytes(CacheSecret.KeyBytes));
                 file.Flush(flushToDisk: true);
@@ -56,16 +57,17 @@ internal static partial class CacheKeys
         }
     }
 
-    private static CacheSecret? TryLoad(string path)
+    private static CacheSecret? TryLoad(string path, bool shareWithGroup)
     {
         if (!File.Exists(path) && new FileInfo(path).LinkTarget is null) return null;
         PoolFiles.RefuseLink(path);
         if (!OperatingSystem.IsWindows())
         {
-            if (Owner(path) is { } owner && owner != CurrentUser)
+            if (!shareWithGroup && Owner(path) is { } owner && owner != CurrentUser)
                 throw new IOException($"The cache key {path} belongs to user {owner}, not to this process's user {CurrentUser}: whoever planted it could forge entries. Remove it (a new key is made) or set ${EnvironmentVariable}.");
             var mode = File.GetUnixFileMode(path);
-            if ((mode & (UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.OtherRead | UnixFileMode.OtherWrite)) != 0)
+            var forbidden = UnixFileMode.OtherRead | UnixFileMode.OtherWrite | (shareWithGroup ? 0 : UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+            if ((mode & forbidden) != 0)
                 throw new IOException($"The cache key {path} has mode {Convert.ToString((int)mode, 8)}: others can read or replace it. Run `chmod 600 {path}`, or remove it (a new key is made and the entries written under the old one become misses).");
         }
         var bytes = File.ReadAllBytes(path);

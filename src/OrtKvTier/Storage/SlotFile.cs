@@ -160,7 +160,7 @@ internal sealed class SlotFile : IDisposable
     /// </summary>
     public static SlotFile OpenWriter(SlotPoolOptions options, string directory, out PoolLock.Hold openHold)
     {
-        PoolFiles.CreateDirectory(directory);
+        PoolFiles.CreateDirectory(directory, options.ShareWithGroup);
         var writerLock = new PoolLock(directory, options.WriterLockTimeout);
         openHold = writerLock.Acquire(() => { });
         var hold = openHold;

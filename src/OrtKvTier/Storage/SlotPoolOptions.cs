@@ -71,13 +71,20 @@ public sealed record SlotPoolOptions
     /// <summary>Encrypt the payload and token ids of entries this handle writes (AES-CTR under per-entry keys; entries stay authenticated either way). Default false.</summary>
     public bool Encrypt { get; init; }
 
+    /// <summary>
+    /// Share the pool with the directory's group on purpose: directories this handle creates are 0770 and files in
+    /// them 0660 (not 0700/0600), and a key file of another member is trusted. Every member can then read and forge
+    /// entries: use it only for a group of one trust domain. Default false.
+    /// </summary>
+    public bool ShareWithGroup { get; init; }
+
     /// <summary>The resolved secret (set by the prefix cache, or by <see cref="ResolveSecret"/>).</summary>
     internal CacheSecret? Secret { get; init; }
 
     /// <summary>These options with <see cref="Secret"/> resolved as <see cref="SecretKey"/> says, for the pool in <paramref name="directory"/>.</summary>
     internal SlotPoolOptions ResolveSecret(string directory) => Secret is not null ? this : this with
     {
-        Secret = CacheKeys.Resolve(SecretKey, Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(directory)) ?? directory, create: !ReadOnly),
+        Secret = CacheKeys.Resolve(SecretKey, Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(directory)) ?? directory, create: !ReadOnly, ShareWithGroup),
     };
 
     /// <summary>Test seam: called before every write to a pool file with the file name and offset; may throw.</summary>

@@ -8,7 +8,8 @@ using OrtKvTier.Tensors;
 namespace OrtKvTier.Tiers;
 
 /// <summary>Where and how the disk tier keeps a cache's chunks.</summary>
-internal sealed record DiskTierSettings(string CacheDirectory, SlotPoolIdentity Identity, CacheSecret Secret, bool Encrypt, long CapacityBytes, Durability Durability);
+internal sealed record DiskTierSettings(string CacheDirectory, SlotPoolIdentity Identity, CacheSecret Secret, bool Encrypt, long CapacityBytes, Durability Durability,
+    bool ShareWithGroup = false);
 
 /// <summary>
 /// The disk tier: a <see cref="SlotPool"/> in its own directory per model and chunk length. It never fails a
@@ -63,13 +64,14 @@ internal sealed class DiskTier : IStagedReadTier
             Logger = logger,
             Secret = settings.Secret,
             Encrypt = settings.Encrypt,
+            ShareWithGroup = settings.ShareWithGroup,
             WriterLockTimeout = TimeSpan.FromSeconds(2), // every process stores: another may be in the middle of a change
         };
-        if (CacheKeys.Owner(settings.CacheDirectory) is { } owner && owner != CacheKeys.CurrentUser)
+        if (!settings.ShareWithGroup && CacheKeys.Owner(settings.CacheDirectory) is { } owner && owner != CacheKeys.CurrentUser)
         {
             var why = new UnauthorizedAccessException($"the cache directory {settings.CacheDirectory} belongs to user {owner}, not to this process's user {CacheKeys.CurrentUser}");
             faults.Report(TierId.Disk, "foreign-directory",
-                $"{why.Message}: its entries are served read-only and nothing is written there. Give each user a cache directory of their own (--cache-dir, ORTKV_CACHE_DIR).", why);
+                $"{why.Message}: its entries are served read-only and nothing is written there. Give each user a cache directory of their own (--cache-dir, ORTKV_CACHE_DIR), or share it on purpose (ShareWithGroup, --share-with-group).", why);
             return OpenReadOnly(options, faults, why);
         }
         try

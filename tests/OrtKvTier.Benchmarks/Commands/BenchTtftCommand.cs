@@ -22,7 +22,7 @@ internal static class BenchTtftCommand
 {
     public const string Usage =
         "  ttft [--model DIR] [--prefix-tokens N] [--suffix-tokens S] [--new-tokens M] [--reps R] [--chunk-tokens C]\n" +
-        "    [--cache-dir DIR] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps)";
+        "    [--cache-dir DIR] [--encrypt] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps; --encrypt: entries encrypted at rest)";
 
     private sealed record Sample(double TtftMs, double LookupMs, double RestoreMs, double PrefillMs, int PrefillTokens, int CachedTokens, string Tiers);
 
@@ -37,6 +37,7 @@ internal static class BenchTtftCommand
         int chunk = cl.Int("chunk-tokens", PrefixCacheOptions.DefaultChunkTokens, 1);
         var cacheDir = cl.String("cache-dir");
         bool json = cl.Flag("json");
+        bool encrypt = cl.Flag("encrypt");
         cl.RejectUnknown();
         bool ownDir = cacheDir is null;
         cacheDir ??= Path.Combine(Path.GetTempPath(), "ortkv-bench-ttft-" + Guid.NewGuid().ToString("N")[..8]);
@@ -53,7 +54,10 @@ internal static class BenchTtftCommand
             WarmUp(model, tokenizer, search, prefix);
 
             rows["no_cache"] = Repeat(reps, rep => Measure(new TextGenerator(model, tokenizer), Prompt(rep), newTokens, search), "no cache");
-            var options = new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk, DiskCapacityBytes = Math.Max(256L << 20, 4L * prefix * model.Layout.BytesPerToken) };
+            var options = new PrefixCacheOptions
+            {
+                Directory = cacheDir, ChunkTokens = chunk, DiskCapacityBytes = Math.Max(256L << 20, 4L * prefix * model.Layout.BytesPerToken), EncryptAtRest = encrypt,
+            };
             using (var cache = PrefixCache.Open(model, options)) new TextGenerator(model, tokenizer, cache).Generate(Prompt(-1), 1, search);
             // Host and disk hits alternate, so both rows see the same load on a shared machine.
             var hostHits = new List<Sample>();
@@ -66,10 +70,10 @@ internal static class BenchTtftCommand
                     hostHits.Add(Measure(new TextGenerator(model, tokenizer, cache), Prompt(rep), newTokens, search));
                 }
                 Progress($"host hit: rep {rep + 1}/{reps} TTFT {hostHits[^1].TtftMs:F1} ms");
-                diskHits.Add(JsonSerializer.Deserialize<Sample>(BenchModel.RunSelf(TimeSpan.FromMinutes(10),
-                    "ttft", "--child", "disk-hit", "--model", model.Folder, "--cache-dir", cacheDir, "--chunk-tokens", chunk.ToString(CultureInfo.InvariantCulture),
+                string[] child = ["ttft", "--child", "disk-hit", "--model", model.Folder, "--cache-dir", cacheDir, "--chunk-tokens", chunk.ToString(CultureInfo.InvariantCulture),
                     "--tokens", string.Join(',', Prompt(rep)), "--new-tokens", newTokens.ToString(CultureInfo.InvariantCulture),
-                    "--prefix-tokens", prefix.ToString(CultureInfo.InvariantCulture)))!);
+                    "--prefix-tokens", prefix.ToString(CultureInfo.InvariantCulture), .. (encrypt ? ["--encrypt"] : Array.Empty<string>())];
+                diskHits.Add(JsonSerializer.Deserialize<Sample>(BenchModel.RunSelf(TimeSpan.FromMinutes(10), child))!);
                 Progress($"disk hit (fresh process): rep {rep + 1}/{reps} TTFT {diskHits[^1].TtftMs:F1} ms");
             }
             rows["host_hit"] = hostHits;
@@ -82,7 +86,7 @@ internal static class BenchTtftCommand
         }
 
         var median = rows.ToDictionary(r => r.Key, r => BenchModel.Median(r.Value.Select(s => s.TtftMs)));
-        if (json) WriteJson(model, prefix, suffix, newTokens, reps, chunk, rows, median);
+        if (json) WriteJson(model, prefix, suffix, newTokens, reps, chunk, encrypt, rows, median);
         else WriteTable(rows, median);
         return 0;
     }
@@ -97,12 +101,13 @@ internal static class BenchTtftCommand
         var prompt = cl.String("tokens")!.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
         int newTokens = cl.Int("new-tokens", 32, 1);
         int prefix = cl.Int("prefix-tokens", 2048, 1);
+        bool encrypt = cl.Flag("encrypt");
         cl.RejectUnknown();
         using var model = KvModel.Load(folder);
         using var tokenizer = new ModelTokenizer(model.Folder);
         var search = SearchOptions.FromConfig(model) with { DoSample = false };
         WarmUp(model, tokenizer, search, prefix);
-        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk });
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk, EncryptAtRest = encrypt });
         var sample = Measure(new TextGenerator(model, tokenizer, cache), prompt, newTokens, search);
         System.Console.WriteLine(JsonSerializer.Serialize(sample));
         return 0;
@@ -192,9 +197,10 @@ internal static class BenchTtftCommand
             $"genai / disk_hit = {median["genai"] / median["disk_hit"]:F1}x");
     }
 
-    private static void WriteJson(KvModel model, int prefix, int suffix, int newTokens, int reps, int chunk, Dictionary<string, List<Sample>> rows, Dictionary<string, double> median) =>
+    private static void WriteJson(KvModel model, int prefix, int suffix, int newTokens, int reps, int chunk, bool encrypt, Dictionary<string, List<Sample>> rows, Dictionary<string, double> median) =>
         JsonOutput.Write(w =>
         {
+            w.WriteBoolean("encrypt_at_rest", encrypt);
             w.WriteString("model", model.Folder);
             w.WriteString("layout", model.Layout.ShapeKey);
             w.WriteNumber("prefix_tokens", prefix);

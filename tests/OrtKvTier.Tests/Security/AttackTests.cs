@@ -321,6 +321,48 @@ public sealed class AttackTests : IDisposable
             Assert.Equal(2 * Chunk, CacheTestKit.Greedy(model, prompt, cache).Restore.RestoredTokens);
     }
 
+    [OtherUserFact]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public void ACacheSharedWithAGroupOnPurposeIsWrittenByEveryMemberAndByNobodyElse()
+    {
+        // Two users of one group (uid 40001 and 40002, gid 40000) share a cache created by the first; a third user
+        // outside the group (uid 40003) cannot use it; without the option the second member only reads.
+        var parent = _temp.Sub("shared");
+        Directory.CreateDirectory(parent);
+        File.SetUnixFileMode(_temp.Path, (UnixFileMode)0b111_101_101);
+        File.SetUnixFileMode(parent, (UnixFileMode)0b111_111_111 | UnixFileMode.StickyBit);
+        var dir = Path.Combine(parent, "cache");
+        var none = new Dictionary<string, string>();
+        string[] Run(string prompt, params string[] more) =>
+            ["generate", "--model", TestPaths.Tiny, "--prompt", prompt, "--max-new-tokens", "4", "--json", "--chunk-tokens", "16", "--cache-size", "16MiB", "--cache-dir", dir, .. more];
+        System.Text.Json.JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
+        {
+            Assert.True(run.ExitCode == 0, $"exit {run.ExitCode}: {run.StdErr}");
+            return System.Text.Json.JsonDocument.Parse(run.StdOut).RootElement.Clone();
+        }
+        var first = string.Join(' ', Enumerable.Repeat("shared system prompt for the whole team.", 8));
+        var second = string.Join(' ', Enumerable.Repeat("another prompt the second member computes.", 8));
+
+        Assert.Equal(0, Json(ChildProcess.ConsoleAs(40001, 40000, none, Run(first, "--share-with-group"))).GetProperty("cached_tokens").GetInt32());
+        var member = Json(ChildProcess.ConsoleAs(40002, 40000, none, Run(first, "--share-with-group")));
+        Assert.True(member.GetProperty("cached_tokens").GetInt32() > 0, "the second member did not hit the first's entries");
+        Assert.Empty(member.GetProperty("cache").GetProperty("warnings").EnumerateArray());
+        Json(ChildProcess.ConsoleAs(40002, 40000, none, Run(second, "--share-with-group")));
+        Assert.True(Json(ChildProcess.ConsoleAs(40001, 40000, none, Run(second, "--share-with-group"))).GetProperty("cached_tokens").GetInt32() > 0,
+            "the first member did not hit what the second wrote");
+
+        foreach (var directory in Directory.GetDirectories(dir, "*", SearchOption.AllDirectories).Prepend(dir))
+            Assert.True((File.GetUnixFileMode(directory) & (UnixFileMode)0b111_111_111) == (UnixFileMode)0b111_111_000, $"{directory} is {File.GetUnixFileMode(directory)}");
+        foreach (var file in Directory.GetFiles(dir, "*", SearchOption.AllDirectories))
+            Assert.True(File.GetUnixFileMode(file) == (UnixFileMode)0b110_110_000, $"{file} is {File.GetUnixFileMode(file)}");
+
+        var notShared = Json(ChildProcess.ConsoleAs(40002, 40000, none, Run(first)));
+        Assert.Contains(notShared.GetProperty("cache").GetProperty("warnings").EnumerateArray(), w => w.GetString()!.Contains("belongs to user 40001", StringComparison.Ordinal));
+        var outsider = Json(ChildProcess.ConsoleAs(40003, 40003, none, Run(first, "--share-with-group")));
+        Assert.Equal(0, outsider.GetProperty("cached_tokens").GetInt32());
+        Assert.NotEmpty(outsider.GetProperty("cache").GetProperty("warnings").EnumerateArray());
+    }
+
     /// <summary>Where the slot whose header names <paramref name="key"/> starts.</summary>
     private static long SlotStart(string data, ChunkKey key, long slotBytes)
     {

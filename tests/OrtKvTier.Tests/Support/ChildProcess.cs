@@ -38,7 +38,7 @@ internal static class ChildProcess
 
     private static (int ExitCode, string StdOut, string StdErr) Run(string dll, TimeSpan timeout, string? stdin, string[] args, IReadOnlyDictionary<string, string>? environment = null)
     {
-        using var process = Start(dll, uid: null, args, environment);
+        using var process = Start(dll, user: null, args, environment);
         if (stdin is not null) process.StandardInput.Write(stdin);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
@@ -52,36 +52,40 @@ internal static class ChildProcess
         return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
-    public static Process Start(string dll, params string[] args) => Start(dll, uid: null, args);
+    public static Process Start(string dll, params string[] args) => Start(dll, user: null, args);
 
     /// <summary>Runs the console to completion as the user <paramref name="uid"/> (through setpriv; the tests run as root).</summary>
     public static (int ExitCode, string StdOut, string StdErr) ConsoleAs(int uid, params string[] args) => ConsoleAs(uid, new Dictionary<string, string>(), args);
 
-    /// <summary>Runs the console as another user with extra environment variables.</summary>
-    public static (int ExitCode, string StdOut, string StdErr) ConsoleAs(int uid, IReadOnlyDictionary<string, string> environment, params string[] args)
+    /// <summary>Runs the console as another user (group = its uid) with extra environment variables.</summary>
+    public static (int ExitCode, string StdOut, string StdErr) ConsoleAs(int uid, IReadOnlyDictionary<string, string> environment, params string[] args) =>
+        ConsoleAs(uid, gid: uid, environment, args);
+
+    /// <summary>Runs the console as user <paramref name="uid"/> in group <paramref name="gid"/> with extra environment variables.</summary>
+    public static (int ExitCode, string StdOut, string StdErr) ConsoleAs(int uid, int gid, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
-        using var process = Start(ConsoleDll, uid, args, environment);
+        using var process = Start(ConsoleDll, (uid, gid), args, environment);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         if (!process.WaitForExit(TimeSpan.FromMinutes(5)))
         {
             process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"ortkv {string.Join(' ', args)} as uid {uid} did not finish.");
+            throw new TimeoutException($"ortkv {string.Join(' ', args)} as uid {uid}, gid {gid} did not finish.");
         }
         process.WaitForExit();
         return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
-    private static Process Start(string dll, int? uid, string[] args, IReadOnlyDictionary<string, string>? environment = null)
+    private static Process Start(string dll, (int Uid, int Gid)? user, string[] args, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var info = new ProcessStartInfo(uid is null ? "dotnet" : "setpriv")
+        var info = new ProcessStartInfo(user is null ? "dotnet" : "setpriv")
         {
             RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, WorkingDirectory = TestPaths.RepoRoot,
         };
-        if (uid is { } id)
+        if (user is { } who)
         {
-            foreach (var a in new[] { $"--reuid={id}", $"--regid={id}", "--clear-groups", "dotnet" }) info.ArgumentList.Add(a);
+            foreach (var a in new[] { $"--reuid={who.Uid}", $"--regid={who.Gid}", "--clear-groups", "dotnet" }) info.ArgumentList.Add(a);
             info.Environment["HOME"] = info.Environment["DOTNET_CLI_HOME"] = Path.GetTempPath();
         }
         // Console runs that do not name --cache-dir must not touch the user's real cache.
