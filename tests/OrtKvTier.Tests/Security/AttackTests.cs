@@ -26,19 +26,8 @@ public sealed class AttackTests : IDisposable
         using var model = KvModel.Load(TestPaths.Tiny);
         var dir = _temp.Sub("cache");
         var victim = CacheTestKit.Prompt(4 * Chunk + 2, seed: 81);
-        var other = CacheTestKit.Prompt(4 * Chunk + 2, seed: 82);
         var reference = CacheTestKit.Greedy(model, victim, cache: null);
-        ChunkKey target, source;
-        string data;
-        SlotPoolIdentity identity;
-        using (var cache = CacheTestKit.Open(model, dir, Chunk))
-        {
-            CacheTestKit.Greedy(model, victim, cache);
-            CacheTestKit.Greedy(model, other, cache);
-            (target, source) = (cache.Chain.Keys(victim)[1], cache.Chain.Keys(other)[1]);
-            data = Path.Combine(cache.DiskDirectory!, StoredFormats.DataFileName);
-            identity = cache.Identity;
-        }
+        var (target, source, data, identity) = StoreTwoPrompts(model, dir, victim, CacheTestKit.Prompt(4 * Chunk + 2, seed: 82), chunk: 1);
 
         // The attacker copies the other prompt's payload into the victim's slot and writes a complete, well-formed
         // header for it (the victim's key, generation and token ids, read from the file) with every tag recomputed
@@ -82,17 +71,8 @@ public sealed class AttackTests : IDisposable
         var dir = _temp.Sub("cache");
         var victim = CacheTestKit.Prompt(3 * Chunk + 2, seed: 83);
         var other = CacheTestKit.Prompt(3 * Chunk + 2, seed: 84);
-        ChunkKey target, source;
-        string data;
-        long slotBytes;
-        using (var cache = CacheTestKit.Open(model, dir, Chunk))
-        {
-            CacheTestKit.Greedy(model, victim, cache);
-            CacheTestKit.Greedy(model, other, cache);
-            (target, source) = (cache.Chain.Keys(victim)[0], cache.Chain.Keys(other)[0]);
-            data = Path.Combine(cache.DiskDirectory!, StoredFormats.DataFileName);
-            slotBytes = cache.Identity.SlotBytes;
-        }
+        var (target, source, data, identity) = StoreTwoPrompts(model, dir, victim, other, chunk: 0);
+        long slotBytes = identity.SlotBytes;
         // An authentic slot (right key, right MACs) replayed at the victim's position.
         var bytes = File.ReadAllBytes(data);
         long from = SlotStart(data, source, slotBytes), to = SlotStart(data, target, slotBytes);
@@ -361,6 +341,15 @@ public sealed class AttackTests : IDisposable
         var outsider = Json(ChildProcess.ConsoleAs(40003, 40003, none, Run(first, "--share-with-group")));
         Assert.Equal(0, outsider.GetProperty("cached_tokens").GetInt32());
         Assert.NotEmpty(outsider.GetProperty("cache").GetProperty("warnings").EnumerateArray());
+    }
+
+    /// <summary>Stores both prompts in the cache in <paramref name="dir"/>; the keys of their chunk <paramref name="chunk"/>, the data file and the identity.</summary>
+    private static (ChunkKey Victim, ChunkKey Other, string DataFile, SlotPoolIdentity Identity) StoreTwoPrompts(KvModel model, string dir, int[] victim, int[] other, int chunk)
+    {
+        using var cache = CacheTestKit.Open(model, dir, Chunk);
+        CacheTestKit.Greedy(model, victim, cache);
+        CacheTestKit.Greedy(model, other, cache);
+        return (cache.Chain.Keys(victim)[chunk], cache.Chain.Keys(other)[chunk], Path.Combine(cache.DiskDirectory!, StoredFormats.DataFileName), cache.Identity);
     }
 
     /// <summary>Where the slot whose header names <paramref name="key"/> starts.</summary>
