@@ -57,6 +57,25 @@ public sealed class KvChatClientTests : IDisposable
     }
 
     [Fact]
+    public async Task ATenantSetPerRequestHitsOnlyItsOwnEntriesAndTheClientsDefaultTenantIsOneToo()
+    {
+        using var cache = NewCache();
+        var client = _model.AsChatClient(_tokenizer, cache);
+        ChatMessage[] conversation = [new(ChatRole.System, string.Join(' ', Enumerable.Repeat("Confidential: the merger closes on Friday.", 4))), new(ChatRole.User, "Summarize.")];
+        ChatOptions As(string tenant) => new() { Temperature = 0, MaxOutputTokens = 4, AdditionalProperties = new() { [KvChatClient.TenantProperty] = tenant } };
+        var alice = await client.GetResponseAsync(conversation, As("alice"));
+        Assert.Equal(0, alice.Usage!.CachedInputTokenCount);
+        var bob = await client.GetResponseAsync(conversation, As("bob"));
+        Assert.Equal(0, bob.Usage!.CachedInputTokenCount); // bob cannot see (or time) alice's prompt
+        Assert.Equal(alice.Text, bob.Text);
+        Assert.True((await client.GetResponseAsync(conversation, As("alice"))).Usage!.CachedInputTokenCount >= 2 * Chunk);
+
+        var aliceClient = _model.AsChatClient(_tokenizer, cache, new KvChatClientOptions { Tenant = "alice" });
+        Assert.True((await aliceClient.GetResponseAsync(conversation, Greedy)).Usage!.CachedInputTokenCount >= 2 * Chunk);
+        Assert.Equal(0, (await client.GetResponseAsync(conversation, Greedy)).Usage!.CachedInputTokenCount);
+    }
+
+    [Fact]
     public async Task StreamingTextEqualsNonStreamingTextForASeed()
     {
         ChatMessage[] messages = [new(ChatRole.User, "Tell me a story about a dog.")];

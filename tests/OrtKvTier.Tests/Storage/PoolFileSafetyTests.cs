@@ -41,9 +41,21 @@ public sealed class PoolFileSafetyTests : IDisposable
             pool.Compact(); // writes both temporaries
         }
         Assert.Equal("precious", File.ReadAllText(victim));
+
+        // Before the pool exists: the data file's temporary.
+        var fresh = Options("fresh");
+        Directory.CreateDirectory(fresh.Directory);
+        File.CreateSymbolicLink(Path.Combine(fresh.Directory, StoredFormats.DataFileName + ".creating"), victim);
+        using (var pool = SlotPool.Open(fresh))
+        {
+            var key = TestPayloads.Key(9, 3);
+            pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
+        }
+        Assert.Equal("precious", File.ReadAllText(victim));
     }
 
     [Theory]
+    [InlineData(StoredFormats.SnapshotFileName)]
     [InlineData(StoredFormats.DataFileName)]
     [InlineData(StoredFormats.JournalFileName)]
     [InlineData(StoredFormats.LockFileName)]
