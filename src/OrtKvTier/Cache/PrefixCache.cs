@@ -408,7 +408,7 @@ public sealed class PrefixCache : IDisposable
 
     private void TouchLowerTiers(ChunkKey[] keys)
     {
-        foreach (var tier in LocalLowerTiers)
+        foreach (var tier in _lower)
             try
             {
                 tier.Touch(keys);

@@ -43,13 +43,15 @@ internal static class BenchRemoteCommand
         int[] Prompt(int rep) => [.. prefixTokens, .. BenchModel.Tokens(QuestionTokens, 2000 + rep, model.VocabSize)];
         var ns = "bench-" + Guid.NewGuid().ToString("N")[..8];
         var dir = Path.Combine(Path.GetTempPath(), "ortkv-bench-remote-" + ns);
-        var remoteOptions = new RemoteTierOptions { Connection = connection, Namespace = ns, Admission = RemoteAdmission.Always, OperationTimeout = TimeSpan.FromSeconds(2) };
-        var diskOptions = new PrefixCacheOptions { Directory = dir, DiskCapacityBytes = 4L * prefix * model.Layout.BytesPerToken + (64L << 20) };
+        // One key for the bench's "fleet": every cache and tier below shares entries through it.
+        var fleetKey = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
+        var remoteOptions = new RemoteTierOptions { Connection = connection, Namespace = ns, Admission = RemoteAdmission.Always, OperationTimeout = TimeSpan.FromSeconds(2), SecretKey = fleetKey };
+        var diskOptions = new PrefixCacheOptions { Directory = dir, DiskCapacityBytes = 4L * prefix * model.Layout.BytesPerToken + (64L << 20), SecretKey = fleetKey };
         PrefixCache RemoteOnly()
         {
             var remote = RemoteTier.For(model, diskOptions.ChunkTokens, remoteOptions, StderrLogger.Instance);
             remote.Contains(default); // connect now: a server keeps its connection, the restore should not pay for opening it
-            return PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remote] });
+            return PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remote], SecretKey = fleetKey });
         }
         try
         {

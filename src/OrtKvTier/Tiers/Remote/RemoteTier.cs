@@ -32,7 +32,7 @@ public sealed class RemoteTier : IKvChunkTier
     private readonly object _breakerGate = new();
     private int _consecutiveFailures;
     private long _openUntilTicks;
-    private long _hits, _misses, _writes, _rejected, _failures, _damaged, _bytes;
+    private long _hits, _misses, _writes, _rejected, _failures, _damaged, _bytes, _refreshed;
 
     /// <summary>Connects (in the background if the server is not up yet) for the cache's <paramref name="identity"/>.</summary>
     public RemoteTier(RemoteTierOptions options, SlotPoolIdentity identity, ILogger? logger = null)
@@ -84,18 +84,23 @@ public sealed class RemoteTier : IKvChunkTier
     public bool Contains(ChunkKey key) => Guarded(db => db.KeyExists(Key(key)), false);
 
     /// <inheritdoc />
-    public bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination) =>
-        Accept(key, tokens, Guarded(db => (byte[]?)db.StringGet(Key(key)), null), destination);
+    public bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination)
+    {
+        var value = Guarded(db => (byte[]?)db.StringGet(Key(key)), null);
+        if (!Accept(key, tokens, value is null ? null : (ReadOnlyMemory<byte>)value, destination)) return false;
+        RefreshTimeToLive([key]);
+        return true;
+    }
 
     /// <summary>Checks a fetched value and copies its payload; a bad value is counted, logged and deleted.</summary>
-    private bool Accept(ChunkKey key, ReadOnlySpan<int> tokens, byte[]? value, Span<byte> destination)
+    private bool Accept(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlyMemory<byte>? value, Span<byte> destination)
     {
-        if (value is null)
+        if (value is not { } bytes)
         {
             Interlocked.Increment(ref _misses);
             return false;
         }
-        var failure = value.LongLength > _options.MaxValueBytes ? $"{value.LongLength} bytes is over MaxValueBytes" : RemoteEntry.Decode(value, _identity, Secret, key, tokens, destination);
+        var failure = bytes.Length > _options.MaxValueBytes ? $"{bytes.Length} bytes is over MaxValueBytes" : RemoteEntry.Decode(bytes.Span, _identity, Secret, key, tokens, destination);
         if (failure is null)
         {
             Interlocked.Increment(ref _hits);
@@ -110,24 +115,57 @@ public sealed class RemoteTier : IKvChunkTier
     }
 
     /// <summary>
-    /// Reads several chunks in one round trip (MGET) into <paramref name="destinations"/>; true where one
-    /// came back intact. One waiting thread instead of one per chunk: synchronous calls from many pool
-    /// threads at once can starve the client's own reader of threads.
+    /// Reads several chunks into <paramref name="destinations"/>; true where one came back intact. Every GET is sent at
+    /// once (pipelined; on a cluster each goes to its key's node, so a chain's chunks need not share one), and each value
+    /// is verified and copied as it arrives while the later ones are still on the wire. One waiting thread instead of
+    /// one per chunk: synchronous calls from many pool threads at once can starve the client's own reader of threads.
+    /// Hits refresh their entries' time to live.
     /// </summary>
     public bool[] TryReadMany(IReadOnlyList<ChunkKey> keys, IReadOnlyList<int[]> tokens, IReadOnlyList<Memory<byte>> destinations)
     {
         var found = new bool[keys.Count];
         if (keys.Count == 0) return found;
-        var values = Guarded(db => db.StringGet(keys.Select(k => (RedisKey)Key(k)).ToArray()), null);
-        if (values is null)
+        var pending = Guarded(db => keys.Select(k => db.StringGetLeaseAsync(Key(k))).ToArray(), null);
+        if (pending is null)
         {
             Interlocked.Add(ref _misses, keys.Count);
             return found;
         }
         for (int i = 0; i < keys.Count; i++)
-            found[i] = Accept(keys[i], tokens[i], (byte[]?)values[i], destinations[i].Span);
+        {
+            var arriving = pending[i];
+            bool arrived = Guarded(_ => arriving.Wait(_options.OperationTimeout) ? true : throw new TimeoutException($"GET {Key(keys[i])} took longer than {_options.OperationTimeout.TotalMilliseconds:F0} ms"), false);
+            if (!arrived)
+            {
+                // Given up on: its buffer goes back to the pool whenever it comes.
+                arriving.ContinueWith(t => t.Result?.Dispose(), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
+                Interlocked.Increment(ref _misses);
+                continue;
+            }
+            using var value = arriving.Result;
+            found[i] = Accept(keys[i], tokens[i], value is null ? null : (ReadOnlyMemory<byte>)value.Memory, destinations[i].Span);
+        }
+        RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
         return found;
     }
+
+    /// <inheritdoc />
+    /// <remarks>Refreshes the entries' time to live (fire and forget, pipelined): chunks in use stay on the server.</remarks>
+    public void Touch(IReadOnlyList<ChunkKey> keys) => RefreshTimeToLive(keys);
+
+    private void RefreshTimeToLive(IReadOnlyList<ChunkKey> keys)
+    {
+        if (keys.Count == 0 || IsBroken) return;
+        Guarded(db =>
+        {
+            foreach (var key in keys) db.KeyExpire(Key(key), _options.TimeToLive, CommandFlags.FireAndForget);
+            return true;
+        }, false);
+        Interlocked.Add(ref _refreshed, keys.Count);
+    }
+
+    /// <summary>Entries whose time to live was refreshed by a hit (here or in a tier above) since creation.</summary>
+    public long Refreshed => Interlocked.Read(ref _refreshed);
 
     /// <inheritdoc />
     public bool Write(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
