@@ -330,10 +330,11 @@ public sealed class PrefixCache : IDisposable
     }
 
     /// <summary>Leading keys that some tier's index holds (their bytes are verified only when read).</summary>
-    internal int IndexedChainLength(ChunkKey[] keys)
+    internal int IndexedChainLength(ChunkKey[] keys, bool localOnly = false)
     {
+        IKvChunkTier[] tiers = localOnly ? [Host, .. LocalLowerTiers] : [.. Tiers];
         int count = 0;
-        while (count < keys.Length && Tiers.Any(t => t.Contains(keys[count]))) count++;
+        while (count < keys.Length && tiers.Any(t => t.Contains(keys[count]))) count++;
         return count;
     }
 

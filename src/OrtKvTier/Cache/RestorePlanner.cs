@@ -140,7 +140,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         using var hit = device.Find(keys, tokens);
         if (hit is null) return null;
         int restored = Math.Min(hit.Chunks * chunkTokens, usable);
-        if (restored <= computedTokens || hit.Chunks < cache.IndexedChainLength(keys)) return null;
+        if (restored <= computedTokens || hit.Chunks < cache.IndexedChainLength(keys, localOnly: true)) return null;
         double lookupMs = KvCacheMetrics.Milliseconds(start);
         start = Stopwatch.GetTimestamp();
         var past = target.Prepare(restored);
@@ -170,9 +170,10 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     }
 
     /// <summary>
-    /// Finds the longest chain of chunks some tier indexes at the start of <paramref name="tokens"/>, up to
-    /// <paramref name="maxChunks"/>, leasing those in host memory and fetching those only round-trip tiers
-    /// hold. Local lower tiers are read later, straight into the past. Fewer than <paramref name="minChunks"/>: an empty plan.
+    /// Finds the longest chain of chunks some tier holds at the start of <paramref name="tokens"/>, up to
+    /// <paramref name="maxChunks"/>: the run local tiers index (leasing those in host memory; local lower tiers are
+    /// read later, straight into the past), extended by what round-trip tiers return when asked for the rest in one
+    /// batch (no per-key existence round trips). Fewer than <paramref name="minChunks"/>: an empty plan.
     /// </summary>
     private ChainPlan Plan(ReadOnlySpan<int> tokens, ChunkChain chain, int maxChunks, int minChunks)
     {
@@ -180,40 +181,42 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         int chunkTokens = cache.ChunkTokens;
         int chunks = Math.Min(maxChunks, chain.FullChunks(tokens.Length));
         var keys = chain.Keys(tokens[..(chunks * chunkTokens)]);
-        int count = cache.IndexedChainLength(keys);
-        if (count < minChunks) count = 0;
-        var leased = new HostChunk?[count];
-        var from = new TierId?[count];
-        for (int i = 0; i < count; i++)
-            if (cache.Host.TryLease(keys[i], cache.ChunkTokensOf(tokens, i), out var chunk)) (leased[i], from[i]) = (chunk, TierId.Host);
-        var plan = new ChainPlan(keys[..count], tokens[..(count * chunkTokens)].ToArray(), leased, from, start);
+        var leased = new HostChunk?[chunks];
+        var from = new TierId?[chunks];
+        int count = cache.IndexedChainLength(keys, localOnly: true);
         try
         {
-            FetchFromRoundTripTiers(plan);
+            for (int i = 0; i < count; i++)
+                if (cache.Host.TryLease(keys[i], cache.ChunkTokensOf(tokens, i), out var chunk)) (leased[i], from[i]) = (chunk, TierId.Host);
+            if (count < chunks) count = FetchFromRoundTripTiers(keys, tokens, count, leased, from);
         }
         catch
         {
-            plan.Dispose();
+            foreach (var chunk in leased) chunk?.Release();
             throw;
         }
-        return plan;
+        if (count < minChunks) count = 0;
+        for (int i = count; i < chunks; i++) leased[i]?.Release();
+        return new ChainPlan(keys[..count], tokens[..(count * chunkTokens)].ToArray(), leased[..count], from[..count], start);
     }
 
     /// <summary>
-    /// Chunks that no local tier holds are fetched from the round-trip tiers now, in one round trip per
-    /// tier, into host memory (and promoted: host at once, the tiers above by the writer threads).
+    /// Asks the round-trip tiers for chunks <paramref name="first"/>.. (one batch per tier, each tier for what the ones
+    /// before it lacked) into host memory, promoted (host at once, the tiers above by the writer threads). Returns where
+    /// the chain now ends: the first chunk no tier returned.
     /// </summary>
-    private void FetchFromRoundTripTiers(ChainPlan plan)
+    private int FetchFromRoundTripTiers(ChunkKey[] keys, ReadOnlySpan<int> tokens, int first, HostChunk?[] leased, TierId?[] from)
     {
-        var missing = Enumerable.Range(0, plan.Count).Where(i => plan.Leased[i] is null && !cache.LocalLowerTiers.Any(t => t.Contains(plan.Keys[i]))).ToList();
+        var missing = Enumerable.Range(first, keys.Length - first).ToList();
         foreach (var tier in cache.LowerTiers.Where(t => t.Cost == TierCost.NetworkRoundTrip))
         {
-            if (missing.Count == 0) return;
-            var chunks = missing.Select(i => cache.Host.NewChunk(plan.Keys[i], cache.ChunkTokensOf(plan.Tokens, i))).ToArray();
+            if (missing.Count == 0) break;
+            var chunks = new HostChunk[missing.Count];
+            for (int j = 0; j < missing.Count; j++) chunks[j] = cache.Host.NewChunk(keys[missing[j]], cache.ChunkTokensOf(tokens, missing[j]));
             bool[] found;
             try
             {
-                found = tier.TryReadMany(missing.Select(i => plan.Keys[i]).ToArray(), chunks.Select(c => c.Tokens).ToArray(), chunks.Select(c => c.Memory).ToArray());
+                found = tier.TryReadMany([.. missing.Select(i => keys[i])], [.. chunks.Select(c => c.Tokens)], [.. chunks.Select(c => c.Memory)]);
             }
             catch
             {
@@ -229,11 +232,12 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
                     still.Add(missing[j]);
                     continue;
                 }
-                (plan.Leased[missing[j]], plan.From[missing[j]]) = (chunks[j], tier.Id);
+                (leased[missing[j]], from[missing[j]]) = (chunks[j], tier.Id);
                 if (cache.Host.Add(chunks[j])) cache.PromoteAbove(chunks[j], tier);
             }
             missing = still;
         }
+        return missing.Count == 0 ? keys.Length : missing[0];
     }
 
     /// <summary>

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using StackExchange.Redis;
 using System.Net;
 using System.Net.Sockets;
@@ -50,7 +51,7 @@ internal static class BenchRemoteCommand
         PrefixCache RemoteOnly()
         {
             var remote = RemoteTier.For(model, diskOptions.ChunkTokens, remoteOptions, StderrLogger.Instance);
-            remote.Contains(default); // connect now: a server keeps its connection, the restore should not pay for opening it
+            remote.Connect(); // connect now: a server keeps its connections, the restore should not pay for opening them
             return PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remote], SecretKey = fleetKey });
         }
         try
@@ -67,7 +68,7 @@ internal static class BenchRemoteCommand
             long bytes = (long)prefix * model.Layout.BytesPerToken;
             string[] serverKeys;
             using (var probe = RemoteOnly()) serverKeys = [.. probe.Chain.Keys(prefixTokens).Select(((RemoteTier)probe.Tiers[^1]).Key)];
-            using var plain = PlainClient.Connect(connection);
+            using var plain = PlainClient.Connect(connection, remoteOptions.SocketsPerServer);
             var remoteMs = new List<double>();
             var plainMs = new List<double>();
             for (int rep = 0; rep < reps; rep++) // alternated, so both see the same load
@@ -86,6 +87,7 @@ internal static class BenchRemoteCommand
             }
 
             double remoteGbps = bytes / BenchModel.Median(remoteMs) / 1e6, diskGbps = bytes / BenchModel.Median(diskMs) / 1e6, plainGbps = bytes / BenchModel.Median(plainMs) / 1e6;
+            double? redisBenchmark = RedisBenchmarkGbps(connection, (int)(bytes / serverKeys.Length));
             double noCacheTtft = BenchModel.Median(noCache), remoteTtft = BenchModel.Median(remoteHit), diskTtft = BenchModel.Median(diskHit);
             if (json)
                 JsonOutput.Write(w =>
@@ -97,6 +99,7 @@ internal static class BenchRemoteCommand
                     w.WriteNumber("disk_restore_gbps", Math.Round(diskGbps, 3));
                     w.WriteNumber("plain_client_gbps", Math.Round(plainGbps, 3));
                     w.WriteNumber("remote_over_plain_client", Math.Round(remoteGbps / plainGbps, 2));
+                    if (redisBenchmark is { } rb) w.WriteNumber("redis_benchmark_get_gbps", Math.Round(rb, 3));
                     w.WriteNumber("disk_hit_ttft_ms", Math.Round(diskTtft, 2));
                     w.WriteNumber("remote_hit_over_disk_hit", Math.Round(remoteTtft / diskTtft, 2));
                     w.WriteNumber("no_cache_ttft_ms", Math.Round(noCacheTtft, 2));
@@ -106,6 +109,7 @@ internal static class BenchRemoteCommand
             else
             {
                 System.Console.WriteLine($"restore {bytes / 1e6:F1} MB: remote {BenchModel.Median(remoteMs):F1} ms = {remoteGbps:F2} GB/s, a plain client fetching the same values {plainGbps:F2} GB/s ({remoteGbps / plainGbps:F2}x); local disk {diskGbps:F2} GB/s (medians of {reps})");
+                if (redisBenchmark is { } rb) System.Console.WriteLine($"redis-benchmark GET of values that size, 4 connections: {rb:F2} GB/s");
                 System.Console.WriteLine($"TTFT: no cache {noCacheTtft:F1} ms, remote hit {remoteTtft:F1} ms ({noCacheTtft / remoteTtft:F1}x), disk hit {diskTtft:F1} ms (remote / disk {remoteTtft / diskTtft:F2}x)");
             }
         }
@@ -130,20 +134,54 @@ internal static class BenchRemoteCommand
 
     private static List<double> Repeat(int reps, Func<int, double> measure) => Enumerable.Range(0, reps).Select(measure).ToList();
 
-    /// <summary>The limit to compare with: the same values fetched by a plain client the way the tier fetches them (one MGET), and dropped.</summary>
-    private sealed class PlainClient(ConnectionMultiplexer connection) : IDisposable
+    /// <summary>
+    /// The limit to compare with: the same values fetched the fastest way a client can (pipelined GETs over the same
+    /// number of plain sockets, read in parallel) and dropped: no verification, no decryption, no placement.
+    /// </summary>
+    private sealed class PlainClient(string endpoint, int sockets) : IDisposable
     {
-        public static PlainClient Connect(string endpoint) => new(ConnectionMultiplexer.Connect(RemoteTierOptions.ConfigurationFor(endpoint)));
+        private readonly ConnectionMultiplexer _topology = ConnectionMultiplexer.Connect(RemoteTierOptions.ConfigurationFor(endpoint));
+        private readonly WireFetcher _wire = new(ConfigurationOptions.Parse(RemoteTierOptions.ConfigurationFor(endpoint)), sockets, TimeSpan.FromSeconds(5), 1L << 30);
+
+        public static PlainClient Connect(string endpoint, int sockets) => new(endpoint, sockets);
 
         public double FetchMs(string[] keys)
         {
+            long bytes = 0;
             var clock = Stopwatch.StartNew();
-            var values = connection.GetDatabase().StringGet([.. keys.Select(k => (RedisKey)k)]);
-            if (values.Sum(v => ((byte[]?)v)?.Length ?? 0) == 0) throw new InvalidOperationException("The plain client fetched nothing: are the values on the server?");
-            return clock.Elapsed.TotalMilliseconds;
+            _wire.Fetch(keys, i => _topology.GetServer((RedisKey)keys[i]).EndPoint, (_, value) => Interlocked.Add(ref bytes, value?.Length ?? 0));
+            double ms = clock.Elapsed.TotalMilliseconds;
+            if (bytes == 0) throw new InvalidOperationException("The plain client fetched nothing: are the values on the server?");
+            return ms;
         }
 
-        public void Dispose() => connection.Dispose();
+        public void Dispose()
+        {
+            _wire.Dispose();
+            _topology.Dispose();
+        }
+    }
+
+    /// <summary><c>redis-benchmark</c>'s GET rate for values of <paramref name="valueBytes"/> over 4 connections, in GB/s; null when it is not installed.</summary>
+    private static double? RedisBenchmarkGbps(string endpoint, int valueBytes)
+    {
+        var (host, port) = (endpoint.Split(':')[0], endpoint.Split(':')[1]);
+        try
+        {
+            var info = new ProcessStartInfo("redis-benchmark") { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in new[] { "-h", host, "-p", port, "-t", "set,get", "-n", "2000", "-d", valueBytes.ToString(CultureInfo.InvariantCulture), "-c", "4", "-P", "4", "-q" })
+                info.ArgumentList.Add(a);
+            using var process = Process.Start(info)!;
+            var output = process.StandardOutput.ReadToEnd();
+            process.WaitForExit();
+            var line = output.Split('\r', '\n').LastOrDefault(l => l.TrimStart().StartsWith("GET:", StringComparison.Ordinal));
+            var rate = line?.Split(' ', StringSplitOptions.RemoveEmptyEntries).ElementAtOrDefault(1);
+            return double.TryParse(rate, NumberStyles.Float, CultureInfo.InvariantCulture, out var rps) ? rps * valueBytes / 1e9 : null;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return null;
+        }
     }
 
     /// <summary>A private redis-server on a free loopback port for the bench's duration.</summary>

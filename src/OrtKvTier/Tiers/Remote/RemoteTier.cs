@@ -33,6 +33,8 @@ public sealed class RemoteTier : IKvChunkTier
     private int _consecutiveFailures;
     private long _openUntilTicks;
     private long _hits, _misses, _writes, _rejected, _failures, _damaged, _bytes, _refreshed;
+    /// <summary>Plain sockets for restores (null over TLS or when turned off): the multiplexed connection reads too slowly for a restore.</summary>
+    private readonly WireFetcher? _wire;
 
     /// <summary>Connects (in the background if the server is not up yet) for the cache's <paramref name="identity"/>.</summary>
     public RemoteTier(RemoteTierOptions options, SlotPoolIdentity identity, ILogger? logger = null)
@@ -56,6 +58,8 @@ public sealed class RemoteTier : IKvChunkTier
         // In the background: a process whose server is down pays at most one connect timeout, on its first
         // operation, and none at all if it never needs the server. The client keeps reconnecting behind it.
         _connecting = ConnectionMultiplexer.ConnectAsync(config);
+        if (options.SocketsPerServer > 0 && WireFetcher.Supports(config))
+            _wire = new WireFetcher(config, options.SocketsPerServer, options.OperationTimeout, options.MaxValueBytes);
     }
 
     /// <summary>For a cache of <paramref name="model"/> with chunks of <paramref name="chunkTokens"/> (PrefixCacheOptions.ChunkTokens).</summary>
@@ -125,6 +129,18 @@ public sealed class RemoteTier : IKvChunkTier
     {
         var found = new bool[keys.Count];
         if (keys.Count == 0) return found;
+        if (_wire is { } wire)
+        {
+            // Each key to the server its slot lives on (the one server, or a cluster node); a node that is down is a miss.
+            var names = keys.Select(k => (RedisKey)Key(k)).ToArray();
+            int failed = Guarded(db => wire.Fetch([.. names.Select(n => n.ToString())],
+                i => db.Multiplexer.GetServer(names[i]) is { IsConnected: true } server ? server.EndPoint : null,
+                (i, value) => found[i] = Accept(keys[i], tokens[i], value, destinations[i].Span)), -1);
+            if (failed < 0) Interlocked.Add(ref _misses, keys.Count);
+            else if (failed > 0) Fail(new IOException($"{failed} connection(s) failed while fetching {keys.Count} chunks"));
+            RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
+            return found;
+        }
         var pending = Guarded(db => keys.Select(k => db.StringGetLeaseAsync(Key(k))).ToArray(), null);
         if (pending is null)
         {
@@ -212,7 +228,18 @@ public sealed class RemoteTier : IKvChunkTier
     };
 
     /// <inheritdoc />
-    public void Dispose() => _connecting.ContinueWith(t => t.Result.Dispose(), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
+    public void Dispose()
+    {
+        _wire?.Dispose();
+        _connecting.ContinueWith(t => t.Result.Dispose(), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
+    }
+
+    /// <summary>Connects now (the client, and the sockets restores fetch over, to every server) instead of on first use; false when the server cannot be reached.</summary>
+    internal bool Connect() => Guarded(db =>
+    {
+        foreach (var server in db.Multiplexer.GetServers().Where(s => s.IsConnected)) _wire?.Open(server.EndPoint);
+        return true;
+    }, false);
 
     /// <summary>The server key of a chunk.</summary>
     public string Key(ChunkKey key) => Prefix + key;
@@ -255,11 +282,17 @@ public sealed class RemoteTier : IKvChunkTier
         }
         catch (Exception e) when (e is RedisException or TimeoutException or ObjectDisposedException or AggregateException)
         {
-            Interlocked.Increment(ref _failures);
-            lock (_breakerGate)
-                if (++_consecutiveFailures >= _options.FailuresToBreak) Break($"{_options.FailuresToBreak} operations failed in a row ({e.Message})");
+            Fail(e);
             return fallback;
         }
+    }
+
+    /// <summary>Counts a failed operation; enough in a row open the circuit.</summary>
+    private void Fail(Exception e)
+    {
+        Interlocked.Increment(ref _failures);
+        lock (_breakerGate)
+            if (++_consecutiveFailures >= _options.FailuresToBreak) Break($"{_options.FailuresToBreak} operations failed in a row ({e.Message})");
     }
 
     /// <summary>Opens the circuit: the server is left alone for <see cref="RemoteTierOptions.BreakDuration"/>; local tiers carry on.</summary>

@@ -50,6 +50,12 @@ public sealed record RemoteTierOptions
     /// <summary>Encrypt the payload and token ids of values (AES-CTR under per-entry keys), so the server and whoever reads it learn nothing about prompts. Default true.</summary>
     public bool Encrypt { get; init; } = true;
 
+    /// <summary>
+    /// Plain sockets per server that restores fetch over (pipelined GETs, read in parallel). 0 reads through the
+    /// client's one multiplexed connection, as TLS connections always do. Default 4.
+    /// </summary>
+    public int SocketsPerServer { get; init; } = 4;
+
     /// <summary>Parses <c>redis://host:port</c> (or <c>host:port</c>) into a StackExchange.Redis configuration string.</summary>
     public static string ConfigurationFor(string connection)
     {
@@ -71,6 +77,7 @@ public sealed record RemoteTierOptions
             throw new ArgumentException($"SecretKey needs at least {Security.CacheSecret.MinKeyBytes} bytes (32 random bytes recommended); got {SecretKey.Length}.", nameof(SecretKey));
         if (OperationTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(OperationTimeout), OperationTimeout, "OperationTimeout must be positive.");
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(FailuresToBreak);
+        ArgumentOutOfRangeException.ThrowIfNegative(SocketsPerServer);
         if (BreakDuration < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(BreakDuration), BreakDuration, "BreakDuration must not be negative.");
     }
 }

@@ -1,0 +1,251 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using StackExchange.Redis;
+
+namespace OrtKvTier.Tiers.Remote;
+
+/// <summary>
+/// Fetches values at the wire's speed: pipelined <c>GET</c>s over a few plain sockets per server, read in parallel,
+/// each value handed over as soon as it is complete (so checking and placing value i overlaps with the arrival of the
+/// next ones). A single multiplexed connection reads one server's replies on one thread, far below what the server and
+/// the network deliver (measured here: 0.5 GB/s against 1.8 GB/s for four plain sockets). Replies are bounded
+/// (one value each, at most <see cref="RemoteTierOptions.MaxValueBytes"/>); the caller routes each key to its server
+/// (a cluster's node for the key's slot). Not for TLS connections (the tier keeps its client's path for those).
+/// </summary>
+internal sealed class WireFetcher(ConfigurationOptions configuration, int socketsPerServer, TimeSpan timeout, long maxValueBytes) : IDisposable
+{
+    private static readonly ArrayPool<byte> Buffers = ArrayPool<byte>.Create(64 << 20, 32);
+    private readonly ConcurrentDictionary<EndPoint, ConcurrentBag<WireConnection>> _idle = new();
+    private volatile bool _disposed;
+
+    /// <summary>Whether plain sockets can reach servers configured so (no TLS).</summary>
+    public static bool Supports(ConfigurationOptions configuration) => !configuration.Ssl;
+
+    /// <summary>What to do with value <c>index</c>: its bytes (valid only during the call), or null for none (absent, an error reply, a failed connection).</summary>
+    public delegate void ValueArrived(int index, ReadOnlyMemory<byte>? value);
+
+    /// <summary>
+    /// Fetches <paramref name="keys"/> from the servers <paramref name="serverOf"/> names (null: no server is up for that
+    /// key, a miss). Calls <paramref name="arrived"/> once per key, from several threads. Returns the connections that failed.
+    /// </summary>
+    public int Fetch(IReadOnlyList<string> keys, Func<int, EndPoint?> serverOf, ValueArrived arrived)
+    {
+        var groups = new List<(EndPoint Server, int[] Indices)>();
+        foreach (var byServer in Enumerable.Range(0, keys.Count).GroupBy(serverOf))
+        {
+            if (byServer.Key is not { } server)
+            {
+                foreach (int i in byServer) arrived(i, null);
+                continue;
+            }
+            var indices = byServer.ToArray();
+            int sockets = Math.Min(socketsPerServer, indices.Length);
+            // Interleaved, so the leading chunks of a chain arrive first on every socket.
+            for (int s = 0; s < sockets; s++) groups.Add((server, indices.Where((_, n) => n % sockets == s).ToArray()));
+        }
+        int failures = 0;
+        // A thread per socket (they block on the network): pool threads would wait to be injected on a busy machine.
+        var readers = groups.Skip(1).Select(group => Task.Factory.StartNew(() =>
+        {
+            if (!FetchOn(group.Server, group.Indices, keys, arrived)) Interlocked.Increment(ref failures);
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)).ToArray();
+        if (groups.Count > 0 && !FetchOn(groups[0].Server, groups[0].Indices, keys, arrived)) Interlocked.Increment(ref failures);
+        Task.WaitAll(readers);
+        return failures;
+    }
+
+    /// <summary>One socket's share: all its GETs sent at once, the replies read in order. False when the connection failed (the rest of its keys are misses).</summary>
+    private bool FetchOn(EndPoint server, int[] indices, IReadOnlyList<string> keys, ValueArrived arrived)
+    {
+        int done = 0;
+        WireConnection? connection = null;
+        try
+        {
+            connection = Rent(server);
+            connection.SendGets(indices.Select(i => keys[i]));
+            for (; done < indices.Length; done++) connection.ReadValue(maxValueBytes, Buffers, value => arrived(indices[done], value));
+            Return(server, connection);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidDataException)
+        {
+            connection?.Dispose();
+            for (; done < indices.Length; done++) arrived(indices[done], null);
+            return false;
+        }
+    }
+
+    /// <summary>Opens the sockets a fetch from <paramref name="server"/> uses, ahead of the first one.</summary>
+    public void Open(EndPoint server)
+    {
+        var opened = Enumerable.Range(0, socketsPerServer).Select(_ => Rent(server)).ToList();
+        foreach (var connection in opened) Return(server, connection);
+    }
+
+    private WireConnection Rent(EndPoint server) =>
+        _idle.GetOrAdd(server, _ => []).TryTake(out var connection) ? connection : WireConnection.Open(server, configuration, timeout);
+
+    private void Return(EndPoint server, WireConnection connection)
+    {
+        if (_disposed) connection.Dispose();
+        else _idle.GetOrAdd(server, _ => []).Add(connection);
+    }
+
+    public void Dispose()
+    {
+        _disposed = true;
+        foreach (var bag in _idle.Values)
+            while (bag.TryTake(out var connection)) connection.Dispose();
+    }
+}
+
+/// <summary>One plain RESP2 connection: commands written in one go, replies parsed from a buffered stream.</summary>
+internal sealed class WireConnection : IDisposable
+{
+    private readonly Socket _socket;
+    private readonly byte[] _buffer = new byte[256 << 10];
+    private int _start, _end;
+
+    private WireConnection(Socket socket) => _socket = socket;
+
+    public static WireConnection Open(EndPoint server, ConfigurationOptions configuration, TimeSpan timeout)
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = 4 << 20 };
+        int milliseconds = (int)Math.Max(1, timeout.TotalMilliseconds);
+        socket.ReceiveTimeout = socket.SendTimeout = milliseconds;
+        var connection = new WireConnection(socket);
+        try
+        {
+            var connecting = server switch
+            {
+                DnsEndPoint dns => socket.ConnectAsync(dns.Host, dns.Port),
+                _ => socket.ConnectAsync(server),
+            };
+            if (!connecting.Wait(timeout)) throw new IOException($"connecting to {server} took longer than {milliseconds} ms");
+            if (configuration.Password is { } password)
+                connection.Expect(configuration.User is { } user ? ["AUTH", user, password] : ["AUTH", password], "AUTH");
+            if (configuration.DefaultDatabase is int database and not 0) connection.Expect(["SELECT", database.ToString(System.Globalization.CultureInfo.InvariantCulture)], "SELECT");
+            return connection;
+        }
+        catch (AggregateException e) when (e.InnerException is SocketException inner)
+        {
+            connection.Dispose();
+            throw inner;
+        }
+        catch
+        {
+            connection.Dispose();
+            throw;
+        }
+    }
+
+    public void SendGets(IEnumerable<string> keys)
+    {
+        var commands = new StringBuilder();
+        foreach (var key in keys) Append(commands, ["GET", key]);
+        Send(commands);
+    }
+
+    /// <summary>Reads one reply to a GET: a value (handed to <paramref name="arrived"/> from a rented buffer), or null for nil or an error reply.</summary>
+    public void ReadValue(long maxValueBytes, ArrayPool<byte> buffers, Action<ReadOnlyMemory<byte>?> arrived)
+    {
+        var line = ReadLine();
+        switch (line[0])
+        {
+            case (byte)'$':
+                long length = long.Parse(Encoding.ASCII.GetString(line[1..]), System.Globalization.CultureInfo.InvariantCulture);
+                if (length < 0)
+                {
+                    arrived(null);
+                    return;
+                }
+                if (length > maxValueBytes) throw new InvalidDataException($"a {length}-byte value is over MaxValueBytes ({maxValueBytes})");
+                var value = buffers.Rent((int)length);
+                try
+                {
+                    ReadExactly(value.AsSpan(0, (int)length));
+                    ReadExactly(stackalloc byte[2]); // CRLF
+                    arrived(value.AsMemory(0, (int)length));
+                }
+                finally
+                {
+                    buffers.Return(value);
+                }
+                return;
+            case (byte)'-':
+                arrived(null); // MOVED during a resharding, a LOADING server, a wrong type: a miss
+                return;
+            default:
+                throw new InvalidDataException($"unexpected reply '{Encoding.ASCII.GetString(line)}' to GET");
+        }
+    }
+
+    private void Expect(string[] command, string what)
+    {
+        var text = new StringBuilder();
+        Append(text, command);
+        Send(text);
+        var line = ReadLine();
+        if (line.Length == 0 || line[0] != (byte)'+') throw new IOException($"{what} was refused: {Encoding.ASCII.GetString(line)}");
+    }
+
+    private static void Append(StringBuilder commands, string[] parts)
+    {
+        commands.Append('*').Append(parts.Length).Append("\r\n");
+        foreach (var part in parts) commands.Append('$').Append(Encoding.UTF8.GetByteCount(part)).Append("\r\n").Append(part).Append("\r\n");
+    }
+
+    private void Send(StringBuilder commands)
+    {
+        var bytes = Encoding.UTF8.GetBytes(commands.ToString());
+        for (int sent = 0; sent < bytes.Length;) sent += _socket.Send(bytes, sent, bytes.Length - sent, SocketFlags.None);
+    }
+
+    /// <summary>The next line without its CRLF.</summary>
+    private byte[] ReadLine()
+    {
+        while (true)
+        {
+            int newline = _buffer.AsSpan(_start, _end - _start).IndexOf((byte)'\n');
+            if (newline >= 0)
+            {
+                var line = _buffer.AsSpan(_start, Math.Max(0, newline - 1)).ToArray();
+                _start += newline + 1;
+                return line.Length > 0 ? line : throw new InvalidDataException("an empty reply line");
+            }
+            if (_end - _start > 4096) throw new InvalidDataException("a reply line longer than 4 KiB");
+            Fill();
+        }
+    }
+
+    private void ReadExactly(Span<byte> into)
+    {
+        int buffered = Math.Min(into.Length, _end - _start);
+        _buffer.AsSpan(_start, buffered).CopyTo(into);
+        _start += buffered;
+        // Large values go from the socket straight into their buffer.
+        for (int read = buffered; read < into.Length;)
+        {
+            int n = _socket.Receive(into[read..]);
+            if (n == 0) throw new IOException("the server closed the connection");
+            read += n;
+        }
+    }
+
+    private void Fill()
+    {
+        if (_start > 0)
+        {
+            _buffer.AsSpan(_start, _end - _start).CopyTo(_buffer);
+            (_end, _start) = (_end - _start, 0);
+        }
+        int n = _socket.Receive(_buffer, _end, _buffer.Length - _end, SocketFlags.None);
+        if (n == 0) throw new IOException("the server closed the connection");
+        _end += n;
+    }
+
+    public void Dispose() => _socket.Dispose();
+}
