@@ -54,7 +54,8 @@ internal sealed class RedisCluster : IDisposable
                 var nodeDir = Path.Combine(directory, n.ToString());
                 Directory.CreateDirectory(nodeDir);
                 var info = new ProcessStartInfo(RedisServer.Binary!) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = nodeDir };
-                foreach (var a in new[] { "--port", port.ToString(), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                // The bus port is given: the default (port + 10000) does not exist above port 55535.
+                foreach (var a in new[] { "--port", port.ToString(), "--cluster-port", FreePort().ToString(), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                              "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no" })
                     info.ArgumentList.Add(a);
                 var process = Process.Start(info)!;
