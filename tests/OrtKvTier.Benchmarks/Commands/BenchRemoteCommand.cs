@@ -23,7 +23,8 @@ using CommandLine = OrtKvTier.Console.CommandLine;
 /// </summary>
 internal static class BenchRemoteCommand
 {
-    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT] [--prefix-tokens N] [--reps R] [--json]   (no --remote: starts redis-server on a free loopback port)";
+    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--json]\n" +
+        "    (no --remote: starts redis-server on a free loopback port; --sockets: RemoteTierOptions.SocketsPerServer, 0 = the client's connection)";
 
     public static int Run(CommandLine cl)
     {
@@ -32,6 +33,7 @@ internal static class BenchRemoteCommand
         int prefix = cl.Int("prefix-tokens", 2048, PrefixCacheOptions.DefaultChunkTokens);
         prefix -= prefix % PrefixCacheOptions.DefaultChunkTokens;
         int reps = cl.Int("reps", 3, 1);
+        int sockets = cl.Int("sockets", new RemoteTierOptions { Connection = "localhost" }.SocketsPerServer, 0);
         bool json = cl.Flag("json");
         cl.RejectUnknown();
 
@@ -46,13 +48,17 @@ internal static class BenchRemoteCommand
         var dir = Path.Combine(Path.GetTempPath(), "ortkv-bench-remote-" + ns);
         // One key for the bench's "fleet": every cache and tier below shares entries through it.
         var fleetKey = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
-        var remoteOptions = new RemoteTierOptions { Connection = connection, Namespace = ns, Admission = RemoteAdmission.Always, OperationTimeout = TimeSpan.FromSeconds(2), SecretKey = fleetKey };
+        var remoteOptions = new RemoteTierOptions { Connection = connection, Namespace = ns, Admission = RemoteAdmission.Always, OperationTimeout = TimeSpan.FromSeconds(2), SecretKey = fleetKey, SocketsPerServer = sockets };
         var diskOptions = new PrefixCacheOptions { Directory = dir, DiskCapacityBytes = 4L * prefix * model.Layout.BytesPerToken + (64L << 20), SecretKey = fleetKey };
+        // A server's steady state: one cache whose connections are open and whose host memory is recycled; its host tier
+        // is emptied before every measured restore, so every chunk comes from the server.
+        var remoteTier = RemoteTier.For(model, diskOptions.ChunkTokens, remoteOptions, StderrLogger.Instance);
+        remoteTier.Connect();
+        using var remoteCache = PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remoteTier], SecretKey = fleetKey });
         PrefixCache RemoteOnly()
         {
-            var remote = RemoteTier.For(model, diskOptions.ChunkTokens, remoteOptions, StderrLogger.Instance);
-            remote.Connect(); // connect now: a server keeps its connections, the restore should not pay for opening them
-            return PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remote], SecretKey = fleetKey });
+            remoteCache.Clear();
+            return remoteCache;
         }
         try
         {
@@ -67,13 +73,13 @@ internal static class BenchRemoteCommand
             }
             long bytes = (long)prefix * model.Layout.BytesPerToken;
             string[] serverKeys;
-            using (var probe = RemoteOnly()) serverKeys = [.. probe.Chain.Keys(prefixTokens).Select(((RemoteTier)probe.Tiers[^1]).Key)];
-            using var plain = PlainClient.Connect(connection, remoteOptions.SocketsPerServer);
+            serverKeys = [.. remoteCache.Chain.Keys(prefixTokens).Select(remoteTier.Key)];
+            using var plain = PlainClient.Connect(connection, Math.Max(1, sockets));
             var remoteMs = new List<double>();
             var plainMs = new List<double>();
             for (int rep = 0; rep < reps; rep++) // alternated, so both see the same load
             {
-                using (var c = RemoteOnly()) remoteMs.Add(RestoreMs(model, c, Prompt(-1)));
+                remoteMs.Add(RestoreMs(model, RemoteOnly(), Prompt(-1)));
                 plainMs.Add(plain.FetchMs(serverKeys));
             }
             var diskMs = Repeat(reps, _ => { using var c = PrefixCache.Open(model, diskOptions); return RestoreMs(model, c, Prompt(-1)); });
@@ -82,12 +88,12 @@ internal static class BenchRemoteCommand
             var diskHit = new List<double>();
             for (int rep = 0; rep < reps; rep++)
             {
-                using (var c = RemoteOnly()) remoteHit.Add(new TextGenerator(model, tokenizer, c).Generate(Prompt(rep), 8, search).TtftMs);
+                remoteHit.Add(new TextGenerator(model, tokenizer, RemoteOnly()).Generate(Prompt(rep), 8, search).TtftMs);
                 using (var c = PrefixCache.Open(model, diskOptions)) diskHit.Add(new TextGenerator(model, tokenizer, c).Generate(Prompt(rep), 8, search).TtftMs);
             }
 
             double remoteGbps = bytes / BenchModel.Median(remoteMs) / 1e6, diskGbps = bytes / BenchModel.Median(diskMs) / 1e6, plainGbps = bytes / BenchModel.Median(plainMs) / 1e6;
-            double? redisBenchmark = RedisBenchmarkGbps(connection, (int)(bytes / serverKeys.Length));
+            double? redisBenchmark = connection.Contains(',') ? null : RedisBenchmarkGbps(connection, (int)(bytes / serverKeys.Length));
             double noCacheTtft = BenchModel.Median(noCache), remoteTtft = BenchModel.Median(remoteHit), diskTtft = BenchModel.Median(diskHit);
             if (json)
                 JsonOutput.Write(w =>
