@@ -68,6 +68,26 @@ public sealed class RemoteClusterTests : IDisposable
         Assert.False(db.KeyExists(remote.Key(keys[2])));
     }
 
+    [RedisClusterFact]
+    public void KeysAskedOfTheWrongNodeAreRedirectedNotMissed()
+    {
+        using var cluster = RedisCluster.Shared();
+        using var redis = ConnectionMultiplexer.Connect(cluster.Connection);
+        var keys = Enumerable.Range(0, 24).Select(i => $"{_namespace}:moved:{i}").ToArray();
+        foreach (var key in keys) redis.GetDatabase().StringSet(key, key);
+        var first = redis.GetServer(cluster.Nodes[0]).EndPoint;
+        using var wire = new WireFetcher(StackExchange.Redis.ConfigurationOptions.Parse(cluster.Connection), 2, TimeSpan.FromSeconds(5), 1 << 20);
+        var arrived = new System.Collections.Concurrent.ConcurrentDictionary<int, string>();
+        // Every key asked of the first node, as a stale slot map would: the others answer MOVED.
+        var (failures, redirected) = wire.Fetch(keys, _ => first, (i, value) => arrived[i] = value is { } v ? System.Text.Encoding.UTF8.GetString(v.Span) : "(nil)");
+        Assert.Equal(0, failures);
+        Assert.NotEmpty(redirected);
+        Assert.NotEmpty(arrived);
+        Assert.Equal(keys.Length, arrived.Count + redirected.Count);
+        Assert.All(arrived, a => Assert.Equal(keys[a.Key], a.Value));
+        Assert.All(redirected, i => Assert.NotEqual(first, redis.GetServer((RedisKey)keys[i]).EndPoint));
+    }
+
     [RedisClusterFact(own: true)]
     public void ANodeThatDiesMidRunCostsMissesNeverAFailedRequest()
     {

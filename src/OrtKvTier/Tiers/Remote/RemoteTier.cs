@@ -91,10 +91,13 @@ public sealed class RemoteTier : IKvChunkTier
     public bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination)
     {
         var value = Guarded(db => (byte[]?)db.StringGet(Key(key)), null);
-        if (!Accept(key, tokens, value is null ? null : (ReadOnlyMemory<byte>)value, destination)) return false;
+        if (!Accept(key, tokens, Present(value), destination)) return false;
         RefreshTimeToLive([key]);
         return true;
     }
+
+    /// <summary>A value that came back, or null for none (a null array is no value, not an empty one).</summary>
+    private static ReadOnlyMemory<byte>? Present(byte[]? value) => value is null ? null : new ReadOnlyMemory<byte>(value);
 
     /// <summary>Checks a fetched value and copies its payload; a bad value is counted, logged and deleted.</summary>
     private bool Accept(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlyMemory<byte>? value, Span<byte> destination)
@@ -133,11 +136,13 @@ public sealed class RemoteTier : IKvChunkTier
         {
             // Each key to the server its slot lives on (the one server, or a cluster node); a node that is down is a miss.
             var names = keys.Select(k => (RedisKey)Key(k)).ToArray();
-            int failed = Guarded(db => wire.Fetch([.. names.Select(n => n.ToString())],
+            var (failed, redirected) = Guarded(db => wire.Fetch([.. names.Select(n => n.ToString())],
                 i => db.Multiplexer.GetServer(names[i]) is { IsConnected: true } server ? server.EndPoint : null,
-                (i, value) => found[i] = Accept(keys[i], tokens[i], value, destinations[i].Span)), -1);
+                (i, value) => found[i] = Accept(keys[i], tokens[i], value, destinations[i].Span)), (-1, []));
             if (failed < 0) Interlocked.Add(ref _misses, keys.Count);
             else if (failed > 0) Fail(new IOException($"{failed} connection(s) failed while fetching {keys.Count} chunks"));
+            // Slots that moved: the client follows the redirection (and learns the new map for the next fetch).
+            foreach (int i in redirected) found[i] = Accept(keys[i], tokens[i], Present(Guarded(db => (byte[]?)db.StringGet(names[i]), null)), destinations[i].Span);
             RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
             return found;
         }

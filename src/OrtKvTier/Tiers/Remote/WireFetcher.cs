@@ -29,10 +29,13 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
 
     /// <summary>
     /// Fetches <paramref name="keys"/> from the servers <paramref name="serverOf"/> names (null: no server is up for that
-    /// key, a miss). Calls <paramref name="arrived"/> once per key, from several threads. Returns the connections that failed.
+    /// key, a miss). Calls <paramref name="arrived"/> once per key, from several threads, except for keys a cluster node
+    /// redirected (MOVED or ASK: its slot moved), which are returned for the caller's client to follow. Also returns
+    /// the connections that failed.
     /// </summary>
-    public int Fetch(IReadOnlyList<string> keys, Func<int, EndPoint?> serverOf, ValueArrived arrived)
+    public (int Failures, IReadOnlyList<int> Redirected) Fetch(IReadOnlyList<string> keys, Func<int, EndPoint?> serverOf, ValueArrived arrived)
     {
+        var redirected = new ConcurrentBag<int>();
         var groups = new List<(EndPoint Server, int[] Indices)>();
         foreach (var byServer in Enumerable.Range(0, keys.Count).GroupBy(serverOf))
         {
@@ -50,15 +53,15 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
         // A thread per socket (they block on the network): pool threads would wait to be injected on a busy machine.
         var readers = groups.Skip(1).Select(group => Task.Factory.StartNew(() =>
         {
-            if (!FetchOn(group.Server, group.Indices, keys, arrived)) Interlocked.Increment(ref failures);
+            if (!FetchOn(group.Server, group.Indices, keys, arrived, redirected)) Interlocked.Increment(ref failures);
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)).ToArray();
-        if (groups.Count > 0 && !FetchOn(groups[0].Server, groups[0].Indices, keys, arrived)) Interlocked.Increment(ref failures);
+        if (groups.Count > 0 && !FetchOn(groups[0].Server, groups[0].Indices, keys, arrived, redirected)) Interlocked.Increment(ref failures);
         Task.WaitAll(readers);
-        return failures;
+        return (failures, [.. redirected.Order()]);
     }
 
     /// <summary>One socket's share: all its GETs sent at once, the replies read in order. False when the connection failed (the rest of its keys are misses).</summary>
-    private bool FetchOn(EndPoint server, int[] indices, IReadOnlyList<string> keys, ValueArrived arrived)
+    private bool FetchOn(EndPoint server, int[] indices, IReadOnlyList<string> keys, ValueArrived arrived, ConcurrentBag<int> redirected)
     {
         int done = 0;
         WireConnection? connection = null;
@@ -66,7 +69,8 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
         {
             connection = Rent(server);
             connection.SendGets(indices.Select(i => keys[i]));
-            for (; done < indices.Length; done++) connection.ReadValue(maxValueBytes, Buffers, value => arrived(indices[done], value));
+            for (; done < indices.Length; done++)
+                if (!connection.ReadValue(maxValueBytes, Buffers, value => arrived(indices[done], value))) redirected.Add(indices[done]);
             Return(server, connection);
             return true;
         }
@@ -149,8 +153,11 @@ internal sealed class WireConnection : IDisposable
         Send(commands);
     }
 
-    /// <summary>Reads one reply to a GET: a value (handed to <paramref name="arrived"/> from a rented buffer), or null for nil or an error reply.</summary>
-    public void ReadValue(long maxValueBytes, ArrayPool<byte> buffers, Action<ReadOnlyMemory<byte>?> arrived)
+    /// <summary>
+    /// Reads one reply to a GET: a value (handed to <paramref name="arrived"/> from a rented buffer), or null for nil or an
+    /// error reply. False, with nothing handed over, when a cluster node redirected the key (MOVED, ASK).
+    /// </summary>
+    public bool ReadValue(long maxValueBytes, ArrayPool<byte> buffers, Action<ReadOnlyMemory<byte>?> arrived)
     {
         var line = ReadLine();
         switch (line[0])
@@ -160,7 +167,7 @@ internal sealed class WireConnection : IDisposable
                 if (length < 0)
                 {
                     arrived(null);
-                    return;
+                    return true;
                 }
                 if (length > maxValueBytes) throw new InvalidDataException($"a {length}-byte value is over MaxValueBytes ({maxValueBytes})");
                 var value = buffers.Rent((int)length);
@@ -174,10 +181,11 @@ internal sealed class WireConnection : IDisposable
                 {
                     buffers.Return(value);
                 }
-                return;
+                return true;
             case (byte)'-':
-                arrived(null); // MOVED during a resharding, a LOADING server, a wrong type: a miss
-                return;
+                if (line.AsSpan(1).StartsWith("MOVED "u8) || line.AsSpan(1).StartsWith("ASK "u8)) return false;
+                arrived(null); // a LOADING server, a wrong type: a miss
+                return true;
             default:
                 throw new InvalidDataException($"unexpected reply '{Encoding.ASCII.GetString(line)}' to GET");
         }
