@@ -4,6 +4,7 @@ using OrtKvTier.Keys;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
+using static OrtKvTier.Tests.Support.RunOutput;
 
 namespace OrtKvTier.Tests.Cache;
 
@@ -20,11 +21,6 @@ public sealed class NeverFailTests : IDisposable
     private static string[] Generate(params string[] more) =>
         ["generate", "--prompt", Prompt, "--max-new-tokens", "8", "--json", "--chunk-tokens", "16", "--cache-size", "16MiB", .. more];
 
-    private static JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
-    {
-        Assert.True(run.ExitCode == 0, $"exit {run.ExitCode}: {run.StdErr}");
-        return JsonDocument.Parse(run.StdOut).RootElement.Clone();
-    }
 
     private static string Tokens(JsonElement json) => json.GetProperty("tokens").ToString();
 

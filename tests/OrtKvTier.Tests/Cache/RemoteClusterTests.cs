@@ -5,6 +5,7 @@ using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 using OrtKvTier.Tiers.Remote;
 using StackExchange.Redis;
+using static OrtKvTier.Tests.Support.RunOutput;
 
 namespace OrtKvTier.Tests.Cache;
 
@@ -146,11 +147,6 @@ public sealed class RemoteClusterTests : IDisposable
             Assert.True(db.KeyTimeToLive(remote.Key(key)) > TimeSpan.FromMinutes(50), $"{key}: {db.KeyTimeToLive(remote.Key(key))}");
     }
 
-    private static JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
-    {
-        Assert.True(run.ExitCode == 0, run.StdErr);
-        return JsonDocument.Parse(run.StdOut).RootElement.Clone();
-    }
 
     public void Dispose() => _temp.Dispose();
 }

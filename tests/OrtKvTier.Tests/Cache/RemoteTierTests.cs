@@ -6,6 +6,7 @@ using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 using StackExchange.Redis;
+using static OrtKvTier.Tests.Support.RunOutput;
 
 namespace OrtKvTier.Tests.Cache;
 
@@ -156,11 +157,6 @@ public sealed class RemoteTierTests : IDisposable
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"requests took {clock.Elapsed} with the server down");
     }
 
-    private static JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
-    {
-        Assert.True(run.ExitCode == 0, run.StdErr);
-        return JsonDocument.Parse(run.StdOut).RootElement.Clone();
-    }
 
     public void Dispose() => _temp.Dispose();
 }

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using OrtKvTier.Tests.Support;
 using OrtKvTier.Model;
+using static OrtKvTier.Tests.Support.RunOutput;
 
 namespace OrtKvTier.Tests.Console;
 
@@ -59,11 +60,6 @@ public sealed class GenerateCommandTests
         Assert.True(JsonDocument.Parse(stats.StdOut).RootElement.GetProperty("pools")[0].GetProperty("entries").GetInt32() >= promptTokens / 16);
     }
 
-    private static JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
-    {
-        Assert.True(run.ExitCode == 0, run.StdErr);
-        return JsonDocument.Parse(run.StdOut).RootElement.Clone();
-    }
 
     [Theory]
     [InlineData("no such directory", "generate", "--model", "/nonexistent/model", "--prompt", "x")]

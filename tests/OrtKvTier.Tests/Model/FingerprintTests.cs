@@ -2,6 +2,7 @@ using System.Text.Json;
 using OrtKvTier.Model;
 using OrtKvTier.ModelBuilder;
 using OrtKvTier.Tests.Support;
+using static OrtKvTier.Tests.Support.RunOutput;
 
 namespace OrtKvTier.Tests.Model;
 
@@ -63,11 +64,6 @@ public sealed class FingerprintTests : IDisposable
         Assert.NotEqual(ma.Fingerprint, mc.Fingerprint);
     }
 
-    private static JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
-    {
-        Assert.True(run.ExitCode == 0, run.StdErr);
-        return JsonDocument.Parse(run.StdOut).RootElement.Clone();
-    }
 
     public void Dispose() => _temp.Dispose();
 }

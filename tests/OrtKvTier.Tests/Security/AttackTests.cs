@@ -8,6 +8,7 @@ using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 using OrtKvTier.Tiers.Remote;
 using StackExchange.Redis;
+using static OrtKvTier.Tests.Support.RunOutput;
 
 namespace OrtKvTier.Tests.Security;
 
@@ -315,11 +316,6 @@ public sealed class AttackTests : IDisposable
         var none = new Dictionary<string, string>();
         string[] Run(string prompt, params string[] more) =>
             ["generate", "--model", TestPaths.Tiny, "--prompt", prompt, "--max-new-tokens", "4", "--json", "--chunk-tokens", "16", "--cache-size", "16MiB", "--cache-dir", dir, .. more];
-        System.Text.Json.JsonElement Json((int ExitCode, string StdOut, string StdErr) run)
-        {
-            Assert.True(run.ExitCode == 0, $"exit {run.ExitCode}: {run.StdErr}");
-            return System.Text.Json.JsonDocument.Parse(run.StdOut).RootElement.Clone();
-        }
         var first = string.Join(' ', Enumerable.Repeat("shared system prompt for the whole team.", 8));
         var second = string.Join(' ', Enumerable.Repeat("another prompt the second member computes.", 8));
 
