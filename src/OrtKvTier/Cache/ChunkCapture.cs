@@ -20,6 +20,7 @@ internal static unsafe class ChunkCapture
         chain.Extend(keys, prefix);
         int chunks = chain.FullChunks(validTokens);
         if (firstChunk >= chunks) return 0;
+        using var span = KvCacheMetrics.Activities.StartActivity("ortkv.capture");
         long start = Stopwatch.GetTimestamp();
         var layout = cache.ChunkLayout;
         var past = layout.Pointers(view);
@@ -27,6 +28,7 @@ internal static unsafe class ChunkCapture
         int stored = cache.Store(prefix, keys.GetRange(0, chunks), firstChunk,
             (i, chunk) => layout.CopyFromPast(past, capacity, i, chunk.Pointer));
         if (stored > 0) KvCacheMetrics.CaptureDuration.Record(KvCacheMetrics.Milliseconds(start));
+        span?.SetTag("ortkv.stored_chunks", stored);
         return stored;
     }
 }

@@ -82,6 +82,9 @@ public sealed class PrefixCache : IDisposable
     /// <summary>The name of the library's <see cref="System.Diagnostics.Metrics.Meter"/> (instruments <c>ortkv.*</c>, durations in milliseconds): listen with OpenTelemetry or <c>dotnet-counters monitor --counters OrtKvTier</c>.</summary>
     public const string MeterName = KvCacheMetrics.MeterName;
 
+    /// <summary>The name of the library's <see cref="System.Diagnostics.ActivitySource"/>: spans <c>ortkv.restore</c> (with <c>ortkv.lookup</c>), <c>ortkv.prefill</c>, <c>ortkv.capture</c>.</summary>
+    public const string ActivitySourceName = KvCacheMetrics.MeterName;
+
     /// <summary>Threads writing stored chunks to the lower tiers.</summary>
     public static int WriterThreads { get; } = Math.Clamp(Environment.ProcessorCount / 2, 2, 4);
 

@@ -35,6 +35,16 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// </summary>
     public PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, RestoreTarget target)
     {
+        using var span = KvCacheMetrics.Activities.StartActivity("ortkv.restore");
+        span?.SetTag("ortkv.prompt_tokens", tokens.Length);
+        var report = RestoreLongest(tokens, computedTokens, target);
+        span?.SetTag("ortkv.restored_tokens", report.RestoredTokens);
+        span?.SetTag("ortkv.tiers", string.Join(",", report.TokensByTier.Keys));
+        return report;
+    }
+
+    private PrefixRestoreReport RestoreLongest(ReadOnlySpan<int> tokens, int computedTokens, RestoreTarget target)
+    {
         if (target.DeviceTier is { } deviceTier && RestoreFromDeviceTier(tokens, computedTokens, deviceTier, target) is { } fromDevice)
             return fromDevice;
         int chunkLimit = int.MaxValue;
@@ -157,6 +167,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// <summary>Looks the prompt up; null when it is too short to restore anything (no lookup made).</summary>
     private Found? Lookup(ReadOnlySpan<int> tokens, int computedTokens, int chunkLimit, ChunkChain chain)
     {
+        using var span = KvCacheMetrics.Activities.StartActivity("ortkv.lookup");
         int chunkTokens = cache.ChunkTokens;
         int usable = tokens.Length - MinimumSuffixTokens;
         if (usable < 1) return null;

@@ -14,6 +14,12 @@ internal static class KvCacheMetrics
 
     private static readonly Meter Meter = new(MeterName, typeof(KvCacheMetrics).Assembly.GetName().Version?.ToString());
 
+    /// <summary>
+    /// Spans (also named <c>OrtKvTier</c>): <c>ortkv.restore</c> (a request's restore, with <c>ortkv.lookup</c> inside it),
+    /// <c>ortkv.prefill</c> (the model run over the tokens not restored) and <c>ortkv.capture</c> (new chunks stored).
+    /// </summary>
+    public static readonly ActivitySource Activities = new(MeterName, typeof(KvCacheMetrics).Assembly.GetName().Version?.ToString());
+
     /// <summary>Prefix lookups, tagged <c>result</c> = hit | miss.</summary>
     public static readonly Counter<long> Lookups = Meter.CreateCounter<long>("ortkv.cache.lookups", "{lookup}", "Prefix lookups by result.");
     /// <summary>Chunks restored, tagged <c>tier</c>.</summary>

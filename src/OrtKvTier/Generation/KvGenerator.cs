@@ -177,7 +177,11 @@ public sealed class KvGenerator : IDisposable
         if (_cache is not null) RestoreFromCache(_cache);
         int pending = _sequence.Count - _past.Length;
         long start = Stopwatch.GetTimestamp();
-        ComputePending();
+        using (var span = KvCacheMetrics.Activities.StartActivity("ortkv.prefill"))
+        {
+            span?.SetTag("ortkv.prefill_tokens", pending);
+            ComputePending();
+        }
         LastPrefillTokens = pending;
         LastPrefillMs = KvCacheMetrics.Milliseconds(start);
         KvCacheMetrics.PrefillTokens.Add(pending);

@@ -36,7 +36,10 @@ internal sealed class CacheSecret
     public static CacheSecret CreateRandom() => new(RandomNumberGenerator.GetBytes(KeyBytes));
 
     /// <summary>Parses a key written as hex or base64 (for example from <c>ORTKV_CACHE_KEY</c>).</summary>
-    public static CacheSecret Parse(string text, string source)
+    public static CacheSecret Parse(string text, string source) => new(ParseKeyBytes(text, source));
+
+    /// <summary>The bytes of a key written as hex or base64; <paramref name="source"/> names where it came from in errors.</summary>
+    public static byte[] ParseKeyBytes(string text, string source)
     {
         text = text.Trim();
         byte[] bytes;
@@ -50,7 +53,7 @@ internal sealed class CacheSecret
         }
         if (bytes.Length < MinKeyBytes)
             throw new ArgumentException($"{source} holds {bytes.Length} bytes; a cache key needs at least {MinKeyBytes} ({KeyBytes} recommended, from `openssl rand -hex 32`).");
-        return new CacheSecret(bytes);
+        return bytes;
     }
 
     /// <summary>Names the key without revealing it: 12 hex digits, part of pool directory names, so processes with different keys never share (or damage) a pool.</summary>
