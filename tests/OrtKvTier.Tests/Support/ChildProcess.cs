@@ -18,6 +18,9 @@ internal static class ChildProcess
     /// <summary>The GPU checks console (it runs on the CPU too, skipping the device).</summary>
     public static string GpuChecksDll { get; } = Metadata("GpuChecksDll");
 
+    /// <summary>The OpenAI-compatible server sample.</summary>
+    public static string ServerDll { get; } = Metadata("ServerDll");
+
     /// <summary>Where child consoles put their cache unless told otherwise (small: tests pass --no-cache or their own --cache-dir).</summary>
     public static string DefaultCacheDir { get; } = Path.Combine(Path.GetTempPath(), $"ortkv-test-default-cache-{Environment.ProcessId}");
 

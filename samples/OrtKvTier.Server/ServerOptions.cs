@@ -1,0 +1,17 @@
+namespace OrtKvTier.Server;
+
+/// <summary>The server's own settings (section <c>Server</c>); the model and cache are the <c>OrtKvTier</c> section.</summary>
+public sealed class ServerOptions
+{
+    /// <summary>API key → tenant. Empty: no key is asked for and every request is one tenant.</summary>
+    public Dictionary<string, string> ApiKeys { get; set; } = [];
+
+    /// <summary>Generations running at once. Default: one per two cores, at least one.</summary>
+    public int MaxConcurrent { get; set; } = Math.Max(1, Environment.ProcessorCount / 2);
+
+    /// <summary>Requests waiting for a generation slot; one more is answered 429 with Retry-After. Default 64.</summary>
+    public int MaxQueued { get; set; } = 64;
+
+    /// <summary>Seconds a 429 asks the client to wait. Default 1.</summary>
+    public int RetryAfterSeconds { get; set; } = 1;
+}
