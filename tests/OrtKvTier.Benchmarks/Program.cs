@@ -6,7 +6,7 @@ using OrtKvTier.Storage;
 
 const string usage = "usage: ortkv-bench <bench> [options]   (or BenchmarkDotNet arguments, e.g. --filter '*SlotPool*')\n\n" +
     BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchRemoteCommand.Usage + "\n" +
-    BenchChatCommand.Usage + "\n" + BenchCaptureCommand.Usage + "\n" + BenchLoadCommand.Usage + "\n";
+    BenchChatCommand.Usage + "\n" + BenchCaptureCommand.Usage + "\n" + BenchLoadCommand.Usage + "\n" + BenchServeCommand.Usage + "\n";
 
 if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
 {
@@ -23,6 +23,7 @@ Func<OrtKvTier.Console.CommandLine, int>? bench = args[0] switch
     "chat" => BenchChatCommand.Run,
     "capture" => BenchCaptureCommand.Run,
     "load" => BenchLoadCommand.Run,
+    "serve" => BenchServeCommand.Run,
     _ => null,
 };
 if (bench is null)

@@ -151,7 +151,7 @@ internal static class BenchChatCommand
         client.GetResponseAsync([new ChatMessage(ChatRole.User, "warm up")], options).GetAwaiter().GetResult();
 
     /// <summary>Deterministic words from a small list, about <paramref name="tokens"/> tokens long.</summary>
-    private static string Text(ModelTokenizer tokenizer, int tokens, int seed)
+    internal static string Text(ModelTokenizer tokenizer, int tokens, int seed)
     {
         string[] words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "manual", "router", "cable", "order", "delivery", "support", "reset", "serial", "number", "policy", "refund", "account"];
         var random = new Random(seed);

@@ -66,4 +66,17 @@ public sealed class BenchCommandTests
         Assert.True(row.GetProperty("genai_model_ms").GetDouble() > 0);
         Assert.True(row.GetProperty("fingerprint_ms").GetDouble() > 0);
     }
+
+    [Fact]
+    public void BenchServeRunsClientsAgainstTheServerWithAndWithoutTheCache()
+    {
+        var run = ChildProcess.Bench("serve", "--model", TestPaths.Tiny, "--clients", "3", "--turns", "2", "--system-tokens", "64", "--new-tokens", "2", "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        var runs = JsonDocument.Parse(run.StdOut).RootElement.GetProperty("runs").EnumerateArray().ToArray();
+        Assert.Equal(["cache", "no_cache"], runs.Select(r => r.GetProperty("mode").GetString()));
+        Assert.All(runs, r => Assert.Equal(6, r.GetProperty("requests").GetInt32()));
+        Assert.All(runs, r => Assert.Equal(0, r.GetProperty("failed").GetInt32()));
+        Assert.True(runs[0].GetProperty("cached_tokens").GetInt64() > 0);
+        Assert.Equal(0, runs[1].GetProperty("cached_tokens").GetInt64());
+    }
 }
