@@ -24,6 +24,9 @@ internal static class BenchDiskCommand
         "  disk --layers L --kv-heads H --head-size D --chunk-tokens C --chunks N [--dtype fp16|fp32]\n" +
         "    [--durability none|batched|every] [--dir DIR] [--rounds R] [--json]   (put: rewrite of a full pool; first_fill: fresh file)";
 
+    /// <summary>The pools' key (given, so no key file is created beside them in the user's directory).</summary>
+    private static readonly byte[] BenchKey = RandomNumberGenerator.GetBytes(32);
+
     public static int Run(CommandLine cl)
     {
         int elementSize = (cl.String("dtype") ?? "fp16") switch
@@ -55,11 +58,16 @@ internal static class BenchDiskCommand
         var destination = GC.AllocateUninitializedArray<byte>(payloadBytes, pinned: true);
         ChunkKey KeyOf(int i) => new(new UInt128(0xC4A2, (ulong)i));
 
+        // Only what this run creates is ever deleted: its own subdirectories, never the rest of a --dir the user gave.
+        string[] own = [Path.Combine(dir, "auth"), Path.Combine(dir, "encrypted"), Path.Combine(dir, "10k")];
+        foreach (var path in own)
+            if (Directory.Exists(path) || File.Exists(path))
+                throw new UsageException($"{path} exists; bench disk writes its pools there and deletes them after. Give an empty --dir or move it away.");
+        bool ownDir = !Directory.Exists(dir);
         try
         {
-            if (Directory.Exists(dir)) Directory.Delete(dir, true);
             // Two pools in one run: entries authenticated (the default), and authenticated and encrypted.
-            var options = new SlotPoolOptions { Directory = Path.Combine(dir, "auth"), Identity = identity, CapacitySlots = chunks, Durability = durability };
+            var options = new SlotPoolOptions { Directory = Path.Combine(dir, "auth"), Identity = identity, CapacitySlots = chunks, Durability = durability, SecretKey = BenchKey };
             var encryptedOptions = options with { Directory = Path.Combine(dir, "encrypted"), Encrypt = true };
             double getSeconds = double.MaxValue, encryptedGetSeconds = double.MaxValue, memcpySeconds = double.MaxValue, macSeconds = double.MaxValue;
             var seal = CacheSecret.CreateRandom().SealFor(CacheSecret.NewEntryNonce(), encrypted: false);
@@ -134,7 +142,8 @@ internal static class BenchDiskCommand
         }
         finally
         {
-            if (cl.String("dir") is null && Directory.Exists(dir)) Directory.Delete(dir, true);
+            foreach (var path in own) BenchModel.TryDelete(path);
+            if (ownDir) BenchModel.TryDelete(dir);
         }
     }
 
@@ -162,7 +171,7 @@ internal static class BenchDiskCommand
     private static double OpenTenThousand(string dir)
     {
         var identity = SlotPoolIdentity.For(new ModelFingerprint(0x10C), new KvShape(1, 1, 16, 2), chunkTokens: 16);
-        var options = new SlotPoolOptions { Directory = dir, Identity = identity, CapacitySlots = 10_000, Durability = Durability.None };
+        var options = new SlotPoolOptions { Directory = dir, Identity = identity, CapacitySlots = 10_000, Durability = Durability.None, SecretKey = BenchKey };
         var payload = new byte[identity.PayloadBytes];
         var tokens = new int[16];
         using (var pool = SlotPool.Open(options))

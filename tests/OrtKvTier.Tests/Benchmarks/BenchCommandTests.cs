@@ -79,4 +79,17 @@ public sealed class BenchCommandTests
         Assert.True(runs[0].GetProperty("cached_tokens").GetInt64() > 0);
         Assert.Equal(0, runs[1].GetProperty("cached_tokens").GetInt64());
     }
+
+    [Fact]
+    public void BenchDiskDeletesOnlyWhatItCreatedInTheDirectoryItIsGiven()
+    {
+        using var temp = new TempDir();
+        var mine = temp.Sub("notes.txt");
+        File.WriteAllText(mine, "the user's file");
+        var run = ChildProcess.Bench("disk", "--layers", "2", "--kv-heads", "1", "--head-size", "16", "--chunk-tokens", "16", "--chunks", "8", "--rounds", "1", "--dir", temp.Path, "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        Assert.True(JsonDocument.Parse(run.StdOut).RootElement.GetProperty("get_over_memcpy").GetDouble() > 0);
+        Assert.Equal("the user's file", File.ReadAllText(mine));
+        Assert.Equal([mine], Directory.GetFileSystemEntries(temp.Path));
+    }
 }
