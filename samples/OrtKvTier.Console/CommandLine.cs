@@ -56,12 +56,25 @@ internal sealed class CommandLine
         return value;
     }
 
-    /// <summary>A byte size such as <c>4096</c>, <c>512MiB</c>, <c>2GiB</c> or <c>1.5G</c>.</summary>
+    /// <summary>A byte size: <see cref="ParseSize"/>.</summary>
     public long Bytes(string name, long fallback)
     {
         var text = String(name);
         if (text is null) return fallback;
-        var units = new (string Suffix, long Factor)[] { ("KiB", 1L << 10), ("MiB", 1L << 20), ("GiB", 1L << 30), ("TiB", 1L << 40), ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000), ("B", 1) };
+        return ParseSize(text) ?? throw new UsageException($"--{name} expects a positive size such as 512MiB, 2GiB (binary) or 2GB (decimal); got '{text}'.");
+    }
+
+    /// <summary>
+    /// A positive byte size such as <c>4096</c>, <c>512MiB</c> or <c>2GiB</c> (binary), <c>2GB</c> or <c>1.5G</c> (decimal); null when it is not one.
+    /// </summary>
+    public static long? ParseSize(string text)
+    {
+        var units = new (string Suffix, long Factor)[]
+        {
+            ("KiB", 1L << 10), ("MiB", 1L << 20), ("GiB", 1L << 30), ("TiB", 1L << 40),
+            ("KB", 1000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("TB", 1_000_000_000_000),
+            ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000), ("B", 1),
+        };
         var (number, factor) = (text.Trim(), 1L);
         foreach (var (suffix, f) in units)
             if (number.EndsWith(suffix, StringComparison.OrdinalIgnoreCase))
@@ -69,9 +82,8 @@ internal sealed class CommandLine
                 (number, factor) = (number[..^suffix.Length], f);
                 break;
             }
-        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) || value <= 0)
-            throw new UsageException($"--{name} expects a positive size such as 512MiB or 2GiB; got '{text}'.");
-        return (long)(value * factor);
+        return double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && value > 0 && value * factor <= long.MaxValue
+            ? (long)(value * factor) : null;
     }
 
     /// <summary>Throws for options no reader asked for (likely typos).</summary>

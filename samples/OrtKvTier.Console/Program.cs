@@ -1,32 +1,41 @@
+using System.CommandLine;
 using OrtKvTier.Console;
 using OrtKvTier.Console.Commands;
 using OrtKvTier.Model;
 
-const string usage = "usage: ortkv <command> [options]   (--verbose shows stack traces)\n\n" +
-    GenerateCommand.Usage + "\n" + ChatCommand.ChatUsage + "\n" + ChatCommand.WarmUsage + "\n" + CacheCommand.Usage + "\n" + BuildModelCommand.Usage + "\n";
-
-var verbose = args.Contains("--verbose");
-var rest = args.Where(a => a != "--verbose").ToArray();
-if (rest.Length == 0 || rest[0] is "-h" or "--help" or "help")
+bool verbose = args.Contains("--verbose");
+StderrLogger.Verbose = verbose;
+var root = ConsoleCli.Build(path =>
 {
-    Console.Write(usage);
-    return rest.Length == 0 ? 2 : 0;
-}
-
-try
-{
-    var options = rest.Skip(1);
-    return rest[0] switch
+    // The arguments were checked against the command's options; its implementation reads them after the command's words.
+    var words = path.Split(' ');
+    var options = args.Where(a => a != "--verbose").Skip(words.Length);
+    return path switch
     {
         "generate" => GenerateCommand.Run(new CommandLine(options, new HashSet<string>(["json", "sample", .. CacheOptions.Flags]))),
         "chat" => ChatCommand.Chat(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
         "warm" => ChatCommand.Warm(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
         "build-model" => BuildModelCommand.Run(new CommandLine(options, new HashSet<string>())),
-        "cache" when rest.Length > 1 => CacheCommand.Run(rest[1], new CommandLine(rest.Skip(2), new HashSet<string> { "json" })),
-        "cache" => throw new UsageException($"cache needs a subcommand (list, stats, verify, prune, clear).\n{usage}"),
-        "bench" => throw new UsageException("The benchmarks are a project of their own: dotnet run -c Release --project tests/OrtKvTier.Benchmarks -- ttft (see the README)."),
-        _ => throw new UsageException($"Unknown command '{rest[0]}'.\n{usage}"),
+        _ when words[0] == "cache" => CacheCommand.Run(words[1], new CommandLine(options, new HashSet<string> { "json" })),
+        _ => throw new UsageException($"Unknown command '{path}'."),
     };
+});
+
+var parsed = root.Parse(args.Length == 0 ? ["--help"] : args);
+if (args.Length == 0)
+{
+    parsed.Invoke();
+    return 2;
+}
+if (parsed.Errors.Count > 0 && !args.Any(a => a is "-h" or "--help" or "-?"))
+{
+    foreach (var error in parsed.Errors) Console.Error.WriteLine($"error: {error.Message}");
+    Console.Error.WriteLine($"Run 'ortkv {string.Join(' ', parsed.CommandResult.Command.Name == root.Name ? [] : new[] { parsed.CommandResult.Command.Name })} --help' for the options.".Replace("  ", " "));
+    return 2;
+}
+try
+{
+    return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
 catch (Exception e) when (!verbose && e is UsageException or ModelFolderException or ArgumentException or InvalidOperationException or IOException)
 {

@@ -5,11 +5,6 @@ namespace OrtKvTier.Console.Commands;
 /// <summary><c>build-model</c>: write a GenAI model folder with random weights for a given shape.</summary>
 internal static class BuildModelCommand
 {
-    public const string Usage =
-        "build-model --out DIR [--preset tiny|tiny-fp16|bench] [--layers L] [--hidden H] [--heads N] [--kv-heads K]\n" +
-        "            [--head-size D] [--intermediate I] [--vocab V] [--max-length M] [--dtype fp32|fp16] [--shared-buffer true|false] [--seed S]\n" +
-        "            [--rotary attention|position-ids] [--external-data FILE]";
-
     public static int Run(CommandLine cl)
     {
         var output = cl.String("out") ?? throw new UsageException("build-model needs --out DIR.");

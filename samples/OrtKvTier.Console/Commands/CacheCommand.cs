@@ -6,9 +6,6 @@ namespace OrtKvTier.Console.Commands;
 /// <summary><c>cache list|stats|verify|prune|clear</c>: see, check, trim or empty the slot pools under a cache directory.</summary>
 internal static class CacheCommand
 {
-    public const string Usage = "cache list|stats|verify|clear --cache-dir DIR [--json]\n" +
-        "ortkv cache prune --cache-dir DIR (--older-than 30d | --keep N) [--json]   (deletes whole pools, least recently used first; one being changed is kept)";
-
     public static int Run(string action, CommandLine cl)
     {
         var dir = cl.String("cache-dir") ?? throw new UsageException("cache needs --cache-dir DIR.");

@@ -12,10 +12,6 @@ namespace OrtKvTier.Console.Commands;
 /// </summary>
 internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, RemoteTierOptions? Remote, string? Tenant)
 {
-    public const string Usage = "[--cache-dir DIR | --no-cache] [--chunk-tokens N] [--cache-size SIZE] [--host-cache-size SIZE] [--device-cache-size SIZE]\n" +
-        "         [--salt TEXT] [--tenant NAME] [--encrypt] [--share-with-group]   (key: $ORTKV_CACHE_KEY, else CACHE_DIR/cache.key)\n" +
-        "         [--remote redis://HOST:PORT [--remote-admission always|seen-twice] [--remote-namespace NS] [--remote-ttl 12h] [--remote-timeout 250ms]]";
-
     public static readonly string[] Flags = ["no-cache", "encrypt", "share-with-group"];
 
     public static CacheOptions Read(CommandLine cl)

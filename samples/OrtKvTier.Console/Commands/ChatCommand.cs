@@ -15,16 +15,11 @@ namespace OrtKvTier.Console.Commands;
 /// </summary>
 internal static class ChatCommand
 {
-    public const string ChatUsage =
-        "chat [--model DIR] [--system TEXT|FILE] [--max-new-tokens N] [--temperature T] [--seed S] " + CacheOptions.Usage + "\n" +
-        "     (type a message; /reset starts over with the same system prompt; /exit or end of input quits)";
-
-    public const string WarmUsage = "warm --file FILE [--model DIR] [--piece-tokens N] " + CacheOptions.Usage + "   (FILE becomes the system prompt chat --system FILE reuses)";
 
     public static int Chat(CommandLine cl)
     {
         var modelDir = cl.String("model") ?? RepoPaths.DefaultModel;
-        var system = SystemPrompt(cl.String("system"));
+        var system = cl.String("system-file") is { } systemFile ? File.ReadAllText(systemFile) : cl.String("system");
         int maxNew = cl.Int("max-new-tokens", 128, min: 1);
         var temperature = cl.Double("temperature");
         var seedText = cl.String("seed");
@@ -91,7 +86,7 @@ internal static class ChatCommand
         var cacheOptions = CacheOptions.Read(cl);
         cl.RejectUnknown();
         if (!cacheOptions.Enabled) throw new UsageException("warm fills the cache; --no-cache makes it pointless.");
-        var system = SystemPrompt(file)!;
+        var system = File.ReadAllText(file);
 
         using var model = KvModel.Load(modelDir);
         using var tokenizer = new ModelTokenizer(model.Folder);
@@ -115,14 +110,11 @@ internal static class ChatCommand
         generator.CaptureToCache();
         cache.Flush();
         AnsiConsole.MarkupLine($"warmed [bold]{tokens.Length}[/] tokens ({restored} were cached already) into {Markup.Escape(cache.DiskDirectory ?? "memory")}; " +
-            $"[grey]chat --system {Markup.Escape(file)}[/] now starts from them");
+            $"[grey]chat --system-file {Markup.Escape(file)}[/] now starts from them");
         return 0;
     }
 
     private static List<ChatMessage> NewHistory(string? system) => system is null ? [] : [new ChatMessage(ChatRole.System, system)];
-
-    /// <summary>--system takes a file when one exists at that path, else the text itself.</summary>
-    private static string? SystemPrompt(string? value) => value is null ? null : File.Exists(value) ? File.ReadAllText(value) : value;
 
     private static string TurnSummary(UsageDetails? usage, AdditionalPropertiesDictionary? details)
     {

@@ -8,11 +8,6 @@ namespace OrtKvTier.Console.Commands;
 /// <summary><c>generate</c>: run a prompt through the generation loop and print the text or JSON.</summary>
 internal static class GenerateCommand
 {
-    public const string Usage =
-        "generate [--model DIR] (--prompt TEXT | --prompt-file FILE | --tokens 1,2,3) [--max-new-tokens N]\n" +
-        "         [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--shared-buffer true|false] [--device cpu|cuda] [--json]\n" +
-        "         " + CacheOptions.Usage;
-
     public static int Run(CommandLine cl)
     {
         var modelDir = cl.String("model") ?? RepoPaths.DefaultModel;

@@ -31,7 +31,7 @@ public sealed class ChatCommandTests
         var warm = ChildProcess.Console("warm", "--file", doc, "--cache-dir", temp.Sub("cache"), "--cache-size", "16MiB", "--piece-tokens", "50");
         Assert.True(warm.ExitCode == 0, warm.StdErr);
         Assert.Contains("warmed", warm.StdOut);
-        var chat = ChildProcess.ConsoleWithInput("hi\n", "chat", "--system", doc, "--max-new-tokens", "4", "--cache-dir", temp.Sub("cache"));
+        var chat = ChildProcess.ConsoleWithInput("hi\n", "chat", "--system-file", doc, "--max-new-tokens", "4", "--cache-dir", temp.Sub("cache"));
         Assert.True(chat.ExitCode == 0, chat.StdErr);
         var m = Regex.Match(chat.StdOut, @"(\d+)/(\d+) prompt tokens cached \(disk (\d+)\)");
         Assert.True(m.Success, chat.StdOut);

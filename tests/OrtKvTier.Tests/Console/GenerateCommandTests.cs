@@ -64,14 +64,20 @@ public sealed class GenerateCommandTests
     [Theory]
     [InlineData("no such directory", "generate", "--model", "/nonexistent/model", "--prompt", "x")]
     [InlineData("Give exactly one of", "generate")]
-    [InlineData("--max-new-tokens expects an integer", "generate", "--prompt", "x", "--max-new-tokens", "many")]
-    [InlineData("Unknown option: --frobnicate", "generate", "--prompt", "x", "--frobnicate", "1")]
+    [InlineData("--max-new-tokens expects a whole number", "generate", "--prompt", "x", "--max-new-tokens", "many")]
+    [InlineData("--max-new-tokens expects a whole number from 1 to 1000000; got '2147483647'", "generate", "--prompt", "x", "--max-new-tokens", "2147483647")]
+    [InlineData("--top-k expects a whole number", "generate", "--prompt", "x", "--top-k", "abc")]
+    [InlineData("--prompt needs a value; got the option '--json'", "generate", "--prompt", "--json")]
+    [InlineData("Unrecognized command or argument '--frobnicate'", "generate", "--prompt", "x", "--frobnicate", "1")]
+    [InlineData("File does not exist: 'missing.txt'", "warm", "--file", "missing.txt")]
+    [InlineData("File does not exist: 'typo.txt'", "chat", "--system-file", "typo.txt")]
+    [InlineData("Argument 'gpu' not recognized", "generate", "--prompt", "x", "--device", "gpu")]
     [InlineData("[0, 512)", "generate", "--tokens", "1,99999", "--no-cache")]
     [InlineData("Give --cache-dir or --no-cache, not both", "generate", "--prompt", "x", "--no-cache", "--cache-dir", "/tmp/x")]
-    [InlineData("--cache-size expects a positive size", "generate", "--prompt", "x", "--cache-size", "lots")]
+    [InlineData("--cache-size expects a size such as 512MiB or 2GiB (binary) or 2GB (decimal)", "generate", "--prompt", "x", "--cache-size", "lots")]
     [InlineData("--remote-ttl expects a duration", "generate", "--prompt", "x", "--remote", "redis://127.0.0.1:1", "--remote-ttl", "forever")]
     [InlineData("Expected redis://host:port", "generate", "--prompt", "x", "--remote", "http://example:1")]
-    [InlineData("Unknown command", "frobnicate")]
+    [InlineData("Unrecognized command or argument 'frobnicate'", "frobnicate")]
     public void ErrorsGoToStderrWithoutAStackTrace(string message, params string[] args)
     {
         var (code, stdout, stderr) = ChildProcess.Console(args);
@@ -79,5 +85,36 @@ public sealed class GenerateCommandTests
         Assert.Contains(message, stderr);
         Assert.DoesNotContain("   at ", stderr);
         Assert.Equal("", stdout);
+    }
+
+    [Theory]
+    [InlineData("generate", "--max-new-tokens", "Most tokens to generate. [default: 32]")]
+    [InlineData("chat", "--system-file", "[default: 128]")]
+    [InlineData("warm", "--piece-tokens", "[default: 256]")]
+    [InlineData("cache prune", "--older-than", "Delete pools not used for this long")]
+    [InlineData("build-model", "--rotary", "<attention|position-ids>")]
+    public void EveryCommandHasHelpWithDescriptionsAndDefaults(string command, string option, string expected)
+    {
+        foreach (var help in new[] { "--help", "-h" })
+        {
+            var (code, stdout, stderr) = ChildProcess.Console([.. command.Split(' '), help]);
+            Assert.True(code == 0, stderr);
+            Assert.Contains(option, stdout);
+            Assert.Contains(expected, stdout);
+        }
+    }
+
+    [Fact]
+    public void VersionAndSizesWithDecimalAndBinarySuffixes()
+    {
+        var version = ChildProcess.Console("--version");
+        Assert.Equal(0, version.ExitCode);
+        Assert.Matches(@"^\d+\.\d+\.\d+", version.StdOut);
+        using var temp = new TempDir();
+        foreach (var size in new[] { "2GB", "2GiB", "1.5G", "512MiB", "600MB" })
+        {
+            var run = ChildProcess.Console("generate", "--prompt", "x", "--max-new-tokens", "1", "--cache-dir", temp.Sub(size), "--cache-size", size, "--json");
+            Assert.True(run.ExitCode == 0, $"{size}: {run.StdErr}");
+        }
     }
 }
