@@ -23,7 +23,7 @@ using CommandLine = OrtKvTier.Console.CommandLine;
 /// </summary>
 internal static class BenchRemoteCommand
 {
-    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--json]\n" +
+    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--no-encrypt] [--json]\n" +
         "    (no --remote: starts redis-server on a free loopback port; --sockets: RemoteTierOptions.SocketsPerServer, 0 = the client's connection)";
 
     public static int Run(CommandLine cl)
@@ -34,6 +34,7 @@ internal static class BenchRemoteCommand
         prefix -= prefix % PrefixCacheOptions.DefaultChunkTokens;
         int reps = cl.Int("reps", 3, 1);
         int sockets = cl.Int("sockets", new RemoteTierOptions { Connection = "localhost" }.SocketsPerServer, 0);
+        bool encrypt = !cl.Flag("no-encrypt");
         bool json = cl.Flag("json");
         cl.RejectUnknown();
 
@@ -48,7 +49,7 @@ internal static class BenchRemoteCommand
         var dir = Path.Combine(Path.GetTempPath(), "ortkv-bench-remote-" + ns);
         // One key for the bench's "fleet": every cache and tier below shares entries through it.
         var fleetKey = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
-        var remoteOptions = new RemoteTierOptions { Connection = connection, Namespace = ns, Admission = RemoteAdmission.Always, OperationTimeout = TimeSpan.FromSeconds(2), SecretKey = fleetKey, SocketsPerServer = sockets };
+        var remoteOptions = new RemoteTierOptions { Connection = connection, Namespace = ns, Admission = RemoteAdmission.Always, OperationTimeout = TimeSpan.FromSeconds(2), SecretKey = fleetKey, SocketsPerServer = sockets, Encrypt = encrypt };
         var diskOptions = new PrefixCacheOptions { Directory = dir, DiskCapacityBytes = 4L * prefix * model.Layout.BytesPerToken + (64L << 20), SecretKey = fleetKey };
         // A server's steady state: one cache whose connections are open and whose host memory is recycled; its host tier
         // is emptied before every measured restore, so every chunk comes from the server.
@@ -101,6 +102,7 @@ internal static class BenchRemoteCommand
                     w.WriteString("model", model.Folder);
                     w.WriteNumber("prefix_tokens", prefix);
                     w.WriteNumber("restore_bytes", bytes);
+                    w.WriteBoolean("values_encrypted", encrypt);
                     w.WriteNumber("remote_restore_gbps", Math.Round(remoteGbps, 3));
                     w.WriteNumber("disk_restore_gbps", Math.Round(diskGbps, 3));
                     w.WriteNumber("plain_client_gbps", Math.Round(plainGbps, 3));
