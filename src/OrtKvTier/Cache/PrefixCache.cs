@@ -71,6 +71,7 @@ public sealed class PrefixCache : IDisposable
         foreach (var tier in options.ExtraTiers) tier.UseCacheSecret(Secret);
         _lower = Disk is null ? [.. options.ExtraTiers] : [Disk, .. options.ExtraTiers];
         LocalLowerTiers = [.. _lower.Where(t => t.Cost == TierCost.LocalIndex)];
+        _localIndexTiers = [Host, .. LocalLowerTiers];
         Tiers = [Host, .. _lower];
         _writes = new(checked((int)Math.Clamp(PendingWriteBytes / ChunkBytes, 8, 256)));
         // Several writers: the disk tier writes slots in parallel, a remote tier overlaps round trips.
@@ -109,7 +110,7 @@ public sealed class PrefixCache : IDisposable
     private static CacheSecret ResolveSecret(PrefixCacheOptions options, TierFaults faults, out bool diskKeyed)
     {
         diskKeyed = true;
-        if (options.Directory is null) return options.SecretKey is { } key ? new CacheSecret(key) : CacheKeys.FromEnvironment() ?? CacheSecret.CreateRandom();
+        if (options.Directory is null) return CacheKeys.Given(options.SecretKey) ?? CacheSecret.CreateRandom();
         try
         {
             return CacheKeys.Resolve(options.SecretKey, options.Directory, create: true, options.ShareWithGroup);
@@ -198,6 +199,9 @@ public sealed class PrefixCache : IDisposable
 
     /// <summary>The tiers below host memory, in the order they are asked.</summary>
     internal IReadOnlyList<IKvChunkTier> LowerTiers => _lower;
+
+    /// <summary>Host memory and the local lower tiers: what answers a lookup without a round trip.</summary>
+    private readonly IKvChunkTier[] _localIndexTiers;
 
     /// <summary>The lower tiers an in-process index answers for (asked key by key; the others are batched).</summary>
     internal IKvChunkTier[] LocalLowerTiers { get; }
@@ -335,7 +339,7 @@ public sealed class PrefixCache : IDisposable
     /// <summary>Leading keys that some tier's index holds (their bytes are verified only when read).</summary>
     internal int IndexedChainLength(ChunkKey[] keys, bool localOnly = false)
     {
-        IKvChunkTier[] tiers = localOnly ? [Host, .. LocalLowerTiers] : [.. Tiers];
+        var tiers = localOnly ? _localIndexTiers : Tiers;
         int count = 0;
         while (count < keys.Length && tiers.Any(t => t.Contains(keys[count]))) count++;
         return count;

@@ -18,16 +18,13 @@ internal static partial class CacheKeys
 
     /// <summary>The key from <paramref name="configured"/>, else the environment variable, else the key file in <paramref name="cacheDirectory"/> (created when <paramref name="create"/>).</summary>
     /// <exception cref="IOException">No key file and not <paramref name="create"/>, or the key file cannot be trusted or read.</exception>
-    public static CacheSecret Resolve(byte[]? configured, string cacheDirectory, bool create, bool shareWithGroup = false)
-    {
-        if (configured is not null) return new CacheSecret(configured);
-        if (FromEnvironment() is { } fromEnvironment) return fromEnvironment;
-        return LoadOrCreate(cacheDirectory, create, shareWithGroup);
-    }
+    public static CacheSecret Resolve(byte[]? configured, string cacheDirectory, bool create, bool shareWithGroup = false) =>
+        Given(configured) ?? LoadOrCreate(cacheDirectory, create, shareWithGroup);
 
-    /// <summary>The key in <see cref="EnvironmentVariable"/>, or null when it is unset.</summary>
-    public static CacheSecret? FromEnvironment() =>
-        Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } text ? CacheSecret.Parse(text, $"${EnvironmentVariable}") : null;
+    /// <summary>The key the application gave: <paramref name="configured"/>, else the one in <see cref="EnvironmentVariable"/>; null when neither is set.</summary>
+    public static CacheSecret? Given(byte[]? configured) =>
+        configured is not null ? new CacheSecret(configured)
+        : Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } text ? CacheSecret.Parse(text, $"${EnvironmentVariable}") : null;
 
     /// <summary>The key file's key; created first (exclusively, so concurrent first uses agree) when missing and <paramref name="create"/>.</summary>
     public static CacheSecret LoadOrCreate(string cacheDirectory, bool create, bool shareWithGroup = false)

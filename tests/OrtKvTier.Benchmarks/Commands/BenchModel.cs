@@ -45,6 +45,16 @@ internal static class BenchModel
     }
 
     /// <summary>Removes a bench's scratch directory, ignoring what cannot be removed.</summary>
+    /// <summary>A loopback port nothing listens on now (for the servers a bench starts).</summary>
+    public static int FreePort()
+    {
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        return port;
+    }
+
     public static void TryDelete(string dir)
     {
         try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
 using StackExchange.Redis;
-using System.Net;
 using System.Net.Sockets;
 using OrtKvTier.Cache;
 using OrtKvTier.Tiers.Remote;
@@ -201,10 +200,7 @@ internal static class BenchRemoteCommand
 
         public static LocalServer Start()
         {
-            var listener = new TcpListener(IPAddress.Loopback, 0);
-            listener.Start();
-            int port = ((IPEndPoint)listener.LocalEndpoint).Port;
-            listener.Stop();
+            int port = BenchModel.FreePort();
             var info = new ProcessStartInfo("redis-server") { RedirectStandardOutput = true, RedirectStandardError = true };
             foreach (var a in new[] { "--port", port.ToString(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no" }) info.ArgumentList.Add(a);
             Process process;

@@ -2,8 +2,6 @@ using System.ClientModel;
 using System.ClientModel.Primitives;
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
 using System.Reflection;
 using System.Text;
 using OpenAI;
@@ -196,10 +194,7 @@ internal static class BenchServeCommand
         public static Server Start(string model, string cacheDir, bool cache)
         {
             var dll = typeof(BenchServeCommand).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == "ServerDll").Value!;
-            var listener = new TcpListener(IPAddress.Loopback, 0);
-            listener.Start();
-            int port = ((IPEndPoint)listener.LocalEndpoint).Port;
-            listener.Stop();
+            int port = BenchModel.FreePort();
             var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
             foreach (var a in new[] { dll, "--urls", $"http://127.0.0.1:{port}", $"--OrtKvTier:ModelFolder={model}", $"--OrtKvTier:CacheDirectory={cacheDir}",
                          $"--OrtKvTier:CacheEnabled={cache}", "--Server:MaxQueued=256", "--Logging:LogLevel:Default=Warning" })

@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 
 namespace OrtKvTier.Tests.Support;
 
@@ -50,12 +48,12 @@ internal sealed class RedisCluster : IDisposable
         {
             for (int n = 0; n < 3; n++)
             {
-                int port = FreePort();
+                int port = LoopbackPort.Free();
                 var nodeDir = Path.Combine(directory, n.ToString());
                 Directory.CreateDirectory(nodeDir);
                 var info = new ProcessStartInfo(RedisServer.Binary!) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = nodeDir };
                 // The bus port is given: the default (port + 10000) does not exist above port 55535.
-                foreach (var a in new[] { "--port", port.ToString(), "--cluster-port", FreePort().ToString(), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                foreach (var a in new[] { "--port", port.ToString(), "--cluster-port", LoopbackPort.Free().ToString(), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                              "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no" })
                     info.ArgumentList.Add(a);
                 var process = Process.Start(info)!;
@@ -131,14 +129,6 @@ internal sealed class RedisCluster : IDisposable
         return output.Result;
     }
 
-    private static int FreePort()
-    {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
 }
 
 /// <summary>A fact that needs a Redis Cluster; skipped, saying how to get one, where none can be had.</summary>

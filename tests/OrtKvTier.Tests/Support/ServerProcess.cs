@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 
 namespace OrtKvTier.Tests.Support;
 
@@ -30,10 +28,7 @@ internal sealed class ServerProcess : IDisposable
     /// <summary>Starts the server with <paramref name="settings"/> (configuration keys such as <c>Server:MaxQueued</c>) and waits for /health.</summary>
     public static ServerProcess Start(string cacheDirectory, params (string Key, string Value)[] settings)
     {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
+        int port = LoopbackPort.Free();
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = TestPaths.RepoRoot };
         foreach (var a in new[] { ChildProcess.ServerDll, "--urls", $"http://127.0.0.1:{port}", $"--OrtKvTier:ModelFolder={TestPaths.Tiny}",
                      $"--OrtKvTier:CacheDirectory={cacheDirectory}", "--OrtKvTier:ChunkTokens=16", "--OrtKvTier:DiskCacheBytes=16777216", "--Logging:LogLevel:Default=Warning" })

@@ -45,7 +45,7 @@ public sealed class RemoteTier : IKvChunkTier
         _options = options;
         _identity = identity;
         _logger = logger;
-        _secret = options.SecretKey is { } key ? new CacheSecret(key) : CacheKeys.FromEnvironment();
+        _secret = CacheKeys.Given(options.SecretKey);
         var config = ConfigurationOptions.Parse(RemoteTierOptions.ConfigurationFor(options.Connection));
         config.AbortOnConnectFail = false;
         int timeout = (int)Math.Max(1, options.OperationTimeout.TotalMilliseconds);
@@ -135,9 +135,9 @@ public sealed class RemoteTier : IKvChunkTier
         if (_wire is { } wire)
         {
             // Each key to the server its slot lives on (the one server, or a cluster node); a node that is down is a miss.
-            var names = keys.Select(k => (RedisKey)Key(k)).ToArray();
-            var (failed, redirected) = Guarded(db => wire.Fetch([.. names.Select(n => n.ToString())],
-                i => db.Multiplexer.GetServer(names[i]) is { IsConnected: true } server ? server.EndPoint : null,
+            string[] names = [.. keys.Select(Key)];
+            var (failed, redirected) = Guarded(db => wire.Fetch(names,
+                i => db.Multiplexer.GetServer((RedisKey)names[i]) is { IsConnected: true } server ? server.EndPoint : null,
                 (i, value) => found[i] = Accept(keys[i], tokens[i], value, destinations[i].Span)), (-1, []));
             if (failed < 0) Interlocked.Add(ref _misses, keys.Count);
             else if (failed > 0) Fail(new IOException($"{failed} connection(s) failed while fetching {keys.Count} chunks"));
