@@ -7,10 +7,12 @@ namespace OrtKvTier.Cache;
 
 /// <summary>
 /// A chain found in the tiers' indexes: keys, token ids and host leases (null where a lower tier holds the
-/// chunk). Owns the leases: Dispose releases them.
+/// chunk), and what a round trip already placed in the past. Owns the leases: Dispose releases them.
 /// </summary>
-internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leased, TierId?[] from, long startTimestamp) : IDisposable
+internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leased, TierId?[] from, long startTimestamp, PastOnArrival? arrival = null) : IDisposable
 {
+    /// <summary>The past prepared before a round trip, with the chunks that came placed in it; null when none was made.</summary>
+    public PastOnArrival? Arrival { get; } = arrival;
     public ChunkKey[] Keys { get; } = keys;
     public int[] Tokens { get; } = tokens;
     public HostChunk?[] Leased { get; } = leased;
@@ -97,4 +99,41 @@ internal sealed unsafe class StagedChunk
         if (_owned) _memory!.Release();
         return null;
     }
+}
+
+/// <summary>
+/// The past prepared before a round trip for every chunk asked (<see cref="Rows"/> rows), each fetched chunk placed on
+/// the fetching thread as soon as it arrived intact: placing chunk i overlaps with fetching the next ones. Used when
+/// the restore covers exactly <see cref="Rows"/> (every chunk came); otherwise the past is prepared again.
+/// </summary>
+internal sealed unsafe class PastOnArrival
+{
+    private readonly ChunkLayout _layout;
+    private readonly byte*[] _past;
+    private readonly int _capacity;
+    private readonly bool[] _placed;
+
+    public PastOnArrival(ChunkLayout layout, IKvTensorView view, int rows)
+    {
+        (_layout, View, Rows) = (layout, view, rows);
+        _past = layout.Pointers(view);
+        _capacity = view.Capacity;
+        layout.PopulateRows(_past, _capacity, rows);
+        _placed = new bool[(rows + layout.ChunkTokens - 1) / layout.ChunkTokens];
+    }
+
+    public IKvTensorView View { get; }
+    public int Rows { get; }
+
+    /// <summary>Copies plan chunk <paramref name="index"/> (intact, in host memory) to its rows.</summary>
+    public void Place(int index, HostChunk chunk)
+    {
+        if (index >= _placed.Length) return;
+        var scatter = _layout.ScatterToPast(_past, _capacity, index, Math.Min(_layout.ChunkTokens, Rows - index * _layout.ChunkTokens));
+        scatter.Place(chunk.Pointer, 0, chunk.Length);
+        _placed[index] = true;
+    }
+
+    /// <summary>Whether chunk <paramref name="index"/> is in place for a restore of <paramref name="restored"/> rows (into <see cref="View"/>).</summary>
+    public bool Holds(int index, int restored) => restored == Rows && _placed[index];
 }

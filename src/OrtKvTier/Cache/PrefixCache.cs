@@ -71,6 +71,7 @@ public sealed class PrefixCache : IDisposable
         foreach (var tier in options.ExtraTiers) tier.UseCacheSecret(Secret);
         _lower = Disk is null ? [.. options.ExtraTiers] : [Disk, .. options.ExtraTiers];
         LocalLowerTiers = [.. _lower.Where(t => t.Cost == TierCost.LocalIndex)];
+        RoundTripTiers = [.. _lower.Where(t => t.Cost == TierCost.NetworkRoundTrip)];
         _localIndexTiers = [Host, .. LocalLowerTiers];
         Tiers = [Host, .. _lower];
         _writes = new(checked((int)Math.Clamp(PendingWriteBytes / ChunkBytes, 8, 256)));
@@ -199,6 +200,9 @@ public sealed class PrefixCache : IDisposable
 
     /// <summary>The tiers below host memory, in the order they are asked.</summary>
     internal IReadOnlyList<IKvChunkTier> LowerTiers => _lower;
+
+    /// <summary>The lower tiers asked once per lookup for the rest of a chain (a remote server).</summary>
+    internal IKvChunkTier[] RoundTripTiers { get; }
 
     /// <summary>Host memory and the local lower tiers: what answers a lookup without a round trip.</summary>
     private readonly IKvChunkTier[] _localIndexTiers;

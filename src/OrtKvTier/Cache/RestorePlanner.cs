@@ -51,7 +51,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         while (true)
         {
             // Once the past was prepared, what it held before is gone.
-            var lookup = Lookup(tokens, target.Prepared ? 0 : computedTokens, chunkLimit, target.Chain);
+            var lookup = Lookup(tokens, target.Prepared ? 0 : computedTokens, chunkLimit, target);
             if (lookup is not { Plan: { } plan, Restored: var restored, LookupMs: var lookupMs })
             {
                 if (target.Prepared) target.Prepare(0);
@@ -60,7 +60,8 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
             using (plan)
             {
                 long start = Stopwatch.GetTimestamp();
-                var tiers = target.Device is { } device ? device.Fill(this, plan, restored, target) : FillPast(plan, restored, target.Prepare(restored));
+                var tiers = target.Device is { } device ? device.Fill(this, plan, restored, target)
+                    : FillPast(plan, restored, plan.Arrival is { } arrival && arrival.Rows == restored ? arrival.View : target.Prepare(restored));
                 int failed = Array.IndexOf(tiers, null);
                 if (failed < 0)
                 {
@@ -78,7 +79,8 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         var (past, capacity, chunks) = Populate(view, restored);
         int chunkTokens = cache.ChunkTokens;
         var tiers = new TierId?[chunks];
-        void Fill(int j) => tiers[j] = FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
+        void Fill(int j) => tiers[j] = plan.Arrival?.Holds(j, restored) == true ? CountHit(plan.From[j]!.Value)
+            : FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
         if (chunks > 1 && (long)restored * cache.Layout.BytesPerToken >= ParallelCopyBytes) Parallel.For(0, chunks, Fill);
         else for (int j = 0; j < chunks; j++) Fill(j);
         return tiers;
@@ -165,14 +167,16 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     private readonly record struct Found(ChainPlan? Plan, int Restored, double LookupMs);
 
     /// <summary>Looks the prompt up; null when it is too short to restore anything (no lookup made).</summary>
-    private Found? Lookup(ReadOnlySpan<int> tokens, int computedTokens, int chunkLimit, ChunkChain chain)
+    private Found? Lookup(ReadOnlySpan<int> tokens, int computedTokens, int chunkLimit, RestoreTarget target)
     {
         using var span = KvCacheMetrics.Activities.StartActivity("ortkv.lookup");
         int chunkTokens = cache.ChunkTokens;
         int usable = tokens.Length - MinimumSuffixTokens;
         if (usable < 1) return null;
         int maxChunks = Math.Min(chunkLimit, (usable + chunkTokens - 1) / chunkTokens);
-        var plan = Plan(tokens, chain, maxChunks, minChunks: computedTokens / chunkTokens + 1);
+        // A host past with nothing computed to lose is prepared before a round trip and filled as chunks arrive.
+        var placeOnArrival = target.Device is null && computedTokens == 0 ? target : null;
+        var plan = Plan(tokens, target.Chain, maxChunks, minChunks: computedTokens / chunkTokens + 1, placeOnArrival, usable);
         int restored = Math.Min(plan.Count * chunkTokens, usable);
         double lookupMs = KvCacheMetrics.Milliseconds(plan.StartTimestamp);
         if (restored > computedTokens) return new Found(plan, restored, lookupMs);
@@ -186,7 +190,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// read later, straight into the past), extended by what round-trip tiers return when asked for the rest in one
     /// batch (no per-key existence round trips). Fewer than <paramref name="minChunks"/>: an empty plan.
     /// </summary>
-    private ChainPlan Plan(ReadOnlySpan<int> tokens, ChunkChain chain, int maxChunks, int minChunks)
+    private ChainPlan Plan(ReadOnlySpan<int> tokens, ChunkChain chain, int maxChunks, int minChunks, RestoreTarget? placeOnArrival, int usable)
     {
         long start = Stopwatch.GetTimestamp();
         int chunkTokens = cache.ChunkTokens;
@@ -195,11 +199,20 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         var leased = new HostChunk?[chunks];
         var from = new TierId?[chunks];
         int count = cache.IndexedChainLength(keys, localOnly: true);
+        PastOnArrival? arrival = null;
         try
         {
             for (int i = 0; i < count; i++)
                 if (cache.Host.TryLease(keys[i], cache.ChunkTokensOf(tokens, i), out var chunk)) (leased[i], from[i]) = (chunk, TierId.Host);
-            if (count < chunks) count = FetchFromRoundTripTiers(keys, tokens, count, leased, from);
+            if (count < chunks && cache.RoundTripTiers.Length > 0)
+            {
+                if (placeOnArrival is not null)
+                {
+                    int rows = Math.Min(chunks * chunkTokens, usable);
+                    arrival = new PastOnArrival(cache.ChunkLayout, placeOnArrival.Prepare(rows), rows);
+                }
+                count = FetchFromRoundTripTiers(keys, tokens, count, leased, from, arrival);
+            }
         }
         catch
         {
@@ -208,18 +221,18 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         }
         if (count < minChunks) count = 0;
         for (int i = count; i < chunks; i++) leased[i]?.Release();
-        return new ChainPlan(keys[..count], tokens[..(count * chunkTokens)].ToArray(), leased[..count], from[..count], start);
+        return new ChainPlan(keys[..count], tokens[..(count * chunkTokens)].ToArray(), leased[..count], from[..count], start, arrival);
     }
 
     /// <summary>
     /// Asks the round-trip tiers for chunks <paramref name="first"/>.. (one batch per tier, each tier for what the ones
     /// before it lacked) into host memory, promoted (host at once, the tiers above by the writer threads). Returns where
-    /// the chain now ends: the first chunk no tier returned.
+    /// the chain now ends: the first chunk no tier returned. Each chunk that arrives is placed in <paramref name="arrival"/>'s past at once.
     /// </summary>
-    private int FetchFromRoundTripTiers(ChunkKey[] keys, ReadOnlySpan<int> tokens, int first, HostChunk?[] leased, TierId?[] from)
+    private int FetchFromRoundTripTiers(ChunkKey[] keys, ReadOnlySpan<int> tokens, int first, HostChunk?[] leased, TierId?[] from, PastOnArrival? arrival)
     {
         var missing = Enumerable.Range(first, keys.Length - first).ToList();
-        foreach (var tier in cache.LowerTiers.Where(t => t.Cost == TierCost.NetworkRoundTrip))
+        foreach (var tier in cache.RoundTripTiers)
         {
             if (missing.Count == 0) break;
             var chunks = new HostChunk[missing.Count];
@@ -227,7 +240,9 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
             bool[] found;
             try
             {
-                found = tier.TryReadMany([.. missing.Select(i => keys[i])], [.. chunks.Select(c => c.Tokens)], [.. chunks.Select(c => c.Memory)]);
+                var asked = missing;
+                found = tier.TryReadMany([.. missing.Select(i => keys[i])], [.. chunks.Select(c => c.Tokens)], [.. chunks.Select(c => c.Memory)],
+                    arrival is null ? null : j => arrival.Place(asked[j], chunks[j]));
             }
             catch
             {

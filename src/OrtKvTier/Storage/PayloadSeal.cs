@@ -37,7 +37,7 @@ internal static unsafe class PayloadSeal
             return Run(PayloadSource.Memory(p), null, payload.Length, seal, 1, PayloadSink.Memory(s));
     }
 
-    /// <summary>Opens <paramref name="stored"/> into <paramref name="destination"/> (as long); returns the tag of what was stored, to compare with the header's.</summary>
+    /// <summary>Opens <paramref name="stored"/> into <paramref name="destination"/> (as long, or the same memory: opened in place); returns the tag of what was stored, to compare with the header's.</summary>
     public static UInt128 OpenInto(ReadOnlySpan<byte> stored, Span<byte> destination, EntrySeal seal)
     {
         fixed (byte* s = stored)
@@ -186,7 +186,8 @@ internal readonly unsafe struct PayloadSource
     {
         if (_file is null)
         {
-            new ReadOnlySpan<byte>(_memory + position, into.Length).CopyTo(into);
+            var bytes = new ReadOnlySpan<byte>(_memory + position, into.Length);
+            if (!(bytes.Overlaps(into, out int offset) && offset == 0)) bytes.CopyTo(into); // opened in place: nothing to copy
             return into;
         }
         int done = 0;

@@ -56,12 +56,15 @@ public interface IKvChunkTier : IKvTier
 
     /// <summary>
     /// Reads several chunks into <paramref name="destinations"/>; true where one came back intact. Tiers whose
-    /// <see cref="IKvTier.Cost"/> is a round trip do it in one.
+    /// <see cref="IKvTier.Cost"/> is a round trip do it in one. <paramref name="arrived"/>(i), when given, is called
+    /// (from any thread, before this returns) as soon as destination i holds its intact chunk, so the caller can use it
+    /// while the others are still coming.
     /// </summary>
-    bool[] TryReadMany(IReadOnlyList<ChunkKey> keys, IReadOnlyList<int[]> tokens, IReadOnlyList<Memory<byte>> destinations)
+    bool[] TryReadMany(IReadOnlyList<ChunkKey> keys, IReadOnlyList<int[]> tokens, IReadOnlyList<Memory<byte>> destinations, Action<int>? arrived = null)
     {
         var found = new bool[keys.Count];
-        for (int i = 0; i < keys.Count; i++) found[i] = TryRead(keys[i], tokens[i], destinations[i].Span);
+        for (int i = 0; i < keys.Count; i++)
+            if (found[i] = TryRead(keys[i], tokens[i], destinations[i].Span)) arrived?.Invoke(i);
         return found;
     }
 

@@ -22,8 +22,9 @@ using CommandLine = OrtKvTier.Console.CommandLine;
 /// </summary>
 internal static class BenchRemoteCommand
 {
-    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--no-encrypt] [--json]\n" +
-        "    (no --remote: starts redis-server on a free loopback port; --sockets: RemoteTierOptions.SocketsPerServer, 0 = the client's connection)";
+    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--no-encrypt] [--idle S] [--json]\n" +
+        "    (no --remote: starts redis-server on a free loopback port; --sockets: RemoteTierOptions.SocketsPerServer, 0 = the client's connection;\n" +
+        "     --idle S: also time the first fetch after S seconds idle)";
 
     public static int Run(CommandLine cl)
     {
@@ -33,6 +34,7 @@ internal static class BenchRemoteCommand
         prefix -= prefix % PrefixCacheOptions.DefaultChunkTokens;
         int reps = cl.Int("reps", 3, 1);
         int sockets = cl.Int("sockets", new RemoteTierOptions { Connection = "localhost" }.SocketsPerServer, 0);
+        int idleSeconds = cl.Int("idle", 0, 0);
         bool encrypt = !cl.Flag("no-encrypt");
         bool json = cl.Flag("json");
         cl.RejectUnknown();
@@ -72,26 +74,48 @@ internal static class BenchRemoteCommand
                 System.Console.Error.WriteLine($"remote tier after the fill: {remote.GetStats().Writes} chunks written, {remote.Failures} failures");
             }
             long bytes = (long)prefix * model.Layout.BytesPerToken;
-            string[] serverKeys;
-            serverKeys = [.. remoteCache.Chain.Keys(prefixTokens).Select(remoteTier.Key)];
+            string[] serverKeys = [.. remoteCache.Chain.Keys(prefixTokens).Select(remoteTier.Key)];
             using var plain = PlainClient.Connect(connection, Math.Max(1, sockets));
-            var remoteMs = new List<double>();
-            var plainMs = new List<double>();
-            for (int rep = 0; rep < reps; rep++) // alternated, so both see the same load
+            // Steady state, as a server serving requests: both paths run a few times untimed first (code optimized, buffers in use).
+            for (int warm = 0; warm < WarmUps; warm++)
             {
-                remoteMs.Add(RestoreMs(model, RemoteOnly(), Prompt(-1)));
-                plainMs.Add(plain.FetchMs(serverKeys));
+                RestoreMs(model, RemoteOnly(), Prompt(-1));
+                plain.FetchMs(serverKeys);
+            }
+            // Pairs, one right after the other, so both see the same load; the ratio is taken per pair.
+            var pairs = new List<(double RemoteMs, double PlainMs, double RemoteCpuMs, double PlainCpuMs)>();
+            for (int pair = 0; pair < FetchPairsPerRep * reps; pair++)
+            {
+                var (remoteOne, remoteCpu) = WithCpu(() => RestoreMs(model, RemoteOnly(), Prompt(-1)));
+                var (plainOne, plainCpu) = WithCpu(() => plain.FetchMs(serverKeys));
+                pairs.Add((remoteOne, plainOne, remoteCpu, plainCpu));
             }
             var diskMs = Repeat(reps, _ => { using var c = PrefixCache.Open(model, diskOptions); return RestoreMs(model, c, Prompt(-1)); });
             var noCache = Repeat(reps, r => new TextGenerator(model, tokenizer).Generate(Prompt(r), 8, search).TtftMs);
             var remoteHit = new List<double>();
             var diskHit = new List<double>();
-            for (int rep = 0; rep < reps; rep++)
+            for (int rep = -1; rep < reps; rep++) // rep -1: untimed, after the model runs above
             {
-                remoteHit.Add(new TextGenerator(model, tokenizer, RemoteOnly()).Generate(Prompt(rep), 8, search).TtftMs);
-                using (var c = PrefixCache.Open(model, diskOptions)) diskHit.Add(new TextGenerator(model, tokenizer, c).Generate(Prompt(rep), 8, search).TtftMs);
+                double remote = new TextGenerator(model, tokenizer, RemoteOnly()).Generate(Prompt(rep), 8, search).TtftMs;
+                double disk;
+                using (var c = PrefixCache.Open(model, diskOptions)) disk = new TextGenerator(model, tokenizer, c).Generate(Prompt(rep), 8, search).TtftMs;
+                if (rep < 0) continue;
+                remoteHit.Add(remote);
+                diskHit.Add(disk);
+            }
+            // What an idle spell costs the first fetch (on this VM: buffers the kernel freed are handed back to the host).
+            (double Plain, double Remote)? afterIdle = null;
+            if (idleSeconds > 0)
+            {
+                Thread.Sleep(TimeSpan.FromSeconds(idleSeconds));
+                double plainAfterIdle = plain.FetchMs(serverKeys);
+                Thread.Sleep(TimeSpan.FromSeconds(idleSeconds));
+                afterIdle = (plainAfterIdle, RestoreMs(model, RemoteOnly(), Prompt(-1)));
             }
 
+            var remoteMs = pairs.Select(p => p.RemoteMs).ToList();
+            var plainMs = pairs.Select(p => p.PlainMs).ToList();
+            double pairRatio = BenchModel.Median(pairs.Select(p => p.PlainMs / p.RemoteMs));
             double remoteGbps = bytes / BenchModel.Median(remoteMs) / 1e6, diskGbps = bytes / BenchModel.Median(diskMs) / 1e6, plainGbps = bytes / BenchModel.Median(plainMs) / 1e6;
             double? redisBenchmark = connection.Contains(',') ? null : RedisBenchmarkGbps(connection, (int)(bytes / serverKeys.Length));
             double noCacheTtft = BenchModel.Median(noCache), remoteTtft = BenchModel.Median(remoteHit), diskTtft = BenchModel.Median(diskHit);
@@ -105,7 +129,16 @@ internal static class BenchRemoteCommand
                     w.WriteNumber("remote_restore_gbps", Math.Round(remoteGbps, 3));
                     w.WriteNumber("disk_restore_gbps", Math.Round(diskGbps, 3));
                     w.WriteNumber("plain_client_gbps", Math.Round(plainGbps, 3));
-                    w.WriteNumber("remote_over_plain_client", Math.Round(remoteGbps / plainGbps, 2));
+                    w.WriteNumber("fetch_pairs", pairs.Count);
+                    w.WriteNumber("remote_over_plain_client", Math.Round(pairRatio, 2));
+                    w.WriteNumber("remote_client_cpu_ms", Math.Round(BenchModel.Median(pairs.Select(p => p.RemoteCpuMs)), 1));
+                    w.WriteNumber("plain_client_cpu_ms", Math.Round(BenchModel.Median(pairs.Select(p => p.PlainCpuMs)), 1));
+                    if (afterIdle is { } idle)
+                    {
+                        w.WriteNumber("idle_seconds", idleSeconds);
+                        w.WriteNumber("plain_client_ms_after_idle", Math.Round(idle.Plain, 1));
+                        w.WriteNumber("remote_restore_ms_after_idle", Math.Round(idle.Remote, 1));
+                    }
                     if (redisBenchmark is { } rb) w.WriteNumber("redis_benchmark_get_gbps", Math.Round(rb, 3));
                     w.WriteNumber("disk_hit_ttft_ms", Math.Round(diskTtft, 2));
                     w.WriteNumber("remote_hit_over_disk_hit", Math.Round(remoteTtft / diskTtft, 2));
@@ -115,7 +148,10 @@ internal static class BenchRemoteCommand
                 });
             else
             {
-                System.Console.WriteLine($"restore {bytes / 1e6:F1} MB: remote {BenchModel.Median(remoteMs):F1} ms = {remoteGbps:F2} GB/s, a plain client fetching the same values {plainGbps:F2} GB/s ({remoteGbps / plainGbps:F2}x); local disk {diskGbps:F2} GB/s (medians of {reps})");
+                System.Console.WriteLine($"restore {bytes / 1e6:F1} MB: remote {BenchModel.Median(remoteMs):F1} ms = {remoteGbps:F2} GB/s, a plain client fetching the same values {plainGbps:F2} GB/s " +
+                    $"(remote / plain {pairRatio:F2}x, median of {pairs.Count} pairs); local disk {diskGbps:F2} GB/s (median of {reps})");
+                System.Console.WriteLine($"client CPU per fetch: remote {BenchModel.Median(pairs.Select(p => p.RemoteCpuMs)):F0} ms, plain {BenchModel.Median(pairs.Select(p => p.PlainCpuMs)):F0} ms");
+                if (afterIdle is { } idle) System.Console.WriteLine($"first fetch after {idleSeconds} s idle: plain client {idle.Plain:F1} ms, remote restore {idle.Remote:F1} ms");
                 if (redisBenchmark is { } rb) System.Console.WriteLine($"redis-benchmark GET of values that size, 4 connections: {rb:F2} GB/s");
                 System.Console.WriteLine($"TTFT: no cache {noCacheTtft:F1} ms, remote hit {remoteTtft:F1} ms ({noCacheTtft / remoteTtft:F1}x), disk hit {diskTtft:F1} ms (remote / disk {remoteTtft / diskTtft:F2}x)");
             }
@@ -134,6 +170,20 @@ internal static class BenchRemoteCommand
         if (restored.Tokens != prompt.Length - QuestionTokens)
             throw new InvalidOperationException($"Restored {restored.Tokens} of {prompt.Length} prompt tokens ({string.Join(", ", restored.Report.TokensByTier)}); is the server reachable?");
         return restored.Report.LookupMs + restored.Report.RestoreMs;
+    }
+
+    /// <summary>Untimed restores and fetches before the measured ones.</summary>
+    private const int WarmUps = 5;
+
+    /// <summary>Remote restore / plain fetch pairs per repetition (each takes tens of milliseconds).</summary>
+    private const int FetchPairsPerRep = 10;
+
+    /// <summary>The result of <paramref name="measure"/> and the CPU time this process spent meanwhile (every thread), in ms.</summary>
+    private static (double Result, double CpuMs) WithCpu(Func<double> measure)
+    {
+        var before = Process.GetCurrentProcess().TotalProcessorTime;
+        double result = measure();
+        return (result, (Process.GetCurrentProcess().TotalProcessorTime - before).TotalMilliseconds);
     }
 
     /// <summary>Each prompt is the prefix (whole chunks) plus a question of this many tokens: everything but the question is restored.</summary>
@@ -156,7 +206,7 @@ internal static class BenchRemoteCommand
         {
             long bytes = 0;
             var clock = Stopwatch.StartNew();
-            _wire.Fetch(keys, i => _topology.GetServer((RedisKey)keys[i]).EndPoint, (_, value) => Interlocked.Add(ref bytes, value?.Length ?? 0));
+            _wire.Fetch(keys, i => _topology.GetServer((RedisKey)keys[i]).EndPoint, null, (_, value, _) => Interlocked.Add(ref bytes, value?.Length ?? 0));
             double ms = clock.Elapsed.TotalMilliseconds;
             if (bytes == 0) throw new InvalidOperationException("The plain client fetched nothing: are the values on the server?");
             return ms;

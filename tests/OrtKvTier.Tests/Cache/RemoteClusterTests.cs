@@ -80,7 +80,7 @@ public sealed class RemoteClusterTests : IDisposable
         using var wire = new WireFetcher(StackExchange.Redis.ConfigurationOptions.Parse(cluster.Connection), 2, TimeSpan.FromSeconds(5), 1 << 20);
         var arrived = new System.Collections.Concurrent.ConcurrentDictionary<int, string>();
         // Every key asked of the first node, as a stale slot map would: the others answer MOVED.
-        var (failures, redirected) = wire.Fetch(keys, _ => first, (i, value) => arrived[i] = value is { } v ? System.Text.Encoding.UTF8.GetString(v.Span) : "(nil)");
+        var (failures, redirected) = wire.Fetch(keys, _ => first, null, (i, value, _) => arrived[i] = value is { } v ? System.Text.Encoding.UTF8.GetString(v.Span) : "(nil)");
         Assert.Equal(0, failures);
         Assert.NotEmpty(redirected);
         Assert.NotEmpty(arrived);

@@ -73,35 +73,112 @@ public sealed class RemoteTierTests : IDisposable
         using var model = KvModel.Load(TestPaths.Tiny);
         var identity = SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk);
         using var remote = new RemoteTier(Options(server), identity);
+        var (keys, tokens, payload) = StoreThreeDamaged(server, remote, identity, seed: 9);
+        var buffer = new byte[payload.Length];
+        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.False(remote.TryRead(keys[i], tokens[i], buffer), $"value {i}");
+            Assert.False(redis.GetDatabase().KeyExists(remote.Key(keys[i])), $"value {i} should be deleted");
+        }
+        Assert.Equal(3, remote.Damaged);
+    }
+
+    [RedisFact]
+    public void PipelinedReadsReceivingIntoTheirDestinationsRejectTheSameDamageAndReportOnlyIntactChunksAsArrived()
+    {
+        using var server = RedisServer.Shared();
+        using var model = KvModel.Load(TestPaths.Tiny);
+        var identity = SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk);
+        using var remote = new RemoteTier(Options(server), identity);
+        var (keys, tokens, payload) = StoreThreeDamaged(server, remote, identity, seed: 19);
+        var intact = TestPayloads.Key(19, 3);
+        Assert.True(remote.Write(intact, TestPayloads.Tokens(intact, Chunk), payload));
+        ChunkKey[] asked = [.. keys, intact];
+        var destinations = asked.Select(_ => new byte[payload.Length]).ToArray();
+        var arrived = new System.Collections.Concurrent.ConcurrentBag<int>();
+
+        var found = remote.TryReadMany(asked, [.. tokens, TestPayloads.Tokens(intact, Chunk)], [.. destinations.Select(d => (Memory<byte>)d)], arrived.Add);
+
+        Assert.Equal([false, false, false, true], found);
+        Assert.Equal([3], arrived.ToArray());
+        Assert.Equal(payload, destinations[3]);
+        Assert.Equal(3, remote.Damaged);
+        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        Assert.All(keys, k => Assert.False(redis.GetDatabase().KeyExists(remote.Key(k))));
+    }
+
+    /// <summary>
+    /// Stores three chunks, then damages them on the server: one payload byte flipped (same length), the value cut in half,
+    /// another model's valid entry put under this model's key name (same length). Returns what was stored.
+    /// </summary>
+    private (ChunkKey[] Keys, int[][] Tokens, byte[] Payload) StoreThreeDamaged(RedisServer server, RemoteTier remote, SlotPoolIdentity identity, int seed)
+    {
         using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
         var db = redis.GetDatabase();
-        var keys = Enumerable.Range(0, 3).Select(i => TestPayloads.Key(9, i)).ToArray();
+        var keys = Enumerable.Range(0, 3).Select(i => TestPayloads.Key(seed, i)).ToArray();
         var tokens = keys.Select(k => TestPayloads.Tokens(k, Chunk)).ToArray();
         var payload = new byte[identity.PayloadBytes];
-        new Random(5).NextBytes(payload);
+        new Random(seed).NextBytes(payload);
         foreach (var (key, i) in keys.Select((k, i) => (k, i))) Assert.True(remote.Write(key, tokens[i], payload));
         var buffer = new byte[payload.Length];
         Assert.True(remote.TryRead(keys[0], tokens[0], buffer));
         Assert.Equal(payload, buffer);
 
-        // Tampered: one payload byte flipped on the server.
         var value = (byte[])db.StringGet(remote.Key(keys[0]))!;
         value[^100] ^= 0x20;
         db.StringSet(remote.Key(keys[0]), value);
-        // Truncated.
         var truncated = (byte[])db.StringGet(remote.Key(keys[1]))!;
         db.StringSet(remote.Key(keys[1]), truncated[..(truncated.Length / 2)]);
-        // Foreign: another model's valid entry stored under this model's key name.
         using var other = new RemoteTier(Options(server), identity with { Fingerprint = new ModelFingerprint(42) });
         Assert.True(other.Write(keys[2], tokens[2], payload));
         db.StringSet(remote.Key(keys[2]), db.StringGet(other.Key(keys[2])));
+        return (keys, tokens, payload);
+    }
 
-        for (int i = 0; i < 3; i++)
+    [RedisTheory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ChunksFromTheServerArePlacedAsTheyArriveAndTokensEqualAPrefillWhateverPartOfThePromptTheServerHolds(bool sharedBuffer)
+    {
+        using var server = RedisServer.Shared();
+        using var model = KvModel.Load(TestPaths.WithSharedBuffer(TestPaths.Tiny, _temp.Sub("model"), sharedBuffer));
+        var identity = SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk);
+        var stored = CacheTestKit.Prompt(4 * Chunk + 2, seed: 73);
+        using (var writerTier = new RemoteTier(Options(server), identity))
+        using (var writer = Cache(model, writerTier, directory: null))
         {
-            Assert.False(remote.TryRead(keys[i], tokens[i], buffer), $"value {i}");
-            Assert.False(db.KeyExists(remote.Key(keys[i])), $"value {i} should be deleted");
+            CacheTestKit.Greedy(model, stored, writer);
+            writer.Flush();
         }
-        Assert.Equal(3, remote.Damaged);
+        using var remote = new RemoteTier(Options(server), identity);
+        using var reader = Cache(model, remote, directory: null);
+        void Check(int[] prompt, string[] tiers, string what)
+        {
+            var run = CacheTestKit.Greedy(model, prompt, reader);
+            Assert.Equal(tiers, run.Restore.ChunkTiers);
+            PrefixCacheParityTests.AssertSame(CacheTestKit.Greedy(model, prompt, cache: null), run, what);
+        }
+
+        // The whole prompt's chunks on the server: the past prepared up front holds every one.
+        Check(stored, ["remote", "remote", "remote", "remote"], "every chunk from the server");
+        reader.Clear();
+        // A longer prompt: the server holds its first four chunks of seven, the past is prepared again for those.
+        Check([.. stored[..(4 * Chunk)], .. CacheTestKit.Prompt(3 * Chunk + 2, seed: 74)], ["remote", "remote", "remote", "remote"], "a longer prompt");
+        reader.Clear();
+        // Host memory holds the first two chunks, the server the rest.
+        Check([.. stored[..(2 * Chunk)], 7, 8], ["remote", "remote"], "two chunks from the server");
+        Check(stored, ["host", "host", "remote", "remote"], "two from host memory, two from the server");
+        reader.Clear();
+        // A damaged chunk on the server ends the chain before it.
+        using (var redis = ConnectionMultiplexer.Connect(server.Endpoint))
+        {
+            var name = remote.Key(reader.Chain.Keys(stored[..(4 * Chunk)])[2]);
+            var value = (byte[])redis.GetDatabase().StringGet(name)!;
+            value[^7] ^= 1;
+            redis.GetDatabase().StringSet(name, value);
+        }
+        Check(stored, ["remote", "remote"], "a damaged third chunk");
     }
 
     [Fact]

@@ -103,3 +103,12 @@ internal sealed class RedisFactAttribute : FactAttribute
         if (RedisServer.Unavailable(ownServer) is { } reason) Skip = reason;
     }
 }
+
+/// <summary>A theory that needs a Redis server; skipped with the reason when none can be had.</summary>
+internal sealed class RedisTheoryAttribute : TheoryAttribute
+{
+    public RedisTheoryAttribute()
+    {
+        if (RedisServer.Unavailable(false) is { } reason) Skip = reason;
+    }
+}

@@ -29,7 +29,19 @@ internal static class RemoteEntry
     }
 
     /// <summary>Null when the value is this entry's, with payload opened into <paramref name="destination"/>; otherwise why not.</summary>
-    public static string? Decode(ReadOnlySpan<byte> value, SlotPoolIdentity identity, CacheSecret secret, ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination)
+    public static string? Decode(ReadOnlySpan<byte> value, SlotPoolIdentity identity, CacheSecret secret, ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination) =>
+        Open(value, value.Length, identity, secret, key, tokens, destination);
+
+    /// <summary>
+    /// As <see cref="Decode"/>, for a value received in two parts: <paramref name="header"/> (its first
+    /// <see cref="StoredFormats.RemoteValue"/> length bytes) and the sealed payload already in <paramref name="payload"/>,
+    /// opened there.
+    /// </summary>
+    public static string? DecodeInPlace(ReadOnlySpan<byte> header, SlotPoolIdentity identity, CacheSecret secret, ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> payload) =>
+        Open(header, header.Length + (long)payload.Length, identity, secret, key, tokens, payload);
+
+    /// <summary>Checks a value of <paramref name="valueLength"/> bytes starting with <paramref name="value"/> and opens its payload (what follows its header in <paramref name="value"/>, else already in the destination).</summary>
+    private static string? Open(ReadOnlySpan<byte> value, long valueLength, SlotPoolIdentity identity, CacheSecret secret, ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination)
     {
         if (ChunkRecord.Check(value, StoredFormats.RemoteValue, identity, secret, identity.ChunkTokens, out var fields) is { } failure) return failure;
         int header = BinaryPrimitives.ReadInt32LittleEndian(value[StoredFormats.RvHeaderBytes..]);
@@ -37,8 +49,11 @@ internal static class RemoteEntry
         if (fields.Key != key) return "another chunk's entry (key)";
         if (!ChunkRecord.TokensEqual(value, StoredFormats.RemoteValue, fields, secret, tokens)) return "token ids differ";
         if (fields.PayloadLength != destination.Length) return $"payload of {fields.PayloadLength} bytes, expected {destination.Length}";
-        if (value.Length - header != fields.PayloadLength) return $"truncated payload ({value.Length - header} of {fields.PayloadLength} bytes)";
-        if (PayloadSeal.OpenInto(value[header..], destination, ChunkRecord.SealOf(fields, secret)) != fields.PayloadTag) return "payload tag mismatch (damaged or forged)";
+        if (valueLength - header != fields.PayloadLength) return $"truncated payload ({valueLength - header} of {fields.PayloadLength} bytes)";
+        bool inPlace = valueLength != value.Length;
+        if (inPlace && value.Length != header) return $"header of {header} bytes, {value.Length} received apart from the payload";
+        var stored = inPlace ? destination : value[header..];
+        if (PayloadSeal.OpenInto(stored, destination, ChunkRecord.SealOf(fields, secret)) != fields.PayloadTag) return "payload tag mismatch (damaged or forged)";
         return null;
     }
 }

@@ -99,15 +99,21 @@ public sealed class RemoteTier : IKvChunkTier
     /// <summary>A value that came back, or null for none (a null array is no value, not an empty one).</summary>
     private static ReadOnlyMemory<byte>? Present(byte[]? value) => value is null ? null : new ReadOnlyMemory<byte>(value);
 
-    /// <summary>Checks a fetched value and copies its payload; a bad value is counted, logged and deleted.</summary>
-    private bool Accept(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlyMemory<byte>? value, Span<byte> destination)
+    /// <summary>
+    /// Checks a fetched value and opens its payload into <paramref name="destination"/> (where it was received already
+    /// when <paramref name="payloadInPlace"/>: <paramref name="value"/> is then the header); a bad value is counted,
+    /// logged and deleted.
+    /// </summary>
+    private bool Accept(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlyMemory<byte>? value, Span<byte> destination, bool payloadInPlace = false)
     {
         if (value is not { } bytes)
         {
             Interlocked.Increment(ref _misses);
             return false;
         }
-        var failure = bytes.Length > _options.MaxValueBytes ? $"{bytes.Length} bytes is over MaxValueBytes" : RemoteEntry.Decode(bytes.Span, _identity, Secret, key, tokens, destination);
+        var failure = bytes.Length > _options.MaxValueBytes ? $"{bytes.Length} bytes is over MaxValueBytes"
+            : payloadInPlace ? RemoteEntry.DecodeInPlace(bytes.Span, _identity, Secret, key, tokens, destination)
+            : RemoteEntry.Decode(bytes.Span, _identity, Secret, key, tokens, destination);
         if (failure is null)
         {
             Interlocked.Increment(ref _hits);
@@ -122,30 +128,38 @@ public sealed class RemoteTier : IKvChunkTier
     }
 
     /// <summary>
-    /// Reads several chunks into <paramref name="destinations"/>; true where one came back intact. Every GET is sent at
-    /// once (pipelined; on a cluster each goes to its key's node, so a chain's chunks need not share one), and each value
-    /// is verified and copied as it arrives while the later ones are still on the wire. One waiting thread instead of
-    /// one per chunk: synchronous calls from many pool threads at once can starve the client's own reader of threads.
-    /// Hits refresh their entries' time to live.
+    /// Reads several chunks into <paramref name="destinations"/>; true where one came back intact, and
+    /// <paramref name="arrived"/>(i) as soon as destination i holds it. Every GET is sent at once (pipelined over a few
+    /// sockets per server; on a cluster each goes to its key's node, so a chain's chunks need not share one); each
+    /// payload is received straight into its destination and verified (and decrypted) there as it arrives, while the
+    /// later ones are still on the wire. Hits refresh their entries' time to live.
     /// </summary>
-    public bool[] TryReadMany(IReadOnlyList<ChunkKey> keys, IReadOnlyList<int[]> tokens, IReadOnlyList<Memory<byte>> destinations)
+    public bool[] TryReadMany(IReadOnlyList<ChunkKey> keys, IReadOnlyList<int[]> tokens, IReadOnlyList<Memory<byte>> destinations, Action<int>? arrived = null)
     {
         var found = new bool[keys.Count];
         if (keys.Count == 0) return found;
+        void Found(int i, bool intact)
+        {
+            found[i] = intact;
+            if (intact) arrived?.Invoke(i);
+        }
         if (_wire is { } wire)
         {
             // Each key to the server its slot lives on (the one server, or a cluster node); a node that is down is a miss.
             string[] names = [.. keys.Select(Key)];
             var (failed, redirected) = Guarded(db => wire.Fetch(names,
                 i => db.Multiplexer.GetServer((RedisKey)names[i]) is { IsConnected: true } server ? server.EndPoint : null,
-                (i, value) => found[i] = Accept(keys[i], tokens[i], value, destinations[i].Span)), (-1, []));
+                i => new ValueTarget(StoredFormats.RemoteValue.Length(tokens[i].Length), destinations[i]),
+                (i, value, inPlace) => Found(i, Accept(keys[i], tokens[i], value, destinations[i].Span, inPlace))), (-1, []));
             if (failed < 0) Interlocked.Add(ref _misses, keys.Count);
             else if (failed > 0) Fail(new IOException($"{failed} connection(s) failed while fetching {keys.Count} chunks"));
             // Slots that moved: the client follows the redirection (and learns the new map for the next fetch).
-            foreach (int i in redirected) found[i] = Accept(keys[i], tokens[i], Present(Guarded(db => (byte[]?)db.StringGet(names[i]), null)), destinations[i].Span);
+            foreach (int i in redirected) Found(i, Accept(keys[i], tokens[i], Present(Guarded(db => (byte[]?)db.StringGet(names[i]), null)), destinations[i].Span));
             RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
             return found;
         }
+        // Over TLS: one waiting thread instead of one per chunk (synchronous calls from many pool threads at once can
+        // starve the client's own reader of threads).
         var pending = Guarded(db => keys.Select(k => db.StringGetLeaseAsync(Key(k))).ToArray(), null);
         if (pending is null)
         {
@@ -155,8 +169,8 @@ public sealed class RemoteTier : IKvChunkTier
         for (int i = 0; i < keys.Count; i++)
         {
             var arriving = pending[i];
-            bool arrived = Guarded(_ => arriving.Wait(_options.OperationTimeout) ? true : throw new TimeoutException($"GET {Key(keys[i])} took longer than {_options.OperationTimeout.TotalMilliseconds:F0} ms"), false);
-            if (!arrived)
+            bool came = Guarded(_ => arriving.Wait(_options.OperationTimeout) ? true : throw new TimeoutException($"GET {Key(keys[i])} took longer than {_options.OperationTimeout.TotalMilliseconds:F0} ms"), false);
+            if (!came)
             {
                 // Given up on: its buffer goes back to the pool whenever it comes.
                 arriving.ContinueWith(t => t.Result?.Dispose(), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
@@ -164,7 +178,7 @@ public sealed class RemoteTier : IKvChunkTier
                 continue;
             }
             using var value = arriving.Result;
-            found[i] = Accept(keys[i], tokens[i], value is null ? null : (ReadOnlyMemory<byte>)value.Memory, destinations[i].Span);
+            Found(i, Accept(keys[i], tokens[i], value is null ? null : (ReadOnlyMemory<byte>)value.Memory, destinations[i].Span));
         }
         RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
         return found;

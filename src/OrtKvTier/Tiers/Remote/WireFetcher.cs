@@ -24,16 +24,22 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
     /// <summary>Whether plain sockets can reach servers configured so (no TLS).</summary>
     public static bool Supports(ConfigurationOptions configuration) => !configuration.Ssl;
 
-    /// <summary>What to do with value <c>index</c>: its bytes (valid only during the call), or null for none (absent, an error reply, a failed connection).</summary>
-    public delegate void ValueArrived(int index, ReadOnlyMemory<byte>? value);
+    /// <summary>
+    /// What to do with value <c>index</c>: its bytes (valid only during the call), or null for none (absent, an error
+    /// reply, a failed connection). <paramref name="payloadInPlace"/>: the value had the length its
+    /// <see cref="ValueTarget"/> expected, <paramref name="value"/> is its first <see cref="ValueTarget.HeaderBytes"/>
+    /// and the rest was received straight into <see cref="ValueTarget.Payload"/> (not yet checked).
+    /// </summary>
+    public delegate void ValueArrived(int index, ReadOnlyMemory<byte>? value, bool payloadInPlace);
 
     /// <summary>
     /// Fetches <paramref name="keys"/> from the servers <paramref name="serverOf"/> names (null: no server is up for that
-    /// key, a miss). Calls <paramref name="arrived"/> once per key, from several threads, except for keys a cluster node
+    /// key, a miss), receiving a value of the expected length split as <paramref name="targetOf"/> says (null: whole).
+    /// Calls <paramref name="arrived"/> once per key, from several threads, except for keys a cluster node
     /// redirected (MOVED or ASK: its slot moved), which are returned for the caller's client to follow. Also returns
     /// the connections that failed.
     /// </summary>
-    public (int Failures, IReadOnlyList<int> Redirected) Fetch(IReadOnlyList<string> keys, Func<int, EndPoint?> serverOf, ValueArrived arrived)
+    public (int Failures, IReadOnlyList<int> Redirected) Fetch(IReadOnlyList<string> keys, Func<int, EndPoint?> serverOf, Func<int, ValueTarget?>? targetOf, ValueArrived arrived)
     {
         var redirected = new ConcurrentBag<int>();
         var groups = new List<(EndPoint Server, int[] Indices)>();
@@ -41,7 +47,7 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
         {
             if (byServer.Key is not { } server)
             {
-                foreach (int i in byServer) arrived(i, null);
+                foreach (int i in byServer) arrived(i, null, false);
                 continue;
             }
             var indices = byServer.ToArray();
@@ -50,34 +56,42 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
             for (int s = 0; s < sockets; s++) groups.Add((server, indices.Where((_, n) => n % sockets == s).ToArray()));
         }
         int failures = 0;
+        var share = new Share(keys, targetOf, arrived, redirected);
         // A thread per socket (they block on the network): pool threads would wait to be injected on a busy machine.
         var readers = groups.Skip(1).Select(group => Task.Factory.StartNew(() =>
         {
-            if (!FetchOn(group.Server, group.Indices, keys, arrived, redirected)) Interlocked.Increment(ref failures);
+            if (!FetchOn(group.Server, group.Indices, share)) Interlocked.Increment(ref failures);
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)).ToArray();
-        if (groups.Count > 0 && !FetchOn(groups[0].Server, groups[0].Indices, keys, arrived, redirected)) Interlocked.Increment(ref failures);
+        if (groups.Count > 0 && !FetchOn(groups[0].Server, groups[0].Indices, share)) Interlocked.Increment(ref failures);
         Task.WaitAll(readers);
         return (failures, [.. redirected.Order()]);
     }
 
+    /// <summary>What every socket of one fetch shares.</summary>
+    private sealed record Share(IReadOnlyList<string> Keys, Func<int, ValueTarget?>? TargetOf, ValueArrived Arrived, ConcurrentBag<int> Redirected);
+
     /// <summary>One socket's share: all its GETs sent at once, the replies read in order. False when the connection failed (the rest of its keys are misses).</summary>
-    private bool FetchOn(EndPoint server, int[] indices, IReadOnlyList<string> keys, ValueArrived arrived, ConcurrentBag<int> redirected)
+    private bool FetchOn(EndPoint server, int[] indices, Share share)
     {
         int done = 0;
         WireConnection? connection = null;
         try
         {
             connection = Rent(server);
-            connection.SendGets(indices.Select(i => keys[i]));
+            connection.SendGets(indices.Select(i => share.Keys[i]));
             for (; done < indices.Length; done++)
-                if (!connection.ReadValue(maxValueBytes, Buffers, value => arrived(indices[done], value))) redirected.Add(indices[done]);
+            {
+                int index = indices[done];
+                if (!connection.ReadValue(maxValueBytes, Buffers, share.TargetOf?.Invoke(index), (value, inPlace) => share.Arrived(index, value, inPlace)))
+                    share.Redirected.Add(index);
+            }
             Return(server, connection);
             return true;
         }
         catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidDataException)
         {
             connection?.Dispose();
-            for (; done < indices.Length; done++) arrived(indices[done], null);
+            for (; done < indices.Length; done++) share.Arrived(indices[done], null, false);
             return false;
         }
     }
@@ -104,6 +118,12 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
         foreach (var bag in _idle.Values)
             while (bag.TryTake(out var connection)) connection.Dispose();
     }
+}
+
+/// <summary>Where a value of the expected length goes: its first <paramref name="HeaderBytes"/> to a buffer, the rest into <paramref name="Payload"/>.</summary>
+internal readonly record struct ValueTarget(int HeaderBytes, Memory<byte> Payload)
+{
+    public bool Fits(long length) => length == HeaderBytes + (long)Payload.Length;
 }
 
 /// <summary>One plain RESP2 connection: commands written in one go, replies parsed from a buffered stream.</summary>
@@ -154,10 +174,11 @@ internal sealed class WireConnection : IDisposable
     }
 
     /// <summary>
-    /// Reads one reply to a GET: a value (handed to <paramref name="arrived"/> from a rented buffer), or null for nil or an
-    /// error reply. False, with nothing handed over, when a cluster node redirected the key (MOVED, ASK).
+    /// Reads one reply to a GET: a value (handed to <paramref name="arrived"/> from a rented buffer; split as
+    /// <paramref name="target"/> says when it has the length that expects), or null for nil or an error reply. False, with
+    /// nothing handed over, when a cluster node redirected the key (MOVED, ASK).
     /// </summary>
-    public bool ReadValue(long maxValueBytes, ArrayPool<byte> buffers, Action<ReadOnlyMemory<byte>?> arrived)
+    public bool ReadValue(long maxValueBytes, ArrayPool<byte> buffers, ValueTarget? target, Action<ReadOnlyMemory<byte>?, bool> arrived)
     {
         var line = ReadLine();
         switch (line[0])
@@ -166,16 +187,19 @@ internal sealed class WireConnection : IDisposable
                 long length = long.Parse(Encoding.ASCII.GetString(line[1..]), System.Globalization.CultureInfo.InvariantCulture);
                 if (length < 0)
                 {
-                    arrived(null);
+                    arrived(null, false);
                     return true;
                 }
                 if (length > maxValueBytes) throw new InvalidDataException($"a {length}-byte value is over MaxValueBytes ({maxValueBytes})");
-                var value = buffers.Rent((int)length);
+                bool split = target is { } expected && expected.Fits(length);
+                int buffered = split ? target!.Value.HeaderBytes : (int)length;
+                var value = buffers.Rent(buffered);
                 try
                 {
-                    ReadExactly(value.AsSpan(0, (int)length));
+                    ReadExactly(value.AsSpan(0, buffered));
+                    if (split) ReadExactly(target!.Value.Payload.Span); // straight from the socket to where it is kept
                     ReadExactly(stackalloc byte[2]); // CRLF
-                    arrived(value.AsMemory(0, (int)length));
+                    arrived(value.AsMemory(0, buffered), split);
                 }
                 finally
                 {
@@ -184,7 +208,7 @@ internal sealed class WireConnection : IDisposable
                 return true;
             case (byte)'-':
                 if (line.AsSpan(1).StartsWith("MOVED "u8) || line.AsSpan(1).StartsWith("ASK "u8)) return false;
-                arrived(null); // a LOADING server, a wrong type: a miss
+                arrived(null, false); // a LOADING server, a wrong type: a miss
                 return true;
             default:
                 throw new InvalidDataException($"unexpected reply '{Encoding.ASCII.GetString(line)}' to GET");
