@@ -76,13 +76,17 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// <summary>Fills the past from every chunk of the plan (on several threads for large restores); the tier of each, null where none returned it intact.</summary>
     public TierId?[] FillPast(ChainPlan plan, int restored, IKvTensorView view)
     {
-        var (past, capacity, chunks) = Populate(view, restored);
         int chunkTokens = cache.ChunkTokens;
-        var tiers = new TierId?[chunks];
-        void Fill(int j) => tiers[j] = plan.Arrival?.Holds(j, restored) == true ? CountHit(plan.From[j]!.Value)
-            : FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
-        if (chunks > 1 && (long)restored * cache.Layout.BytesPerToken >= ParallelCopyBytes) Parallel.For(0, chunks, Fill);
-        else for (int j = 0; j < chunks; j++) Fill(j);
+        var tiers = new TierId?[(restored + chunkTokens - 1) / chunkTokens];
+        var left = new List<int>();
+        for (int j = 0; j < tiers.Length; j++)
+            if (plan.Arrival?.Holds(j, restored) == true) tiers[j] = CountHit(plan.From[j]!.Value); // placed as it arrived
+            else left.Add(j);
+        if (left.Count == 0) return tiers;
+        var (past, capacity, _) = Populate(view, restored);
+        void Fill(int j) => tiers[j] = FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
+        if (left.Count > 1 && left.Count * cache.ChunkBytes >= ParallelCopyBytes) Parallel.ForEach(left, Fill);
+        else left.ForEach(Fill);
         return tiers;
     }
 
