@@ -22,9 +22,9 @@ using CommandLine = OrtKvTier.Console.CommandLine;
 /// </summary>
 internal static class BenchRemoteCommand
 {
-    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--no-encrypt] [--idle S] [--json]\n" +
+    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--no-encrypt] [--ort-spinning] [--idle S] [--json]\n" +
         "    (no --remote: starts redis-server on a free loopback port; --sockets: RemoteTierOptions.SocketsPerServer, 0 = the client's connection;\n" +
-        "     --idle S: also time the first fetch after S seconds idle)";
+        "     --ort-spinning: KvModelOptions.AllowSpinning, ONNX Runtime's own default; --idle S: also time the first fetch after S seconds idle)";
 
     public static int Run(CommandLine cl)
     {
@@ -35,13 +35,14 @@ internal static class BenchRemoteCommand
         int reps = cl.Int("reps", 3, 1);
         int sockets = cl.Int("sockets", new RemoteTierOptions { Connection = "localhost" }.SocketsPerServer, 0);
         int idleSeconds = cl.Int("idle", 0, 0);
+        bool spinning = cl.Flag("ort-spinning");
         bool encrypt = !cl.Flag("no-encrypt");
         bool json = cl.Flag("json");
         cl.RejectUnknown();
 
         using var server = remoteText is null ? LocalServer.Start() : null;
         var connection = remoteText ?? server!.Endpoint;
-        using var model = KvModel.Load(folder);
+        using var model = KvModel.Load(folder, new KvModelOptions { AllowSpinning = spinning });
         using var tokenizer = new ModelTokenizer(model.Folder);
         var search = SearchOptions.FromConfig(model) with { DoSample = false };
         var prefixTokens = BenchModel.Tokens(prefix, 3, model.VocabSize);
@@ -90,6 +91,20 @@ internal static class BenchRemoteCommand
                 var (plainOne, plainCpu) = WithCpu(() => plain.FetchMs(serverKeys));
                 pairs.Add((remoteOne, plainOne, remoteCpu, plainCpu));
             }
+            // What a restore adds to the plain fetch, each alone on one thread: opening the values, placing them in the past.
+            var chunkKeys = remoteCache.Chain.Keys(prefixTokens);
+            var opened = new byte[remoteCache.ChunkBytes];
+            var openMs = Repeat(reps, _ => Timed(() =>
+            {
+                for (int i = 0; i < chunkKeys.Length; i++)
+                {
+                    var chunkTokens = prefixTokens.AsSpan(i * diskOptions.ChunkTokens, diskOptions.ChunkTokens);
+                    if (RemoteEntry.Decode(plain.Kept(serverKeys[i]), remoteCache.Identity, remoteCache.Secret, chunkKeys[i], chunkTokens, opened) is { } failure)
+                        throw new InvalidOperationException($"The value of chunk {i} does not open: {failure}");
+                }
+            }));
+            RestoreMs(model, RemoteOnly(), Prompt(-1));
+            var placeMs = Repeat(reps, _ => RestoreMs(model, remoteCache, Prompt(-1))); // host memory hits: placement alone
             var diskMs = Repeat(reps, _ => { using var c = PrefixCache.Open(model, diskOptions); return RestoreMs(model, c, Prompt(-1)); });
             var noCache = Repeat(reps, r => new TextGenerator(model, tokenizer).Generate(Prompt(r), 8, search).TtftMs);
             var remoteHit = new List<double>();
@@ -134,6 +149,7 @@ internal static class BenchRemoteCommand
                     w.WriteNumber("prefix_tokens", prefix);
                     w.WriteNumber("restore_bytes", bytes);
                     w.WriteBoolean("values_encrypted", encrypt);
+                    w.WriteBoolean("ort_spinning", spinning);
                     w.WriteNumber("remote_restore_gbps", Math.Round(remoteGbps, 3));
                     w.WriteNumber("disk_restore_gbps", Math.Round(diskGbps, 3));
                     w.WriteNumber("plain_client_gbps", Math.Round(plainGbps, 3));
@@ -141,6 +157,8 @@ internal static class BenchRemoteCommand
                     w.WriteNumber("remote_over_plain_client", Math.Round(pairRatio, 2));
                     w.WriteNumber("remote_client_cpu_ms", Math.Round(BenchModel.Median(pairs.Select(p => p.RemoteCpuMs)), 1));
                     w.WriteNumber("plain_client_cpu_ms", Math.Round(BenchModel.Median(pairs.Select(p => p.PlainCpuMs)), 1));
+                    w.WriteNumber("open_values_one_thread_ms", Math.Round(BenchModel.Median(openMs), 1));
+                    w.WriteNumber("place_from_host_memory_ms", Math.Round(BenchModel.Median(placeMs), 1));
                     if (afterIdle is { } idle)
                     {
                         w.WriteNumber("idle_seconds", idleSeconds);
@@ -160,7 +178,8 @@ internal static class BenchRemoteCommand
             {
                 System.Console.WriteLine($"restore {bytes / 1e6:F1} MB: remote {BenchModel.Median(remoteMs):F1} ms = {remoteGbps:F2} GB/s, a plain client fetching the same values {plainGbps:F2} GB/s " +
                     $"(remote / plain {pairRatio:F2}x, median of {pairs.Count} pairs); local disk {diskGbps:F2} GB/s (median of {reps})");
-                System.Console.WriteLine($"client CPU per fetch: remote {BenchModel.Median(pairs.Select(p => p.RemoteCpuMs)):F0} ms, plain {BenchModel.Median(pairs.Select(p => p.PlainCpuMs)):F0} ms");
+                System.Console.WriteLine($"client CPU per fetch: remote {BenchModel.Median(pairs.Select(p => p.RemoteCpuMs)):F0} ms, plain {BenchModel.Median(pairs.Select(p => p.PlainCpuMs)):F0} ms; " +
+                    $"what a restore adds, alone: opening (verify{(encrypt ? ", decrypt" : "")}) the values on one thread {BenchModel.Median(openMs):F1} ms, placing them in the past {BenchModel.Median(placeMs):F1} ms");
                 if (afterIdle is { } idle) System.Console.WriteLine($"first fetch after {idleSeconds} s idle: plain client {idle.Plain:F1} ms, remote restore {idle.Remote:F1} ms");
                 if (redisBenchmark is { } rb) System.Console.WriteLine($"redis-benchmark GET of values that size, 4 connections: {rb:F2} GB/s");
                 System.Console.WriteLine($"TTFT: no cache {noCacheTtft:F1} ms, remote hit {remoteTtft:F1} ms ({noCacheTtft / remoteTtft:F1}x), disk hit {diskTtft:F1} ms (remote / disk {remoteTtft / diskTtft:F2}x)");
@@ -189,6 +208,13 @@ internal static class BenchRemoteCommand
     /// <summary>Remote restore / plain fetch pairs per repetition (each takes tens of milliseconds).</summary>
     private const int FetchPairsPerRep = 10;
 
+    private static double Timed(Action run)
+    {
+        var clock = Stopwatch.StartNew();
+        run();
+        return clock.Elapsed.TotalMilliseconds;
+    }
+
     /// <summary>The result of <paramref name="measure"/> and the CPU time this process spent meanwhile (every thread), in ms.</summary>
     private static (double Result, double CpuMs) WithCpu(Func<double> measure)
     {
@@ -216,6 +242,9 @@ internal static class BenchRemoteCommand
 
         /// <summary>Where each value is kept (allocated on first use, reused after): a client keeps what it fetches, as a restore does.</summary>
         private readonly Dictionary<string, byte[]> _kept = [];
+
+        /// <summary>The value of <paramref name="key"/> as last fetched.</summary>
+        public byte[] Kept(string key) => _kept[key];
 
         public double FetchMs(string[] keys)
         {
