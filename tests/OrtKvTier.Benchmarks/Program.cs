@@ -34,7 +34,7 @@ if (bench is null)
 
 try
 {
-    return bench(new OrtKvTier.Console.CommandLine(args.Skip(1), new HashSet<string> { "json", "encrypt", "no-encrypt", "ort-spinning" }));
+    return bench(new OrtKvTier.Console.CommandLine(args.Skip(1), new HashSet<string> { "json", "encrypt", "no-encrypt" }));
 }
 catch (Exception e) when (e is UsageException or ModelFolderException or ArgumentException or InvalidOperationException or IOException)
 {

@@ -111,7 +111,6 @@ public sealed class KvModel : IDisposable
         OrtRuntime.EnsureLoaded();
         using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
         if (options.IntraOpThreads > 0) sessionOptions.IntraOpNumThreads = options.IntraOpThreads;
-        sessionOptions.AddSessionConfigEntry("session.intra_op.allow_spinning", options.AllowSpinning ? "1" : "0");
         var (device, epDevice, deviceNote) = ChooseDevice(options, sessionOptions);
         options.ConfigureSession?.Invoke(sessionOptions);
         InferenceSession session;

@@ -9,14 +9,6 @@ public sealed class KvModelOptions
     public int IntraOpThreads { get; init; }
 
     /// <summary>
-    /// Whether the operator threads keep spinning after a run, ready for the next one, instead of sleeping (ONNX
-    /// Runtime's own default: <c>session.intra_op.allow_spinning</c>). Default false: spinning threads take the cores
-    /// the cache's own threads need right after a generation (a remote fetch, the writers). Measured on the 2-core VM:
-    /// prefill and decode times unchanged, a remote hit's fetch after a generation about twice as fast.
-    /// </summary>
-    public bool AllowSpinning { get; init; }
-
-    /// <summary>
     /// Overrides <c>search.past_present_share_buffer</c> from the config: true binds one
     /// max-length buffer as past and present, false grows past/present each step. Default: the config's.
     /// </summary>

@@ -22,9 +22,9 @@ using CommandLine = OrtKvTier.Console.CommandLine;
 /// </summary>
 internal static class BenchRemoteCommand
 {
-    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--no-encrypt] [--ort-spinning] [--idle S] [--json]\n" +
+    public const string Usage = "  remote [--model DIR] [--remote redis://HOST:PORT|HOST:PORT,HOST:PORT,...] [--prefix-tokens N] [--reps R] [--sockets N] [--no-encrypt] [--idle S] [--json]\n" +
         "    (no --remote: starts redis-server on a free loopback port; --sockets: RemoteTierOptions.SocketsPerServer, 0 = the client's connection;\n" +
-        "     --ort-spinning: KvModelOptions.AllowSpinning, ONNX Runtime's own default; --idle S: also time the first fetch after S seconds idle)";
+        "     --idle S: also time the first fetch after S seconds idle)";
 
     public static int Run(CommandLine cl)
     {
@@ -35,14 +35,13 @@ internal static class BenchRemoteCommand
         int reps = cl.Int("reps", 3, 1);
         int sockets = cl.Int("sockets", new RemoteTierOptions { Connection = "localhost" }.SocketsPerServer, 0);
         int idleSeconds = cl.Int("idle", 0, 0);
-        bool spinning = cl.Flag("ort-spinning");
         bool encrypt = !cl.Flag("no-encrypt");
         bool json = cl.Flag("json");
         cl.RejectUnknown();
 
         using var server = remoteText is null ? LocalServer.Start() : null;
         var connection = remoteText ?? server!.Endpoint;
-        using var model = KvModel.Load(folder, new KvModelOptions { AllowSpinning = spinning });
+        using var model = KvModel.Load(folder);
         using var tokenizer = new ModelTokenizer(model.Folder);
         var search = SearchOptions.FromConfig(model) with { DoSample = false };
         var prefixTokens = BenchModel.Tokens(prefix, 3, model.VocabSize);
@@ -149,7 +148,6 @@ internal static class BenchRemoteCommand
                     w.WriteNumber("prefix_tokens", prefix);
                     w.WriteNumber("restore_bytes", bytes);
                     w.WriteBoolean("values_encrypted", encrypt);
-                    w.WriteBoolean("ort_spinning", spinning);
                     w.WriteNumber("remote_restore_gbps", Math.Round(remoteGbps, 3));
                     w.WriteNumber("disk_restore_gbps", Math.Round(diskGbps, 3));
                     w.WriteNumber("plain_client_gbps", Math.Round(plainGbps, 3));

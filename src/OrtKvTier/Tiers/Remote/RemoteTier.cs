@@ -138,7 +138,7 @@ public sealed class RemoteTier : IKvChunkTier
     {
         var found = new bool[keys.Count];
         if (keys.Count == 0) return found;
-        void Found(int i, bool intact)
+        void Settle(int i, bool intact)
         {
             found[i] = intact;
             if (intact) arrived?.Invoke(i);
@@ -150,11 +150,11 @@ public sealed class RemoteTier : IKvChunkTier
             var (failed, redirected) = Guarded(db => wire.Fetch(names,
                 i => db.Multiplexer.GetServer((RedisKey)names[i]) is { IsConnected: true } server ? server.EndPoint : null,
                 i => new ValueTarget(StoredFormats.RemoteValue.Length(tokens[i].Length), destinations[i]),
-                (i, value, inPlace) => Found(i, Accept(keys[i], tokens[i], value, destinations[i].Span, inPlace))), (-1, []));
+                (i, value, inPlace) => Settle(i, Accept(keys[i], tokens[i], value, destinations[i].Span, inPlace))), (-1, []));
             if (failed < 0) Interlocked.Add(ref _misses, keys.Count);
             else if (failed > 0) Fail(new IOException($"{failed} connection(s) failed while fetching {keys.Count} chunks"));
             // Slots that moved: the client follows the redirection (and learns the new map for the next fetch).
-            foreach (int i in redirected) Found(i, Accept(keys[i], tokens[i], Present(Guarded(db => (byte[]?)db.StringGet(names[i]), null)), destinations[i].Span));
+            foreach (int i in redirected) Settle(i, Accept(keys[i], tokens[i], Present(Guarded(db => (byte[]?)db.StringGet(names[i]), null)), destinations[i].Span));
             RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
             return found;
         }
@@ -178,7 +178,7 @@ public sealed class RemoteTier : IKvChunkTier
                 continue;
             }
             using var value = arriving.Result;
-            Found(i, Accept(keys[i], tokens[i], value is null ? null : (ReadOnlyMemory<byte>)value.Memory, destinations[i].Span));
+            Settle(i, Accept(keys[i], tokens[i], value is null ? null : (ReadOnlyMemory<byte>)value.Memory, destinations[i].Span));
         }
         RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
         return found;
