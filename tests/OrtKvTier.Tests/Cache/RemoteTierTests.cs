@@ -137,9 +137,10 @@ public sealed class RemoteTierTests : IDisposable
     }
 
     [RedisTheory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void ChunksFromTheServerArePlacedAsTheyArriveAndTokensEqualAPrefillWhateverPartOfThePromptTheServerHolds(bool sharedBuffer)
+    [InlineData(false, 4)]
+    [InlineData(true, 4)]
+    [InlineData(false, 0)] // through the client's own connection (as over TLS)
+    public void ChunksFromTheServerArePlacedAsTheyArriveAndTokensEqualAPrefillWhateverPartOfThePromptTheServerHolds(bool sharedBuffer, int sockets)
     {
         using var server = RedisServer.Shared();
         using var model = KvModel.Load(TestPaths.WithSharedBuffer(TestPaths.Tiny, _temp.Sub("model"), sharedBuffer));
@@ -151,7 +152,7 @@ public sealed class RemoteTierTests : IDisposable
             CacheTestKit.Greedy(model, stored, writer);
             writer.Flush();
         }
-        using var remote = new RemoteTier(Options(server), identity);
+        using var remote = new RemoteTier(Options(server) with { SocketsPerServer = sockets }, identity);
         using var reader = Cache(model, remote, directory: null);
         void Check(int[] prompt, string[] tiers, string what)
         {
