@@ -1,3 +1,4 @@
+using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Keys;
 using OrtKvTier.Storage;
 using OrtKvTier.Tensors;
@@ -102,36 +103,57 @@ internal sealed unsafe class StagedChunk
 }
 
 /// <summary>
-/// The past prepared before a round trip for every chunk asked (<see cref="Rows"/> rows), each fetched chunk placed on
-/// the fetching thread as soon as it arrived intact: placing chunk i overlaps with fetching the next ones. Used when
-/// the restore covers exactly <see cref="Rows"/> (every chunk came); otherwise the past is prepared again.
+/// The past of a restore whose chunks come from a round trip, prepared for every chunk asked (<see cref="Rows"/> rows)
+/// when the first one arrives, each chunk placed by the thread that received it as soon as it arrived intact: placing
+/// chunk i overlaps with fetching the next ones, and a round trip that returns nothing prepares nothing. Used when the
+/// restore covers exactly <see cref="Rows"/> (every chunk came); otherwise the past is prepared again.
 /// </summary>
-internal sealed unsafe class PastOnArrival
+internal sealed unsafe class PastOnArrival(ChunkLayout layout, Func<int, IKvTensorView> prepare, int rows)
 {
-    private readonly ChunkLayout _layout;
-    private readonly byte*[] _past;
-    private readonly int _capacity;
-    private readonly bool[] _placed;
+    private readonly object _gate = new();
+    private readonly bool[] _placed = new bool[(rows + layout.ChunkTokens - 1) / layout.ChunkTokens];
+    private byte*[]? _past;
+    private int _capacity;
+    private bool _failed;
 
-    public PastOnArrival(ChunkLayout layout, IKvTensorView view, int rows)
-    {
-        (_layout, View, Rows) = (layout, view, rows);
-        _past = layout.Pointers(view);
-        _capacity = view.Capacity;
-        layout.PopulateRows(_past, _capacity, rows);
-        _placed = new bool[(rows + layout.ChunkTokens - 1) / layout.ChunkTokens];
-    }
+    /// <summary>The prepared past; null until a chunk arrived (or when preparing it failed).</summary>
+    public IKvTensorView? View { get; private set; }
 
-    public IKvTensorView View { get; }
-    public int Rows { get; }
+    public int Rows { get; } = rows;
 
-    /// <summary>Copies plan chunk <paramref name="index"/> (intact, in host memory) to its rows.</summary>
+    /// <summary>
+    /// Copies plan chunk <paramref name="index"/> (intact, in host memory) to its rows, preparing the past first if no
+    /// chunk did. The owner of the past waits for the fetch meanwhile. A failure leaves the chunk to the fill, which
+    /// prepares the past again on the owner's thread (and reports what fails there).
+    /// </summary>
     public void Place(int index, HostChunk chunk)
     {
-        if (index >= _placed.Length) return;
-        var scatter = _layout.ScatterToPast(_past, _capacity, index, Math.Min(_layout.ChunkTokens, Rows - index * _layout.ChunkTokens));
+        if (index >= _placed.Length || Past() is not { } past) return;
+        var scatter = layout.ScatterToPast(past, _capacity, index, Math.Min(layout.ChunkTokens, Rows - index * layout.ChunkTokens));
         scatter.Place(chunk.Pointer, 0, chunk.Length);
         _placed[index] = true;
+    }
+
+    private byte*[]? Past()
+    {
+        lock (_gate)
+        {
+            if (_past is not null || _failed) return _past;
+            try
+            {
+                var view = prepare(Rows);
+                _past = layout.Pointers(view);
+                _capacity = view.Capacity;
+                layout.PopulateRows(_past, _capacity, Rows);
+                View = view;
+            }
+            catch (Exception e) when (e is OnnxRuntimeException or OutOfMemoryException or ArgumentException or InvalidOperationException)
+            {
+                _failed = true;
+                _past = null;
+            }
+            return _past;
+        }
     }
 
     /// <summary>Whether chunk <paramref name="index"/> is in place for a restore of <paramref name="restored"/> rows (into <see cref="View"/>).</summary>

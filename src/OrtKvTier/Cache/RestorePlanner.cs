@@ -61,7 +61,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
             {
                 long start = Stopwatch.GetTimestamp();
                 var tiers = target.Device is { } device ? device.Fill(this, plan, restored, target)
-                    : FillPast(plan, restored, plan.Arrival is { } arrival && arrival.Rows == restored ? arrival.View : target.Prepare(restored));
+                    : FillPast(plan, restored, plan.Arrival is { View: { } arrived } arrival && arrival.Rows == restored ? arrived : target.Prepare(restored));
                 int failed = Array.IndexOf(tiers, null);
                 if (failed < 0)
                 {
@@ -178,7 +178,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         int usable = tokens.Length - MinimumSuffixTokens;
         if (usable < 1) return null;
         int maxChunks = Math.Min(chunkLimit, (usable + chunkTokens - 1) / chunkTokens);
-        // A host past with nothing computed to lose is prepared before a round trip and filled as chunks arrive.
+        // A host past with nothing computed to lose is prepared when the first chunk of a round trip arrives, and filled as they arrive.
         var placeOnArrival = target.Device is null && computedTokens == 0 ? target : null;
         var plan = Plan(tokens, target.Chain, maxChunks, minChunks: computedTokens / chunkTokens + 1, placeOnArrival, usable);
         int restored = Math.Min(plan.Count * chunkTokens, usable);
@@ -210,11 +210,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
                 if (cache.Host.TryLease(keys[i], cache.ChunkTokensOf(tokens, i), out var chunk)) (leased[i], from[i]) = (chunk, TierId.Host);
             if (count < chunks && cache.RoundTripTiers.Length > 0)
             {
-                if (placeOnArrival is not null)
-                {
-                    int rows = Math.Min(chunks * chunkTokens, usable);
-                    arrival = new PastOnArrival(cache.ChunkLayout, placeOnArrival.Prepare(rows), rows);
-                }
+                if (placeOnArrival is not null) arrival = new PastOnArrival(cache.ChunkLayout, placeOnArrival.Prepare, Math.Min(chunks * chunkTokens, usable));
                 count = FetchFromRoundTripTiers(keys, tokens, count, leased, from, arrival);
             }
         }

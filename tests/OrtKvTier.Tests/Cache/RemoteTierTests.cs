@@ -1,6 +1,8 @@
 using OrtKvTier.Keys;
 using System.Text.Json;
 using OrtKvTier.Cache;
+using OrtKvTier.Generation;
+using OrtKvTier.Tensors;
 using OrtKvTier.Tiers.Remote;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
@@ -180,6 +182,40 @@ public sealed class RemoteTierTests : IDisposable
             redis.GetDatabase().StringSet(name, value);
         }
         Check(stored, ["remote", "remote"], "a damaged third chunk");
+    }
+
+    [RedisFact]
+    public void TheCallersPastIsPreparedOnlyWhenTheServerReturnsChunksAndThenOnce()
+    {
+        using var server = RedisServer.Shared();
+        using var model = KvModel.Load(TestPaths.Tiny);
+        var identity = SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk);
+        var prompt = CacheTestKit.Prompt(4 * Chunk + 2, seed: 75);
+        using var remote = new RemoteTier(Options(server), identity);
+        using var reader = Cache(model, remote, directory: null);
+        using var past = PastKeyValues.Create(model.Layout);
+        var prepared = new List<int>();
+        PrefixRestoreReport Restore()
+        {
+            reader.Clear();
+            return reader.Restore(prompt, 0, KvMemory.Host, reader.Chain, rows =>
+            {
+                prepared.Add(rows);
+                past.PrepareRestore(rows);
+                return past;
+            });
+        }
+
+        Assert.Equal(0, Restore().RestoredTokens);
+        Assert.Empty(prepared); // nothing came back: the past is left as it was
+        using (var writerTier = new RemoteTier(Options(server), identity))
+        using (var writer = Cache(model, writerTier, directory: null))
+        {
+            CacheTestKit.Greedy(model, prompt, writer);
+            writer.Flush();
+        }
+        Assert.Equal(4 * Chunk, Restore().RestoredTokens);
+        Assert.Equal([4 * Chunk], prepared);
     }
 
     [Fact]

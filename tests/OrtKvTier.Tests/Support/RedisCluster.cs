@@ -38,12 +38,25 @@ internal sealed class RedisCluster : IDisposable
     public static RedisCluster Shared() =>
         Environment.GetEnvironmentVariable("ORTKV_TEST_REDIS_CLUSTER") is { Length: > 0 } nodes ? new RedisCluster(nodes.Split(','), [], null) : StartOwn();
 
-    /// <summary>A private cluster of three nodes this test may kill.</summary>
+    /// <summary>A private cluster of three nodes this test may kill (a second attempt on fresh ports if the first fails to start).</summary>
     public static RedisCluster StartOwn()
+    {
+        try
+        {
+            return TryStartOwn();
+        }
+        catch (Exception e) when (e is InvalidOperationException or TimeoutException)
+        {
+            return TryStartOwn();
+        }
+    }
+
+    private static RedisCluster TryStartOwn()
     {
         var directory = Path.Combine(Path.GetTempPath(), "ortkv-cluster-" + Guid.NewGuid().ToString("N")[..8]);
         var processes = new List<Process>();
         var nodes = new List<string>();
+        var output = new List<System.Text.StringBuilder>();
         try
         {
             for (int n = 0; n < 3; n++)
@@ -57,9 +70,11 @@ internal sealed class RedisCluster : IDisposable
                              "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no" })
                     info.ArgumentList.Add(a);
                 var process = Process.Start(info)!;
-                process.OutputDataReceived += (_, _) => { };
+                var log = new System.Text.StringBuilder();
+                process.OutputDataReceived += (_, line) => { lock (log) log.AppendLine(line.Data); };
                 process.BeginOutputReadLine();
                 processes.Add(process);
+                output.Add(log);
                 nodes.Add($"127.0.0.1:{port}");
             }
             foreach (var node in nodes) WaitFor(node, "PING", "PONG");
@@ -67,10 +82,11 @@ internal sealed class RedisCluster : IDisposable
             foreach (var node in nodes) WaitFor(node, "CLUSTER INFO", "cluster_state:ok");
             return new RedisCluster([.. nodes], processes, directory);
         }
-        catch
+        catch (Exception e) when (e is InvalidOperationException or TimeoutException)
         {
-            foreach (var process in processes) process.Kill();
-            throw;
+            foreach (var process in processes.Where(p => !p.HasExited)) process.Kill();
+            var died = processes.Select((p, n) => (p, n)).Where(x => x.p.HasExited).Select(x => $"node {nodes[x.n]}: {output[x.n]}");
+            throw new InvalidOperationException($"The private Redis Cluster did not start ({e.Message}). {string.Join(" ", died)}", e);
         }
     }
 
