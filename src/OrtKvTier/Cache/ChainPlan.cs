@@ -104,55 +104,76 @@ internal sealed unsafe class StagedChunk
 
 /// <summary>
 /// The past of a restore whose chunks come from a round trip, prepared for every chunk asked (<see cref="Rows"/> rows)
-/// when the first one arrives, each chunk placed by the thread that received it as soon as it arrived intact: placing
-/// chunk i overlaps with fetching the next ones, and a round trip that returns nothing prepares nothing. Used when the
-/// restore covers exactly <see cref="Rows"/> (every chunk came); otherwise the past is prepared again.
+/// when the first one arrives on the thread that created this (the past's owner, which reads one of the sockets), each
+/// chunk placed by the thread that received it as soon as it arrived intact: placing chunk i overlaps with fetching the
+/// next ones, and a round trip that returns nothing prepares nothing. Only the owner prepares (the past's memory comes
+/// from its allocator: memory allocated on a fresh thread costs a page fault per 4 KiB); chunks other threads received
+/// before that wait, and the owner places them once the past is ready. Used when the restore covers exactly
+/// <see cref="Rows"/> (every chunk came); otherwise the past is prepared again.
 /// </summary>
 internal sealed unsafe class PastOnArrival(ChunkLayout layout, Func<int, IKvTensorView> prepare, int rows)
 {
     private readonly object _gate = new();
+    private readonly Thread _owner = Thread.CurrentThread;
     private readonly bool[] _placed = new bool[(rows + layout.ChunkTokens - 1) / layout.ChunkTokens];
+    private readonly List<(int Index, HostChunk Chunk)> _waiting = [];
     private byte*[]? _past;
     private int _capacity;
     private bool _failed;
 
-    /// <summary>The prepared past; null until a chunk arrived (or when preparing it failed).</summary>
+    /// <summary>The prepared past; null until a chunk arrived on the owner's thread (or when preparing it failed).</summary>
     public IKvTensorView? View { get; private set; }
 
     public int Rows { get; } = rows;
 
     /// <summary>
-    /// Copies plan chunk <paramref name="index"/> (intact, in host memory) to its rows, preparing the past first if no
-    /// chunk did. The owner of the past waits for the fetch meanwhile. A failure leaves the chunk to the fill, which
-    /// prepares the past again on the owner's thread (and reports what fails there).
+    /// Copies plan chunk <paramref name="index"/> (intact, in host memory, kept until the round trip ends) to its rows,
+    /// or keeps it for the owner until the past is prepared. A chunk not placed when the round trip ends (the owner
+    /// received nothing, or preparing the past failed) is left to the fill, which prepares the past again if it must
+    /// (and reports what fails there).
     /// </summary>
     public void Place(int index, HostChunk chunk)
     {
-        if (index >= _placed.Length || Past() is not { } past) return;
-        var scatter = layout.ScatterToPast(past, _capacity, index, Math.Min(layout.ChunkTokens, Rows - index * layout.ChunkTokens));
-        scatter.Place(chunk.Pointer, 0, chunk.Length);
-        _placed[index] = true;
-    }
-
-    private byte*[]? Past()
-    {
+        if (index >= _placed.Length) return;
+        (int Index, HostChunk Chunk)[] ready;
+        byte*[] past;
         lock (_gate)
         {
-            if (_past is not null || _failed) return _past;
-            try
+            if (_past is null)
             {
-                var view = prepare(Rows);
-                _past = layout.Pointers(view);
-                _capacity = view.Capacity;
-                layout.PopulateRows(_past, _capacity, Rows);
-                View = view;
+                if (_failed) return;
+                if (Thread.CurrentThread != _owner)
+                {
+                    _waiting.Add((index, chunk));
+                    return;
+                }
+                if (!TryPrepare()) return;
             }
-            catch (Exception e) when (e is OnnxRuntimeException or OutOfMemoryException or ArgumentException or InvalidOperationException)
-            {
-                _failed = true;
-                _past = null;
-            }
-            return _past;
+            (past, ready) = (_past!, [.. _waiting, (index, chunk)]);
+            _waiting.Clear();
+        }
+        foreach (var (i, c) in ready)
+        {
+            layout.ScatterToPast(past, _capacity, i, Math.Min(layout.ChunkTokens, Rows - i * layout.ChunkTokens)).Place(c.Pointer, 0, c.Length);
+            _placed[i] = true;
+        }
+    }
+
+    private bool TryPrepare()
+    {
+        try
+        {
+            var view = prepare(Rows);
+            _past = layout.Pointers(view);
+            _capacity = view.Capacity;
+            layout.PopulateRows(_past, _capacity, Rows);
+            View = view;
+            return true;
+        }
+        catch (Exception e) when (e is OnnxRuntimeException or OutOfMemoryException or ArgumentException or InvalidOperationException)
+        {
+            (_failed, _past) = (true, null);
+            return false;
         }
     }
 
