@@ -52,7 +52,7 @@ public sealed class RemoteClusterTests : IDisposable
         using var model = KvModel.Load(TestPaths.Tiny);
         var identity = SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk);
         using var remote = new RemoteTier(Options(cluster), identity);
-        using var redis = ConnectionMultiplexer.Connect(cluster.Connection);
+        using var redis = RedisServer.Client(cluster.Connection);
         var db = redis.GetDatabase();
         var keys = Enumerable.Range(0, 6).Select(i => TestPayloads.Key(11, i)).ToArray();
         var payload = new byte[identity.PayloadBytes];
@@ -73,7 +73,7 @@ public sealed class RemoteClusterTests : IDisposable
     public void KeysAskedOfTheWrongNodeAreRedirectedNotMissed()
     {
         using var cluster = RedisCluster.Shared();
-        using var redis = ConnectionMultiplexer.Connect(cluster.Connection);
+        using var redis = RedisServer.Client(cluster.Connection);
         var keys = Enumerable.Range(0, 24).Select(i => $"{_namespace}:moved:{i}").ToArray();
         foreach (var key in keys) redis.GetDatabase().StringSet(key, key);
         var first = redis.GetServer(cluster.Nodes[0]).EndPoint;
@@ -132,7 +132,7 @@ public sealed class RemoteClusterTests : IDisposable
             OperationTimeout = TimeSpan.FromSeconds(5),
         };
         using var remote = new RemoteTier(options, identity);
-        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        using var redis = RedisServer.Client(server.Endpoint);
         var db = redis.GetDatabase();
         var keys = new[] { TestPayloads.Key(12, 1), TestPayloads.Key(12, 2) };
         foreach (var key in keys) Assert.True(remote.Write(key, TestPayloads.Tokens(key), TestPayloads.Payload(key)));

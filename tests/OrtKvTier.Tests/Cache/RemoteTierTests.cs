@@ -77,7 +77,7 @@ public sealed class RemoteTierTests : IDisposable
         using var remote = new RemoteTier(Options(server), identity);
         var (keys, tokens, payload) = StoreThreeDamaged(server, remote, identity, seed: 9);
         var buffer = new byte[payload.Length];
-        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        using var redis = RedisServer.Client(server.Endpoint);
         for (int i = 0; i < 3; i++)
         {
             Assert.False(remote.TryRead(keys[i], tokens[i], buffer), $"value {i}");
@@ -106,7 +106,7 @@ public sealed class RemoteTierTests : IDisposable
         Assert.Equal([3], arrived.ToArray());
         Assert.Equal(payload, destinations[3]);
         Assert.Equal(3, remote.Damaged);
-        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        using var redis = RedisServer.Client(server.Endpoint);
         Assert.All(keys, k => Assert.False(redis.GetDatabase().KeyExists(remote.Key(k))));
     }
 
@@ -116,7 +116,7 @@ public sealed class RemoteTierTests : IDisposable
     /// </summary>
     private (ChunkKey[] Keys, int[][] Tokens, byte[] Payload) StoreThreeDamaged(RedisServer server, RemoteTier remote, SlotPoolIdentity identity, int seed)
     {
-        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        using var redis = RedisServer.Client(server.Endpoint);
         var db = redis.GetDatabase();
         var keys = Enumerable.Range(0, 3).Select(i => TestPayloads.Key(seed, i)).ToArray();
         var tokens = keys.Select(k => TestPayloads.Tokens(k, Chunk)).ToArray();
@@ -174,7 +174,7 @@ public sealed class RemoteTierTests : IDisposable
         Check(stored, ["host", "host", "remote", "remote"], "two from host memory, two from the server");
         reader.Clear();
         // A damaged chunk on the server ends the chain before it.
-        using (var redis = ConnectionMultiplexer.Connect(server.Endpoint))
+        using (var redis = RedisServer.Client(server.Endpoint))
         {
             var name = remote.Key(reader.Chain.Keys(stored[..(4 * Chunk)])[2]);
             var value = (byte[])redis.GetDatabase().StringGet(name)!;

@@ -116,7 +116,7 @@ public sealed class AttackTests : IDisposable
         var options = new RemoteTierOptions { Connection = server.Endpoint, Namespace = "attack-" + Guid.NewGuid().ToString("N")[..8], Admission = RemoteAdmission.Always,
             SecretKey = System.Security.Cryptography.RandomNumberGenerator.GetBytes(fleetKey), OperationTimeout = TimeSpan.FromSeconds(5) };
         using var remote = new RemoteTier(options, identity);
-        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        using var redis = RedisServer.Client(server.Endpoint);
         var db = redis.GetDatabase();
         var keys = Enumerable.Range(0, 4).Select(i => TestPayloads.Key(6, i)).ToArray();
         foreach (var key in keys) Assert.True(remote.Write(key, TestPayloads.Tokens(key), TestPayloads.Payload(key)));
@@ -215,7 +215,7 @@ public sealed class AttackTests : IDisposable
         var key = TestPayloads.Key(7, 1);
         var tokens = TestPayloads.Tokens(key);
         Assert.True(remote.Write(key, tokens, TestPayloads.Payload(key)));
-        using var redis = ConnectionMultiplexer.Connect(server.Endpoint);
+        using var redis = RedisServer.Client(server.Endpoint);
         var value = (byte[])redis.GetDatabase().StringGet(remote.Key(key))!;
         Assert.Equal(-1, value.AsSpan().IndexOf(TokenBytes.AsLittleEndian(tokens.AsSpan(0, 2), new byte[8]).ToArray()));
         Assert.Equal(-1, value.AsSpan().IndexOf(TestPayloads.Payload(key).AsSpan(0, 64)));

@@ -30,6 +30,19 @@ internal sealed class RedisServer : IDisposable
           (ownProcess ? " (this test kills its own server, so it needs the redis-server binary)." : " (or set ORTKV_TEST_REDIS=host:port).");
 
     /// <summary>The run's shared server if there is one, else a private one.</summary>
+    /// <summary>
+    /// A client of the test's own for looking at or tampering with what the tier stored (one server or a cluster's
+    /// nodes, comma-separated). Patient: a 2-core machine running the suite's test classes in parallel has taken over
+    /// 5 s (the client's default) to answer the handshake.
+    /// </summary>
+    public static StackExchange.Redis.ConnectionMultiplexer Client(string connection)
+    {
+        var options = StackExchange.Redis.ConfigurationOptions.Parse(connection);
+        options.ConnectTimeout = options.SyncTimeout = 30_000;
+        options.ConnectRetry = 3;
+        return StackExchange.Redis.ConnectionMultiplexer.Connect(options);
+    }
+
     public static RedisServer Shared() =>
         Environment.GetEnvironmentVariable("ORTKV_TEST_REDIS") is { Length: > 0 } endpoint ? Ready(new RedisServer(endpoint, null)) : StartOwn();
 
