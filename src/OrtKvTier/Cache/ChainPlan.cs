@@ -115,7 +115,7 @@ internal sealed unsafe class PastOnArrival(ChunkLayout layout, Func<int, IKvTens
 {
     private readonly object _gate = new();
     private readonly Thread _owner = Thread.CurrentThread;
-    private readonly bool[] _placed = new bool[(rows + layout.ChunkTokens - 1) / layout.ChunkTokens];
+    private readonly bool[] _placed = new bool[layout.ChunksOf(rows)];
     private readonly List<(int Index, HostChunk Chunk)> _waiting = [];
     private byte*[]? _past;
     private int _capacity;
@@ -154,7 +154,7 @@ internal sealed unsafe class PastOnArrival(ChunkLayout layout, Func<int, IKvTens
         }
         foreach (var (i, c) in ready)
         {
-            layout.ScatterToPast(past, _capacity, i, Math.Min(layout.ChunkTokens, Rows - i * layout.ChunkTokens)).Place(c.Pointer, 0, c.Length);
+            layout.ScatterToPast(past, _capacity, i, layout.RowsOf(i, Rows)).Place(c.Pointer, 0, c.Length);
             _placed[i] = true;
         }
     }
@@ -164,9 +164,8 @@ internal sealed unsafe class PastOnArrival(ChunkLayout layout, Func<int, IKvTens
         try
         {
             var view = prepare(Rows);
-            _past = layout.Pointers(view);
+            _past = layout.PopulatedPointers(view, Rows);
             _capacity = view.Capacity;
-            layout.PopulateRows(_past, _capacity, Rows);
             View = view;
             return true;
         }

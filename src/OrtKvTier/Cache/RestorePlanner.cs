@@ -76,15 +76,14 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// <summary>Fills the past from every chunk of the plan (on several threads for large restores); the tier of each, null where none returned it intact.</summary>
     public TierId?[] FillPast(ChainPlan plan, int restored, IKvTensorView view)
     {
-        int chunkTokens = cache.ChunkTokens;
-        var tiers = new TierId?[(restored + chunkTokens - 1) / chunkTokens];
+        var tiers = new TierId?[cache.ChunkLayout.ChunksOf(restored)];
         var left = new List<int>();
         for (int j = 0; j < tiers.Length; j++)
             if (plan.Arrival?.Holds(j, restored) == true) tiers[j] = CountHit(plan.From[j]!.Value); // placed as it arrived
             else left.Add(j);
         if (left.Count == 0) return tiers;
         var (past, capacity, _) = Populate(view, restored);
-        void Fill(int j) => tiers[j] = FillChunk(plan, j, Math.Min(chunkTokens, restored - j * chunkTokens), past, capacity);
+        void Fill(int j) => tiers[j] = FillChunk(plan, j, cache.ChunkLayout.RowsOf(j, restored), past, capacity);
         if (left.Count > 1 && left.Count * cache.ChunkBytes >= ParallelCopyBytes) Parallel.ForEach(left, Fill);
         else left.ForEach(Fill);
         return tiers;
@@ -99,7 +98,6 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     {
         var layout = cache.ChunkLayout;
         var (past, capacity, chunks) = Populate(view, restored);
-        int chunkTokens = cache.ChunkTokens;
         var staged = new StagedChunk?[chunks];
         var tiers = new TierId?[chunks];
         bool allRead = false;
@@ -107,7 +105,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         try
         {
             begin();
-            Parallel.For(0, chunks, j => staged[j] = OpenStaged(plan, j, layout.ScatterToPast(past, capacity, j, Math.Min(chunkTokens, restored - j * chunkTokens))));
+            Parallel.For(0, chunks, j => staged[j] = OpenStaged(plan, j, layout.ScatterToPast(past, capacity, j, layout.RowsOf(j, restored))));
             gone = Array.IndexOf(staged, null);
             if (gone >= 0) return tiers; // vanished since the lookup: nothing was read, the chain before it is intact
             int blocks = PayloadSeal.BlockCount(layout.ChunkBytes), tensors = past.Length, ready = 0;
@@ -136,9 +134,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// <summary>The view's tensors' addresses with the rows a restore writes backed by pages, their rows per head, and the chunks to fill.</summary>
     private (byte*[] Past, int Capacity, int Chunks) Populate(IKvTensorView view, int restored)
     {
-        var past = cache.ChunkLayout.Pointers(view);
-        cache.ChunkLayout.PopulateRows(past, view.Capacity, restored);
-        return (past, view.Capacity, (restored + cache.ChunkTokens - 1) / cache.ChunkTokens);
+        return (cache.ChunkLayout.PopulatedPointers(view, restored), view.Capacity, cache.ChunkLayout.ChunksOf(restored));
     }
 
     /// <summary>
@@ -151,7 +147,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         int usable = tokens.Length - MinimumSuffixTokens;
         int chunkTokens = cache.ChunkTokens;
         if (usable <= computedTokens) return null;
-        int maxChunks = Math.Min((usable + chunkTokens - 1) / chunkTokens, target.Chain.FullChunks(tokens.Length));
+        int maxChunks = Math.Min(cache.ChunkLayout.ChunksOf(usable), target.Chain.FullChunks(tokens.Length));
         var keys = target.Chain.Keys(tokens[..(maxChunks * chunkTokens)]);
         using var hit = device.Find(keys, tokens);
         if (hit is null) return null;
@@ -162,7 +158,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         var past = target.Prepare(restored);
         hit.CopyInto(past.Tensors(), past.Capacity, restored);
         double restoreMs = KvCacheMetrics.Milliseconds(start);
-        var tiers = Enumerable.Repeat(TierId.Device, (restored + chunkTokens - 1) / chunkTokens).ToArray();
+        var tiers = Enumerable.Repeat(TierId.Device, cache.ChunkLayout.ChunksOf(restored)).ToArray();
         foreach (var tier in tiers) CountHit(tier);
         return Hit(restored, tiers, lookupMs, restoreMs);
     }
@@ -177,10 +173,10 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
         int chunkTokens = cache.ChunkTokens;
         int usable = tokens.Length - MinimumSuffixTokens;
         if (usable < 1) return null;
-        int maxChunks = Math.Min(chunkLimit, (usable + chunkTokens - 1) / chunkTokens);
+        int maxChunks = Math.Min(chunkLimit, cache.ChunkLayout.ChunksOf(usable));
         // A host past with nothing computed to lose is prepared when the first chunk of a round trip arrives, and filled as they arrive.
-        var placeOnArrival = target.Device is null && computedTokens == 0 ? target : null;
-        var plan = Plan(tokens, target.Chain, maxChunks, minChunks: computedTokens / chunkTokens + 1, placeOnArrival, usable);
+        Func<int, IKvTensorView>? prepareOnArrival = target.Device is null && computedTokens == 0 ? target.Prepare : null;
+        var plan = Plan(tokens, target.Chain, maxChunks, minChunks: computedTokens / chunkTokens + 1, prepareOnArrival, usable);
         int restored = Math.Min(plan.Count * chunkTokens, usable);
         double lookupMs = KvCacheMetrics.Milliseconds(plan.StartTimestamp);
         if (restored > computedTokens) return new Found(plan, restored, lookupMs);
@@ -194,7 +190,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// read later, straight into the past), extended by what round-trip tiers return when asked for the rest in one
     /// batch (no per-key existence round trips). Fewer than <paramref name="minChunks"/>: an empty plan.
     /// </summary>
-    private ChainPlan Plan(ReadOnlySpan<int> tokens, ChunkChain chain, int maxChunks, int minChunks, RestoreTarget? placeOnArrival, int usable)
+    private ChainPlan Plan(ReadOnlySpan<int> tokens, ChunkChain chain, int maxChunks, int minChunks, Func<int, IKvTensorView>? prepareOnArrival, int usable)
     {
         long start = Stopwatch.GetTimestamp();
         int chunkTokens = cache.ChunkTokens;
@@ -210,7 +206,7 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
                 if (cache.Host.TryLease(keys[i], cache.ChunkTokensOf(tokens, i), out var chunk)) (leased[i], from[i]) = (chunk, TierId.Host);
             if (count < chunks && cache.RoundTripTiers.Length > 0)
             {
-                if (placeOnArrival is not null) arrival = new PastOnArrival(cache.ChunkLayout, placeOnArrival.Prepare, Math.Min(chunks * chunkTokens, usable));
+                if (prepareOnArrival is not null) arrival = new PastOnArrival(cache.ChunkLayout, prepareOnArrival, Math.Min(chunks * chunkTokens, usable));
                 count = FetchFromRoundTripTiers(keys, tokens, count, leased, from, arrival);
             }
         }
@@ -360,11 +356,10 @@ internal sealed unsafe class RestorePlanner(PrefixCache cache)
     /// <summary>Records a restore of <paramref name="restored"/> tokens whose chunks came from <paramref name="tiers"/> and reports it.</summary>
     private PrefixRestoreReport Hit(int restored, TierId[] tiers, double lookupMs, double restoreMs)
     {
-        int chunkTokens = cache.ChunkTokens;
         var names = Array.ConvertAll(tiers, t => t.Name);
         var byTier = new Dictionary<string, int>();
         for (int j = 0; j < names.Length; j++)
-            byTier[names[j]] = byTier.GetValueOrDefault(names[j]) + Math.Min(chunkTokens, restored - j * chunkTokens);
+            byTier[names[j]] = byTier.GetValueOrDefault(names[j]) + cache.ChunkLayout.RowsOf(j, restored);
         KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "hit"));
         KvCacheMetrics.LookupDuration.Record(lookupMs);
         KvCacheMetrics.RestoredTokens.Add(restored);

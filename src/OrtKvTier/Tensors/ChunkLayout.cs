@@ -46,6 +46,20 @@ internal sealed unsafe class ChunkLayout(KvLayout layout, int chunkTokens)
                 Buffer.MemoryCopy(past[tensor] + ((long)h * capacity + (long)chunkIndex * ChunkTokens) * row, destination + run * RunBytes, RunBytes, RunBytes);
     }
 
+    /// <summary>Chunks that hold <paramref name="rows"/> token rows (the last one may be partial).</summary>
+    public int ChunksOf(int rows) => (rows + ChunkTokens - 1) / ChunkTokens;
+
+    /// <summary>Token rows of chunk <paramref name="chunkIndex"/> among <paramref name="rows"/> rows (fewer than a chunk for the last one).</summary>
+    public int RowsOf(int chunkIndex, int rows) => Math.Min(ChunkTokens, rows - chunkIndex * ChunkTokens);
+
+    /// <summary>The view's tensors' addresses (<see cref="Pointers"/>) with the first <paramref name="rows"/> rows backed by pages (<see cref="PopulateRows"/>).</summary>
+    public byte*[] PopulatedPointers(IKvTensorView view, int rows)
+    {
+        var past = Pointers(view);
+        PopulateRows(past, view.Capacity, rows);
+        return past;
+    }
+
     /// <summary>Backs the rows a restore of <paramref name="tokens"/> tokens writes with pages up front (a fresh tensor would fault them in one by one).</summary>
     public void PopulateRows(byte*[] past, int capacity, int tokens)
     {

@@ -147,12 +147,7 @@ internal static class BenchDiskCommand
         }
     }
 
-    private static double Time(Action action)
-    {
-        var clock = Stopwatch.StartNew();
-        action();
-        return clock.Elapsed.TotalSeconds;
-    }
+    private static double Time(Action action) => BenchModel.Time(action).TotalSeconds;
 
     /// <summary>Stores <paramref name="chunks"/> entries (flushed unless durability is none); returns seconds.</summary>
     private static double Fill(SlotPool pool, int chunks, Func<int, ChunkKey> keyOf, int[] tokens, byte[][] sources, Durability durability) => Time(() =>

@@ -37,6 +37,14 @@ internal static class BenchModel
         return Enumerable.Range(0, count).Select(_ => random.Next(300, vocab - 16)).ToArray();
     }
 
+    /// <summary>How long <paramref name="action"/> took.</summary>
+    public static TimeSpan Time(Action action)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        action();
+        return clock.Elapsed;
+    }
+
     public static double Median(IEnumerable<double> values)
     {
         var sorted = values.Order().ToArray();

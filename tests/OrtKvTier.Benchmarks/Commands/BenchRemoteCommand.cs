@@ -86,14 +86,14 @@ internal static class BenchRemoteCommand
             var pairs = new List<(double RemoteMs, double PlainMs, double RemoteCpuMs, double PlainCpuMs)>();
             for (int pair = 0; pair < FetchPairsPerRep * reps; pair++)
             {
-                var (remoteOne, remoteCpu) = WithCpu(() => RestoreMs(model, RemoteOnly(), Prompt(-1)));
-                var (plainOne, plainCpu) = WithCpu(() => plain.FetchMs(serverKeys));
-                pairs.Add((remoteOne, plainOne, remoteCpu, plainCpu));
+                var (remoteOne, remoteOneCpu) = WithCpu(() => RestoreMs(model, RemoteOnly(), Prompt(-1)));
+                var (plainOne, plainOneCpu) = WithCpu(() => plain.FetchMs(serverKeys));
+                pairs.Add((remoteOne, plainOne, remoteOneCpu, plainOneCpu));
             }
             // What a restore adds to the plain fetch, each alone on one thread: opening the values, placing them in the past.
             var chunkKeys = remoteCache.Chain.Keys(prefixTokens);
             var opened = new byte[remoteCache.ChunkBytes];
-            var openMs = Repeat(reps, _ => Timed(() =>
+            var openMs = Repeat(reps, _ => BenchModel.Time(() =>
             {
                 for (int i = 0; i < chunkKeys.Length; i++)
                 {
@@ -101,7 +101,7 @@ internal static class BenchRemoteCommand
                     if (RemoteEntry.Decode(plain.Kept(serverKeys[i]), remoteCache.Identity, remoteCache.Secret, chunkKeys[i], chunkTokens, opened) is { } failure)
                         throw new InvalidOperationException($"The value of chunk {i} does not open: {failure}");
                 }
-            }));
+            }).TotalMilliseconds);
             RestoreMs(model, RemoteOnly(), Prompt(-1));
             var placeMs = Repeat(reps, _ => RestoreMs(model, remoteCache, Prompt(-1))); // host memory hits: placement alone
             var diskMs = Repeat(reps, _ => { using var c = PrefixCache.Open(model, diskOptions); return RestoreMs(model, c, Prompt(-1)); });
@@ -141,6 +141,8 @@ internal static class BenchRemoteCommand
             double remoteGbps = bytes / BenchModel.Median(remoteMs) / 1e6, diskGbps = bytes / BenchModel.Median(diskMs) / 1e6, plainGbps = bytes / BenchModel.Median(plainMs) / 1e6;
             double? redisBenchmark = connection.Contains(',') ? null : RedisBenchmarkGbps(connection, (int)(bytes / serverKeys.Length));
             double noCacheTtft = BenchModel.Median(noCache), remoteTtft = BenchModel.Median(remoteHit), diskTtft = BenchModel.Median(diskHit), remoteLookup = BenchModel.Median(remoteLookups);
+            double remoteCpu = BenchModel.Median(pairs.Select(p => p.RemoteCpuMs)), plainCpu = BenchModel.Median(pairs.Select(p => p.PlainCpuMs));
+            double open = BenchModel.Median(openMs), place = BenchModel.Median(placeMs), plainAfterGen = BenchModel.Median(plainAfterGeneration);
             if (json)
                 JsonOutput.Write(w =>
                 {
@@ -153,10 +155,10 @@ internal static class BenchRemoteCommand
                     w.WriteNumber("plain_client_gbps", Math.Round(plainGbps, 3));
                     w.WriteNumber("fetch_pairs", pairs.Count);
                     w.WriteNumber("remote_over_plain_client", Math.Round(pairRatio, 2));
-                    w.WriteNumber("remote_client_cpu_ms", Math.Round(BenchModel.Median(pairs.Select(p => p.RemoteCpuMs)), 1));
-                    w.WriteNumber("plain_client_cpu_ms", Math.Round(BenchModel.Median(pairs.Select(p => p.PlainCpuMs)), 1));
-                    w.WriteNumber("open_values_one_thread_ms", Math.Round(BenchModel.Median(openMs), 1));
-                    w.WriteNumber("place_from_host_memory_ms", Math.Round(BenchModel.Median(placeMs), 1));
+                    w.WriteNumber("remote_client_cpu_ms", Math.Round(remoteCpu, 1));
+                    w.WriteNumber("plain_client_cpu_ms", Math.Round(plainCpu, 1));
+                    w.WriteNumber("open_values_one_thread_ms", Math.Round(open, 1));
+                    w.WriteNumber("place_from_host_memory_ms", Math.Round(place, 1));
                     if (afterIdle is { } idle)
                     {
                         w.WriteNumber("idle_seconds", idleSeconds);
@@ -169,19 +171,19 @@ internal static class BenchRemoteCommand
                     w.WriteNumber("no_cache_ttft_ms", Math.Round(noCacheTtft, 2));
                     w.WriteNumber("remote_hit_ttft_ms", Math.Round(remoteTtft, 2));
                     w.WriteNumber("remote_hit_lookup_ms", Math.Round(remoteLookup, 2));
-                    w.WriteNumber("plain_client_ms_after_generation", Math.Round(BenchModel.Median(plainAfterGeneration), 1));
+                    w.WriteNumber("plain_client_ms_after_generation", Math.Round(plainAfterGen, 1));
                     w.WriteNumber("no_cache_over_remote_hit", Math.Round(noCacheTtft / remoteTtft, 2));
                 });
             else
             {
                 System.Console.WriteLine($"restore {bytes / 1e6:F1} MB: remote {BenchModel.Median(remoteMs):F1} ms = {remoteGbps:F2} GB/s, a plain client fetching the same values {plainGbps:F2} GB/s " +
                     $"(remote / plain {pairRatio:F2}x, median of {pairs.Count} pairs); local disk {diskGbps:F2} GB/s (median of {reps})");
-                System.Console.WriteLine($"client CPU per fetch: remote {BenchModel.Median(pairs.Select(p => p.RemoteCpuMs)):F0} ms, plain {BenchModel.Median(pairs.Select(p => p.PlainCpuMs)):F0} ms; " +
-                    $"what a restore adds, alone: opening (verify{(encrypt ? ", decrypt" : "")}) the values on one thread {BenchModel.Median(openMs):F1} ms, placing them in the past {BenchModel.Median(placeMs):F1} ms");
+                System.Console.WriteLine($"client CPU per fetch: remote {remoteCpu:F0} ms, plain {plainCpu:F0} ms; " +
+                    $"what a restore adds, alone: opening (verify{(encrypt ? ", decrypt" : "")}) the values on one thread {open:F1} ms, placing them in the past {place:F1} ms");
                 if (afterIdle is { } idle) System.Console.WriteLine($"first fetch after {idleSeconds} s idle: plain client {idle.Plain:F1} ms, remote restore {idle.Remote:F1} ms");
                 if (redisBenchmark is { } rb) System.Console.WriteLine($"redis-benchmark GET of values that size, 4 connections: {rb:F2} GB/s");
                 System.Console.WriteLine($"TTFT: no cache {noCacheTtft:F1} ms, remote hit {remoteTtft:F1} ms ({noCacheTtft / remoteTtft:F1}x), disk hit {diskTtft:F1} ms (remote / disk {remoteTtft / diskTtft:F2}x)");
-                System.Console.WriteLine($"right after a generation: the remote hit's fetch took {remoteLookup:F1} ms, a plain client's {BenchModel.Median(plainAfterGeneration):F1} ms (medians of {reps})");
+                System.Console.WriteLine($"right after a generation: the remote hit's fetch took {remoteLookup:F1} ms, a plain client's {plainAfterGen:F1} ms (medians of {reps})");
             }
         }
         finally
@@ -205,13 +207,6 @@ internal static class BenchRemoteCommand
 
     /// <summary>Remote restore / plain fetch pairs per repetition (each takes tens of milliseconds).</summary>
     private const int FetchPairsPerRep = 10;
-
-    private static double Timed(Action run)
-    {
-        var clock = Stopwatch.StartNew();
-        run();
-        return clock.Elapsed.TotalMilliseconds;
-    }
 
     /// <summary>The result of <paramref name="measure"/> and the CPU time this process spent meanwhile (every thread), in ms.</summary>
     private static (double Result, double CpuMs) WithCpu(Func<double> measure)
