@@ -16,7 +16,7 @@ var root = ConsoleCli.Build(path =>
         "chat" => ChatCommand.Chat(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
         "warm" => ChatCommand.Warm(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
         "build-model" => BuildModelCommand.Run(new CommandLine(options, new HashSet<string>())),
-        _ when words[0] == "cache" => CacheCommand.Run(words[1], new CommandLine(options, new HashSet<string> { "json" })),
+        _ when words[0] == "cache" => CacheCommand.Run(words[1], new CommandLine(options, new HashSet<string> { "json", "other-versions" })),
         _ => throw new UsageException($"Unknown command '{path}'."),
     };
 });

@@ -13,7 +13,7 @@ internal static class ParityCheck
         using var device = KvModel.Load(folder, new KvModelOptions { Device = ExecutionDevice.Cuda, SharedBuffer = shared });
         using var cpu = KvModel.Load(folder, new KvModelOptions { SharedBuffer = shared });
         var prompt = Enumerable.Range(0, 70).Select(i => 3 + (i * 37) % 490).ToArray();
-        using var cache = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16 });
+        using var cache = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16, AlwaysRestore = true });
 
         var full = Logits(device, prompt, cache: null, out _);
         Logits(device, prompt, cache, out _); // captures
@@ -27,12 +27,12 @@ internal static class ParityCheck
         int firstDifference = Enumerable.Range(0, onCpu.Length).FirstOrDefault(i => onDevice[i] != onCpu[i], -1);
 
         // The device tier: the first request stores the prefix in device memory, the next restores it device to device.
-        using var withDeviceTier = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16, DeviceBudgetBytes = 64L << 20 });
+        using var withDeviceTier = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16, DeviceBudgetBytes = 64L << 20, AlwaysRestore = true });
         Logits(device, prompt, withDeviceTier, out _);
         var fromDevice = Restore(device, prompt, withDeviceTier);
         var deviceTierTokens = Greedy(device, prompt, withDeviceTier, 24);
         // The prompt captured in the background (device → pinned → host chunks) while the next tokens run on the device.
-        using var captureCache = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16 });
+        using var captureCache = PrefixCache.Open(device, new PrefixCacheOptions { ChunkTokens = 16, AlwaysRestore = true });
         bool backgroundCapture = CaptureWhileGenerating(device, prompt, captureCache, 24).SequenceEqual(onCpu)
             && Restore(device, prompt, captureCache).RestoredTokens == restoredTokens && Greedy(device, prompt, captureCache, 24).SequenceEqual(onCpu);
 

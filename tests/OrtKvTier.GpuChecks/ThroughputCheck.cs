@@ -29,7 +29,7 @@ internal static class ThroughputCheck
         var options = new PrefixCacheOptions
         {
             Directory = directory, ChunkTokens = PrefixCacheOptions.DefaultChunkTokens,
-            DiskCapacityBytes = bytes + (256L << 20), HostBudgetBytes = 0, Durability = Storage.Durability.None,
+            DiskCapacityBytes = bytes + (256L << 20), HostBudgetBytes = 0, Durability = Storage.Durability.None, AlwaysRestore = true,
         };
         try
         {

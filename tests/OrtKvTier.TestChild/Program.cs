@@ -78,7 +78,7 @@ switch (mode)
     {
         // hold DIR: creates the pool, then holds its writer lock as a change in progress would, until killed.
         using (SlotPool.Open(new SlotPoolOptions { Directory = dir, Identity = TestPayloads.Identity, CapacitySlots = 4 })) { }
-        using var held = SlotFile.AcquireWriterLock(dir, TimeSpan.FromSeconds(10));
+        using var held = SlotPool.HoldWriterLock(dir, TimeSpan.FromSeconds(10));
         Console.WriteLine("ready");
         Thread.Sleep(Timeout.Infinite);
         return 0;

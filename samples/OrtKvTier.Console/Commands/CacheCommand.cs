@@ -20,6 +20,11 @@ internal static class CacheCommand
         var results = new List<(SlotPoolStats Stats, SlotPoolVerifyReport? Report)>();
         foreach (var poolDir in pools)
         {
+            if (OtherVersion(poolDir) is { } other)
+            {
+                System.Console.Error.WriteLine($"skipped {poolDir}: {other}");
+                continue;
+            }
             using var pool = SlotPool.OpenExisting(poolDir, readOnly: action != "clear");
             SlotPoolVerifyReport? report = null;
             if (action == "verify") report = pool.Verify();
@@ -72,8 +77,14 @@ internal static class CacheCommand
     {
         var pools = PoolsByLastUse(dir);
         var rows = new List<(string Dir, DateTime LastUse, SlotPoolStats Stats)>();
+        var unreadable = new List<(string Dir, string Why)>();
         foreach (var (poolDir, lastUse) in pools)
         {
+            if (OtherVersion(poolDir) is { } other)
+            {
+                unreadable.Add((poolDir, other));
+                continue;
+            }
             using var pool = SlotPool.OpenExisting(poolDir);
             rows.Add((poolDir, lastUse, pool.GetStats()));
         }
@@ -94,10 +105,23 @@ internal static class CacheCommand
                     w.WriteEndObject();
                 }
                 w.WriteEndArray();
+                w.WriteStartArray("unreadable");
+                foreach (var (poolDir, why) in unreadable)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("directory", poolDir);
+                    w.WriteString("reason", why);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
             });
         else
+        {
             foreach (var (poolDir, lastUse, s) in rows)
                 System.Console.WriteLine($"{poolDir}\n  model {s.Identity.Fingerprint}, {s.Identity.LayoutText}: {s.Entries} entries, {s.PayloadBytes / 1e6:F1} MB of KV (capacity {s.FileBytes / 1e6:F1} MB), last used {lastUse:u}");
+            foreach (var (poolDir, why) in unreadable) System.Console.WriteLine($"{poolDir}\n  unreadable: {why}");
+            if (rows.Count == 0 && unreadable.Count == 0) System.Console.WriteLine($"No slot pool under {Path.GetFullPath(dir)}.");
+        }
         return 0;
     }
 
@@ -107,10 +131,13 @@ internal static class CacheCommand
         var olderThan = cl.String("older-than") is { } text ? CacheOptions.Duration("older-than", text) : (TimeSpan?)null;
         var keepText = cl.String("keep");
         int? keep = keepText is null ? null : cl.Int("keep", 0, min: 0);
+        bool otherVersions = cl.Flag("other-versions");
         cl.RejectUnknown();
-        if ((olderThan is null) == (keep is null)) throw new UsageException("cache prune needs exactly one of --older-than DURATION (e.g. 30d) or --keep N.");
+        if ((olderThan is null ? 0 : 1) + (keep is null ? 0 : 1) + (otherVersions ? 1 : 0) != 1)
+            throw new UsageException("cache prune needs exactly one of --older-than DURATION (e.g. 30d), --keep N or --other-versions.");
         var pools = PoolsByLastUse(dir);
-        var doomed = keep is { } n ? pools.Skip(n) : pools.Where(p => DateTime.UtcNow - p.LastUse > olderThan);
+        var doomed = otherVersions ? pools.Where(p => OtherVersion(p.Dir) is not null)
+            : keep is { } n ? pools.Skip(n) : pools.Where(p => DateTime.UtcNow - p.LastUse > olderThan);
         var deleted = new List<string>();
         var inUse = new List<string>();
         foreach (var (poolDir, _) in doomed)
@@ -148,6 +175,20 @@ internal static class CacheCommand
         }
         Directory.Delete(poolDir, recursive: true);
         return true;
+    }
+
+    /// <summary>Why the pool in <paramref name="poolDir"/> cannot be read by this build (another format version), or null.</summary>
+    private static string? OtherVersion(string poolDir)
+    {
+        try
+        {
+            SlotPool.ReadIdentity(poolDir);
+            return null;
+        }
+        catch (IOException e) when (SlotPool.FoundVersion(e) is not null)
+        {
+            return e.Message;
+        }
     }
 
     private static List<(string Dir, DateTime LastUse)> PoolsByLastUse(string dir) =>

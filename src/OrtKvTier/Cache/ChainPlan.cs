@@ -1,105 +1,65 @@
-using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Keys;
-using OrtKvTier.Storage;
 using OrtKvTier.Tensors;
 using OrtKvTier.Tiers;
 
 namespace OrtKvTier.Cache;
 
 /// <summary>
-/// A chain found in the tiers' indexes: keys, token ids and host leases (null where a lower tier holds the
-/// chunk), and what a round trip already placed in the past. Owns the leases: Dispose releases them.
+/// A chain found in the tiers for one restore attempt: the candidate keys and their token ids, and for each chunk found
+/// so far, in order, its read and the tier it comes from; what a round trip already placed in the past. Owns the reads:
+/// Dispose abandons those not finished.
 /// </summary>
-internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, HostChunk?[] leased, TierId?[] from, long startTimestamp, PastOnArrival? arrival = null) : IDisposable
+internal sealed class ChainPlan(ChunkKey[] keys, int[] tokens, int chunkTokens, int usable, long startTimestamp) : IDisposable
 {
-    /// <summary>The past prepared before a round trip, with the chunks that came placed in it; null when none was made.</summary>
-    public PastOnArrival? Arrival { get; } = arrival;
+    private readonly List<LocatedChunk> _chunks = [];
+
+    /// <summary>The keys of the full chunks that could be restored.</summary>
     public ChunkKey[] Keys { get; } = keys;
+
+    /// <summary>The token ids of those chunks.</summary>
     public int[] Tokens { get; } = tokens;
-    public HostChunk?[] Leased { get; } = leased;
-    /// <summary>The tier each leased chunk came from (host, or a remote tier it was just fetched from).</summary>
-    public TierId?[] From { get; } = from;
-    public int Count => Keys.Length;
+
+    /// <summary>The chunks found, in order, with their reads.</summary>
+    public IReadOnlyList<LocatedChunk> Chunks => _chunks;
+
+    public int Count => _chunks.Count;
+
+    /// <summary>Rows a restore of the chunks found gives (the prompt's last tokens always run).</summary>
+    public int Restored => Math.Min(Count * chunkTokens, usable);
+
+    /// <summary>Rows a restore may give at most: the prompt less the tokens that always run.</summary>
+    public int Usable => usable;
+
+    /// <summary>The tier of each chunk found.</summary>
+    public TierId[] Tiers => [.. _chunks.Select(c => c.Tier)];
+
+    /// <summary>The past prepared when the first chunk of a round trip arrived, with the chunks placed in it; null when none was.</summary>
+    public ArrivalPlacement? Arrival { get; set; }
+
     public long StartTimestamp { get; } = startTimestamp;
 
-    public void Dispose()
-    {
-        foreach (var chunk in Leased) chunk?.Release();
-    }
-}
+    /// <summary>Milliseconds the lookup took.</summary>
+    public double LookupMs { get; set; }
 
-/// <summary>
-/// One plan chunk restored in stages: its bytes come from host memory or from a verified read done a range
-/// of checksum blocks at a time, so past tensors can be copied on while later blocks are read.
-/// </summary>
-internal sealed unsafe class StagedChunk
-{
-    private readonly RestorePlanner _planner;
-    private readonly PayloadScatter _scatter;
-    private readonly HostChunk? _memory;
-    private readonly bool _owned;
-    private readonly IStagedRead? _read;
-    private readonly ChunkKey _key;
-    private readonly TierId _tier;
-    private bool _failed;
+    public ReadOnlySpan<int> TokensOf(int chunk) => Tokens.AsSpan(chunk * chunkTokens, chunkTokens);
 
-    /// <summary>Bytes from a host chunk; <paramref name="owned"/>: this object releases it.</summary>
-    public StagedChunk(RestorePlanner planner, PayloadScatter scatter, HostChunk memory, bool owned, TierId tier)
+    public void Add(LocatedChunk chunk) => _chunks.Add(chunk);
+
+    /// <summary>Keeps the first <paramref name="count"/> chunks, abandoning the reads of the others.</summary>
+    public void Truncate(int count)
     {
-        (_planner, _scatter, _memory, _owned, _key, _tier) = (planner, scatter, memory, owned, memory.Key, tier);
+        for (int i = count; i < _chunks.Count; i++) _chunks[i].Read.Abandon();
+        if (count < _chunks.Count) _chunks.RemoveRange(count, _chunks.Count - count);
     }
 
-    /// <summary>Bytes from a verified read begun in <paramref name="tier"/>.</summary>
-    public StagedChunk(RestorePlanner planner, PayloadScatter scatter, IStagedRead read, ChunkKey key, TierId tier)
+    /// <summary>Replaces chunk <paramref name="index"/> (read again from another tier).</summary>
+    public void Replace(int index, LocatedChunk chunk)
     {
-        (_planner, _scatter, _read, _key, _tier) = (planner, scatter, read, key, tier);
+        _chunks[index].Read.Abandon();
+        _chunks[index] = chunk;
     }
 
-    /// <summary>The tier the bytes come from.</summary>
-    public TierId From => _tier;
-
-    /// <summary>Places payload blocks <paramref name="firstBlock"/>..<paramref name="endBlock"/> (exclusive).</summary>
-    public void Fill(int firstBlock, int endBlock)
-    {
-        if (_failed) return;
-        if (_memory is not null)
-        {
-            long start = (long)firstBlock * StoredFormats.SealBlockBytes;
-            long end = Math.Min((long)endBlock * StoredFormats.SealBlockBytes, _memory.Length);
-            if (end > start) _scatter.Place(_memory.Pointer + start, start, end - start);
-            return;
-        }
-        try
-        {
-            _read!.ReadBlocks(firstBlock, Math.Min(endBlock, _read.Blocks));
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException)
-        {
-            _failed = true;
-            _planner.ReadFailed(e, _key, _tier);
-        }
-    }
-
-    /// <summary>After every block is placed: the tier the chunk came from, or null when its bytes failed verification (then it is a miss).</summary>
-    public TierId? Finish()
-    {
-        try
-        {
-            if (_read is not null && (_failed || !_read.Verify())) return null;
-            return _planner.CountHit(_tier);
-        }
-        finally
-        {
-            if (_owned) _memory!.Release();
-        }
-    }
-
-    /// <summary>Lets go of a chunk not read to the end (the restore stopped): no verdict on its bytes. Returns null.</summary>
-    public TierId? Abandon()
-    {
-        if (_owned) _memory!.Release();
-        return null;
-    }
+    public void Dispose() => Truncate(0);
 }
 
 /// <summary>
@@ -109,37 +69,30 @@ internal sealed unsafe class StagedChunk
 /// next ones, and a round trip that returns nothing prepares nothing. Only the owner prepares (the past's memory comes
 /// from its allocator: memory allocated on a fresh thread costs a page fault per 4 KiB); chunks other threads received
 /// before that wait, and the owner places them once the past is ready. Used when the restore covers exactly
-/// <see cref="Rows"/> (every chunk came); otherwise the past is prepared again.
+/// <see cref="Rows"/> (every chunk came); otherwise the sink is begun again.
 /// </summary>
-internal sealed unsafe class PastOnArrival(ChunkLayout layout, Func<int, IKvTensorView> prepare, int rows)
+internal sealed unsafe class ArrivalPlacement(RestoreSink sink, int rows)
 {
     private readonly object _gate = new();
     private readonly Thread _owner = Thread.CurrentThread;
-    private readonly bool[] _placed = new bool[layout.ChunksOf(rows)];
+    private readonly bool[] _placed = new bool[sink.Layout.ChunksOf(rows)];
     private readonly List<(int Index, HostChunk Chunk)> _waiting = [];
-    private byte*[]? _past;
-    private int _capacity;
-    private bool _failed;
-
-    /// <summary>The prepared past; null until a chunk arrived on the owner's thread (or when preparing it failed).</summary>
-    public IKvTensorView? View { get; private set; }
+    private bool _ready, _failed;
 
     public int Rows { get; } = rows;
 
     /// <summary>
-    /// Copies plan chunk <paramref name="index"/> (intact, in host memory, kept until the round trip ends) to its rows,
-    /// or keeps it for the owner until the past is prepared. A chunk not placed when the round trip ends (the owner
-    /// received nothing, or preparing the past failed) is left to the fill, which prepares the past again if it must
-    /// (and reports what fails there).
+    /// Copies chunk <paramref name="index"/> (intact, in host memory, kept until the round trip ends) to its rows, or keeps
+    /// it for the owner until the past is prepared. A chunk not placed when the round trip ends (the owner received
+    /// nothing, or preparing the past failed) is left to the fill.
     /// </summary>
     public void Place(int index, HostChunk chunk)
     {
         if (index >= _placed.Length) return;
         (int Index, HostChunk Chunk)[] ready;
-        byte*[] past;
         lock (_gate)
         {
-            if (_past is null)
+            if (!_ready)
             {
                 if (_failed) return;
                 if (Thread.CurrentThread != _owner)
@@ -147,35 +100,32 @@ internal sealed unsafe class PastOnArrival(ChunkLayout layout, Func<int, IKvTens
                     _waiting.Add((index, chunk));
                     return;
                 }
-                if (!TryPrepare()) return;
+                if (!TryBegin()) return;
             }
-            (past, ready) = (_past!, [.. _waiting, (index, chunk)]);
+            ready = [.. _waiting, (index, chunk)];
             _waiting.Clear();
         }
         foreach (var (i, c) in ready)
         {
-            layout.ScatterToPast(past, _capacity, i, layout.RowsOf(i, Rows)).Place(c.Pointer, 0, c.Length);
+            sink.ScatterFor(i).Place(c.Pointer, 0, c.Length);
             _placed[i] = true;
         }
     }
 
-    private bool TryPrepare()
+    private bool TryBegin()
     {
         try
         {
-            var view = prepare(Rows);
-            _past = layout.PopulatedPointers(view, Rows);
-            _capacity = view.Capacity;
-            View = view;
-            return true;
+            sink.Begin(Rows);
+            return _ready = true;
         }
-        catch (Exception e) when (e is OnnxRuntimeException or OutOfMemoryException or ArgumentException or InvalidOperationException)
+        catch (Exception e) when (e is Microsoft.ML.OnnxRuntime.OnnxRuntimeException or OutOfMemoryException or ArgumentException or InvalidOperationException)
         {
-            (_failed, _past) = (true, null);
+            _failed = true;
             return false;
         }
     }
 
-    /// <summary>Whether chunk <paramref name="index"/> is in place for a restore of <paramref name="restored"/> rows (into <see cref="View"/>).</summary>
-    public bool Holds(int index, int restored) => restored == Rows && _placed[index];
+    /// <summary>Whether chunk <paramref name="index"/> is in place for an attempt of <paramref name="rows"/> rows still under way in the sink.</summary>
+    public bool Holds(int index, int rows) => rows == Rows && sink.Active && sink.Rows == Rows && _placed[index];
 }

@@ -1,5 +1,3 @@
-using System.Collections.Concurrent;
-using System.Diagnostics;
 using Microsoft.ML.OnnxRuntime;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
@@ -84,85 +82,17 @@ internal sealed class DeviceKvTransfer : IDisposable
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(prepareTargets);
-        var target = new RestoreTarget(cache.Chain, rows =>
+        var sink = SinkFor(cache.ChunkLayout, rows =>
         {
             var (targets, capacity) = prepareTargets(rows);
             return OrtKvTensors.View([.. targets], capacity);
-        }, this);
-        var report = cache.Restore(tokens, computedTokens, target);
-        return (report, target.CopyMs);
+        });
+        var report = cache.Restore(tokens, computedTokens, cache.Chain, sink);
+        return (report, sink.CopyMs);
     }
 
-    /// <summary>
-    /// Fills <paramref name="target"/>'s device past from <paramref name="plan"/> through the pinned staging
-    /// (overlapped with the device copies when a chunk spans several checksum blocks). The tier of each chunk,
-    /// null where none returned it intact.
-    /// </summary>
-    public TierId?[] Fill(RestorePlanner planner, ChainPlan plan, int restored, RestoreTarget target)
-    {
-        lock (_restoreStaging)
-        {
-            var views = _restoreStaging.Views(restored);
-            try
-            {
-                var staged = OrtKvTensors.View(views, restored);
-                if (PayloadSeal.BlockCount(planner.ChunkBytes) > 1)
-                    return FillOverlapped(planner, plan, restored, staged, target);
-                var tiers = planner.FillPast(plan, restored, staged);
-                if (Array.IndexOf(tiers, null) >= 0) return tiers;
-                var past = target.Prepare(restored);
-                long start = Stopwatch.GetTimestamp();
-                KvMemory.CopyRows(_layout, views, restored, RequireTargets(past, views.Length), past.Capacity, restored);
-                target.CopyMs = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-                return tiers;
-            }
-            finally
-            {
-                OrtKvTensors.DisposeAll(views);
-            }
-        }
-    }
-
-    /// <summary>
-    /// Stages one checksum block (1 MiB, a run of whole layers) of every chunk at a time while a copy thread
-    /// moves the tensors that are complete to the device. CopyMs is the copying left after the last block.
-    /// </summary>
-    private TierId?[] FillOverlapped(RestorePlanner planner, ChainPlan plan, int restored, OrtKvTensors staged, RestoreTarget target)
-    {
-        using var ready = new BlockingCollection<(int First, int End)>();
-        Task? copier = null;
-        try
-        {
-            var tiers = planner.FillInStages(plan, restored, staged, () =>
-            {
-                var past = target.Prepare(restored);
-                var targets = RequireTargets(past, staged.Values.Length);
-                copier = Task.Factory.StartNew(() =>
-                {
-                    foreach (var (first, end) in ready.GetConsumingEnumerable())
-                        KvMemory.CopyRows(_layout, staged.Values[first..end], restored, targets[first..end], past.Capacity, restored);
-                }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-            }, (first, end) => ready.Add((first, end)));
-            ready.CompleteAdding();
-            long start = Stopwatch.GetTimestamp();
-            copier?.GetAwaiter().GetResult();
-            target.CopyMs = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-            return tiers;
-        }
-        finally
-        {
-            ready.CompleteAdding();
-            try { copier?.Wait(); } catch (AggregateException) { } // already thrown above, or superseded by the staging error
-        }
-    }
-
-    private static OrtValue[] RequireTargets(IKvTensorView past, int expected)
-    {
-        var targets = past.Tensors();
-        if (targets.Length != expected)
-            throw new ArgumentException($"Expected {expected} target tensors (key and value per layer); got {targets.Length}.", nameof(past));
-        return targets;
-    }
+    /// <summary>Where a restore into a past in target memory puts its chunks: this transfer's restore staging, copied over as its tensors fill.</summary>
+    public RestoreSink SinkFor(ChunkLayout layout, Func<int, IKvTensorView> preparePast) => new DeviceRestoreSink(layout, preparePast, _restoreStaging);
 
     /// <summary>
     /// Captures from past tensors in target memory (key 0, value 0, …, <paramref name="capacity"/> rows per

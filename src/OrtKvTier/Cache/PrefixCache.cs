@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Tiers;
 using Microsoft.ML.OnnxRuntime;
@@ -21,17 +20,11 @@ namespace OrtKvTier.Cache;
 /// </summary>
 public sealed class PrefixCache : IDisposable
 {
-    /// <summary>Bytes of chunks queued for the lower tiers, at most (a capture waits when it is reached).</summary>
-    private const long PendingWriteBytes = 256L << 20;
-
     private readonly PrefixCacheOptions _options;
     private readonly ILogger? _logger;
-    private readonly IKvChunkTier[] _lower;
-    /// <summary>Work for the writer threads: a chunk to write to the lower tiers (up to a limit), or keys to mark used there.</summary>
-    private readonly BlockingCollection<(HostChunk? Chunk, int TierLimit, ChunkKey[]? Touched)> _writes;
-    private readonly Thread[] _writers;
-    private readonly object _pendingGate = new();
-    private int _pending;
+    private readonly TierStack _tiers;
+    private readonly LowerTierWriter _writes;
+    private readonly Task? _warmUp;
     private bool _disposed;
 
     /// <summary>Opens the cache for <paramref name="model"/>.</summary>
@@ -55,9 +48,8 @@ public sealed class PrefixCache : IDisposable
         Faults = new TierFaults(_logger);
         Secret = ResolveSecret(options, Faults, out bool diskKeyed);
         Chain = new ChunkChain(fingerprint, options.ChunkTokens, Secret, options.Salt);
-        Planner = new RestorePlanner(this);
-        Host = new HostTier(options.HostBudgetBytes, ChunkLayout.ChunkBytes);
-        if (options.LowerTierWrites == LowerTierWrites.WriteBack) Host.Evicted = OnHostEviction;
+        var host = new HostTier(options.HostBudgetBytes, ChunkLayout.ChunkBytes);
+        if (options.LowerTierWrites == LowerTierWrites.WriteBack) host.Evicted = OnHostEviction;
         try
         {
             if (options.Directory is not null && diskKeyed)
@@ -65,20 +57,17 @@ public sealed class PrefixCache : IDisposable
         }
         catch
         {
-            Host.Dispose();
+            host.Dispose();
             throw;
         }
         foreach (var tier in options.ExtraTiers) tier.UseCacheSecret(Secret);
-        _lower = Disk is null ? [.. options.ExtraTiers] : [Disk, .. options.ExtraTiers];
-        LocalLowerTiers = [.. _lower.Where(t => t.Cost == TierCost.LocalIndex)];
-        RoundTripTiers = [.. _lower.Where(t => t.Cost == TierCost.NetworkRoundTrip)];
-        _localIndexTiers = [Host, .. LocalLowerTiers];
-        Tiers = [Host, .. _lower];
-        _writes = new(checked((int)Math.Clamp(PendingWriteBytes / ChunkBytes, 8, 256)));
-        // Several writers: the disk tier writes slots in parallel, a remote tier overlaps round trips.
-        _writers = Enumerable.Range(0, _lower.Length == 0 ? 0 : WriterThreads)
-            .Select(i => new Thread(WriteLowerTiers) { IsBackground = true, Name = $"ortkv-cache-writer-{i}" }).ToArray();
-        foreach (var writer in _writers) writer.Start();
+        IKvChunkTier[] lower = Disk is null ? [.. options.ExtraTiers] : [Disk, .. options.ExtraTiers];
+        _tiers = new TierStack(host, lower, Faults);
+        _writes = new LowerTierWriter(lower, ChunkLayout.ChunkBytes, Faults, _logger);
+        Costs = RestoreCosts.For(Identity);
+        Planner = new RestorePlanner(_tiers, _writes, ChunkLayout, Costs, alwaysRestore: options.AlwaysRestore);
+        // Off the request path: runs the restore path once (compiling it) and measures what it costs here.
+        if (options.WarmUp && !Costs.KnowsRestores) _warmUp = Task.Run(() => RestoreProbe.Run(ChunkLayout, Identity, Costs, _logger));
     }
 
     /// <summary>The name of the library's <see cref="System.Diagnostics.Metrics.Meter"/> (instruments <c>ortkv.*</c>, durations in milliseconds): listen with OpenTelemetry or <c>dotnet-counters monitor --counters OrtKvTier</c>.</summary>
@@ -88,7 +77,7 @@ public sealed class PrefixCache : IDisposable
     public const string ActivitySourceName = KvCacheMetrics.MeterName;
 
     /// <summary>Threads writing stored chunks to the lower tiers.</summary>
-    public static int WriterThreads { get; } = Math.Clamp(Environment.ProcessorCount / 2, 2, 4);
+    public static int WriterThreads => LowerTierWriter.Threads;
 
     /// <summary>The model's KV layout.</summary>
     public KvLayout Layout { get; }
@@ -136,24 +125,27 @@ public sealed class PrefixCache : IDisposable
     public SlotPoolIdentity Identity { get; }
 
     /// <summary>The host-memory tier.</summary>
-    internal HostTier Host { get; }
+    internal HostTier Host => _tiers.Host;
 
     /// <summary>The disk tier, or null for a memory-only cache.</summary>
     internal DiskTier? Disk { get; }
 
     /// <summary>
     /// What the cache degraded around so far, one line per tier and cause (a disk it cannot write or open, a failed
-    /// write or read): each names the path and the fix. Requests are never failed for these.
+    /// write or read, chunks it could not store): each names the path and the fix. Requests are never failed for these.
     /// </summary>
     public IReadOnlyList<string> Warnings => Faults.Warnings;
 
     internal TierFaults Faults { get; }
 
+    /// <summary>What restoring and computing cost here: the restore decision's figures.</summary>
+    internal RestoreCosts Costs { get; }
+
     /// <summary>The disk tier's pool directory, or null for a memory-only cache.</summary>
     public string? DiskDirectory => Disk?.Pool.Directory;
 
     /// <summary>Every tier that holds chunks as host-addressable bytes, fastest first (the device tier is <see cref="Device"/>).</summary>
-    public IReadOnlyList<IKvChunkTier> Tiers { get; }
+    public IReadOnlyList<IKvChunkTier> Tiers => _tiers.All;
 
     /// <summary>
     /// The device tier: null until a generator on CUDA uses this cache with
@@ -198,31 +190,25 @@ public sealed class PrefixCache : IDisposable
     /// <summary>Decides where restores come from.</summary>
     internal RestorePlanner Planner { get; }
 
-    /// <summary>The tiers below host memory, in the order they are asked.</summary>
-    internal IReadOnlyList<IKvChunkTier> LowerTiers => _lower;
-
-    /// <summary>The lower tiers asked once per lookup for the rest of a chain (a remote server).</summary>
-    internal IKvChunkTier[] RoundTripTiers { get; }
-
-    /// <summary>Host memory and the local lower tiers: what answers a lookup without a round trip.</summary>
-    private readonly IKvChunkTier[] _localIndexTiers;
-
-    /// <summary>The lower tiers an in-process index answers for (asked key by key; the others are batched).</summary>
-    internal IKvChunkTier[] LocalLowerTiers { get; }
-
     /// <summary>
     /// Restores the longest cached prefix of <paramref name="tokens"/> into a past in <paramref name="memory"/>
-    /// when it covers more than <paramref name="computedTokens"/>; <paramref name="preparePast"/>(n) makes the
-    /// past hold n rows and returns it (not called when nothing is restored).
+    /// when it covers more than <paramref name="computedTokens"/> (and restoring beats computing it);
+    /// <paramref name="preparePast"/>(n) makes the past hold n rows and returns it (not called when nothing is restored).
     /// </summary>
-    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, KvMemory memory, ChunkChain chain, Func<int, IKvTensorView> preparePast) =>
-        Restore(tokens, computedTokens, new RestoreTarget(chain, preparePast, DeviceTransferFor(memory), DeviceTierFor(memory)));
+    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, KvMemory memory, ChunkChain chain, Func<int, IKvTensorView> preparePast)
+    {
+        RestoreSink sink = DeviceTransferFor(memory) is { } transfer ? transfer.SinkFor(ChunkLayout, preparePast) : new HostRestoreSink(ChunkLayout, preparePast);
+        return Restore(tokens, computedTokens, chain, sink, DeviceTierFor(memory));
+    }
 
-    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, RestoreTarget target)
+    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, ChunkChain chain, RestoreSink sink, DeviceTier? deviceTier = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return Planner.Restore(tokens, computedTokens, target);
+        return Planner.Restore(tokens, computedTokens, chain, sink, deviceTier);
     }
+
+    /// <summary>A run of the model over <paramref name="tokens"/> new tokens took <paramref name="ms"/> (what computing costs, for the restore decision).</summary>
+    internal void RecordModelRun(int tokens, double ms) => Costs.RecordRun(tokens, ms);
 
     /// <summary>
     /// Stores chunks <paramref name="firstChunk"/>.. of <paramref name="tokens"/> (keyed <paramref name="keys"/>) from
@@ -246,22 +232,27 @@ public sealed class PrefixCache : IDisposable
     public int CachedPrefixLength(ReadOnlySpan<int> tokens, string? tenant = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return IndexedChainLength(ChainFor(tenant).Keys(tokens)) * ChunkTokens;
+        return _tiers.IndexedChainLength(ChainFor(tenant).Keys(tokens)) * ChunkTokens;
     }
 
     /// <summary>Waits until every stored chunk has reached the lower tiers and makes the disk tier durable.</summary>
     public void Flush()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        FlushLowerTiers(Timeout.InfiniteTimeSpan);
+    }
+
+    private bool FlushLowerTiers(TimeSpan timeout)
+    {
         if (_options.LowerTierWrites == LowerTierWrites.WriteBack)
             foreach (var chunk in Host.TakePendingLowerWrites())
             {
-                Enqueue(chunk, _lower.Length);
+                _writes.Enqueue(chunk, _writes.AllTiers);
                 chunk.Release();
             }
-        lock (_pendingGate)
-            while (_pending > 0) Monitor.Wait(_pendingGate);
-        foreach (var tier in _lower) tier.Flush();
+        bool done = _writes.Flush(timeout);
+        foreach (var tier in _tiers.Lower) tier.Flush();
+        return done;
     }
 
     /// <summary>Drops every chunk from every tier that can be written.</summary>
@@ -277,29 +268,37 @@ public sealed class PrefixCache : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         IEnumerable<IKvTier> tiers = Device is { } device ? [device, .. Tiers] : Tiers;
-        lock (_pendingGate)
-            return new PrefixCacheStats(ChunkTokens, ChunkBytes, tiers.Select(t => t.GetStats()).ToArray(), _pending);
+        return new PrefixCacheStats(ChunkTokens, ChunkBytes, tiers.Select(t => t.GetStats()).ToArray(), _writes.Pending);
     }
 
-    /// <summary>Writes what is queued to the lower tiers, then closes every tier.</summary>
+    /// <summary>
+    /// Writes what is queued to the lower tiers (waiting at most <see cref="PrefixCacheOptions.CloseTimeout"/>; what is
+    /// still queued then is counted and reported as not stored), then closes every tier.
+    /// </summary>
     public void Dispose()
     {
         if (_disposed) return;
         try
         {
-            Flush();
+            if (_options.LowerTierWrites == LowerTierWrites.WriteBack)
+                foreach (var chunk in Host.TakePendingLowerWrites())
+                {
+                    _writes.Enqueue(chunk, _writes.AllTiers);
+                    chunk.Release();
+                }
+            _writes.Close(_options.CloseTimeout);
+            foreach (var tier in _tiers.Lower) tier.Flush();
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             _logger?.LogWarning(e, "Prefix cache: flushing on dispose failed; entries written earlier are unaffected.");
         }
+        try { _warmUp?.Wait(); } catch (AggregateException) { } // the probe logs its own failures
         Device?.Dispose();
         _deviceTransfer?.Dispose();
         _disposed = true;
-        _writes.CompleteAdding();
-        foreach (var writer in _writers) writer.Join();
         _writes.Dispose();
-        foreach (var tier in Tiers) tier.Dispose();
+        _tiers.Dispose();
     }
 
     /// <summary>
@@ -316,21 +315,21 @@ public sealed class PrefixCache : IDisposable
         {
             if (Host.Contains(keys[i])) continue;
             // Only local tiers are asked here; the writer threads ask each lower tier before writing to it.
-            bool isNew = !LocalLowerTiers.Any(t => t.Contains(keys[i]));
-            var chunk = Host.NewChunk(keys[i], ChunkTokensOf(tokens, i));
+            bool isNew = !_tiers.HeldBelowHost(keys[i]);
+            var chunk = Host.NewChunk(keys[i], tokens.Slice(i * ChunkTokens, ChunkTokens));
             try
             {
                 fill(i, chunk);
                 bool writeBack = _options.LowerTierWrites == LowerTierWrites.WriteBack;
-                chunk.PendingLowerWrite = isNew && writeBack && _lower.Length > 0;
+                chunk.PendingLowerWrite = isNew && writeBack && _writes.HasLowerTiers;
                 bool held = Host.Add(chunk);
                 if (held) KvCacheMetrics.BytesWritten.Add(ChunkBytes, KvCacheMetrics.Tier(Host.Id.Name));
-                if (isNew && _lower.Length > 0 && (!writeBack || !held))
+                if (isNew && _writes.HasLowerTiers && (!writeBack || !held))
                 {
                     chunk.PendingLowerWrite = false;
-                    Enqueue(chunk, _lower.Length);
+                    _writes.Enqueue(chunk, _writes.AllTiers);
                 }
-                if (isNew && (held || _lower.Length > 0)) stored++;
+                if (isNew && (held || _writes.HasLowerTiers)) stored++;
             }
             finally
             {
@@ -338,41 +337,6 @@ public sealed class PrefixCache : IDisposable
             }
         }
         return stored;
-    }
-
-    /// <summary>Leading keys that some tier's index holds (their bytes are verified only when read).</summary>
-    internal int IndexedChainLength(ChunkKey[] keys, bool localOnly = false)
-    {
-        var tiers = localOnly ? _localIndexTiers : Tiers;
-        int count = 0;
-        while (count < keys.Length && tiers.Any(t => t.Contains(keys[count]))) count++;
-        return count;
-    }
-
-    internal ReadOnlySpan<int> ChunkTokensOf(ReadOnlySpan<int> tokens, int chunk) => tokens.Slice(chunk * ChunkTokens, ChunkTokens);
-
-    /// <summary>A chunk read from a lower tier is also written to the lower tiers above that one.</summary>
-    /// <summary>Chunks served from host memory are marked used in the local tiers below by the writer threads, so their eviction follows use.</summary>
-    internal void TouchBelowHost(ChunkKey[] keys)
-    {
-        if (keys.Length == 0 || _disposed || _writers.Length == 0) return;
-        lock (_pendingGate) _pending++;
-        bool queued;
-        try
-        {
-            queued = _writes.TryAdd((null, 0, keys)); // full of writes: recency can wait, the request cannot
-        }
-        catch (InvalidOperationException)
-        {
-            queued = false; // closing
-        }
-        if (!queued) Done();
-    }
-
-    internal void PromoteAbove(HostChunk chunk, IKvChunkTier tier)
-    {
-        int index = Array.IndexOf(_lower, tier);
-        if (index > 0) Enqueue(chunk, index);
     }
 
     /// <summary>A prefix leaving device memory: the chunks host memory lacks are copied there (and on to the lower tiers).</summary>
@@ -399,70 +363,10 @@ public sealed class PrefixCache : IDisposable
         if (chunk.PendingLowerWrite && !_disposed)
         {
             chunk.PendingLowerWrite = false;
-            Enqueue(chunk, _lower.Length);
-        }
-    }
-
-    private void Enqueue(HostChunk chunk, int tierLimit)
-    {
-        lock (_pendingGate) _pending++;
-        _writes.Add((chunk.Retain(), tierLimit, null));
-    }
-
-    private void Done()
-    {
-        lock (_pendingGate)
-        {
-            _pending--;
-            Monitor.PulseAll(_pendingGate);
-        }
-    }
-
-    private void TouchLowerTiers(ChunkKey[] keys)
-    {
-        foreach (var tier in _lower)
-            try
-            {
-                tier.Touch(keys);
-            }
-            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-            {
-                Faults.Report(tier.Id, "touch", $"marking entries used failed ({e.Message}); eviction order may lag.", e);
-            }
-    }
-
-    private void WriteLowerTiers()
-    {
-        foreach (var (chunk, limit, touched) in _writes.GetConsumingEnumerable())
-        {
-            if (chunk is null)
-            {
-                TouchLowerTiers(touched!);
-                Done();
-                continue;
-            }
-            try
-            {
-                for (int t = 0; t < limit; t++)
-                {
-                    var tier = _lower[t];
-                    if (!tier.Contains(chunk.Key) && tier.Write(chunk.Key, chunk.Tokens, chunk.Bytes))
-                        KvCacheMetrics.BytesWritten.Add(chunk.Length, KvCacheMetrics.Tier(tier.Id.Name));
-                }
-            }
-            catch (Exception e)
-            {
-                _logger?.LogWarning(e, "Prefix cache: writing chunk {Key} to the lower tiers failed; it stays in memory only.", chunk.Key);
-            }
-            finally
-            {
-                chunk.Release();
-                Done();
-            }
+            _writes.Enqueue(chunk, _writes.AllTiers);
         }
     }
 }
 
 /// <summary>What a cache holds: per-tier counters and the chunks still queued for the lower tiers.</summary>
 public sealed record PrefixCacheStats(int ChunkTokens, long ChunkBytes, IReadOnlyList<KvTierStats> Tiers, int PendingWrites);
-

@@ -76,6 +76,27 @@ public sealed record PrefixCacheOptions
     /// <summary>More tiers below the disk (for example a remote one), tried in order after it. The cache disposes them.</summary>
     public IReadOnlyList<IKvChunkTier> ExtraTiers { get; init; } = [];
 
+    /// <summary>
+    /// How long closing the cache (<see cref="PrefixCache.Dispose"/>) waits for chunks still queued for the lower tiers
+    /// (disk, remote). Chunks still queued after it are not stored: they are counted (<c>ortkv.cache.tier_faults</c>,
+    /// cause <c>not-stored</c>), logged and listed in <see cref="PrefixCache.Warnings"/>. Default 30 s.
+    /// </summary>
+    public TimeSpan CloseTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Restores whatever prefix the tiers hold, even when computing it is expected to be faster (by the costs the cache
+    /// measures: small prefixes of tiny models). For tests and benchmarks of the restore path itself; default false, so a
+    /// hit is never slower than a miss (<see cref="PrefixRestoreReport.ComputedInstead"/> says when it computed instead).
+    /// </summary>
+    public bool AlwaysRestore { get; init; }
+
+    /// <summary>
+    /// Runs the restore path once in the background when the cache opens (on a scratch pool in memory), so the first
+    /// real restore does not pay for compiling it, and measures what restoring costs on this machine for the restore
+    /// decision (a hit is never slower than a miss). Default true.
+    /// </summary>
+    public bool WarmUp { get; init; } = true;
+
     /// <summary>Receives events for misses caused by damage or mismatch, recreated pools and failed writes.</summary>
     public ILogger? Logger { get; init; }
 
@@ -105,6 +126,8 @@ public sealed record PrefixCacheOptions
         ArgumentOutOfRangeException.ThrowIfNegative(HostBudgetBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(DeviceBudgetBytes);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(DiskCapacityBytes);
+        if (CloseTimeout < TimeSpan.Zero && CloseTimeout != Timeout.InfiniteTimeSpan)
+            throw new ArgumentOutOfRangeException(nameof(CloseTimeout), CloseTimeout, "CloseTimeout must be zero or more (or Timeout.InfiniteTimeSpan).");
         if (Directory is not null) ArgumentException.ThrowIfNullOrWhiteSpace(Directory);
         ArgumentNullException.ThrowIfNull(ExtraTiers);
         if (SecretKey is { Length: < Security.CacheSecret.MinKeyBytes })

@@ -15,6 +15,15 @@ public sealed record PrefixRestoreReport
     /// <summary>Restored tokens per tier (the last chunk may be restored in part).</summary>
     public IReadOnlyDictionary<string, int> TokensByTier { get; init; } = new Dictionary<string, int>();
 
+    /// <summary>Leading prompt tokens the tiers held: <see cref="RestoredTokens"/>, or more when the cache computed them instead.</summary>
+    public int FoundTokens { get; init; }
+
+    /// <summary>
+    /// Why the cache computed a prefix it found instead of restoring it (restoring was expected to take longer than
+    /// computing, by costs measured on this machine), or null when it restored what it found.
+    /// </summary>
+    public string? ComputedInstead { get; init; }
+
     /// <summary>Nothing restored.</summary>
     public static PrefixRestoreReport None(double lookupMs = 0) => new() { RestoredTokens = 0, ChunkTiers = [], LookupMs = lookupMs, RestoreMs = 0 };
 }

@@ -285,9 +285,11 @@ public sealed class KvGenerator : IDisposable
         if (positionsValue is not null) _binding.BindInput(names.PositionIds!, positionsValue);
         _binding.BindOutput(names.Logits, logitsValue);
         _past.Bind(_binding, tokens.Length);
+        long start = Stopwatch.GetTimestamp();
         try
         {
             _model.Session.RunWithBinding(_runOptions, _binding);
+            _cache?.RecordModelRun(tokens.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds); // what computing costs, for the restore decision
         }
         catch
         {

@@ -17,7 +17,7 @@ internal sealed record DiskTierSettings(string CacheDirectory, SlotPoolIdentity 
 /// filesystem, no space) is served read-only, one it cannot open at all is left off, and a write that fails
 /// turns writes off for the process; each cause is reported once through <see cref="TierFaults"/>.
 /// </summary>
-internal sealed class DiskTier : IStagedReadTier
+internal sealed class DiskTier : IInPlaceReadTier
 {
     private readonly TierFaults _faults;
     private long _writeFailures;
@@ -28,7 +28,11 @@ internal sealed class DiskTier : IStagedReadTier
         Pool = pool;
         _faults = faults;
         Pool.Dropped += (_, _) => KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Id.Name));
+        Pool.NotStored += (_, reason) => faults.Report(Id, "not-stored", $"a chunk was not stored in {Pool.Directory}: {reason}; it stays in memory (counted in ortkv.cache.tier_faults).");
     }
+
+    /// <summary>A disk tier over a pool opened by the caller (the cache's warm-up probe runs one on memory).</summary>
+    internal static DiskTier Over(SlotPool pool, TierFaults faults) => new(pool, faults);
 
     /// <summary>The pool underneath.</summary>
     public SlotPool Pool { get; }
@@ -65,11 +69,11 @@ internal sealed class DiskTier : IStagedReadTier
             Secret = settings.Secret,
             Encrypt = settings.Encrypt,
             ShareWithGroup = settings.ShareWithGroup,
-            WriterLockTimeout = TimeSpan.FromSeconds(2), // every process stores: another may be in the middle of a change
+            WriterLockTimeout = TimeSpan.FromSeconds(2), // every process stores: another may be in the middle of opening it
         };
-        if (!settings.ShareWithGroup && CacheKeys.Owner(settings.CacheDirectory) is { } owner && owner != CacheKeys.CurrentUser)
+        if (!settings.ShareWithGroup && PrivateFiles.Owner(settings.CacheDirectory) is { } owner && owner != PrivateFiles.CurrentUser)
         {
-            var why = new UnauthorizedAccessException($"the cache directory {settings.CacheDirectory} belongs to user {owner}, not to this process's user {CacheKeys.CurrentUser}");
+            var why = new UnauthorizedAccessException($"the cache directory {settings.CacheDirectory} belongs to user {owner}, not to this process's user {PrivateFiles.CurrentUser}");
             faults.Report(TierId.Disk, "foreign-directory",
                 $"{why.Message}: its entries are served read-only and nothing is written there. Give each user a cache directory of their own (--cache-dir, ORTKV_CACHE_DIR), or share it on purpose (ShareWithGroup, --share-with-group).", why);
             return OpenReadOnly(options, faults, why);
@@ -116,21 +120,35 @@ internal sealed class DiskTier : IStagedReadTier
         Path.Combine(cacheDirectory, $"{identity.Fingerprint}-c{identity.ChunkTokens}-{identity.Shape.ElementName}-k{keyId}");
 
     /// <inheritdoc />
-    public bool Contains(ChunkKey key) => Pool.Contains(key);
+    public bool Contains(ChunkKey key)
+    {
+        try
+        {
+            return Pool.Contains(key);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _faults.Report(Id, "read", $"reading the index of {Pool.Directory} failed ({e.Message}); its chunks are misses.", e);
+            return false;
+        }
+    }
 
     /// <inheritdoc />
     public bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination) =>
         Pool.TryGet(key, tokens, destination, out int length) && length == destination.Length;
 
     /// <inheritdoc />
-    IStagedRead? IStagedReadTier.BeginRead(ChunkKey key, ReadOnlySpan<int> tokens, PayloadScatter scatter) =>
-        Pool.BeginRead(key, tokens, scatter) is { } read ? new StagedSlotRead(Pool, read) : null;
-
-    private sealed class StagedSlotRead(SlotPool pool, SlotRead read) : IStagedRead
+    public ChunkRead? BeginRead(ChunkKey key, ReadOnlySpan<int> tokens)
     {
-        public int Blocks => read.Blocks;
-        public void ReadBlocks(int firstBlock, int endBlock) => pool.ReadBlocks(read, firstBlock, Math.Min(endBlock, read.Blocks));
-        public bool Verify() => pool.EndRead(read);
+        try
+        {
+            return Pool.Find(key) is { } entry ? Pool.BeginRead(entry, tokens) : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException)
+        {
+            _faults.Report(Id, "read", $"reading {Pool.Directory} failed ({e.Message}); such chunks are misses and are computed instead.", e);
+            return null;
+        }
     }
 
     /// <inheritdoc />
@@ -143,7 +161,7 @@ internal sealed class DiskTier : IStagedReadTier
         }
         catch (SlotPoolLockedException e)
         {
-            _faults.Report(Id, "busy", $"other processes held {Pool.Directory} past the wait; some chunks were not stored (they stay in memory).", e);
+            _faults.Report(Id, "not-stored", $"other processes held the lock of {Pool.Directory} past the wait; a chunk was not stored (it stays in memory).", e);
             return false;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -43,6 +43,19 @@ internal sealed unsafe class HostChunk
 
     public bool TokensEqual(ReadOnlySpan<int> tokens) => tokens.SequenceEqual(Tokens);
 
+    /// <summary>A read of the bytes that takes over one reference the caller holds (released when the read finishes or is abandoned).</summary>
+    public ChunkRead Read() => ChunkRead.FromMemory(Pointer, Length, new Reference(this));
+
+    private sealed class Reference(HostChunk chunk) : IDisposable
+    {
+        private int _released;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _released, 1) == 0) chunk.Release();
+        }
+    }
+
     /// <summary>Adds a reference; pair with <see cref="Release"/>.</summary>
     public HostChunk Retain()
     {

@@ -1,4 +1,5 @@
 using OrtKvTier.Keys;
+using OrtKvTier.Storage;
 using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Tiers;
@@ -87,24 +88,17 @@ public interface IKvChunkTier : IKvTier
     void Touch(IReadOnlyList<ChunkKey> keys) { }
 }
 
-/// <summary>A tier that reads a chunk straight into the past tensors, a range of checksum blocks at a time, verifying it at the end (the disk).</summary>
-internal interface IStagedReadTier : IKvChunkTier
+/// <summary>
+/// A local tier whose reads go straight to their destination (the past tensors, pinned staging) one seal block at a
+/// time and are verified at the end (the disk), so a restore never copies its bytes twice.
+/// </summary>
+internal interface IInPlaceReadTier : IKvChunkTier
 {
-    /// <summary>Starts a read of the chunk under <paramref name="key"/> into <paramref name="scatter"/>; null on a miss.</summary>
-    IStagedRead? BeginRead(ChunkKey key, ReadOnlySpan<int> tokens, PayloadScatter scatter);
-}
-
-/// <summary>A verified read in progress (<see cref="IStagedReadTier.BeginRead"/>).</summary>
-internal interface IStagedRead
-{
-    /// <summary>Checksum blocks of the payload.</summary>
-    int Blocks { get; }
-
-    /// <summary>Reads blocks <paramref name="firstBlock"/>..<paramref name="endBlock"/> (exclusive) to their places.</summary>
-    void ReadBlocks(int firstBlock, int endBlock);
-
-    /// <summary>After every block is read: true when the bytes are those stored, else a miss (the entry is dropped).</summary>
-    bool Verify();
+    /// <summary>
+    /// The chunk under <paramref name="key"/> (one index lookup), its header checked against <paramref name="tokens"/>,
+    /// ready to be placed; null on a miss. A read that throws is the tier's fault to report; the caller sees a miss.
+    /// </summary>
+    ChunkRead? BeginRead(ChunkKey key, ReadOnlySpan<int> tokens);
 }
 
 /// <summary>A point-in-time view of one tier.</summary>

@@ -51,7 +51,7 @@ internal static class BenchChunksCommand
             {
                 foreach (int chunk in sizes)
                 {
-                    var options = new PrefixCacheOptions { Directory = Path.Combine(root, chunk.ToString(CultureInfo.InvariantCulture)), ChunkTokens = chunk, DiskCapacityBytes = 2L * prompt.Length * model.Layout.BytesPerToken + (64L << 20) };
+                    var options = new PrefixCacheOptions { Directory = Path.Combine(root, chunk.ToString(CultureInfo.InvariantCulture)), ChunkTokens = chunk, DiskCapacityBytes = 2L * prompt.Length * model.Layout.BytesPerToken + (64L << 20), AlwaysRestore = true };
                     double capture;
                     var host = new List<double>();
                     using (var cache = PrefixCache.Open(model, options))

@@ -51,12 +51,12 @@ internal static class BenchRemoteCommand
         // One key for the bench's "fleet": every cache and tier below shares entries through it.
         var fleetKey = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
         var remoteOptions = new RemoteTierOptions { Connection = connection, Namespace = ns, Admission = RemoteAdmission.Always, OperationTimeout = TimeSpan.FromSeconds(2), SecretKey = fleetKey, SocketsPerServer = sockets, Encrypt = encrypt };
-        var diskOptions = new PrefixCacheOptions { Directory = dir, DiskCapacityBytes = 4L * prefix * model.Layout.BytesPerToken + (64L << 20), SecretKey = fleetKey };
+        var diskOptions = new PrefixCacheOptions { Directory = dir, DiskCapacityBytes = 4L * prefix * model.Layout.BytesPerToken + (64L << 20), SecretKey = fleetKey, AlwaysRestore = true };
         // A server's steady state: one cache whose connections are open and whose host memory is recycled; its host tier
         // is emptied before every measured restore, so every chunk comes from the server.
         var remoteTier = RemoteTier.For(model, diskOptions.ChunkTokens, remoteOptions, StderrLogger.Instance);
         remoteTier.Connect();
-        using var remoteCache = PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remoteTier], SecretKey = fleetKey });
+        using var remoteCache = PrefixCache.Open(model, new PrefixCacheOptions { ExtraTiers = [remoteTier], SecretKey = fleetKey, AlwaysRestore = true });
         PrefixCache RemoteOnly()
         {
             remoteCache.Clear();

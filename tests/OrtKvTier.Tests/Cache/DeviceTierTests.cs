@@ -93,7 +93,7 @@ public sealed class DeviceTierTests : IDisposable
     [Fact]
     public void OnTheCpuGeneratorsLeaveTheDeviceTierAloneAndABadBudgetIsRefused()
     {
-        using var cache = PrefixCache.Open(_model, new PrefixCacheOptions { ChunkTokens = Chunk, DeviceBudgetBytes = 1L << 20 });
+        using var cache = PrefixCache.Open(_model, new PrefixCacheOptions { ChunkTokens = Chunk, DeviceBudgetBytes = 1L << 20, AlwaysRestore = true });
         CacheTestKit.Greedy(_model, CacheTestKit.Prompt(3 * Chunk, seed: 66), cache);
         Assert.Null(cache.Device);
         Assert.DoesNotContain(cache.GetStats().Tiers, t => t.Name == TierId.Device.Name);
@@ -103,7 +103,7 @@ public sealed class DeviceTierTests : IDisposable
 
     private PrefixCache OpenCache(int deviceChunks) => PrefixCache.Open(_model, new PrefixCacheOptions
     {
-        ChunkTokens = Chunk, HostBudgetBytes = 64L << 20, DeviceBudgetBytes = deviceChunks * Chunk * _model.Layout.BytesPerToken,
+        ChunkTokens = Chunk, HostBudgetBytes = 64L << 20, DeviceBudgetBytes = deviceChunks * Chunk * _model.Layout.BytesPerToken, AlwaysRestore = true,
     });
 
     /// <summary>The model's past tensors after a full prefill of <paramref name="prompt"/>.</summary>

@@ -2,6 +2,7 @@ using System.Text.Json;
 using OrtKvTier.Cache;
 using OrtKvTier.Keys;
 using OrtKvTier.Model;
+using OrtKvTier.Security;
 using OrtKvTier.Storage;
 using OrtKvTier.Tests.Support;
 using static OrtKvTier.Tests.Support.RunOutput;
@@ -101,11 +102,12 @@ public sealed class NeverFailTests : IDisposable
         var key = TestPayloads.Key(1, 1);
         using (var pool = SlotPool.Open(options)) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
         var index = new SlotIndex(8);
-        JournalOf(options.Directory).LoadSnapshot(File.ReadAllBytes(Path.Combine(options.Directory, StoredFormats.SnapshotFileName)), PoolIdOf(options.Directory), index);
+        foreach (var entry in JournalOf(options.Directory).ReadSnapshot(File.ReadAllBytes(Path.Combine(options.Directory, StoredFormats.SnapshotFileName)), PoolIdOf(options.Directory))!.Value.Entries)
+            index.Put(entry);
         Assert.True(index.TryGet(key, out var stored));
         var forged = stored with { PayloadLength = 12345 };
         // A well-formed record that says the wrong length, appended after the clean close's empty journal.
-        File.AppendAllBytes(Path.Combine(options.Directory, StoredFormats.JournalFileName), JournalOf(options.Directory).PutRecord(forged));
+        File.AppendAllBytes(Path.Combine(options.Directory, StoredFormats.JournalFileName), JournalOf(options.Directory).Put(forged));
         using (var pool = SlotPool.Open(options with { ReadOnly = true }))
         {
             Assert.False(pool.TryGet(key, TestPayloads.Tokens(key), new byte[pool.PayloadCapacity], out _));
@@ -122,7 +124,7 @@ public sealed class NeverFailTests : IDisposable
         var key = TestPayloads.Key(2, 1);
         using (var pool = SlotPool.Open(options)) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
         var journal = Path.Combine(options.Directory, StoredFormats.JournalFileName);
-        File.AppendAllBytes(journal, JournalOf(options.Directory).PutRecord(new SlotEntry(TestPayloads.Key(2, 2), Slot: 999, Generation: 1, TokenCount: 32, PayloadLength: 10)));
+        File.AppendAllBytes(journal, JournalOf(options.Directory).Put(new SlotEntry(TestPayloads.Key(2, 2), Slot: 999, Generation: 1, TokenCount: 32, PayloadLength: 10)));
         using var reader = SlotPool.Open(options with { ReadOnly = true });
         Assert.Equal(1, reader.GetStats().SkippedRecords);
         Assert.Equal(1, reader.Verify().SkippedRecords);
@@ -134,7 +136,7 @@ public sealed class NeverFailTests : IDisposable
     {
         using var model = KvModel.Load(TestPaths.Tiny);
         using var tokenizer = new ModelTokenizer(TestPaths.Tiny);
-        var options = new PrefixCacheOptions { Directory = _temp.Sub("cache"), ChunkTokens = 16 };
+        var options = new PrefixCacheOptions { Directory = _temp.Sub("cache"), ChunkTokens = 16, AlwaysRestore = true };
         long slotBytes = SlotPoolIdentity.For(model.Fingerprint, model.Layout, 16).SlotBytes;
         options = options with { DiskCapacityBytes = StoredFormats.FileHeaderBytes + 12 * slotBytes }; // 12 slots
         var system = tokenizer.Encode(string.Join(' ', Enumerable.Repeat("You are a helpful assistant.", 12)))[..66]; // 4 chunks + 2
@@ -155,9 +157,9 @@ public sealed class NeverFailTests : IDisposable
     }
 
     /// <summary>The journal codec of a pool, under the key its cache directory holds (what an attacker with the key could write).</summary>
-    private static IndexJournal JournalOf(string poolDirectory) => new(CacheKeys.LoadOrCreate(Path.GetDirectoryName(poolDirectory)!, create: false));
+    private static JournalCodec JournalOf(string poolDirectory) => new(CacheKeys.LoadOrCreate(Path.GetDirectoryName(poolDirectory)!, create: false));
 
-    private static ulong PoolIdOf(string directory) => SlotFile.ReadHeaderOf(Path.Combine(directory, StoredFormats.DataFileName)).PoolId;
+    private static ulong PoolIdOf(string directory) => SlotFile.ReadHeaderOf(new FileMedium(directory)).PoolId;
 
     private static void Capture(KvModel model, PrefixCache cache, int[] prompt)
     {

@@ -18,7 +18,7 @@ public sealed class PrefixCacheHookTests : IDisposable
     public void AHandWrittenLoopWithTheHookGetsTheGeneratorsLogitsAndReusesItsPrefix(bool shared)
     {
         using var model = KvModel.Load(TestPaths.Tiny, new KvModelOptions { SharedBuffer = shared });
-        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = _temp.Sub("cache"), ChunkTokens = 16, DiskCapacityBytes = 16L << 20 });
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = _temp.Sub("cache"), ChunkTokens = 16, DiskCapacityBytes = 16L << 20, AlwaysRestore = true });
         var hook = new PrefixCacheHook(cache, model.Layout);
         var prompt = CacheTestKit.Prompt(70, seed: 30);
 
@@ -40,7 +40,7 @@ public sealed class PrefixCacheHookTests : IDisposable
     public void BadTensorsAreRefusedWithWhatWasExpected()
     {
         using var model = KvModel.Load(TestPaths.Tiny);
-        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16 });
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16, AlwaysRestore = true });
         var hook = new PrefixCacheHook(cache, model.Layout);
         using var wrong = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, TensorElementType.Float, [1, 3, 8, 16]);
         var e = Assert.Throws<ArgumentException>(() => hook.Capture([1, 2, 3], [wrong, wrong, wrong, wrong]));

@@ -24,7 +24,7 @@ public sealed class RemoteClusterTests : IDisposable
     };
 
     private PrefixCache Cache(KvModel model, RemoteTier remote) =>
-        PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = Chunk, ExtraTiers = [remote], SecretKey = _fleetKey });
+        PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = Chunk, ExtraTiers = [remote], SecretKey = _fleetKey, AlwaysRestore = true });
 
     [RedisClusterFact]
     public void TwoProcessesShareAPrefixThroughTheClusterWhoseChunksSpreadOverItsNodes()

@@ -26,7 +26,7 @@ public sealed class RemoteTierTests : IDisposable
         new() { Connection = "redis://" + server.Endpoint, Namespace = _namespace, Admission = admission, BreakDuration = TimeSpan.FromSeconds(30), OperationTimeout = TimeSpan.FromSeconds(5), SecretKey = _fleetKey };
 
     private PrefixCache Cache(KvModel model, RemoteTier remote, string? directory) =>
-        PrefixCache.Open(model, new PrefixCacheOptions { Directory = directory, ChunkTokens = Chunk, DiskCapacityBytes = 16L << 20, ExtraTiers = [remote], SecretKey = _fleetKey });
+        PrefixCache.Open(model, new PrefixCacheOptions { Directory = directory, ChunkTokens = Chunk, DiskCapacityBytes = 16L << 20, ExtraTiers = [remote], SecretKey = _fleetKey, AlwaysRestore = true });
 
     private Dictionary<string, string> FleetEnvironment => new() { ["ORTKV_CACHE_KEY"] = Convert.ToHexString(_fleetKey) };
 

@@ -81,7 +81,7 @@ public sealed class CacheCommandTests : IDisposable
         var listed = JsonDocument.Parse(list.StdOut).RootElement.GetProperty("pools").EnumerateArray().Select(p => p.GetProperty("directory").GetString()!).ToArray();
         Assert.Equal([dirs[2], dirs[1], dirs[0]], listed);
 
-        using (var changing = SlotFile.AcquireWriterLock(dirs[0], TimeSpan.Zero)) // a change in progress in another process
+        using (var changing = SlotPool.HoldWriterLock(dirs[0], TimeSpan.Zero)) // a change in progress in another process
         {
             foreach (var file in Directory.GetFiles(dirs[0])) File.SetLastWriteTimeUtc(file, DateTime.UtcNow.AddDays(-30));
             var prune = ChildProcess.Console("cache", "prune", "--cache-dir", _temp.Path, "--older-than", "15d", "--json");

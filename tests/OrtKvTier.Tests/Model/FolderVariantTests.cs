@@ -59,7 +59,7 @@ public sealed class FolderVariantTests : IDisposable
 
         // 2. Captured by one generator, restored by the next in this process.
         var cacheDir = _temp.Sub("cache");
-        var options = new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = ChunkTokens, DiskCapacityBytes = 8L << 20 };
+        var options = new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = ChunkTokens, DiskCapacityBytes = 8L << 20, AlwaysRestore = true };
         using (var cache = PrefixCache.Open(model, options))
         {
             Assert.Equal(genAi, Generate(model, cache, prompt, maxLength, out int first));

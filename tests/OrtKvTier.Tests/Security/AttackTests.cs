@@ -92,9 +92,9 @@ public sealed class AttackTests : IDisposable
         using (var pool = SlotPool.Open(options))
             foreach (var key in keys) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
         // Well-formed records under another key: remove the first entry, point the second at another slot, clear all.
-        var forger = new IndexJournal(CacheSecret.CreateRandom());
+        var forger = new JournalCodec(CacheSecret.CreateRandom());
         var journal = Path.Combine(options.Directory, StoredFormats.JournalFileName);
-        File.AppendAllBytes(journal, [.. forger.RemoveRecord(keys[0]), .. forger.PutRecord(new SlotEntry(keys[1], 0, 1, 32, 100)), .. forger.ClearRecord()]);
+        File.AppendAllBytes(journal, [.. forger.Remove(new SlotEntry(keys[0], 0, 1, 32, 0)), .. forger.Put(new SlotEntry(keys[1], 0, 1, 32, 100)), .. forger.Clear()]);
         foreach (var readOnly in new[] { true, false })
         {
             using var pool = SlotPool.Open(options with { ReadOnly = readOnly });
@@ -171,7 +171,7 @@ public sealed class AttackTests : IDisposable
         var dir = _temp.Sub("cache");
         var prompt = CacheTestKit.Prompt(3 * Chunk + 2, seed: 86);
         using (var cache = CacheTestKit.Open(model, dir, Chunk)) CacheTestKit.Greedy(model, prompt, cache);
-        var stranger = new PrefixCacheOptions { Directory = dir, ChunkTokens = Chunk, SecretKey = new byte[32] };
+        var stranger = new PrefixCacheOptions { Directory = dir, ChunkTokens = Chunk, SecretKey = new byte[32], AlwaysRestore = true };
         using (var cache = PrefixCache.Open(model, stranger))
         {
             Assert.Equal(0, CacheTestKit.Greedy(model, prompt, cache).Restore.RestoredTokens);

@@ -449,26 +449,32 @@ public sealed class SlotPoolReliabilityTests(ITestOutputHelper output) : IDispos
 
     private void InjectedWriteFailures()
     {
+        // 1. The disk fails every write (no space) after three puts: the fourth fails cleanly, the three are served; healed, puts go on.
         var dir = _temp.Sub("injected");
-        bool fail = false;
-        var options = Options(dir, slots: 8) with { BeforeWrite = (file, _) => { if (fail) throw new IOException($"injected: no space left on device ({file})"); } };
+        Directory.CreateDirectory(dir);
+        var faults = new FaultPlan();
+        var options = Options(dir, slots: 8) with { Medium = new FaultMedium(new FileMedium(dir), faults) };
         using (var pool = SlotPool.Open(options))
         {
             for (int i = 0; i < 3; i++) PutKey(pool, i);
-            fail = true;
+            faults.NoSpaceFrom(file: null, offset: 0);
             var e = Assert.Throws<IOException>(() => PutKey(pool, 3));
             Assert.Contains("Entries stored earlier are unaffected", e.Message);
             for (int i = 0; i < 3; i++) Assert.True(Served(pool, i));
-            fail = false;
+            faults.Heal();
             PutKey(pool, 4);
         }
         using var reopened = SlotPool.Open(Options(dir, slots: 8));
         Assert.Equal(4, CheckEverything(reopened).Served);
 
-        var failCreate = Options(_temp.Sub("injected-create"), slots: 8) with { BeforeWrite = (_, _) => throw new IOException("injected: no space left on device") };
+        // 2. Creating a pool on a disk that fails every write leaves nothing behind.
+        var failCreate = Options(_temp.Sub("injected-create"), slots: 8);
+        Directory.CreateDirectory(failCreate.Directory);
+        failCreate = failCreate with { Medium = new FaultMedium(new FileMedium(failCreate.Directory), new FaultPlan().FailWrites()) };
         Assert.Throws<IOException>(() => SlotPool.Open(failCreate));
         Assert.False(File.Exists(Path.Combine(failCreate.Directory, "slots.bin")));
         Assert.False(File.Exists(Path.Combine(failCreate.Directory, "slots.bin.creating")));
+        Assert.Empty(Directory.GetFiles(failCreate.Directory, "*.tmp"));
     }
 
     private static void PutKey(SlotPool pool, int i)

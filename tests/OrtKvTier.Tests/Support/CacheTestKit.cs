@@ -46,7 +46,7 @@ internal static class CacheTestKit
         PrefixCache.Open(model, new PrefixCacheOptions
         {
             Directory = directory, ChunkTokens = chunkTokens, HostBudgetBytes = hostBytes, DiskCapacityBytes = 32L << 20,
-            Logger = logger, LowerTierWrites = writes, EncryptAtRest = encrypt, ExtraTiers = extraTiers ?? [],
+            Logger = logger, LowerTierWrites = writes, EncryptAtRest = encrypt, ExtraTiers = extraTiers ?? [], AlwaysRestore = true,
         });
 
     /// <summary>Flips a payload byte of the slot holding <paramref name="key"/> (found by its key bytes in the slot headers).</summary>

@@ -18,7 +18,7 @@ public sealed class DeviceKvTransferTests : IDisposable
     public void AStagedRestoreHoldsExactlyTheRowsADirectRestoreWrites(string name)
     {
         using var model = KvModel.Load(TestPaths.Shipped(name));
-        var options = new PrefixCacheOptions { Directory = _temp.Sub("cache-" + name), ChunkTokens = 16, DiskCapacityBytes = 16L << 20 };
+        var options = new PrefixCacheOptions { Directory = _temp.Sub("cache-" + name), ChunkTokens = 16, DiskCapacityBytes = 16L << 20, AlwaysRestore = true };
         var prompt = CacheTestKit.Prompt(5 * 16 + 7, seed: 40);
         using (var cache = PrefixCache.Open(model, options)) CacheTestKit.Greedy(model, prompt, cache);
 
@@ -51,7 +51,7 @@ public sealed class DeviceKvTransferTests : IDisposable
     public void RestoringIntoSharedBufferTargetsFillsTheFirstRowsOfEveryHeadAndNothingElse()
     {
         using var model = KvModel.Load(TestPaths.Shipped("tiny-fp16"));
-        var options = new PrefixCacheOptions { Directory = _temp.Sub("cache-shared"), ChunkTokens = 16, DiskCapacityBytes = 16L << 20 };
+        var options = new PrefixCacheOptions { Directory = _temp.Sub("cache-shared"), ChunkTokens = 16, DiskCapacityBytes = 16L << 20, AlwaysRestore = true };
         var prompt = CacheTestKit.Prompt(3 * 16 + 5, seed: 41);
         using (var cache = PrefixCache.Open(model, options)) CacheTestKit.Greedy(model, prompt, cache);
 
@@ -142,8 +142,8 @@ public sealed class DeviceKvTransferTests : IDisposable
     }
 
     /// <summary>
-    /// A damaged payload is found when the staged copies are done, a damaged slot header before any block is read; either
-    /// way the restore starts over with the intact chain before that chunk, and only that entry is dropped.
+    /// A damaged payload is found when the staged copies are done, a damaged slot header by the lookup, before any block is
+    /// read; either way the intact chain before that chunk is restored, and only that entry is dropped.
     /// </summary>
     [Theory]
     [InlineData(false, 4)]
@@ -173,7 +173,9 @@ public sealed class DeviceKvTransferTests : IDisposable
                 target = OrtKvTensors.Allocate(layout, rows);
                 return (target.Values, target.Capacity);
             });
-            Assert.Equal([6 * Chunk, damagedChunk * Chunk], asked); // the staged try over all six, then the intact chain
+            // A damaged payload: the staged try over all six, then the intact chain. A damaged header is found by the lookup
+            // (each slot's header is checked when its read begins), so the past is prepared once, for the intact chain.
+            Assert.Equal(inHeader ? [damagedChunk * Chunk] : [6 * Chunk, damagedChunk * Chunk], asked);
             Assert.Equal(damagedChunk * Chunk, report.RestoredTokens);
             for (int t = 0; t < target!.Values.Length; t++)
                 Assert.True(RowsEqual(layout, target.Values[t].GetTensorMutableRawData(), source.Values[t].GetTensorMutableRawData(), damagedChunk * Chunk, source.Capacity, target.Capacity), $"tensor {t}");
@@ -214,7 +216,7 @@ public sealed class DeviceKvTransferTests : IDisposable
         generator.GetLogits();
         var past = Enumerable.Range(0, model.Layout.Layers * 2).Select(i => generator.Past.Tensor(i / 2, i % 2 == 1)).ToArray();
 
-        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16 });
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16, AlwaysRestore = true });
         using var transfer = new DeviceKvTransfer(model.Layout, device: null);
         int stored = transfer.CaptureFrom(past, generator.Past.Capacity, prompt.Length,
             view => ChunkCapture.Capture(cache, cache.Chain, prompt, prompt.Length, view, [], firstChunk: 0));
@@ -230,7 +232,7 @@ public sealed class DeviceKvTransferTests : IDisposable
     public void ARestoreDoesNotWaitForACaptureInProgress()
     {
         using var model = KvModel.Load(TestPaths.Shipped("tiny-fp16"));
-        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16 });
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { ChunkTokens = 16, AlwaysRestore = true });
         var prompt = CacheTestKit.Prompt(3 * 16 + 4, seed: 45);
         CacheTestKit.Greedy(model, prompt, cache);
         using var generator = new KvGenerator(model);

@@ -28,6 +28,12 @@ internal static class RemoteEntry
         return value;
     }
 
+    /// <summary>The format version of an OrtKvTier value (whatever version wrote it), or null for a value that is none.</summary>
+    public static uint? VersionOf(ReadOnlySpan<byte> value) =>
+        value.Length >= StoredFormats.ChunkRecordFormat.VersionAt + 4 &&
+        BinaryPrimitives.ReadUInt64LittleEndian(value[StoredFormats.ChunkRecordFormat.MagicAt..]) == StoredFormats.RemoteValue.Magic
+            ? BinaryPrimitives.ReadUInt32LittleEndian(value[StoredFormats.ChunkRecordFormat.VersionAt..]) : null;
+
     /// <summary>Null when the value is this entry's, with payload opened into <paramref name="destination"/>; otherwise why not.</summary>
     public static string? Decode(ReadOnlySpan<byte> value, SlotPoolIdentity identity, CacheSecret secret, ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination) =>
         Open(value, value.Length, identity, secret, key, tokens, destination);

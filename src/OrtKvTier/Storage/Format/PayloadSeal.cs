@@ -1,6 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using Microsoft.Win32.SafeHandles;
 using static OrtKvTier.Storage.StoredFormats;
 using OrtKvTier.Security;
 using OrtKvTier.Tensors;
@@ -21,12 +20,11 @@ internal static unsafe class PayloadSeal
     /// <summary>
     /// Seals <paramref name="payload"/> and writes it to <paramref name="file"/> at <paramref name="offset"/>, each block
     /// written right after it is sealed (while it is in cache), on several threads; returns the payload tag.
-    /// <paramref name="beforeWrite"/>(file offset) runs before each write (fault injection in tests).
     /// </summary>
-    public static UInt128 SealAndWrite(ReadOnlySpan<byte> payload, EntrySeal seal, SafeFileHandle file, long offset, int parallelism, Action<long>? beforeWrite = null)
+    public static UInt128 SealAndWrite(ReadOnlySpan<byte> payload, EntrySeal seal, IStorageDevice file, long offset, int parallelism)
     {
         fixed (byte* p = payload)
-            return Run(PayloadSource.Memory(p), null, payload.Length, seal, parallelism, PayloadSink.File(file, offset, beforeWrite));
+            return Run(PayloadSource.Memory(p), null, payload.Length, seal, parallelism, PayloadSink.File(file, offset));
     }
 
     /// <summary>Seals <paramref name="payload"/> into <paramref name="stored"/> (as long); returns the payload tag.</summary>
@@ -46,7 +44,7 @@ internal static unsafe class PayloadSeal
     }
 
     /// <summary>The tag of <paramref name="length"/> stored bytes of a file from <paramref name="offset"/>, read with positional reads.</summary>
-    public static UInt128 TagOf(SafeFileHandle file, long offset, long length, EntrySeal seal, int parallelism) =>
+    public static UInt128 TagOf(IStorageDevice file, long offset, long length, EntrySeal seal, int parallelism) =>
         Run(PayloadSource.File(file, offset), null, length, seal, parallelism);
 
     /// <summary>Blocks of a payload of <paramref name="length"/> bytes.</summary>
@@ -58,7 +56,7 @@ internal static unsafe class PayloadSeal
     /// says, writing each block's tag at its place in <paramref name="tags"/> (16 bytes per block) for
     /// <see cref="EntrySeal.Combine"/>: a payload read in several steps.
     /// </summary>
-    public static void ReadBlocks(SafeFileHandle file, long offset, PayloadScatter scatter, long length, int firstBlock, int endBlock, byte[] tags, EntrySeal seal, int parallelism) =>
+    public static void ReadBlocks(IStorageDevice file, long offset, PayloadScatter scatter, long length, int firstBlock, int endBlock, byte[] tags, EntrySeal seal, int parallelism) =>
         RunBlocks(PayloadSource.File(file, offset), scatter, null, length, firstBlock, endBlock, tags, seal, parallelism);
 
     private static UInt128 Run(PayloadSource source, PayloadScatter? scatter, long length, EntrySeal seal, int parallelism, PayloadSink? sink = null)
@@ -156,17 +154,17 @@ internal static unsafe class PayloadSeal
 }
 
 /// <summary>
-/// Where a payload's bytes come from: memory, or a file read with positional reads (<c>pread</c>),
-/// which copies from the page cache without mapping its pages into the process (a fresh process
+/// Where a payload's bytes come from: memory, or a device read with positional reads (<c>pread</c> on a file,
+/// which copies from the page cache without mapping its pages into the process: a fresh process
 /// pays a page fault per 4 KiB of a mapping it touches first).
 /// </summary>
 internal readonly unsafe struct PayloadSource
 {
     private readonly byte* _memory;
-    private readonly SafeFileHandle? _file;
+    private readonly IStorageDevice? _file;
     private readonly long _offset;
 
-    private PayloadSource(byte* memory, SafeFileHandle? file, long offset)
+    private PayloadSource(byte* memory, IStorageDevice? file, long offset)
     {
         _memory = memory;
         _file = file;
@@ -175,7 +173,7 @@ internal readonly unsafe struct PayloadSource
 
     public static PayloadSource Memory(byte* start) => new(start, null, 0);
 
-    public static PayloadSource File(SafeFileHandle file, long offset) => new(null, file, offset);
+    public static PayloadSource File(IStorageDevice file, long offset) => new(null, file, offset);
 
     public bool IsMemory => _file is null;
 
@@ -190,17 +188,7 @@ internal readonly unsafe struct PayloadSource
             if (!(bytes.Overlaps(into, out int offset) && offset == 0)) bytes.CopyTo(into); // opened in place: nothing to copy
             return into;
         }
-        int done = 0;
-        while (done < into.Length)
-        {
-            int read = RandomAccess.Read(_file, into[done..], _offset + position + done);
-            if (read == 0)
-            {
-                into[done..].Clear();
-                break;
-            }
-            done += read;
-        }
+        _file.ReadFully(into, _offset + position);
         return into;
     }
 }
@@ -208,31 +196,25 @@ internal readonly unsafe struct PayloadSource
 /// <summary>Where a sealed payload's bytes are stored: a file from an offset (positional writes), or memory.</summary>
 internal readonly unsafe struct PayloadSink
 {
-    private readonly SafeFileHandle? _file;
+    private readonly IStorageDevice? _file;
     private readonly long _offset;
-    private readonly Action<long>? _beforeWrite;
     private readonly byte* _memory;
 
-    private PayloadSink(SafeFileHandle? file, long offset, Action<long>? beforeWrite, byte* memory)
+    private PayloadSink(IStorageDevice? file, long offset, byte* memory)
     {
         _file = file;
         _offset = offset;
-        _beforeWrite = beforeWrite;
         _memory = memory;
     }
 
-    public static PayloadSink File(SafeFileHandle file, long offset, Action<long>? beforeWrite) => new(file, offset, beforeWrite, null);
+    public static PayloadSink File(IStorageDevice file, long offset) => new(file, offset, null);
 
-    public static PayloadSink Memory(byte* start) => new(null, 0, null, start);
+    public static PayloadSink Memory(byte* start) => new(null, 0, start);
 
     public bool IsMemory => _file is null;
 
     /// <summary>The memory of <paramref name="size"/> bytes at <paramref name="position"/> (memory sinks only).</summary>
     public Span<byte> At(long position, int size) => new(_memory + position, size);
 
-    public void Write(long position, ReadOnlySpan<byte> bytes)
-    {
-        _beforeWrite?.Invoke(_offset + position);
-        RandomAccess.Write(_file!, bytes, _offset + position);
-    }
+    public void Write(long position, ReadOnlySpan<byte> bytes) => _file!.Write(bytes, _offset + position);
 }

@@ -33,6 +33,14 @@ public sealed record SlotPoolStats
     public required long JournalRecords { get; init; }
     /// <summary>Journal records skipped since open because they checked out but did not fit (slot out of range, unknown kind, wrong length).</summary>
     public long SkippedRecords { get; init; }
+    /// <summary>Puts since open that could not store their chunk (every slot being written, the slot reclaimed while it was written).</summary>
+    public long NotStored { get; init; }
+    /// <summary>Slots being written now, by any process.</summary>
+    public int BeingWritten { get; init; }
+    /// <summary>Times this handle took the writer lock since open, and how many of them waited for another process.</summary>
+    public long LockHolds { get; init; }
+    /// <summary>See <see cref="LockHolds"/>.</summary>
+    public long LockWaits { get; init; }
 }
 
 /// <summary>What <see cref="SlotPool.Verify"/> found.</summary>

@@ -1,8 +1,6 @@
-using System.Runtime.InteropServices;
 using System.Security.Cryptography;
-using OrtKvTier.Security;
 
-namespace OrtKvTier.Storage;
+namespace OrtKvTier.Security;
 
 /// <summary>
 /// Where the cache's secret key comes from: given by the application, the <see cref="EnvironmentVariable"/>, or the
@@ -11,7 +9,7 @@ namespace OrtKvTier.Storage;
 /// planted it could forge entries. A cache shared with a group on purpose trusts the group: its key file is 0660
 /// and may belong to any member.
 /// </summary>
-internal static partial class CacheKeys
+internal static class CacheKeys
 {
     public const string FileName = "cache.key";
     public const string EnvironmentVariable = "ORTKV_CACHE_KEY";
@@ -35,21 +33,21 @@ internal static partial class CacheKeys
             if (TryLoad(path, shareWithGroup) is { } secret) return secret;
             if (!create)
                 throw new FileNotFoundException($"There is no cache key at {path}, so no entry of this cache can be authenticated. A process that writes the cache creates it; or set ${EnvironmentVariable}.", path);
-            PoolFiles.CreateDirectory(cacheDirectory, shareWithGroup);
+            PrivateFiles.CreateDirectory(cacheDirectory, shareWithGroup);
             var temporary = $"{path}.{Environment.ProcessId}.tmp";
-            using (var file = PoolFiles.CreateFresh(temporary, shareWithGroup: shareWithGroup))
+            using (var file = PrivateFiles.CreateFresh(temporary, shareWithGroup))
             {
-                file.Write(RandomNumberGenerator.GetBytes(CacheSecret.KeyBytes));
-                file.Flush(flushToDisk: true);
+                RandomAccess.Write(file, RandomNumberGenerator.GetBytes(CacheSecret.KeyBytes), 0);
+                RandomAccess.FlushToDisk(file);
             }
             try
             {
                 File.Move(temporary, path, overwrite: false); // link(2): fails when another process created it first
-                DirectorySync.Flush(cacheDirectory);
+                PrivateFiles.SyncDirectory(cacheDirectory);
             }
             catch (IOException) when (File.Exists(path))
             {
-                SlotFile.TryDelete(temporary);
+                PrivateFiles.TryDelete(temporary);
             }
         }
     }
@@ -57,46 +55,29 @@ internal static partial class CacheKeys
     private static CacheSecret? TryLoad(string path, bool shareWithGroup)
     {
         if (!File.Exists(path) && new FileInfo(path).LinkTarget is null) return null;
-        PoolFiles.RefuseLink(path);
-        if (!OperatingSystem.IsWindows())
+        PrivateFiles.RefuseLink(path);
+        byte[] bytes;
+        try
         {
-            if (!shareWithGroup && Owner(path) is { } owner && owner != CurrentUser)
-                throw new IOException($"The cache key {path} belongs to user {owner}, not to this process's user {CurrentUser}: whoever planted it could forge entries. Remove it (a new key is made) or set ${EnvironmentVariable}.");
-            var mode = File.GetUnixFileMode(path);
-            var forbidden = UnixFileMode.OtherRead | UnixFileMode.OtherWrite | (shareWithGroup ? 0 : UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
-            if ((mode & forbidden) != 0)
-                throw new IOException($"The cache key {path} has mode {Convert.ToString((int)mode, 8)}: others can read or replace it. Run `chmod 600 {path}`, or remove it (a new key is made and the entries written under the old one become misses).");
+            using var file = PrivateFiles.Open(path, PrivateFiles.Access.Read);
+            if (!OperatingSystem.IsWindows())
+            {
+                if (!shareWithGroup && PrivateFiles.Owner(path) is { } owner && owner != PrivateFiles.CurrentUser)
+                    throw new IOException($"The cache key {path} belongs to user {owner}, not to this process's user {PrivateFiles.CurrentUser}: whoever planted it could forge entries. Remove it (a new key is made) or set ${EnvironmentVariable}.");
+                var mode = File.GetUnixFileMode(file);
+                var forbidden = UnixFileMode.OtherRead | UnixFileMode.OtherWrite | (shareWithGroup ? 0 : UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+                if ((mode & forbidden) != 0)
+                    throw new IOException($"The cache key {path} has mode {Convert.ToString((int)mode, 8)}: others can read or replace it. Run `chmod 600 {path}`, or remove it (a new key is made and the entries written under the old one become misses).");
+            }
+            bytes = new byte[Math.Min(RandomAccess.GetLength(file), 4096)];
+            bytes = bytes[..RandomAccess.Read(file, bytes, 0)];
         }
-        var bytes = File.ReadAllBytes(path);
+        catch (FileNotFoundException)
+        {
+            return null; // removed between the check and the open: make one
+        }
         if (bytes.Length < CacheSecret.MinKeyBytes)
             throw new IOException($"The cache key {path} holds {bytes.Length} bytes, expected {CacheSecret.KeyBytes}. Remove it; a new key is made (entries written under the old one become misses).");
         return new CacheSecret(bytes);
     }
-
-    /// <summary>The user id this process runs as.</summary>
-    public static uint CurrentUser => OperatingSystem.IsWindows() ? 0 : geteuid();
-
-    /// <summary>The user id that owns <paramref name="path"/> (a link itself, not its target); null where it cannot be told.</summary>
-    public static uint? Owner(string path)
-    {
-        if (!OperatingSystem.IsLinux()) return null;
-        var buffer = new StatxBuffer();
-        return statx(AtCurrentDirectory, path, AtSymlinkNoFollow, StatxUid, ref buffer) == 0 ? buffer.Uid : null;
-    }
-
-    private const int AtCurrentDirectory = -100, AtSymlinkNoFollow = 0x100;
-    private const uint StatxUid = 0x8;
-
-    /// <summary>struct statx: the same layout on every Linux architecture (stx_uid at byte 20).</summary>
-    [StructLayout(LayoutKind.Explicit, Size = 256)]
-    private struct StatxBuffer
-    {
-        [FieldOffset(20)] public uint Uid;
-    }
-
-    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int statx(int directoryFd, string path, int flags, uint mask, ref StatxBuffer buffer);
-
-    [LibraryImport("libc")]
-    private static partial uint geteuid();
 }

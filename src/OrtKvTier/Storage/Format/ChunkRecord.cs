@@ -64,7 +64,8 @@ internal static class ChunkRecord
         fields = default;
         if (header.Length < format.Length(0)) return $"{header.Length} bytes is shorter than a header";
         if (BinaryPrimitives.ReadUInt64LittleEndian(header[ChunkRecordFormat.MagicAt..]) != format.Magic) return "no record header (never written, overwritten, or not an OrtKvTier value)";
-        if (BinaryPrimitives.ReadUInt32LittleEndian(header[ChunkRecordFormat.VersionAt..]) != format.Version) return "format version differs";
+        if (BinaryPrimitives.ReadUInt32LittleEndian(header[ChunkRecordFormat.VersionAt..]) is var version && version != format.Version)
+            return VersionMismatch("the record", version, format.Version);
         int tokenCount = BinaryPrimitives.ReadInt32LittleEndian(header[format.TokenCount..]);
         if (tokenCount < 0 || tokenCount > maxTokens || format.Length(tokenCount) > header.Length) return $"token count {tokenCount} out of range";
         int macAt = format.MacAt(tokenCount);

@@ -54,8 +54,21 @@ public sealed record SlotPoolOptions
     /// <summary>What to do when existing files do not match. Default <see cref="MismatchPolicy.Refuse"/>.</summary>
     public MismatchPolicy OnMismatch { get; init; } = MismatchPolicy.Refuse;
 
-    /// <summary>How long a writer waits for another process's writer lock before giving up. Default 0 (fail at once).</summary>
+    /// <summary>
+    /// How long opening as a writer waits for another process's writer lock before giving up (a
+    /// <c>SlotPoolLockedException</c>; open read-only then). Default 0 (fail at once). Changes (puts, removals) hold the
+    /// lock for microseconds and wait for it at least 10 s, or this when longer.
+    /// </summary>
     public TimeSpan WriterLockTimeout { get; init; } = TimeSpan.Zero;
+
+    /// <summary>
+    /// How long a slot reserved by a writer stays its own while it writes the payload: past it (the writer died, or
+    /// stalled that long) another writer may reclaim the slot, and the late writer's entry is not stored. Default 60 s.
+    /// </summary>
+    internal TimeSpan ReservationTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Where the pool's files live; null: a directory on disk (<see cref="Directory"/>). Tests run pools on memory and on injected faults.</summary>
+    internal IStorageMedium? Medium { get; init; }
 
     /// <summary>Receives events for misses caused by damage or mismatch, and recoveries.</summary>
     public ILogger? Logger { get; init; }
@@ -87,9 +100,6 @@ public sealed record SlotPoolOptions
         Secret = CacheKeys.Resolve(SecretKey, Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(directory)) ?? directory, create: !ReadOnly, ShareWithGroup),
     };
 
-    /// <summary>Test seam: called before every write to a pool file with the file name and offset; may throw.</summary>
-    internal Action<string, long>? BeforeWrite { get; init; }
-
     /// <summary>Throws when the options are inconsistent.</summary>
     public void Validate()
     {
@@ -106,5 +116,6 @@ public sealed record SlotPoolOptions
         if (SecretKey is { Length: < CacheSecret.MinKeyBytes })
             throw new ArgumentException($"SecretKey needs at least {CacheSecret.MinKeyBytes} bytes ({CacheSecret.KeyBytes} random bytes recommended); got {SecretKey.Length}.", nameof(SecretKey));
         if (WriterLockTimeout < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(WriterLockTimeout), WriterLockTimeout, "WriterLockTimeout must not be negative.");
+        if (ReservationTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(ReservationTimeout), ReservationTimeout, "ReservationTimeout must be positive.");
     }
 }

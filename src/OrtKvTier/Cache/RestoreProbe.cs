@@ -1,0 +1,80 @@
+using Microsoft.Extensions.Logging;
+using OrtKvTier.Keys;
+using OrtKvTier.Security;
+using OrtKvTier.Storage;
+using OrtKvTier.Tensors;
+using OrtKvTier.Tiers;
+
+namespace OrtKvTier.Cache;
+
+/// <summary>
+/// The cache's warm-up: a few restores of made-up chunks through the real restore path, from a slot pool in memory and
+/// from host memory, into a scratch past. The first round compiles the path (a process that starts cold otherwise pays
+/// some 20 ms on its first restore); the second measures what preparing a past and placing a chunk cost here, the
+/// first figures of <see cref="RestoreCosts"/>. Nothing of it is observed (no spans, no metrics) or kept.
+/// </summary>
+internal static class RestoreProbe
+{
+    /// <summary>Chunk bytes the probe restores at most.</summary>
+    private const long ProbeBytes = 8L << 20;
+
+    public static void Run(ChunkLayout layout, SlotPoolIdentity identity, RestoreCosts costs, ILogger? logger)
+    {
+        try
+        {
+            costs.Adopt(Measure(layout, identity));
+        }
+        catch (Exception e)
+        {
+            logger?.LogDebug(e, "Prefix cache: the warm-up probe failed; restore costs are measured by the first restores instead.");
+        }
+    }
+
+    private static RestoreCosts Measure(ChunkLayout layout, SlotPoolIdentity identity)
+    {
+        int chunks = (int)Math.Clamp(ProbeBytes / layout.ChunkBytes, 1, 8);
+        var secret = CacheSecret.CreateRandom();
+        var chain = new ChunkChain(identity.Fingerprint, layout.ChunkTokens, secret, salt: null);
+        var tokens = Enumerable.Range(0, chunks * layout.ChunkTokens + RestorePlanner.MinimumSuffixTokens).ToArray();
+        var keys = chain.Keys(tokens);
+        var payload = new byte[layout.ChunkBytes];
+        Random.Shared.NextBytes(payload);
+        var faults = new TierFaults(logger: null);
+        var measured = new RestoreCosts();
+        OrtKvTensors? past = null;
+        IKvTensorView Prepare(int rows)
+        {
+            past?.Dispose();
+            return past = OrtKvTensors.Allocate(layout.Layout, rows);
+        }
+        try
+        {
+            var pool = SlotPool.Open(new SlotPoolOptions
+            {
+                Directory = "ortkv-warm-up", Medium = new MemoryMedium("ortkv-warm-up"), Identity = identity, CapacitySlots = chunks, Durability = Durability.None,
+                Secret = secret,
+            });
+            for (int i = 0; i < chunks; i++) pool.Put(keys[i], tokens.AsSpan(i * layout.ChunkTokens, layout.ChunkTokens), payload);
+            using (var fromDisk = new TierStack(new HostTier(0, layout.ChunkBytes), [DiskTier.Over(pool, faults)], faults))
+                RestoreTwice(fromDisk, layout, measured, chain, tokens, Prepare);
+
+            var host = new HostTier(chunks * layout.ChunkBytes, layout.ChunkBytes);
+            for (int i = 0; i < chunks; i++) host.Write(keys[i], tokens.AsSpan(i * layout.ChunkTokens, layout.ChunkTokens), payload);
+            using (var fromHost = new TierStack(host, [], faults))
+                RestoreTwice(fromHost, layout, measured, chain, tokens, Prepare);
+        }
+        finally
+        {
+            past?.Dispose();
+        }
+        return measured;
+    }
+
+    /// <summary>A first restore that compiles the path (its figures thrown away), then one that is measured.</summary>
+    private static void RestoreTwice(TierStack tiers, ChunkLayout layout, RestoreCosts measured, ChunkChain chain, int[] tokens, Func<int, IKvTensorView> prepare)
+    {
+        using var writes = new LowerTierWriter([], layout.ChunkBytes, tiers.Faults, logger: null);
+        new RestorePlanner(tiers, writes, layout, new RestoreCosts(), observed: false, alwaysRestore: true).Restore(tokens, 0, chain, new HostRestoreSink(layout, prepare));
+        new RestorePlanner(tiers, writes, layout, measured, observed: false, alwaysRestore: true).Restore(tokens, 0, chain, new HostRestoreSink(layout, prepare));
+    }
+}
