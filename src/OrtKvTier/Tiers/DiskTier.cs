@@ -69,7 +69,7 @@ internal sealed class DiskTier : IInPlaceReadTier
             Secret = settings.Secret,
             Encrypt = settings.Encrypt,
             ShareWithGroup = settings.ShareWithGroup,
-            WriterLockTimeout = TimeSpan.FromSeconds(2), // every process stores: another may be in the middle of opening it
+            WriterLockTimeout = OpenLockWait, // every process stores: others hold the lock for microseconds per change
         };
         if (!settings.ShareWithGroup && PrivateFiles.Owner(settings.CacheDirectory) is { } owner && owner != PrivateFiles.CurrentUser)
         {
@@ -84,7 +84,8 @@ internal sealed class DiskTier : IInPlaceReadTier
         }
         catch (SlotPoolLockedException e)
         {
-            logger?.LogInformation("Disk tier {Directory}: {Reason} Opening it read-only: hits are served, new chunks stay in memory.", options.Directory, e.Message);
+            faults.Report(TierId.Disk, "busy",
+                $"{e.Message} This process serves {options.Directory} read-only: hits are served, its new chunks stay in memory and are not stored.", e);
             return OpenReadOnly(options, faults, e);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -94,6 +95,9 @@ internal sealed class DiskTier : IInPlaceReadTier
             return OpenReadOnly(options, faults, e);
         }
     }
+
+    /// <summary>How long opening waits for the pool's writer lock: a holder that keeps it longer is stuck (stopped, or on a hung disk).</summary>
+    private static readonly TimeSpan OpenLockWait = TimeSpan.FromSeconds(30);
 
     /// <summary>How long a process that lost the race to create a new pool waits for its creator to finish.</summary>
     private static readonly TimeSpan CreationWait = TimeSpan.FromSeconds(2);

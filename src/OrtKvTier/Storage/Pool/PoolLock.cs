@@ -30,9 +30,10 @@ internal sealed class PoolLock(IMediumLock osLock, string location) : IDisposabl
             {
                 if (attempt == 0) Contended++;
                 if (clock.Elapsed >= timeout) throw Locked(timeout);
-                // Holds last microseconds: yield first, then sleep a little.
-                if (attempt < 20) Thread.Yield();
-                else Thread.Sleep(attempt < 200 ? 0 : 1);
+                // Holds last microseconds, unless the holder is waiting for a core: yield a few times, then sleep (1, 2, 4, 8 ms),
+                // leaving the cores to the holder.
+                if (attempt < 4) Thread.Yield();
+                else Thread.Sleep(1 << Math.Min(3, (attempt - 4) / 4));
             }
         }
         catch

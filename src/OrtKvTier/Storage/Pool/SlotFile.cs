@@ -171,6 +171,13 @@ internal sealed class SlotFile : IDisposable
         return new SlotFile(medium, medium.Open(DataFileName, DeviceAccess.ReadWrite), created, options) { Created = true };
     }
 
+    /// <summary>What <see cref="OpenWriter"/> checks of an existing data file, without the lock (it checks again under it): throws when it would refuse.</summary>
+    public static void CheckWriterOpen(SlotPoolOptions options, IStorageMedium medium)
+    {
+        if (medium.Exists(DataFileName) && DescribeMismatch(medium, options.Identity!, out _) is { } mismatch && options.OnMismatch == MismatchPolicy.Refuse)
+            throw new SlotPoolMismatchException($"{Path.Combine(medium.Location, DataFileName)}: {mismatch} Open with MismatchPolicy.Recreate to replace it, or use another directory.");
+    }
+
     /// <summary>Opens the data file for reading (no lock), checking it against <see cref="SlotPoolOptions.Identity"/> when given.</summary>
     public static SlotFile OpenReader(SlotPoolOptions options, IStorageMedium medium)
     {

@@ -265,6 +265,11 @@ public sealed unsafe partial class SlotPool
     /// <summary>A hold on the writer lock for a change, caught up with the other processes (repairing unusable index files first).</summary>
     private PoolLock.Hold HoldForChange()
     {
+        if (!_warm && _options.Medium is not MemoryMedium)
+        {
+            LockedPathsWarmUp.Value.Wait(ChangeLockWait(_options));
+            _warm = true;
+        }
         var hold = _lock!.Acquire(ChangeLockWait(_options));
         try
         {

@@ -24,6 +24,8 @@ public sealed unsafe partial class SlotPool : IDisposable
     private readonly PoolLock? _lock;
     /// <summary>Says this writer is alive (so others leave its slot reservations alone) while it is open.</summary>
     private IDisposable? _alive;
+    /// <summary>Set once this handle waited for <see cref="LockedPathsWarmUp"/>.</summary>
+    private bool _warm;
     private readonly uint _writerEpoch;
     private readonly int _parallelism = Math.Clamp(Environment.ProcessorCount, 1, 8);
     private readonly ILogger? _logger;
@@ -92,26 +94,68 @@ public sealed unsafe partial class SlotPool : IDisposable
         if (!options.ReadOnly && ShrinkRequested(options, medium) is { } slots) ShrinkByCopy(options, medium, slots);
         if (options.ReadOnly) return Opened(new SlotPool(options, SlotFile.OpenReader(options, medium), writerLock: null), created: false);
 
+        if (options.Medium is not MemoryMedium) _ = LockedPathsWarmUp.Value; // compiled in the background before this process first changes the pool
+        SlotFile.CheckWriterOpen(options, medium); // the checks OpenWriter repeats under the lock, run (and compiled) outside it first
         var writerLock = new PoolLock(medium.OpenLock(LockFileName), medium.Location);
         SlotPool? pool = null;
+        SlotFile? file = null;
+        IDisposable? alive = null;
         try
         {
-            using var hold = writerLock.Acquire(options.WriterLockTimeout);
-            pool = new SlotPool(options, SlotFile.OpenWriter(options, medium), writerLock);
-            pool._alive = medium.MarkAlive(LivenessFileName, pool._writerEpoch);
+            using (writerLock.Acquire(options.WriterLockTimeout))
+            {
+                file = SlotFile.OpenWriter(options, medium);
+                alive = medium.MarkAlive(LivenessFileName, file.Header.WriterEpoch);
+                if (file.Created)
+                {
+                    pool = new SlotPool(options, file, writerLock) { _alive = alive };
+                    pool._log.RewriteHeld(); // a new pool's empty index, before any other process sees the file
+                }
+            }
+            pool ??= new SlotPool(options, file, writerLock) { _alive = alive };
             pool._log.RemoveStaleTemporaries();
-            if (pool._file.Created) pool._log.RewriteHeld(); // a new pool's empty index, before any other process sees the file
         }
         catch
         {
             if (pool is not null) pool.Dispose();
-            else writerLock.Dispose();
+            else
+            {
+                alive?.Dispose();
+                file?.Dispose();
+                writerLock.Dispose();
+            }
             throw;
         }
         if (pool._file.ResizedFrom is { } before)
             options.Logger?.LogInformation("Slot pool {Directory}: resized from {Before} to {After} slots.", pool.Directory, before, pool.SlotCount);
         return Opened(pool, pool._file.Created);
     }
+
+    /// <summary>
+    /// Runs every path a writer takes under the cross-process lock once, on a pool in memory, in the background from the
+    /// first writer open; a change waits for it before this process first takes a real pool's lock for a change. A cold
+    /// process compiles code as it first runs it, and with many processes starting at once on few cores that took a lock
+    /// holder hundreds of milliseconds while the others waited.
+    /// </summary>
+    private static readonly Lazy<Task> LockedPathsWarmUp = new(() => Task.Run(() =>
+    {
+        var identity = SlotPoolIdentity.For(default, new Model.KvShape(1, 1, 16, 2), 16);
+        var options = new SlotPoolOptions
+        {
+            Directory = "ortkv-lock-warm-up", Medium = new MemoryMedium(), Identity = identity, CapacitySlots = 2, Durability = Durability.Batched,
+            Secret = CacheSecret.CreateRandom(),
+        };
+        var payload = new byte[identity.PayloadBytes];
+        using (var pool = Open(options))
+        using (var other = Open(options with { ReadOnly = true }))
+        {
+            for (int i = 0; i < 3; i++) pool.Put(new ChunkKey((UInt128)i + 1), [i], payload);
+            other.Contains(new ChunkKey(3));
+            pool.Remove(new ChunkKey(3));
+            pool.Compact();
+            pool.Flush();
+        }
+    }));
 
     /// <summary>Loads a new handle's index (repairing unusable index files, for a writer), disposing the handle if that fails.</summary>
     private static SlotPool Opened(SlotPool pool, bool created)
