@@ -66,7 +66,9 @@ internal sealed class FaultMedium(IStorageMedium inner, FaultPlan plan) : IStora
         public int Read(Span<byte> destination, long offset)
         {
             plan.BeforeRead(Name);
-            return device.Read(destination, offset);
+            int read = device.Read(destination, offset);
+            plan.Counted(Name, read);
+            return read;
         }
 
         public void Write(ReadOnlySpan<byte> source, long offset)
@@ -108,6 +110,9 @@ internal sealed class FaultPlan
     private readonly Dictionary<string, int> _tornWrites = [];
     private const string AnyFile = "\0any";
 
+    private readonly Dictionary<string, long> _bytesRead = [];
+    private readonly Dictionary<string, ManualResetEventSlim> _paused = [];
+
     /// <summary>How long every read and write waits first (slow I/O).</summary>
     public TimeSpan Delay { get; set; }
 
@@ -137,9 +142,41 @@ internal sealed class FaultPlan
         return this;
     }
 
-    /// <summary>Every fault removed.</summary>
+    /// <summary>Writes of <paramref name="file"/> wait from now until <see cref="Resume"/> (a stalled disk, or a writer frozen in the middle of a write).</summary>
+    public FaultPlan PauseWrites(string file)
+    {
+        lock (_gate) _paused.TryAdd(file, new ManualResetEventSlim(false));
+        return this;
+    }
+
+    /// <summary>Writes that wait on a pause: how many are waiting now.</summary>
+    public int WritesWaiting { get; private set; }
+
+    /// <summary>Lets the paused writes of <paramref name="file"/> go on.</summary>
+    public void Resume(string file)
+    {
+        ManualResetEventSlim? gate;
+        lock (_gate) _paused.Remove(file, out gate);
+        gate?.Set();
+    }
+
+    /// <summary>Bytes read from <paramref name="file"/> through this plan's devices so far.</summary>
+    public long BytesRead(string file)
+    {
+        lock (_gate) return _bytesRead.GetValueOrDefault(file);
+    }
+
+    internal void Counted(string file, int bytes)
+    {
+        lock (_gate) _bytesRead[file] = _bytesRead.GetValueOrDefault(file) + bytes;
+    }
+
+    /// <summary>Every fault removed (paused writes go on).</summary>
     public void Heal()
     {
+        List<string> paused;
+        lock (_gate) paused = [.. _paused.Keys];
+        foreach (var file in paused) Resume(file);
         lock (_gate)
         {
             _writeErrors.Clear();
@@ -174,6 +211,14 @@ internal sealed class FaultPlan
     internal int BeforeWrite(string file, long offset, int length, out IOException? failure)
     {
         Wait();
+        ManualResetEventSlim? pause;
+        lock (_gate) pause = _paused.GetValueOrDefault(file);
+        if (pause is not null)
+        {
+            lock (_gate) WritesWaiting++;
+            pause.Wait();
+            lock (_gate) WritesWaiting--;
+        }
         lock (_gate)
         {
             failure = null;

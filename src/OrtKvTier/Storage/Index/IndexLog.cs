@@ -33,6 +33,7 @@ internal sealed class IndexLog : IDisposable
 
     private readonly IStorageMedium _medium;
     private readonly DeviceAccess _access;
+    private readonly long? _compactAfterRecords;
     private readonly ulong _poolId;
     private readonly JournalCodec _codec;
     private readonly ILogger? _logger;
@@ -50,8 +51,9 @@ internal sealed class IndexLog : IDisposable
     /// <summary>Entries dropped on a read (damaged, rewritten): journaled with this process's next change.</summary>
     private readonly List<SlotEntry> _pendingDrops = [];
 
-    public IndexLog(IStorageMedium medium, ulong poolId, JournalCodec codec, Lock indexGate, SlotIndex index, bool writable, ILogger? logger)
+    public IndexLog(IStorageMedium medium, ulong poolId, JournalCodec codec, Lock indexGate, SlotIndex index, bool writable, ILogger? logger, long? compactAfterRecords = null)
     {
+        _compactAfterRecords = compactAfterRecords;
         _medium = medium;
         _access = writable ? DeviceAccess.ReadWrite : DeviceAccess.Read;
         _poolId = poolId;
@@ -78,6 +80,7 @@ internal sealed class IndexLog : IDisposable
     {
         get
         {
+            if (_compactAfterRecords is { } limit) return Records > limit;
             int entries;
             lock (_gate) entries = _index.Count;
             return Records > 2L * entries + 1024;

@@ -42,7 +42,7 @@ public sealed unsafe partial class SlotPool : IDisposable
     private readonly Timer? _batchTimer;
     private bool _disposed;
 
-    private long _hits, _misses, _damaged, _puts, _evictions, _notStored;
+    private long _hits, _misses, _damaged, _puts, _evictions, _notStored, _lookups;
 
     private SlotPool(SlotPoolOptions options, SlotFile file, PoolLock? writerLock)
     {
@@ -58,7 +58,7 @@ public sealed unsafe partial class SlotPool : IDisposable
         _writerEpoch = file.Header.WriterEpoch;
         IsReadOnly = writerLock is null;
         _index = new SlotIndex(SlotCount);
-        _log = new IndexLog(file.Medium, file.Header.PoolId, new JournalCodec(file.Secret), _gate, _index, writable: !IsReadOnly, _logger);
+        _log = new IndexLog(file.Medium, file.Header.PoolId, new JournalCodec(file.Secret), _gate, _index, writable: !IsReadOnly, _logger, options.CompactAfterRecords);
         if (!IsReadOnly && options.Durability == Durability.Batched)
             _batchTimer = new Timer(_ => FlushIfDirty(), null, options.BatchInterval, options.BatchInterval);
     }
@@ -271,6 +271,7 @@ public sealed unsafe partial class SlotPool : IDisposable
     internal SlotEntry? Find(ChunkKey key)
     {
         ThrowIfUnusable(write: false);
+        Interlocked.Increment(ref _lookups);
         lock (_gate)
             if (_index.TryGet(key, out var entry)) return entry;
         using (UseFile())
@@ -357,7 +358,7 @@ public sealed unsafe partial class SlotPool : IDisposable
                 SlotBytes = SlotBytes, FileBytes = FileHeaderBytes + SlotCount * SlotBytes, PayloadBytes = _index.PayloadBytes,
                 Hits = Interlocked.Read(ref _hits), Misses = Interlocked.Read(ref _misses), Damaged = _damaged, Puts = _puts, Evictions = _evictions,
                 JournalRecords = _log.Records, SkippedRecords = _log.SkippedRecords, NotStored = Interlocked.Read(ref _notStored),
-                BeingWritten = _index.Reservations.Count, LockHolds = _lock?.Holds ?? 0, LockWaits = _lock?.Contended ?? 0,
+                BeingWritten = _index.Reservations.Count, LockHolds = _lock?.Holds ?? 0, LockWaits = _lock?.Contended ?? 0, IndexLookups = Interlocked.Read(ref _lookups),
             };
     }
 

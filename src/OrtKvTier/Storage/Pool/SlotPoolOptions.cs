@@ -67,6 +67,9 @@ public sealed record SlotPoolOptions
     /// </summary>
     internal TimeSpan ReservationTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>Journal records after which a writer compacts; null: twice the entries plus 1024 (tests and benches set it to keep or force a long journal).</summary>
+    internal long? CompactAfterRecords { get; init; }
+
     /// <summary>Where the pool's files live; null: a directory on disk (<see cref="Directory"/>). Tests run pools on memory and on injected faults.</summary>
     internal IStorageMedium? Medium { get; init; }
 

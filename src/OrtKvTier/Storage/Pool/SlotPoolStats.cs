@@ -41,6 +41,8 @@ public sealed record SlotPoolStats
     public long LockHolds { get; init; }
     /// <summary>See <see cref="LockHolds"/>.</summary>
     public long LockWaits { get; init; }
+    /// <summary>Index lookups since open (each key a restore, a read or a store asks for).</summary>
+    public long IndexLookups { get; init; }
 }
 
 /// <summary>What <see cref="SlotPool.Verify"/> found.</summary>
