@@ -74,6 +74,25 @@ switch (mode)
         Console.WriteLine($"hits {hits} misses {misses} wrong {wrong} damaged {pool.GetStats().Damaged}");
         return 0;
     }
+    case "stall":
+    {
+        // stall DIR SLOTS SEED: reserves a slot for key (SEED, 0) and freezes in the middle of writing its payload, until killed
+        // (a writer whose disk hung, or that died mid-write).
+        int slots = int.Parse(args[2]), seed = int.Parse(args[3]);
+        var faults = new FaultPlan();
+        using var pool = SlotPool.Open(new SlotPoolOptions
+        {
+            Directory = dir, Medium = new FaultMedium(new FileMedium(dir), faults), Identity = TestPayloads.Identity, CapacitySlots = slots,
+            WriterLockTimeout = TimeSpan.FromSeconds(10),
+        });
+        var key = TestPayloads.Key(seed, 0);
+        faults.PauseWrites(StoredFormats.DataFileName);
+        _ = Task.Run(() => pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key)));
+        while (faults.WritesWaiting == 0) Thread.Sleep(1);
+        Console.WriteLine("ready");
+        Thread.Sleep(Timeout.Infinite);
+        return 0;
+    }
     case "hold":
     {
         // hold DIR: creates the pool, then holds its writer lock as a change in progress would, until killed.

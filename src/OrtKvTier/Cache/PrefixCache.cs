@@ -53,7 +53,7 @@ public sealed class PrefixCache : IDisposable
         try
         {
             if (options.Directory is not null && diskKeyed)
-                Disk = DiskTier.TryOpen(new DiskTierSettings(options.Directory, Identity, Secret, options.EncryptAtRest, options.DiskCapacityBytes, options.Durability, options.ShareWithGroup), Faults, _logger);
+                Disk = DiskTier.TryOpen(new DiskTierSettings(options.Directory, Identity, Secret, options.EncryptAtRest, options.DiskCapacityBytes, options.Durability, options.ShareWithGroup, options.DiskMedium), Faults, _logger);
         }
         catch
         {

@@ -97,6 +97,9 @@ public sealed record PrefixCacheOptions
     /// </summary>
     public bool WarmUp { get; init; } = true;
 
+    /// <summary>Where the disk tier's pool files live, given its directory; null: that directory on disk (tests run the cache on injected faults).</summary>
+    internal Func<string, Storage.IStorageMedium>? DiskMedium { get; init; }
+
     /// <summary>Receives events for misses caused by damage or mismatch, recreated pools and failed writes.</summary>
     public ILogger? Logger { get; init; }
 

@@ -9,7 +9,7 @@ namespace OrtKvTier.Tiers;
 
 /// <summary>Where and how the disk tier keeps a cache's chunks.</summary>
 internal sealed record DiskTierSettings(string CacheDirectory, SlotPoolIdentity Identity, CacheSecret Secret, bool Encrypt, long CapacityBytes, Durability Durability,
-    bool ShareWithGroup = false);
+    bool ShareWithGroup = false, Func<string, IStorageMedium>? Medium = null);
 
 /// <summary>
 /// The disk tier: a <see cref="SlotPool"/> in its own directory per model and chunk length. It never fails a
@@ -69,6 +69,7 @@ internal sealed class DiskTier : IInPlaceReadTier
             Secret = settings.Secret,
             Encrypt = settings.Encrypt,
             ShareWithGroup = settings.ShareWithGroup,
+            Medium = settings.Medium?.Invoke(PoolDirectory(settings.CacheDirectory, settings.Identity, settings.Secret.KeyId)),
             WriterLockTimeout = OpenLockWait, // every process stores: others hold the lock for microseconds per change
         };
         if (!settings.ShareWithGroup && PrivateFiles.Owner(settings.CacheDirectory) is { } owner && owner != PrivateFiles.CurrentUser)

@@ -97,6 +97,34 @@ public sealed class CacheCommandTests : IDisposable
         Assert.Single(Directory.GetDirectories(_temp.Path));
     }
 
+    [Fact]
+    public void APoolOfAnotherFormatVersionIsRefusedNamingBothVersionsListedAsUnreadableAndPrunedOnRequest()
+    {
+        var dir = _temp.Sub("old-version");
+        var options = new SlotPoolOptions { Directory = dir, Identity = TestPayloads.Identity, CapacitySlots = 4 };
+        using (var pool = SlotPool.Open(options)) pool.Put(TestPayloads.Key(6, 9), TestPayloads.Tokens(TestPayloads.Key(6, 9)), TestPayloads.Payload(TestPayloads.Key(6, 9)));
+        // The header of a pool that version 2 of the format wrote (same fields, its own checksum).
+        var data = Path.Combine(dir, StoredFormats.DataFileName);
+        var header = File.ReadAllBytes(data)[..StoredFormats.FileHeaderBytes];
+        BitConverter.TryWriteBytes(header.AsSpan(StoredFormats.FhVersion), 2u);
+        BitConverter.TryWriteBytes(header.AsSpan(StoredFormats.FhChecksum), System.IO.Hashing.XxHash64.HashToUInt64(header.AsSpan(0, StoredFormats.FhChecksummed)));
+        using (var f = new FileStream(data, FileMode.Open, FileAccess.Write)) f.Write(header);
+
+        var refused = Assert.Throws<SlotPoolMismatchException>(() => SlotPool.Open(options));
+        Assert.Contains($"format version 2; this library reads version {StoredFormats.FormatVersion}", refused.Message);
+
+        var list = ChildProcess.Console("cache", "list", "--cache-dir", _temp.Path, "--json");
+        Assert.True(list.ExitCode == 0, list.StdErr);
+        var unreadable = Assert.Single(JsonDocument.Parse(list.StdOut).RootElement.GetProperty("unreadable").EnumerateArray());
+        Assert.Equal(dir, unreadable.GetProperty("directory").GetString());
+        Assert.Contains("format version 2; this library reads version", unreadable.GetProperty("reason").GetString());
+
+        var prune = ChildProcess.Console("cache", "prune", "--cache-dir", _temp.Path, "--other-versions", "--json");
+        Assert.True(prune.ExitCode == 0, prune.StdErr);
+        Assert.Equal([dir], JsonDocument.Parse(prune.StdOut).RootElement.GetProperty("deleted").EnumerateArray().Select(d => d.GetString()!));
+        Assert.False(Directory.Exists(dir));
+    }
+
     /// <summary>Disk blocks a pool's files take (what <c>du</c> counts), from <c>stat</c>.</summary>
     private static long AllocatedBytes(string poolDir) =>
         Directory.GetFiles(poolDir).Sum(f => long.Parse(ChildProcess.Output("stat", "-c", "%b", f)) * 512);

@@ -127,6 +127,22 @@ internal sealed class IndexLog : IDisposable
     /// <summary>One try at loading (under <see cref="_follow"/>): null when the index now mirrors the files, else what is wrong.</summary>
     private string? TryLoad()
     {
+        try
+        {
+            return TryLoadFiles();
+        }
+        catch (UnreadableIndexException e)
+        {
+            return e.Message;
+        }
+        catch (IOException e)
+        {
+            return $"the index files cannot be read ({e.Message})";
+        }
+    }
+
+    private string? TryLoadFiles()
+    {
         CloseJournal();
         var snapshotBytes = ReadWhole(SnapshotFileName);
         var snapshot = snapshotBytes is null ? null : _codec.ReadSnapshot(snapshotBytes, _poolId);
@@ -169,7 +185,16 @@ internal sealed class IndexLog : IDisposable
     /// </summary>
     public bool Follow()
     {
-        lock (_follow) return FollowLocked() == FollowResult.Changed;
+        lock (_follow)
+            try
+            {
+                return FollowLocked() == FollowResult.Changed;
+            }
+            catch (IOException e)
+            {
+                _logger?.LogDebug(e, "Slot pool {Directory}: reading the journal failed; the index stays as it was.", _medium.Location);
+                return false;
+            }
     }
 
     private enum FollowResult { Unchanged, Changed, Inconsistent }
@@ -336,8 +361,10 @@ internal sealed class IndexLog : IDisposable
                     if (tail.Length > 0) fresh.Write(tail, freshEnd);
                     _medium.Replace(snapshotTemp, SnapshotFileName);
                     _medium.Replace(journalTemp, JournalFileName);
+                    fresh.Dispose();
+                    fresh = null;
                     CloseJournal();
-                    (_journal, fresh) = (fresh, null);
+                    _journal = _medium.Open(JournalFileName, _access); // by its name now: nobody replaces it while the lock is held
                     _end = freshEnd + tail.Length;
                     _epoch = epoch;
                     Records = CountRecords(tail);
@@ -390,13 +417,16 @@ internal sealed class IndexLog : IDisposable
             }
             catch
             {
-                fresh.Dispose();
                 _medium.Delete(SnapshotFileName + suffix);
                 _medium.Delete(JournalFileName + suffix);
                 throw;
             }
+            finally
+            {
+                fresh.Dispose();
+            }
             CloseJournal();
-            _journal = fresh;
+            _journal = _medium.Open(JournalFileName, _access); // by its name now: nobody replaces it while the lock is held
             _end = JournalHeaderBytes + carried.Length;
             _epoch = epoch;
             Records = 0;
@@ -418,6 +448,9 @@ internal sealed class IndexLog : IDisposable
         lock (_follow) CloseJournal();
     }
 
+    /// <summary>An index file that is there but cannot be opened: the index is rebuilt from the slot headers.</summary>
+    private sealed class UnreadableIndexException(string message, Exception inner) : IOException(message, inner);
+
     private long? ReadJournalEpoch() => ReadWhole(JournalFileName) is { } bytes ? _codec.ReadEpoch(bytes, _poolId) : null;
 
     /// <summary>Whether the bytes after the last valid record are one record still being written (or cut short): a length that runs past the end.</summary>
@@ -432,6 +465,7 @@ internal sealed class IndexLog : IDisposable
         _journal = null;
     }
 
+    /// <summary>The device at <paramref name="name"/>, or null when there is none. A file that cannot be opened (not a regular file, no permission) throws <see cref="UnreadableIndexException"/>.</summary>
     private IStorageDevice? TryOpen(string name, DeviceAccess access)
     {
         try
@@ -441,6 +475,10 @@ internal sealed class IndexLog : IDisposable
         catch (FileNotFoundException)
         {
             return null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UnreadableIndexException($"{name} cannot be read ({e.Message})", e);
         }
     }
 

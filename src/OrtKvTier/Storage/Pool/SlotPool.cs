@@ -295,7 +295,20 @@ public sealed unsafe partial class SlotPool : IDisposable
         ThrowIfUnusable(write: false);
         using (UseFile())
         {
-            var failure = _file.CheckSlot(entry, out var found, out var fields, checkTokens: true, tokens: tokens);
+            string? failure;
+            SlotEntry found;
+            ChunkRecordFields fields;
+            try
+            {
+                failure = _file.CheckSlot(entry, out found, out fields, checkTokens: true, tokens: tokens);
+            }
+            catch (IOException e)
+            {
+                // An I/O error says nothing about the entry: a miss, the entry stays.
+                _logger?.LogDebug(e, "Slot pool {Directory}: reading the header of slot {Slot} failed.", Directory, entry.Slot);
+                Interlocked.Increment(ref _misses);
+                return null;
+            }
             if (failure is null && found.PayloadLength != entry.PayloadLength) failure = $"the index says {entry.PayloadLength} payload bytes, the slot {found.PayloadLength}";
             if (failure is null) return ChunkRead.FromSlot(this, entry, found.PayloadLength, fields.PayloadTag, ChunkRecord.SealOf(fields, _file.Secret));
             lock (_gate) DropLocked(entry, failure);
