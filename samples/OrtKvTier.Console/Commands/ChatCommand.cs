@@ -121,6 +121,7 @@ internal static class ChatCommand
         if (usage is null || details is null) return "";
         var tiers = details.TryGetValue("tokens_by_tier", out var t) && t is IReadOnlyDictionary<string, int> byTier && byTier.Count > 0
             ? " (" + string.Join(", ", byTier.Select(x => $"{x.Key} {x.Value}")) + ")" : "";
-        return $"[TTFT {(double)details["ttft_ms"]!:F1} ms · {usage.CachedInputTokenCount}/{usage.InputTokenCount} prompt tokens cached{tiers} · {usage.OutputTokenCount} tokens]";
+        var computed = details.TryGetValue("computed_instead", out var why) && why is string reason ? $" · {details["found_tokens"]} found, computed instead: {reason}" : "";
+        return $"[TTFT {(double)details["ttft_ms"]!:F1} ms · {usage.CachedInputTokenCount}/{usage.InputTokenCount} prompt tokens cached{tiers} · {usage.OutputTokenCount} tokens{computed}]";
     }
 }

@@ -61,7 +61,8 @@ internal static class GenerateCommand
     }
 
     private static string TierText(PrefixRestoreReport restore) =>
-        restore.RestoredTokens == 0 ? "" : ": " + string.Join(", ", restore.TokensByTier.Select(t => $"{t.Value} {t.Key}"));
+        restore.ComputedInstead is { } why ? $"; {restore.FoundTokens} found and computed instead: {why}"
+        : restore.RestoredTokens == 0 ? "" : ": " + string.Join(", ", restore.TokensByTier.Select(t => $"{t.Value} {t.Key}"));
 
     private static void WriteJson(GenerationResult result, KvModel model, PrefixCache? cache) => JsonOutput.Write(w =>
     {
@@ -94,6 +95,8 @@ internal static class GenerateCommand
         w.WriteStartArray("chunk_tiers");
         foreach (var tier in result.Restore.ChunkTiers) w.WriteStringValue(tier);
         w.WriteEndArray();
+        w.WriteNumber("found_tokens", result.Restore.FoundTokens);
+        if (result.Restore.ComputedInstead is { } why) w.WriteString("computed_instead", why);
         w.WriteNumber("lookup_ms", Math.Round(result.Restore.LookupMs, 3));
         w.WriteNumber("restore_ms", Math.Round(result.Restore.RestoreMs, 3));
         w.WriteNumber("prefill_ms", Math.Round(result.PrefillMs, 3));

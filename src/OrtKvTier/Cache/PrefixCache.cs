@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Tiers;
 using Microsoft.ML.OnnxRuntime;
@@ -24,7 +25,8 @@ public sealed class PrefixCache : IDisposable
     private readonly ILogger? _logger;
     private readonly TierStack _tiers;
     private readonly LowerTierWriter _writes;
-    private readonly Task? _warmUp;
+    private Task? _warmUp;
+    private long _warmUpStarted;
     private bool _disposed;
 
     /// <summary>Opens the cache for <paramref name="model"/>.</summary>
@@ -67,7 +69,7 @@ public sealed class PrefixCache : IDisposable
         Costs = RestoreCosts.For(Identity);
         Planner = new RestorePlanner(_tiers, _writes, ChunkLayout, Costs, alwaysRestore: options.AlwaysRestore);
         // Off the request path: runs the restore path once (compiling it) and measures what it costs here.
-        if (options.WarmUp && !Costs.KnowsRestores) _warmUp = Task.Run(() => RestoreProbe.Run(ChunkLayout, Identity, Costs, _logger));
+        if (options.WarmUp && !Costs.KnowsRestores) StartWarmUp();
     }
 
     /// <summary>The name of the library's <see cref="System.Diagnostics.Metrics.Meter"/> (instruments <c>ortkv.*</c>, durations in milliseconds): listen with OpenTelemetry or <c>dotnet-counters monitor --counters OrtKvTier</c>.</summary>
@@ -204,7 +206,29 @@ public sealed class PrefixCache : IDisposable
     internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, ChunkChain chain, RestoreSink sink, DeviceTier? deviceTier = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return Planner.Restore(tokens, computedTokens, chain, sink, deviceTier);
+        var report = Planner.Restore(tokens, computedTokens, chain, sink, deviceTier);
+        if (report.ComputedInstead is not null) RefreshRestoreCosts();
+        return report;
+    }
+
+    /// <summary>How often, at most, the probe measures restores again while the cache computes what it found.</summary>
+    private static readonly TimeSpan ProbeInterval = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// The cache computed a prefix it found because restoring it measured slower: restores are measured again in the
+    /// background (at most every <see cref="ProbeInterval"/>), since a computed prefix measures nothing of restores.
+    /// </summary>
+    private void RefreshRestoreCosts()
+    {
+        if (!_options.WarmUp || _warmUp is { IsCompleted: false } || Stopwatch.GetElapsedTime(Interlocked.Read(ref _warmUpStarted)) < ProbeInterval) return;
+        lock (_deviceGate)
+            if (!_disposed && _warmUp is not { IsCompleted: false }) StartWarmUp();
+    }
+
+    private void StartWarmUp()
+    {
+        Interlocked.Exchange(ref _warmUpStarted, Stopwatch.GetTimestamp());
+        _warmUp = Task.Run(() => RestoreProbe.Run(ChunkLayout, Identity, Costs, _logger));
     }
 
     /// <summary>A run of the model over <paramref name="tokens"/> new tokens took <paramref name="ms"/> (what computing costs, for the restore decision).</summary>
@@ -293,7 +317,9 @@ public sealed class PrefixCache : IDisposable
         {
             _logger?.LogWarning(e, "Prefix cache: flushing on dispose failed; entries written earlier are unaffected.");
         }
-        try { _warmUp?.Wait(); } catch (AggregateException) { } // the probe logs its own failures
+        Task? warmUp;
+        lock (_deviceGate) warmUp = _warmUp;
+        try { warmUp?.Wait(); } catch (AggregateException) { } // the probe logs its own failures
         Device?.Dispose();
         _deviceTransfer?.Dispose();
         _disposed = true;

@@ -55,15 +55,14 @@ internal sealed class RestoreCosts
         }
     }
 
-    /// <summary>Takes over what <paramref name="probe"/> measured of restores (the warm-up's figures), where nothing was measured yet.</summary>
+    /// <summary>Takes in what <paramref name="probe"/> measured of restores (the warm-up's figures).</summary>
     public void Adopt(RestoreCosts probe)
     {
         lock (probe._gate)
         lock (_gate)
         {
-            if (_beginMs.Count == 0) _beginMs.AddAll(probe._beginMs);
-            foreach (var (tier, samples) in probe._chunkMs)
-                if (ChunkSamples(tier).Count == 0) ChunkSamples(tier).AddAll(samples);
+            _beginMs.AddAll(probe._beginMs);
+            foreach (var (tier, samples) in probe._chunkMs) ChunkSamples(tier).AddAll(samples);
         }
     }
 

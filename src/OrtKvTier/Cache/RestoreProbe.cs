@@ -10,8 +10,9 @@ namespace OrtKvTier.Cache;
 /// <summary>
 /// The cache's warm-up: a few restores of made-up chunks through the real restore path, from a slot pool in memory and
 /// from host memory, into a scratch past. The first round compiles the path (a process that starts cold otherwise pays
-/// some 20 ms on its first restore); the second measures what preparing a past and placing a chunk cost here, the
-/// first figures of <see cref="RestoreCosts"/>. Nothing of it is observed (no spans, no metrics) or kept.
+/// some 20 ms on its first restore); the next ones measure what preparing a past and placing a chunk cost here: figures
+/// for <see cref="RestoreCosts"/> (the first ones, and fresh ones while the cache keeps computing what it found, so a
+/// slow moment measured once does not keep it computing). Nothing of it is observed (no spans, no metrics) or kept.
 /// </summary>
 internal static class RestoreProbe
 {
@@ -56,12 +57,12 @@ internal static class RestoreProbe
             });
             for (int i = 0; i < chunks; i++) pool.Put(keys[i], tokens.AsSpan(i * layout.ChunkTokens, layout.ChunkTokens), payload);
             using (var fromDisk = new TierStack(new HostTier(0, layout.ChunkBytes), [DiskTier.Over(pool, faults)], faults))
-                RestoreTwice(fromDisk, layout, measured, chain, tokens, Prepare);
+                RestoreAndMeasure(fromDisk, layout, measured, chain, tokens, Prepare);
 
             var host = new HostTier(chunks * layout.ChunkBytes, layout.ChunkBytes);
             for (int i = 0; i < chunks; i++) host.Write(keys[i], tokens.AsSpan(i * layout.ChunkTokens, layout.ChunkTokens), payload);
             using (var fromHost = new TierStack(host, [], faults))
-                RestoreTwice(fromHost, layout, measured, chain, tokens, Prepare);
+                RestoreAndMeasure(fromHost, layout, measured, chain, tokens, Prepare);
         }
         finally
         {
@@ -70,11 +71,15 @@ internal static class RestoreProbe
         return measured;
     }
 
-    /// <summary>A first restore that compiles the path (its figures thrown away), then one that is measured.</summary>
-    private static void RestoreTwice(TierStack tiers, ChunkLayout layout, RestoreCosts measured, ChunkChain chain, int[] tokens, Func<int, IKvTensorView> prepare)
+    /// <summary>Restores measured after one that compiles the path (its figures thrown away).</summary>
+    private const int MeasuredRounds = 3;
+
+    /// <summary>A first restore that compiles the path (its figures thrown away), then <see cref="MeasuredRounds"/> that are measured.</summary>
+    private static void RestoreAndMeasure(TierStack tiers, ChunkLayout layout, RestoreCosts measured, ChunkChain chain, int[] tokens, Func<int, IKvTensorView> prepare)
     {
         using var writes = new LowerTierWriter([], layout.ChunkBytes, tiers.Faults, logger: null);
         new RestorePlanner(tiers, writes, layout, new RestoreCosts(), observed: false, alwaysRestore: true).Restore(tokens, 0, chain, new HostRestoreSink(layout, prepare));
-        new RestorePlanner(tiers, writes, layout, measured, observed: false, alwaysRestore: true).Restore(tokens, 0, chain, new HostRestoreSink(layout, prepare));
+        var planner = new RestorePlanner(tiers, writes, layout, measured, observed: false, alwaysRestore: true);
+        for (int round = 0; round < MeasuredRounds; round++) planner.Restore(tokens, 0, chain, new HostRestoreSink(layout, prepare));
     }
 }

@@ -209,6 +209,8 @@ public sealed class KvChatClient : IChatClient
         ["cached_tokens"] = result.CachedTokens,
         ["tokens_by_tier"] = result.Restore.TokensByTier,
         ["prefill_ms"] = result.PrefillMs,
+        ["found_tokens"] = result.Restore.FoundTokens,
+        ["computed_instead"] = result.Restore.ComputedInstead,
     };
 
     private static ChatFinishReason FinishReason(StopReason reason) => reason switch

@@ -148,10 +148,10 @@ internal static partial class PrivateFiles
     /// </summary>
     public static bool TryLockByte(SafeFileHandle handle, long offset) => Fcntl(handle, FOfdSetLock, offset, WriteLock) == 0 || !Busy();
 
-    /// <summary>Whether some open file description (of any process but through another handle) holds a lock on byte <paramref name="offset"/>.</summary>
-    public static bool IsByteLocked(SafeFileHandle handle, long offset)
+    /// <summary>Whether some open file description (of any process but through another handle) holds a lock on byte <paramref name="offset"/> (or any of the <paramref name="length"/> bytes from it; 0: to the end, and beyond).</summary>
+    public static bool IsByteLocked(SafeFileHandle handle, long offset, long length = 1)
     {
-        var request = new FileLockRequest { Type = WriteLock, Whence = 0, Start = offset, Length = 1 };
+        var request = new FileLockRequest { Type = WriteLock, Whence = 0, Start = offset, Length = length };
         bool added = false;
         try
         {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Numerics;
 using System.Reflection;
 using OrtKvTier.ModelBuilder;
 
@@ -18,6 +19,23 @@ internal static class BenchModel
         if (!File.Exists(Path.Combine(bench, "genai_config.json")))
             System.Console.Error.WriteLine($"Building the bench-size model in {bench} (about 500 MB, once)...");
         return ModelFolderBuilder.EnsureBuilt(bench, ModelShape.Bench);
+    }
+
+    /// <summary>
+    /// The model a bench runs for prompts of <paramref name="tokens"/> tokens: <paramref name="model"/> when it is a folder;
+    /// the preset <c>tiny</c> or <c>bench</c> (default) otherwise, built with a longer context (<c>models/bench-tiny-ctx8192</c>,
+    /// <c>models/bench-ctx8192</c>: the same shape and weights' seed, 8192 positions) when its own is too short.
+    /// </summary>
+    public static string ResolveFor(string? model, int tokens)
+    {
+        if (model is not null && model is not ("tiny" or "bench")) return model;
+        var shape = model == "tiny" ? ModelShape.Tiny : ModelShape.Bench;
+        if (tokens <= shape.MaxLength) return model == "tiny" ? RepoPaths.FindShipped("tiny") : Resolve(null);
+        int length = Math.Max(8192, (int)BitOperations.RoundUpToPowerOf2((uint)tokens));
+        var folder = Path.Combine(Path.GetDirectoryName(RepoPaths.FindShipped("tiny"))!, $"bench{(model == "tiny" ? "-tiny" : "")}-ctx{length}");
+        if (!File.Exists(Path.Combine(folder, "genai_config.json")))
+            System.Console.Error.WriteLine($"Building {folder}: the {model ?? "bench"} shape with {length} positions (once)...");
+        return ModelFolderBuilder.EnsureBuilt(folder, shape with { MaxLength = length });
     }
 
     /// <summary><c>models/bench-large</c> in the repository (about 1.4 GB with external data), built when missing.</summary>

@@ -21,16 +21,18 @@ using CommandLine = OrtKvTier.Console.CommandLine;
 internal static class BenchTtftCommand
 {
     public const string Usage =
-        "  ttft [--model DIR] [--prefix-tokens N] [--suffix-tokens S] [--new-tokens M] [--reps R] [--chunk-tokens C]\n" +
-        "    [--cache-dir DIR] [--encrypt] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps; --encrypt: entries encrypted at rest)";
+        "  ttft [--model tiny|bench|DIR] [--prefix-tokens N[,N...]] [--suffix-tokens S] [--new-tokens M] [--reps R] [--chunk-tokens C]\n" +
+        "    [--cache-dir DIR] [--encrypt] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps; --encrypt: entries encrypted at rest;\n" +
+        "    several prefix sizes: one run each, then the hit/no-cache ratios side by side; a preset too short for a size is built with a longer context)";
 
-    private sealed record Sample(double TtftMs, double LookupMs, double RestoreMs, double PrefillMs, int PrefillTokens, int CachedTokens, string Tiers);
+    private sealed record Sample(double TtftMs, double LookupMs, double RestoreMs, double PrefillMs, int PrefillTokens, int CachedTokens, string Tiers, string? ComputedInstead = null);
 
     public static int Run(CommandLine cl)
     {
         if (cl.String("child") is { } role) return RunChild(role, cl);
-        var folder = BenchModel.Resolve(cl.String("model"));
-        int prefix = cl.Int("prefix-tokens", 2048, 1);
+        var modelArg = cl.String("model");
+        var prefixes = (cl.String("prefix-tokens") ?? "2048").Split(',').Select(p => int.Parse(p, CultureInfo.InvariantCulture)).ToArray();
+        if (prefixes.Any(p => p < 1)) throw new UsageException("--prefix-tokens expects positive token counts.");
         int suffix = cl.Int("suffix-tokens", 16, 2);
         int newTokens = cl.Int("new-tokens", 32, 1);
         int reps = cl.Int("reps", 3, 1);
@@ -39,6 +41,43 @@ internal static class BenchTtftCommand
         bool json = cl.Flag("json");
         bool encrypt = cl.Flag("encrypt");
         cl.RejectUnknown();
+        if (prefixes.Length == 1) return RunOne(BenchModel.ResolveFor(modelArg, prefixes[0] + suffix + newTokens), prefixes[0], suffix, newTokens, reps, chunk, cacheDir, json, encrypt, out _);
+        var sizes = new List<(int Prefix, string Model, Dictionary<string, double> Median)>();
+        foreach (int prefix in prefixes)
+        {
+            var folder = BenchModel.ResolveFor(modelArg, prefixes.Max() + suffix + newTokens);
+            RunOne(folder, prefix, suffix, newTokens, reps, chunk, cacheDir, json: false, encrypt, out var median);
+            sizes.Add((prefix, folder, median));
+        }
+        if (json)
+            JsonOutput.Write(w =>
+            {
+                w.WriteString("model", sizes[0].Model);
+                w.WriteStartArray("sizes");
+                foreach (var (prefix, _, median) in sizes)
+                {
+                    w.WriteStartObject();
+                    w.WriteNumber("prefix_tokens", prefix);
+                    foreach (var (row, value) in median) w.WriteNumber($"{row}_ttft_ms", Math.Round(value, 2));
+                    w.WriteNumber("host_hit_over_no_cache", Math.Round(median["host_hit"] / median["no_cache"], 3));
+                    w.WriteNumber("disk_hit_over_no_cache", Math.Round(median["disk_hit"] / median["no_cache"], 3));
+                    w.WriteNumber("disk_hit_over_host_hit", Math.Round(median["disk_hit"] / median["host_hit"], 3));
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+            });
+        else
+        {
+            System.Console.WriteLine($"\n{sizes[0].Model}: median TTFT (ms) by cached prefix");
+            System.Console.WriteLine($"{"prefix",7} {"no_cache",9} {"host_hit",9} {"disk_hit",9} {"genai",9} {"host/no",8} {"disk/no",8} {"disk/host",10}");
+            foreach (var (prefix, _, m) in sizes)
+                System.Console.WriteLine($"{prefix,7} {m["no_cache"],9:F1} {m["host_hit"],9:F1} {m["disk_hit"],9:F1} {m["genai"],9:F1} {m["host_hit"] / m["no_cache"],8:F2} {m["disk_hit"] / m["no_cache"],8:F2} {m["disk_hit"] / m["host_hit"],10:F2}");
+        }
+        return 0;
+    }
+
+    private static int RunOne(string folder, int prefix, int suffix, int newTokens, int reps, int chunk, string? cacheDir, bool json, bool encrypt, out Dictionary<string, double> median)
+    {
         bool ownDir = cacheDir is null;
         cacheDir ??= Path.Combine(Path.GetTempPath(), "ortkv-bench-ttft-" + Guid.NewGuid().ToString("N")[..8]);
 
@@ -85,7 +124,7 @@ internal static class BenchTtftCommand
             if (ownDir) BenchModel.TryDelete(cacheDir);
         }
 
-        var median = rows.ToDictionary(r => r.Key, r => BenchModel.Median(r.Value.Select(s => s.TtftMs)));
+        median = rows.ToDictionary(r => r.Key, r => BenchModel.Median(r.Value.Select(s => s.TtftMs)));
         if (json) WriteJson(model, prefix, suffix, newTokens, reps, chunk, encrypt, rows, median);
         else WriteTable(rows, median);
         return 0;
@@ -150,7 +189,7 @@ internal static class BenchTtftCommand
     {
         var r = generator.Generate(prompt, newTokens, search);
         return new Sample(r.TtftMs, r.Restore.LookupMs, r.Restore.RestoreMs, r.PrefillMs, r.PrefillTokens, r.CachedTokens,
-            string.Join(' ', r.Restore.TokensByTier.Select(t => $"{t.Key}:{t.Value}")));
+            string.Join(' ', r.Restore.TokensByTier.Select(t => $"{t.Key}:{t.Value}")), r.Restore.ComputedInstead);
     }
 
     private static Sample MeasureGenAi(string folder, int[] prompt, int[] warmPrompt, int newTokens)
@@ -192,7 +231,8 @@ internal static class BenchTtftCommand
         System.Console.WriteLine($"{"row",-10} {"ttft_ms",9} {"lookup_ms",10} {"restore_ms",11} {"prefill_ms",11} {"prefill_tok",11} {"cached_tok",10}  tiers");
         foreach (var (name, samples) in rows)
             System.Console.WriteLine($"{name,-10} {median[name],9:F1} {BenchModel.Median(samples.Select(s => s.LookupMs)),10:F2} {BenchModel.Median(samples.Select(s => s.RestoreMs)),11:F2} " +
-                $"{BenchModel.Median(samples.Select(s => s.PrefillMs)),11:F1} {samples[0].PrefillTokens,11} {samples[0].CachedTokens,10}  {samples[0].Tiers}");
+                $"{BenchModel.Median(samples.Select(s => s.PrefillMs)),11:F1} {samples[0].PrefillTokens,11} {samples[0].CachedTokens,10}  {samples[0].Tiers}" +
+                (samples.Select(s => s.ComputedInstead).FirstOrDefault(c => c is not null) is { } why ? $"  (computed instead: {why})" : ""));
         System.Console.WriteLine($"no_cache / disk_hit = {median["no_cache"] / median["disk_hit"]:F1}x (target >= 10x); disk_hit / host_hit = {median["disk_hit"] / median["host_hit"]:F2}x (target <= 1.25x); " +
             $"genai / disk_hit = {median["genai"] / median["disk_hit"]:F1}x");
     }
@@ -220,6 +260,7 @@ internal static class BenchTtftCommand
                 w.WriteNumber("prefill", Math.Round(BenchModel.Median(samples.Select(s => s.PrefillMs)), 3));
                 w.WriteNumber("prefill_tokens", samples[0].PrefillTokens);
                 w.WriteNumber("cached_tokens", samples[0].CachedTokens);
+                if (samples.Select(s => s.ComputedInstead).FirstOrDefault(c => c is not null) is { } why) w.WriteString("computed_instead", why);
                 w.WriteEndObject();
             }
             w.WriteEndObject();

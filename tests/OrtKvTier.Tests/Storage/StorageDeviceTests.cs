@@ -162,7 +162,7 @@ public sealed class StorageDeviceTests : IDisposable
         Assert.InRange(read, 1, 512); // the reservation and the put, not the journal again
     }
 
-    /// <summary>A FIFO, socket or link planted where a pool file goes is refused naming it; opening never hangs on it.</summary>
+    /// <summary>A FIFO planted where a pool file goes is refused naming it (as a link is, PoolFileSafetyTests); opening never hangs on it.</summary>
     [Theory]
     [InlineData(StoredFormats.JournalFileName)]
     [InlineData(StoredFormats.SnapshotFileName)]
@@ -186,8 +186,8 @@ public sealed class StorageDeviceTests : IDisposable
             }
         });
         Assert.True(open.Wait(TimeSpan.FromSeconds(10)), $"opening a pool with a FIFO as {name} hung");
-        if (name == StoredFormats.DataFileName) Assert.Contains("not a regular file", open.Result);
-        else Assert.Equal("0", open.Result); // an index file that cannot be read: rebuilt from the slot headers
+        Assert.Contains("not a regular file", open.Result);
+        Assert.Contains(name, open.Result);
     }
 
     public void Dispose() => _temp.Dispose();

@@ -57,6 +57,9 @@ internal sealed class FaultMedium(IStorageMedium inner, FaultPlan plan) : IStora
     /// <inheritdoc />
     public bool IsAlive(string name, uint id) => inner.IsAlive(name, id);
 
+    /// <inheritdoc />
+    public bool AnyAlive(string name) => inner.AnyAlive(name);
+
     private sealed class FaultDevice(IStorageDevice device, FaultPlan plan) : IStorageDevice
     {
         public string Name => device.Name;

@@ -66,16 +66,22 @@ internal sealed class FileMedium(string directory, bool? shareWithGroup = null) 
     private SafeFileHandle? _liveness;
 
     /// <inheritdoc />
-    public bool IsAlive(string name, uint id)
+    public bool IsAlive(string name, uint id) => Locked(name, id, 1);
+
+    /// <inheritdoc />
+    public bool AnyAlive(string name) => Locked(name, 0, 0);
+
+    private bool Locked(string name, long offset, long length)
     {
         if (!PrivateFiles.CanLockHandles) return true;
         try
         {
-            lock (this) return PrivateFiles.IsByteLocked(_liveness ??= PrivateFiles.Open(PathOf(name), PrivateFiles.Access.CreateOrOpen, shareWithGroup), id);
+            if (_liveness is null && !File.Exists(PathOf(name))) return false; // no writer ever marked itself here
+            lock (this) return PrivateFiles.IsByteLocked(_liveness ??= PrivateFiles.Open(PathOf(name), PrivateFiles.Access.CreateOrOpen, shareWithGroup), offset, length);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return true; // cannot tell: the reservation expires by time
+            return true; // cannot tell: reservations expire by time
         }
     }
 

@@ -57,6 +57,9 @@ internal interface IStorageMedium
 
     /// <summary>Whether writer <paramref name="id"/>'s <see cref="MarkAlive"/> handle is open in some process (true when it cannot be told).</summary>
     bool IsAlive(string name, uint id);
+
+    /// <summary>Whether any writer's <see cref="MarkAlive"/> handle is open (true when it cannot be told).</summary>
+    bool AnyAlive(string name);
 }
 
 /// <summary>

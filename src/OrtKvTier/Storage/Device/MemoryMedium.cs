@@ -96,6 +96,12 @@ internal sealed class MemoryMedium(string location = "memory") : IStorageMedium
         lock (_gate) return _alive.Contains((name, id));
     }
 
+    /// <inheritdoc />
+    public bool AnyAlive(string name)
+    {
+        lock (_gate) return _alive.Any(mark => mark.Item1 == name);
+    }
+
     private sealed class Alive(MemoryMedium medium, (string, uint) mark) : IDisposable
     {
         public void Dispose()

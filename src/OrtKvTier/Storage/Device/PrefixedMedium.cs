@@ -50,4 +50,7 @@ internal sealed class PrefixedMedium(IStorageMedium inner, string prefix) : ISto
 
     /// <inheritdoc />
     public bool IsAlive(string name, uint id) => Inner.IsAlive(Prefix + name, id);
+
+    /// <inheritdoc />
+    public bool AnyAlive(string name) => Inner.AnyAlive(Prefix + name);
 }

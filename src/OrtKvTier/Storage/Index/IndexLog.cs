@@ -25,7 +25,7 @@ namespace OrtKvTier.Storage;
 internal sealed class IndexLog : IDisposable
 {
     /// <summary>How long a reader waits for a half-done change of another process (a compaction between its renames, a record being appended) before calling the files damaged.</summary>
-    private static readonly TimeSpan SettleWait = TimeSpan.FromMilliseconds(20);
+    private static readonly TimeSpan SettleWait = TimeSpan.FromMilliseconds(10);
     private const int SettleTries = 5;
     /// <summary>Temporaries older than this belong to a process that died in the middle of a compaction.</summary>
     private static readonly TimeSpan StaleTemporary = TimeSpan.FromMinutes(10);
@@ -88,8 +88,8 @@ internal sealed class IndexLog : IDisposable
     }
 
     /// <summary>
-    /// Loads snapshot and journal into the index. With <paramref name="settle"/> (no writer lock held) it first waits a
-    /// little for another process's half-done change (a compaction between its renames, a record being appended) to
+    /// Loads snapshot and journal into the index. With <paramref name="settle"/> (no writer lock held) it waits a little
+    /// for a half-done change of a writer that is alive (a compaction between its renames, a record being appended) to
     /// finish. Null when the index now mirrors the files; else what is wrong with them (damaged, torn, missing, of
     /// another epoch): then <see cref="Rebuild"/> from the slot headers, and a writer <see cref="RewriteHeld"/>.
     /// </summary>
@@ -98,10 +98,12 @@ internal sealed class IndexLog : IDisposable
         lock (_follow)
         {
             string? damage = null;
-            for (int attempt = 0; attempt < (settle ? SettleTries : 1); attempt++)
+            for (int attempt = 0; attempt < SettleTries; attempt++)
             {
                 if (attempt > 0) Thread.Sleep(SettleWait);
                 if ((damage = TryLoad()) is null) return null;
+                // Only a writer that is alive can be in the middle of a change: with none, the files are what they are.
+                if (!settle || !_medium.AnyAlive(LivenessFileName)) break;
             }
             _unusable = _medium.Identify(JournalFileName);
             return damage;
@@ -126,22 +128,6 @@ internal sealed class IndexLog : IDisposable
 
     /// <summary>One try at loading (under <see cref="_follow"/>): null when the index now mirrors the files, else what is wrong.</summary>
     private string? TryLoad()
-    {
-        try
-        {
-            return TryLoadFiles();
-        }
-        catch (UnreadableIndexException e)
-        {
-            return e.Message;
-        }
-        catch (IOException e)
-        {
-            return $"the index files cannot be read ({e.Message})";
-        }
-    }
-
-    private string? TryLoadFiles()
     {
         CloseJournal();
         var snapshotBytes = ReadWhole(SnapshotFileName);
@@ -448,9 +434,6 @@ internal sealed class IndexLog : IDisposable
         lock (_follow) CloseJournal();
     }
 
-    /// <summary>An index file that is there but cannot be opened: the index is rebuilt from the slot headers.</summary>
-    private sealed class UnreadableIndexException(string message, Exception inner) : IOException(message, inner);
-
     private long? ReadJournalEpoch() => ReadWhole(JournalFileName) is { } bytes ? _codec.ReadEpoch(bytes, _poolId) : null;
 
     /// <summary>Whether the bytes after the last valid record are one record still being written (or cut short): a length that runs past the end.</summary>
@@ -465,7 +448,7 @@ internal sealed class IndexLog : IDisposable
         _journal = null;
     }
 
-    /// <summary>The device at <paramref name="name"/>, or null when there is none. A file that cannot be opened (not a regular file, no permission) throws <see cref="UnreadableIndexException"/>.</summary>
+    /// <summary>The device at <paramref name="name"/>, or null when there is none; a file that is there but cannot be opened (a link, not a regular file, no permission) throws, naming it.</summary>
     private IStorageDevice? TryOpen(string name, DeviceAccess access)
     {
         try
@@ -475,10 +458,6 @@ internal sealed class IndexLog : IDisposable
         catch (FileNotFoundException)
         {
             return null;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new UnreadableIndexException($"{name} cannot be read ({e.Message})", e);
         }
     }
 
