@@ -1,3 +1,4 @@
+using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Keys;
 using OrtKvTier.Security;
@@ -39,7 +40,7 @@ internal static class RestoreProbe
         var tokens = Enumerable.Range(0, chunks * layout.ChunkTokens + RestorePlanner.MinimumSuffixTokens).ToArray();
         var keys = chain.Keys(tokens);
         var payload = new byte[layout.ChunkBytes];
-        Random.Shared.NextBytes(payload);
+        RandomNumberGenerator.Fill(payload);
         var faults = new TierFaults(logger: null);
         var measured = new RestoreCosts();
         OrtKvTensors? past = null;

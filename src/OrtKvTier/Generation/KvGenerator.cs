@@ -236,11 +236,7 @@ public sealed class KvGenerator : IDisposable
 
     private void RestoreFromCache(PrefixCache cache)
     {
-        LastRestore = cache.Restore(CollectionsMarshal.AsSpan(_sequence), _past.Length, _past.Memory, _chain!, length =>
-        {
-            _past.PrepareRestore(length);
-            return _past;
-        });
+        LastRestore = cache.Restore(CollectionsMarshal.AsSpan(_sequence), _past.Length, _past.Memory, _chain!, _past.PreparedForRestore);
         // Chunks that came from host memory need no capture; the others are promoted by the next capture.
         int fromHost = 0;
         while (fromHost < LastRestore.ChunkTiers.Count && LastRestore.ChunkTiers[fromHost] == TierId.Host.Name) fromHost++;

@@ -298,13 +298,13 @@ internal static partial class PrivateFiles
 
         public static Status? OfPath(string path)
         {
-            var buffer = new Buffer();
+            var buffer = new StatxBuffer();
             return statx(AtCurrentDirectory, path, AtSymlinkNoFollow, WantType | WantUid | WantIno | WantSize, ref buffer) == 0 ? new Status(buffer) : null;
         }
 
         public static Status? OfHandle(SafeFileHandle handle)
         {
-            var buffer = new Buffer();
+            var buffer = new StatxBuffer();
             bool added = false;
             try
             {
@@ -318,7 +318,7 @@ internal static partial class PrivateFiles
         }
 
         [StructLayout(LayoutKind.Explicit, Size = 256)]
-        public struct Buffer
+        public struct StatxBuffer
         {
             [FieldOffset(20)] public uint Uid;
             [FieldOffset(28)] public ushort Mode;
@@ -326,7 +326,7 @@ internal static partial class PrivateFiles
             [FieldOffset(40)] public ulong Size;
         }
 
-        public readonly struct Status(Buffer buffer)
+        public readonly struct Status(StatxBuffer buffer)
         {
             public uint Uid => buffer.Uid;
             public ulong Inode => buffer.Inode;
@@ -341,7 +341,7 @@ internal static partial class PrivateFiles
         }
 
         [LibraryImport("libc", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]
-        private static partial int statx(int directoryFd, string path, int flags, uint mask, ref Buffer buffer);
+        private static partial int statx(int directoryFd, string path, int flags, uint mask, ref StatxBuffer buffer);
     }
 
     [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]

@@ -19,11 +19,11 @@ internal sealed class PoolLock(IMediumLock osLock, string location) : IDisposabl
     public long Contended { get; private set; }
 
     /// <summary>A hold, waiting at most <paramref name="timeout"/> for other processes; throws <see cref="SlotPoolLockedException"/> then.</summary>
-    public Hold Acquire(TimeSpan timeout)
+    public Holding Acquire(TimeSpan timeout)
     {
         var clock = Stopwatch.StartNew();
         if (!_process.TryEnter(timeout)) throw Locked(timeout);
-        if (++_depth > 1) return new Hold(this); // nested in this thread's own hold
+        if (++_depth > 1) return new Holding(this); // nested in this thread's own hold
         try
         {
             for (int attempt = 0; !osLock.TryEnter(); attempt++)
@@ -43,11 +43,11 @@ internal sealed class PoolLock(IMediumLock osLock, string location) : IDisposabl
             throw;
         }
         Holds++;
-        return new Hold(this);
+        return new Holding(this);
     }
 
     /// <summary>Like <see cref="Acquire"/>, null instead of an exception past <paramref name="timeout"/>.</summary>
-    public Hold? TryAcquire(TimeSpan timeout)
+    public Holding? TryAcquire(TimeSpan timeout)
     {
         try
         {
@@ -72,7 +72,7 @@ internal sealed class PoolLock(IMediumLock osLock, string location) : IDisposabl
     public void Dispose() => osLock.Dispose();
 
     /// <summary>One hold; disposing it lets the lock go.</summary>
-    public sealed class Hold(PoolLock owner) : IDisposable
+    public sealed class Holding(PoolLock owner) : IDisposable
     {
         private int _released;
 

@@ -263,7 +263,7 @@ public sealed unsafe partial class SlotPool
     }
 
     /// <summary>A hold on the writer lock for a change, caught up with the other processes (repairing unusable index files first).</summary>
-    private PoolLock.Hold HoldForChange()
+    private PoolLock.Holding HoldForChange()
     {
         if (!_warm && _options.Medium is not MemoryMedium)
         {
@@ -316,7 +316,7 @@ public sealed unsafe partial class SlotPool
         }
     }
 
-    private sealed class HeldLock(PoolLock writerLock, PoolLock.Hold hold) : IDisposable
+    private sealed class HeldLock(PoolLock writerLock, PoolLock.Holding hold) : IDisposable
     {
         public void Dispose()
         {

@@ -1,6 +1,6 @@
 using Microsoft.ML.OnnxRuntime;
 
-namespace OrtKvTier.Generation;
+namespace OrtKvTier.Tensors;
 
 /// <summary>
 /// The past tensors of a generator as they were when a background capture started (key 0, value 0,

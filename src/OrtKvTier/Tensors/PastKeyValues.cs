@@ -1,10 +1,7 @@
 using Microsoft.ML.OnnxRuntime;
-using OrtKvTier.Cache;
 using OrtKvTier.Model;
-using OrtKvTier.Storage;
-using OrtKvTier.Tensors;
 
-namespace OrtKvTier.Generation;
+namespace OrtKvTier.Tensors;
 
 /// <summary>
 /// The past key/value tensors of one sequence in the model's layout, bound into each run.
@@ -79,6 +76,13 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
 
     /// <summary>Makes room for exactly <paramref name="length"/> tokens whose rows the caller is about to write (a restore); their old contents are undefined.</summary>
     public abstract void PrepareRestore(int length);
+
+    /// <summary><see cref="PrepareRestore"/>, then this past as the view a restore writes into: what a restore sink is handed.</summary>
+    public IKvTensorView PreparedForRestore(int length)
+    {
+        PrepareRestore(length);
+        return this;
+    }
 
     /// <summary>
     /// The bytes of one layer's key (<paramref name="value"/> false) or value tensor. Rows of
