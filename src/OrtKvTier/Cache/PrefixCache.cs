@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Tiers;
 using Microsoft.ML.OnnxRuntime;
@@ -25,8 +24,7 @@ public sealed class PrefixCache : IDisposable
     private readonly ILogger? _logger;
     private readonly TierStack _tiers;
     private readonly LowerTierWriter _writes;
-    private Task? _warmUp;
-    private long _warmUpStarted;
+    private readonly Task? _warmUp;
     private bool _disposed;
 
     /// <summary>Opens the cache for <paramref name="model"/>.</summary>
@@ -68,8 +66,8 @@ public sealed class PrefixCache : IDisposable
         _writes = new LowerTierWriter(lower, ChunkLayout.ChunkBytes, Faults, _logger);
         Costs = RestoreCosts.For(Identity);
         Planner = new RestorePlanner(_tiers, _writes, ChunkLayout, Costs, alwaysRestore: options.AlwaysRestore);
-        // Off the request path: runs the restore path once (compiling it) and measures what it costs here.
-        if (options.WarmUp && !Costs.KnowsRestores) StartWarmUp();
+        // Off the request path, once per model identity in a process: runs the restore path once, so it is compiled.
+        if (options.WarmUp && !Interlocked.Exchange(ref Costs.WarmUpStarted, true)) _warmUp = Task.Run(() => RestoreProbe.Run(ChunkLayout, Identity, _logger));
     }
 
     /// <summary>The name of the library's <see cref="System.Diagnostics.Metrics.Meter"/> (instruments <c>ortkv.*</c>, durations in milliseconds): listen with OpenTelemetry or <c>dotnet-counters monitor --counters OrtKvTier</c>.</summary>
@@ -197,42 +195,18 @@ public sealed class PrefixCache : IDisposable
     /// when it covers more than <paramref name="computedTokens"/> (and restoring beats computing it);
     /// <paramref name="preparePast"/>(n) makes the past hold n rows and returns it (not called when nothing is restored).
     /// </summary>
-    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, KvMemory memory, ChunkChain chain, Func<int, IKvTensorView> preparePast)
+    /// <remarks><paramref name="runs"/>: what running the model costs (its generators measure it); without it the cache restores whatever it finds.</remarks>
+    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, KvMemory memory, ChunkChain chain, Func<int, IKvTensorView> preparePast, RunCosts? runs = null)
     {
         RestoreSink sink = DeviceTransferFor(memory) is { } transfer ? transfer.SinkFor(ChunkLayout, preparePast) : new HostRestoreSink(ChunkLayout, preparePast);
-        return Restore(tokens, computedTokens, chain, sink, DeviceTierFor(memory));
+        return Restore(tokens, computedTokens, chain, sink, DeviceTierFor(memory), runs);
     }
 
-    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, ChunkChain chain, RestoreSink sink, DeviceTier? deviceTier = null)
+    internal PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, ChunkChain chain, RestoreSink sink, DeviceTier? deviceTier = null, RunCosts? runs = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var report = Planner.Restore(tokens, computedTokens, chain, sink, deviceTier);
-        if (report.ComputedInstead is not null) RefreshRestoreCosts();
-        return report;
+        return Planner.Restore(tokens, computedTokens, chain, sink, deviceTier, runs);
     }
-
-    /// <summary>How often, at most, the probe measures restores again while the cache computes what it found.</summary>
-    private static readonly TimeSpan ProbeInterval = TimeSpan.FromSeconds(10);
-
-    /// <summary>
-    /// The cache computed a prefix it found because restoring it measured slower: restores are measured again in the
-    /// background (at most every <see cref="ProbeInterval"/>), since a computed prefix measures nothing of restores.
-    /// </summary>
-    private void RefreshRestoreCosts()
-    {
-        if (!_options.WarmUp || _warmUp is { IsCompleted: false } || Stopwatch.GetElapsedTime(Interlocked.Read(ref _warmUpStarted)) < ProbeInterval) return;
-        lock (_deviceGate)
-            if (!_disposed && _warmUp is not { IsCompleted: false }) StartWarmUp();
-    }
-
-    private void StartWarmUp()
-    {
-        Interlocked.Exchange(ref _warmUpStarted, Stopwatch.GetTimestamp());
-        _warmUp = Task.Run(() => RestoreProbe.Run(ChunkLayout, Identity, Costs, _logger));
-    }
-
-    /// <summary>A run of the model over <paramref name="tokens"/> new tokens took <paramref name="ms"/> (what computing costs, for the restore decision).</summary>
-    internal void RecordModelRun(int tokens, double ms) => Costs.RecordRun(tokens, ms);
 
     /// <summary>
     /// Stores chunks <paramref name="firstChunk"/>.. of <paramref name="tokens"/> (keyed <paramref name="keys"/>) from
@@ -317,9 +291,7 @@ public sealed class PrefixCache : IDisposable
         {
             _logger?.LogWarning(e, "Prefix cache: flushing on dispose failed; entries written earlier are unaffected.");
         }
-        Task? warmUp;
-        lock (_deviceGate) warmUp = _warmUp;
-        try { warmUp?.Wait(); } catch (AggregateException) { } // the probe logs its own failures
+        try { _warmUp?.Wait(); } catch (AggregateException) { } // the probe logs its own failures
         Device?.Dispose();
         _deviceTransfer?.Dispose();
         _disposed = true;

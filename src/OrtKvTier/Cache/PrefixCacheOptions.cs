@@ -91,9 +91,8 @@ public sealed record PrefixCacheOptions
     public bool AlwaysRestore { get; init; }
 
     /// <summary>
-    /// Runs the restore path once in the background when the cache opens (on a scratch pool in memory), so the first
-    /// real restore does not pay for compiling it, and measures what restoring costs on this machine for the restore
-    /// decision (a hit is never slower than a miss). Default true.
+    /// Runs the restore path in the background when the first cache of a model opens in a process (on a scratch pool in
+    /// memory), so the first real restore does not pay for compiling it. Default true.
     /// </summary>
     public bool WarmUp { get; init; } = true;
 

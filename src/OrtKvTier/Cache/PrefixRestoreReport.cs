@@ -24,6 +24,9 @@ public sealed record PrefixRestoreReport
     /// </summary>
     public string? ComputedInstead { get; init; }
 
+    /// <summary>What the decision expected, in milliseconds: restoring what was found then running the rest, and running the prompt without it; null while the costs were not known (it then restores).</summary>
+    public (double HitMs, double MissMs)? Estimate { get; init; }
+
     /// <summary>Nothing restored.</summary>
     public static PrefixRestoreReport None(double lookupMs = 0) => new() { RestoredTokens = 0, ChunkTiers = [], LookupMs = lookupMs, RestoreMs = 0 };
 }

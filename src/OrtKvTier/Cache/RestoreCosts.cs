@@ -1,16 +1,18 @@
 using System.Collections.Concurrent;
+using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Tiers;
 
 namespace OrtKvTier.Cache;
 
 /// <summary>
-/// What restoring and what computing cost on this machine, measured (medians of recent samples), and the decision they
-/// make: a found prefix is restored only when restoring it is expected to take less than computing its tokens, so a hit
-/// is never slower than a miss (small prefixes, tiny models). Restores feed it (preparing the past, then each chunk's
-/// placement by tier; the cache's warm-up probe gives first figures), and so does every run of the model (a one-token
-/// step gives a run's fixed cost, longer runs the cost of each further token). One per model identity in a process,
-/// shared by its caches. Thread-safe.
+/// What restoring costs on this machine, measured, and the decision it makes with what running the model costs
+/// (<see cref="RunCosts"/>, every run of the model's generators): a found prefix is restored only when restoring it and
+/// running the rest of the prompt after it is expected to take less than running the prompt without it, so a hit is never
+/// slower than a miss (small prefixes, tiny models). Restores feed it: preparing the past, then each chunk's placement by
+/// tier (medians of recent ones). While a cost is not measured yet it restores, and measures; and every
+/// <see cref="ExploreEvery"/>th time it would compute, it restores anyway, so costs measured at a slow moment do not keep
+/// it computing. One per cache identity in a process, shared by its caches. Thread-safe.
 /// </summary>
 internal sealed class RestoreCosts
 {
@@ -18,31 +20,19 @@ internal sealed class RestoreCosts
     private static readonly ConcurrentDictionary<SlotPoolIdentity, RestoreCosts> ByIdentity = new();
 
     private readonly object _gate = new();
-    private readonly Samples _stepMs = new(Window), _tokenMs = new(Window), _beginMs = new(Window);
+    private readonly Samples _beginMs = new(Window);
     private readonly Dictionary<TierId, Samples> _chunkMs = [];
 
     /// <summary>The costs measured for <paramref name="identity"/> in this process.</summary>
     public static RestoreCosts For(SlotPoolIdentity identity) => ByIdentity.GetOrAdd(identity, _ => new RestoreCosts());
 
-    /// <summary>Whether restores were measured already (by a restore or the probe).</summary>
-    public bool KnowsRestores
-    {
-        get
-        {
-            lock (_gate) return _beginMs.Count > 0;
-        }
-    }
+    /// <summary>One decision to compute in this many restores anyway (and measures them).</summary>
+    public const int ExploreEvery = 16;
 
-    /// <summary>A run of the model over <paramref name="tokens"/> new tokens took <paramref name="ms"/>.</summary>
-    public void RecordRun(int tokens, double ms)
-    {
-        if (tokens < 1 || !double.IsFinite(ms) || ms < 0) return;
-        lock (_gate)
-        {
-            if (tokens == 1) _stepMs.Add(ms);
-            else if (tokens >= 8) _tokenMs.Add(Math.Max(0, (ms - (_stepMs.Median ?? 0)) / (tokens - 1)));
-        }
-    }
+    private int _computedInARow;
+
+    /// <summary>Set by the first cache of this identity that starts the warm-up probe (once per process).</summary>
+    public bool WarmUpStarted;
 
     /// <summary>A restore of chunks from <paramref name="tiers"/>: preparing the destination took <paramref name="beginMs"/>, placing the chunks <paramref name="placeMs"/>.</summary>
     public void RecordRestore(IReadOnlyList<TierId> tiers, double beginMs, double placeMs)
@@ -50,44 +40,46 @@ internal sealed class RestoreCosts
         if (tiers.Count == 0) return;
         lock (_gate)
         {
+            _computedInARow = 0;
             _beginMs.Add(beginMs);
             if (tiers.All(t => t == tiers[0])) ChunkSamples(tiers[0]).Add(placeMs / tiers.Count);
         }
     }
 
-    /// <summary>Takes in what <paramref name="probe"/> measured of restores (the warm-up's figures).</summary>
-    public void Adopt(RestoreCosts probe)
-    {
-        lock (probe._gate)
-        lock (_gate)
-        {
-            _beginMs.AddAll(probe._beginMs);
-            foreach (var (tier, samples) in probe._chunkMs) ChunkSamples(tier).AddAll(samples);
-        }
-    }
-
     /// <summary>
-    /// Null when restoring <paramref name="tokens"/> tokens in chunks from <paramref name="tiers"/> is expected to cost less
-    /// than computing them (or when either cost is not known yet: then it restores, and measures); otherwise why not, with
-    /// both estimates.
+    /// Null when restoring <paramref name="restoredTokens"/> tokens in chunks from <paramref name="tiers"/> of a prompt of
+    /// <paramref name="promptTokens"/> (of which <paramref name="computedTokens"/> are computed already) is expected to beat
+    /// computing them (or when a cost is not known yet: then it restores, and measures); otherwise why not, with both estimates.
     /// </summary>
-    public string? WhyCompute(IReadOnlyList<TierId> tiers, int tokens)
+    public string? WhyCompute(IReadOnlyList<TierId> tiers, int restoredTokens, int promptTokens, int computedTokens, RunCosts runs) =>
+        WhyCompute(Estimate(tiers, restoredTokens, promptTokens, computedTokens, runs), tiers, restoredTokens, promptTokens, computedTokens);
+
+    /// <summary>The decision for an <paramref name="estimate"/> made already (<see cref="Estimate"/>).</summary>
+    public string? WhyCompute((double HitMs, double MissMs)? estimate, IReadOnlyList<TierId> tiers, int restoredTokens, int promptTokens, int computedTokens)
     {
-        if (Estimate(tiers, tokens) is not var (restoreMs, computeMs) || restoreMs < computeMs) return null;
-        return $"restoring {tokens} tokens ({tiers.Count} chunks from {string.Join('+', tiers.Distinct())}) would take about {restoreMs:F2} ms, computing them about {computeMs:F2} ms (measured on this machine)";
+        if (estimate is not var (hitMs, missMs) || hitMs < missMs) return null;
+        lock (_gate)
+            if (++_computedInARow >= ExploreEvery)
+            {
+                _computedInARow = 0;
+                return null; // measure a restore again now and then
+            }
+        return $"restoring {restoredTokens} tokens ({tiers.Count} chunks from {string.Join('+', tiers.Distinct())}) and running the other {promptTokens - restoredTokens} " +
+            $"would take about {hitMs:F2} ms, running the prompt's {promptTokens - computedTokens} tokens about {missMs:F2} ms (measured on this machine)";
     }
 
-    /// <summary>The expected milliseconds of restoring and of computing, or null while either is unknown.</summary>
-    public (double RestoreMs, double ComputeMs)? Estimate(IReadOnlyList<TierId> tiers, int tokens)
+    /// <summary>The expected milliseconds of the hit (restore, then the rest of the prompt) and of the miss, or null while a cost is unknown.</summary>
+    public (double HitMs, double MissMs)? Estimate(IReadOnlyList<TierId> tiers, int restoredTokens, int promptTokens, int computedTokens, RunCosts runs)
     {
+        if (runs.Estimate(promptTokens - restoredTokens, afterPast: true) is not { } rest ||
+            runs.Estimate(promptTokens - computedTokens, afterPast: computedTokens > 0) is not { } miss) return null;
         lock (_gate)
         {
-            if (_tokenMs.Median is not { } perToken || _beginMs.Median is not { } begin) return null;
-            double restore = begin;
+            if (_beginMs.Median is not { } restore) return null;
             foreach (var tier in tiers)
                 if (_chunkMs.TryGetValue(tier, out var samples) && samples.Median is { } perChunk) restore += perChunk;
                 else return null;
-            return (restore, perToken * tokens);
+            return (restore + rest, miss);
         }
     }
 
@@ -108,20 +100,7 @@ internal sealed class RestoreCosts
             Count = Math.Min(Count + 1, _values.Length);
         }
 
-        public void AddAll(Samples other)
-        {
-            for (int i = 0; i < other.Count; i++) Add(other._values[i]);
-        }
-
-        public double? Median
-        {
-            get
-            {
-                if (Count == 0) return null;
-                var sorted = _values[..Count];
-                Array.Sort(sorted);
-                return Count % 2 == 1 ? sorted[Count / 2] : (sorted[Count / 2 - 1] + sorted[Count / 2]) / 2;
-            }
-        }
+        public double? Median => Count == 0 ? null : RunCosts.MedianOf(_values.AsSpan(0, Count).ToArray());
     }
+
 }

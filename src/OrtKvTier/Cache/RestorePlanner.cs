@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Keys;
+using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Tensors;
 using OrtKvTier.Tiers;
@@ -33,18 +34,18 @@ internal sealed unsafe class RestorePlanner(TierStack tiers, LowerTierWriter wri
     /// least <see cref="MinimumSuffixTokens"/> to run, when it covers more than <paramref name="computedTokens"/> and is
     /// worth restoring.
     /// </summary>
-    public PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, ChunkChain chain, RestoreSink sink, DeviceTier? deviceTier = null)
+    public PrefixRestoreReport Restore(ReadOnlySpan<int> tokens, int computedTokens, ChunkChain chain, RestoreSink sink, DeviceTier? deviceTier = null, RunCosts? runs = null)
     {
         using var span = observed ? KvCacheMetrics.Activities.StartActivity("ortkv.restore") : null;
         span?.SetTag("ortkv.prompt_tokens", tokens.Length);
-        var report = RestoreLongest(tokens, computedTokens, chain, sink, deviceTier);
+        var report = RestoreLongest(tokens, computedTokens, chain, sink, deviceTier, runs);
         span?.SetTag("ortkv.restored_tokens", report.RestoredTokens);
         span?.SetTag("ortkv.tiers", string.Join(",", report.TokensByTier.Keys));
         if (report.ComputedInstead is { } why) span?.SetTag("ortkv.computed_instead", why);
         return report;
     }
 
-    private PrefixRestoreReport RestoreLongest(ReadOnlySpan<int> tokens, int computedTokens, ChunkChain chain, RestoreSink sink, DeviceTier? deviceTier)
+    private PrefixRestoreReport RestoreLongest(ReadOnlySpan<int> tokens, int computedTokens, ChunkChain chain, RestoreSink sink, DeviceTier? deviceTier, RunCosts? runs)
     {
         if (deviceTier is not null && FromDeviceTier(tokens, computedTokens, chain, sink, deviceTier) is { } fromDevice) return fromDevice;
         int chunkLimit = int.MaxValue;
@@ -55,7 +56,9 @@ internal sealed unsafe class RestorePlanner(TierStack tiers, LowerTierWriter wri
             using var plan = Lookup(tokens, computed, chunkLimit, chain, sink);
             if (plan is null) return PrefixRestoreReport.None();
             if (plan.Restored <= computed) return NotRestored(plan, sink, reason: null);
-            if (!alwaysRestore && costs.WhyCompute(plan.Tiers, plan.Restored) is { } reason) return NotRestored(plan, sink, reason);
+            var estimate = runs is null ? null : costs.Estimate(plan.Tiers, plan.Restored, tokens.Length, computed, runs);
+            if (!alwaysRestore && costs.WhyCompute(estimate, plan.Tiers, plan.Restored, tokens.Length, computed) is { } reason)
+                return NotRestored(plan, sink, reason) with { Estimate = estimate };
             long start = Stopwatch.GetTimestamp();
             int failed = Fill(plan, sink, out double beginMs);
             if (failed < 0)
@@ -64,7 +67,7 @@ internal sealed unsafe class RestorePlanner(TierStack tiers, LowerTierWriter wri
                 double restoreMs = KvCacheMetrics.Milliseconds(start);
                 costs.RecordRestore(plan.Tiers, beginMs, restoreMs - beginMs);
                 writes.TouchBelowHost([.. plan.Chunks.Select((c, j) => (c, j)).Where(x => x.c.Tier == TierId.Host).Select(x => plan.Keys[x.j])]);
-                return Hit(plan, restoreMs);
+                return Hit(plan, restoreMs) with { Estimate = estimate };
             }
             sink.Abort();
             chunkLimit = failed; // a chunk was damaged or vanished: restore the chain before it

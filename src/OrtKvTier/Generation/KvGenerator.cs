@@ -236,7 +236,7 @@ public sealed class KvGenerator : IDisposable
 
     private void RestoreFromCache(PrefixCache cache)
     {
-        LastRestore = cache.Restore(CollectionsMarshal.AsSpan(_sequence), _past.Length, _past.Memory, _chain!, _past.PreparedForRestore);
+        LastRestore = cache.Restore(CollectionsMarshal.AsSpan(_sequence), _past.Length, _past.Memory, _chain!, _past.PreparedForRestore, _model.RunCosts);
         // Chunks that came from host memory need no capture; the others are promoted by the next capture.
         int fromHost = 0;
         while (fromHost < LastRestore.ChunkTiers.Count && LastRestore.ChunkTiers[fromHost] == TierId.Host.Name) fromHost++;
@@ -285,7 +285,7 @@ public sealed class KvGenerator : IDisposable
         try
         {
             _model.Session.RunWithBinding(_runOptions, _binding);
-            _cache?.RecordModelRun(tokens.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds); // what computing costs, for the restore decision
+            _model.RunCosts.Record(tokens.Length, total - tokens.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds); // what computing costs, for the restore decision
         }
         catch
         {

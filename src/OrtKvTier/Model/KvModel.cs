@@ -40,6 +40,8 @@ public sealed class KvModel : IDisposable
     public ModelFingerprint Fingerprint { get; }
     /// <summary>Graph input/output names the loop binds.</summary>
     public ModelNames Names { get; }
+    /// <summary>What running this model costs here, measured on every run of its generators (the prefix cache's restore decision reads it).</summary>
+    internal RunCosts RunCosts { get; } = new();
     /// <summary>Vocabulary size (last dimension of the logits).</summary>
     public int VocabSize { get; }
     /// <summary>End-of-sequence token ids.</summary>

@@ -48,17 +48,14 @@ internal static class BenchLookupCommand
                 var prompt = Enumerable.Range(0, chunks).Select(i => Key(1, i)).ToArray();
                 using var writer = SlotPool.Open(options);
                 var payload = RandomNumberGenerator.GetBytes((int)identity.PayloadBytes);
+                // Fill the journal: puts that evict (reserve, remove, put records), then the prompt's chunks, then touches.
+                for (long i = 0; i < 6000 && writer.GetStats().JournalRecords < records - 4 * chunks; i++) writer.Put(Key(2, i), Tokens, payload);
                 foreach (var key in prompt) writer.Put(key, Tokens, payload);
-                // Fill the journal: puts that evict (reserve, remove, put), then touches.
-                for (long i = 0; writer.GetStats().JournalRecords < records; i++)
-                    if (i < 6000) writer.Put(Key(2, i), Tokens, payload);
-                    else
-                    {
-                        writer.Touch(prompt);
-                        writer.Flush();
-                    }
-                writer.Touch(prompt);
-                writer.Flush();
+                while (writer.GetStats().JournalRecords < records)
+                {
+                    writer.Touch(prompt);
+                    writer.Flush();
+                }
                 long journalBytes = new FileInfo(Path.Combine(dir, StoredFormats.JournalFileName)).Length;
 
                 var clock = Stopwatch.StartNew();
@@ -75,17 +72,20 @@ internal static class BenchLookupCommand
                 }
                 for (int i = 0; i < 50; i++) Lookup();
                 var quiet = Enumerable.Range(0, reps).Select(_ => Lookup()).ToList();
-                // Another writer appends meanwhile: each lookup's miss reads what was appended since.
+                // Another writer stores meanwhile (evicting older entries): each lookup's miss reads what was appended since.
                 using var stop = new CancellationTokenSource();
+                long appended = writer.GetStats().JournalRecords;
                 var appending = Task.Run(() =>
                 {
-                    for (long i = 0; !stop.IsCancellationRequested; i++) writer.Touch([prompt[(int)(i % chunks)]]);
+                    for (long i = 0; !stop.IsCancellationRequested; i++) writer.Put(Key(4, i), Tokens, payload);
                 });
                 var busy = Enumerable.Range(0, reps).Select(_ => Lookup()).ToList();
                 stop.Cancel();
                 appending.Wait();
+                appended = writer.GetStats().JournalRecords - appended;
                 rows.Add((records, journalBytes, openMs, BenchModel.Median(quiet), BenchModel.Median(busy)));
-                System.Console.Error.WriteLine($"{records} records ({journalBytes / 1e6:F2} MB journal): open {openMs:F1} ms, lookup of a {chunks}-chunk prompt {rows[^1].QuietUs:F1} µs, {rows[^1].BusyUs:F1} µs while a writer appends");
+                System.Console.Error.WriteLine($"{records} records ({journalBytes / 1e6:F2} MB journal): open {openMs:F1} ms, lookup of a {chunks}-chunk prompt {rows[^1].QuietUs:F1} µs, " +
+                    $"{rows[^1].BusyUs:F1} µs while a writer appended {appended} records");
             }
             finally
             {

@@ -60,7 +60,7 @@ internal static class BenchTtftCommand
                     w.WriteNumber("prefix_tokens", prefix);
                     foreach (var (row, value) in median) w.WriteNumber($"{row}_ttft_ms", Math.Round(value, 2));
                     w.WriteNumber("host_hit_over_no_cache", Math.Round(median["host_hit"] / median["no_cache"], 3));
-                    w.WriteNumber("disk_hit_over_no_cache", Math.Round(median["disk_hit"] / median["no_cache"], 3));
+                    w.WriteNumber("disk_hit_over_no_cache_fresh", Math.Round(median["disk_hit"] / median["no_cache_fresh"], 3));
                     w.WriteNumber("disk_hit_over_host_hit", Math.Round(median["disk_hit"] / median["host_hit"], 3));
                     w.WriteEndObject();
                 }
@@ -69,9 +69,11 @@ internal static class BenchTtftCommand
         else
         {
             System.Console.WriteLine($"\n{sizes[0].Model}: median TTFT (ms) by cached prefix");
-            System.Console.WriteLine($"{"prefix",7} {"no_cache",9} {"host_hit",9} {"disk_hit",9} {"genai",9} {"host/no",8} {"disk/no",8} {"disk/host",10}");
+            System.Console.WriteLine("(host_hit and no_cache in this process; disk_hit and no_cache_fresh in a fresh process each repetition, after the same warm-up)");
+            System.Console.WriteLine($"{"prefix",7} {"no_cache",9} {"host_hit",9} {"no_cache_fresh",15} {"disk_hit",9} {"genai",9} {"host/no",8} {"disk/no_fresh",14} {"disk/host",10}");
             foreach (var (prefix, _, m) in sizes)
-                System.Console.WriteLine($"{prefix,7} {m["no_cache"],9:F1} {m["host_hit"],9:F1} {m["disk_hit"],9:F1} {m["genai"],9:F1} {m["host_hit"] / m["no_cache"],8:F2} {m["disk_hit"] / m["no_cache"],8:F2} {m["disk_hit"] / m["host_hit"],10:F2}");
+                System.Console.WriteLine($"{prefix,7} {m["no_cache"],9:F1} {m["host_hit"],9:F1} {m["no_cache_fresh"],15:F1} {m["disk_hit"],9:F1} {m["genai"],9:F1} {m["host_hit"] / m["no_cache"],8:F2} " +
+                    $"{m["disk_hit"] / m["no_cache_fresh"],14:F2} {m["disk_hit"] / m["host_hit"],10:F2}");
         }
         return 0;
     }
@@ -101,6 +103,7 @@ internal static class BenchTtftCommand
             // Host and disk hits alternate, so both rows see the same load on a shared machine.
             var hostHits = new List<Sample>();
             var diskHits = new List<Sample>();
+            var freshMisses = new List<Sample>();
             for (int rep = 0; rep < reps; rep++)
             {
                 using (var cache = PrefixCache.Open(model, options))
@@ -112,10 +115,13 @@ internal static class BenchTtftCommand
                 string[] child = ["ttft", "--child", "disk-hit", "--model", model.Folder, "--cache-dir", cacheDir, "--chunk-tokens", chunk.ToString(CultureInfo.InvariantCulture),
                     "--tokens", string.Join(',', Prompt(rep)), "--new-tokens", newTokens.ToString(CultureInfo.InvariantCulture),
                     "--prefix-tokens", prefix.ToString(CultureInfo.InvariantCulture), .. (encrypt ? ["--encrypt"] : Array.Empty<string>())];
-                diskHits.Add(JsonSerializer.Deserialize<Sample>(BenchModel.RunSelf(TimeSpan.FromMinutes(10), child))!);
-                Progress($"disk hit (fresh process): rep {rep + 1}/{reps} TTFT {diskHits[^1].TtftMs:F1} ms");
+                var fresh = JsonSerializer.Deserialize<Sample[]>(BenchModel.RunSelf(TimeSpan.FromMinutes(10), child))!;
+                freshMisses.Add(fresh[0]);
+                diskHits.Add(fresh[1]);
+                Progress($"fresh process: rep {rep + 1}/{reps} TTFT no cache {fresh[0].TtftMs:F1} ms, disk hit {fresh[1].TtftMs:F1} ms");
             }
             rows["host_hit"] = hostHits;
+            rows["no_cache_fresh"] = freshMisses;
             rows["disk_hit"] = diskHits;
             rows["genai"] = Repeat(reps, rep => MeasureGenAi(model.Folder, Prompt(rep), WarmUpPrompt(model), newTokens), "GenAI Generator");
         }
@@ -130,7 +136,10 @@ internal static class BenchTtftCommand
         return 0;
     }
 
-    /// <summary>A fresh process: load, warm up on unrelated prompts, then one request against the disk tier with an empty host tier.</summary>
+    /// <summary>
+    /// A fresh process: load, warm up on unrelated prompts, then the request without a cache (what the disk hit is compared
+    /// with: the same process, as warm) and the same request against the disk tier with an empty host tier.
+    /// </summary>
     private static int RunChild(string role, CommandLine cl)
     {
         if (role != "disk-hit") throw new UsageException($"Unknown bench child role '{role}'.");
@@ -146,9 +155,10 @@ internal static class BenchTtftCommand
         using var tokenizer = new ModelTokenizer(model.Folder);
         var search = SearchOptions.FromConfig(model) with { DoSample = false };
         WarmUp(model, tokenizer, search, prefix);
+        var miss = Measure(new TextGenerator(model, tokenizer), prompt, newTokens, search);
         using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk, EncryptAtRest = encrypt });
-        var sample = Measure(new TextGenerator(model, tokenizer, cache), prompt, newTokens, search);
-        System.Console.WriteLine(JsonSerializer.Serialize(sample));
+        var hit = Measure(new TextGenerator(model, tokenizer, cache), prompt, newTokens, search);
+        System.Console.WriteLine(JsonSerializer.Serialize(new[] { miss, hit }));
         return 0;
     }
 
@@ -189,7 +199,7 @@ internal static class BenchTtftCommand
     {
         var r = generator.Generate(prompt, newTokens, search);
         return new Sample(r.TtftMs, r.Restore.LookupMs, r.Restore.RestoreMs, r.PrefillMs, r.PrefillTokens, r.CachedTokens,
-            string.Join(' ', r.Restore.TokensByTier.Select(t => $"{t.Key}:{t.Value}")), r.Restore.ComputedInstead);
+            string.Join(' ', r.Restore.TokensByTier.Select(t => $"{t.Key}:{t.Value}")) + (r.Restore.Estimate is var (hit, miss) ? $" (est. hit {hit:F2} / miss {miss:F2} ms)" : ""), r.Restore.ComputedInstead);
     }
 
     private static Sample MeasureGenAi(string folder, int[] prompt, int[] warmPrompt, int newTokens)
@@ -233,7 +243,7 @@ internal static class BenchTtftCommand
             System.Console.WriteLine($"{name,-10} {median[name],9:F1} {BenchModel.Median(samples.Select(s => s.LookupMs)),10:F2} {BenchModel.Median(samples.Select(s => s.RestoreMs)),11:F2} " +
                 $"{BenchModel.Median(samples.Select(s => s.PrefillMs)),11:F1} {samples[0].PrefillTokens,11} {samples[0].CachedTokens,10}  {samples[0].Tiers}" +
                 (samples.Select(s => s.ComputedInstead).FirstOrDefault(c => c is not null) is { } why ? $"  (computed instead: {why})" : ""));
-        System.Console.WriteLine($"no_cache / disk_hit = {median["no_cache"] / median["disk_hit"]:F1}x (target >= 10x); disk_hit / host_hit = {median["disk_hit"] / median["host_hit"]:F2}x (target <= 1.25x); " +
+        System.Console.WriteLine($"no_cache / disk_hit = {median["no_cache"] / median["disk_hit"]:F1}x (target >= 10x); no_cache_fresh / disk_hit = {median["no_cache_fresh"] / median["disk_hit"]:F1}x; disk_hit / host_hit = {median["disk_hit"] / median["host_hit"]:F2}x (target <= 1.25x); " +
             $"genai / disk_hit = {median["genai"] / median["disk_hit"]:F1}x");
     }
 

@@ -21,24 +21,31 @@ public sealed class RestoreDecisionTests : IDisposable
     public void TheDecisionComparesMeasuredCostsAndSaysWhy()
     {
         var costs = new RestoreCosts();
-        Assert.Null(costs.WhyCompute([TierId.Disk, TierId.Disk], 64)); // nothing measured yet: restore, and measure
-        costs.RecordRun(1, 2.0); // a one-token step: a run's fixed cost
-        for (int i = 0; i < 3; i++) costs.RecordRun(33, 2.0 + 32 * 0.01); // 0.01 ms for each further token
-        costs.RecordRestore([TierId.Disk, TierId.Disk], beginMs: 0.5, placeMs: 0.2); // 0.1 ms a chunk from disk
+        var runs = new RunCosts();
+        Assert.Null(costs.WhyCompute([TierId.Disk, TierId.Disk], 64, 66, 0, runs)); // nothing measured yet: restore, and measure
+        // Runs after a past (decoding steps, suffixes): 1 ms + 0.01 ms a token; over an empty past: 1.2 ms + 0.01 ms a token.
+        foreach (int tokens in new[] { 1, 1, 1, 16, 16, 2 }) runs.Record(tokens, pastTokens: 100, 1.0 + 0.01 * tokens);
+        foreach (int tokens in new[] { 48, 80, 144, 64, 100 }) runs.Record(tokens, pastTokens: 0, 1.2 + 0.01 * tokens);
+        costs.RecordRestore([TierId.Disk, TierId.Disk], beginMs: 0.5, placeMs: 0.2); // preparing 0.5 ms, 0.1 ms a chunk from disk
 
-        Assert.Equal((0.7, 0.64), Rounded(costs.Estimate([TierId.Disk, TierId.Disk], 64)));
-        var why = costs.WhyCompute([TierId.Disk, TierId.Disk], 64);
-        Assert.Contains("would take about 0.70 ms, computing them about 0.64 ms", why);
-        Assert.Null(costs.WhyCompute(Enumerable.Repeat(TierId.Disk, 8).ToArray(), 256)); // 1.3 ms against 2.56
-        Assert.Null(costs.WhyCompute([TierId.Remote, TierId.Remote], 64)); // a tier never measured: restore, and measure it
+        // One chunk of a 34-token prompt: 0.5 + 0.1 + (1.0 + 0.02) = 1.62 ms against 1.2 + 0.34 = 1.54 ms: computed.
+        Assert.Equal((1.62, 1.54), Rounded(costs.Estimate([TierId.Disk], 32, 34, 0, runs)));
+        Assert.Contains("would take about 1.62 ms, running the prompt's 34 tokens about 1.54 ms", costs.WhyCompute([TierId.Disk], 32, 34, 0, runs));
+        // Eight chunks of a 258-token prompt: 2.32 ms against 3.78 ms: restored.
+        Assert.Null(costs.WhyCompute(Enumerable.Repeat(TierId.Disk, 8).ToArray(), 256, 258, 0, runs));
+        // What is computed already is not computed again by a miss either: 34 tokens of which 32 are computed.
+        Assert.Equal((1.62, 1.02), Rounded(costs.Estimate([TierId.Disk], 32, 34, 32, runs)));
+        Assert.Null(costs.WhyCompute([TierId.Remote, TierId.Remote], 64, 66, 0, runs)); // a tier never measured: restore, and measure it
 
         costs.RecordRestore([TierId.Disk, TierId.Disk], beginMs: 500, placeMs: 500); // one slow restore (the medians hold)
         costs.RecordRestore([TierId.Disk, TierId.Disk], beginMs: 0.5, placeMs: 0.2);
-        Assert.Null(costs.WhyCompute(Enumerable.Repeat(TierId.Disk, 8).ToArray(), 256));
+        runs.Record(200, pastTokens: 0, 900); // one slow run (the fit holds)
+        Assert.Null(costs.WhyCompute(Enumerable.Repeat(TierId.Disk, 8).ToArray(), 256, 258, 0, runs));
+        Assert.NotNull(costs.WhyCompute([TierId.Disk], 32, 34, 0, runs));
     }
 
-    private static (double, double) Rounded((double RestoreMs, double ComputeMs)? estimate) =>
-        (Math.Round(estimate!.Value.RestoreMs, 3), Math.Round(estimate.Value.ComputeMs, 3));
+    private static (double, double) Rounded((double HitMs, double MissMs)? estimate) =>
+        (Math.Round(estimate!.Value.HitMs, 3), Math.Round(estimate.Value.MissMs, 3));
 
     [Fact]
     public void WhenComputingIsCheaperTheCacheComputesGivesTheSameTokensAndSaysWhy()
@@ -54,7 +61,7 @@ public sealed class RestoreDecisionTests : IDisposable
         var computed = CacheTestKit.Greedy(model, prompt, cache);
         Assert.Equal(0, computed.Restore.RestoredTokens);
         Assert.Equal(4 * chunk, computed.Restore.FoundTokens);
-        Assert.Contains("computing them about", computed.Restore.ComputedInstead);
+        Assert.Contains("running the prompt's", computed.Restore.ComputedInstead);
         AssertSame(CacheTestKit.Greedy(model, prompt, cache: null), computed, "computed instead of restored");
 
         for (int i = 0; i < 40; i++) cache.Costs.RecordRestore(fromHost, beginMs: 0.001, placeMs: 0.001); // and now fast
