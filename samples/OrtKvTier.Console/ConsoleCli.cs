@@ -122,6 +122,7 @@ internal static class ConsoleCli
             new Option<string>("--tenant") { Description = "This run's tenant: it hits only its own entries." },
             new Option<bool>("--encrypt") { Description = "Encrypt chunks written to disk (payload and token ids)." },
             new Option<bool>("--share-with-group") { Description = "Share the cache directory with its group on purpose (0770/0660)." },
+            new Option<bool>("--always-restore") { Description = "Restore every prefix found, even when computing it is expected to be faster (measuring the restore path)." },
             new Option<string>("--remote") { Description = "A Redis server or cluster: redis://HOST:PORT, HOST:PORT, or nodes comma-separated." },
             OneOf("--remote-admission", "Which chunks are uploaded (default seen-twice).", "always", "seen-twice"),
             new Option<string>("--remote-namespace") { Description = "The remote tier's key prefix (default ortkv)." },

@@ -37,7 +37,7 @@ if (bench is null)
 
 try
 {
-    return bench(new OrtKvTier.Console.CommandLine(args.Skip(1), new HashSet<string> { "json", "encrypt", "no-encrypt" }));
+    return bench(new OrtKvTier.Console.CommandLine(args.Skip(1), new HashSet<string> { "json", "encrypt", "no-encrypt", "always-restore" }));
 }
 catch (Exception e) when (e is UsageException or ModelFolderException or ArgumentException or InvalidOperationException or IOException)
 {

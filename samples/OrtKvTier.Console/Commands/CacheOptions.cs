@@ -12,7 +12,7 @@ namespace OrtKvTier.Console.Commands;
 /// </summary>
 internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, RemoteTierOptions? Remote, string? Tenant)
 {
-    public static readonly string[] Flags = ["no-cache", "encrypt", "share-with-group"];
+    public static readonly string[] Flags = ["no-cache", "encrypt", "share-with-group", "always-restore"];
 
     public static CacheOptions Read(CommandLine cl)
     {
@@ -30,6 +30,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
             Salt = cl.String("salt"),
             EncryptAtRest = cl.Flag("encrypt"),
             ShareWithGroup = cl.Flag("share-with-group"),
+            AlwaysRestore = cl.Flag("always-restore"),
             Logger = StderrLogger.Instance,
         };
         var tenant = cl.String("tenant");

@@ -83,14 +83,20 @@ internal sealed class RunCosts
             return new Line(Math.Max(0, MedianOf(intercepts)), slope);
         }
 
-        /// <summary>The median of the slopes between runs of different lengths (at least 0); null when all had one length.</summary>
+        /// <summary>
+        /// Runs whose lengths differ by a quarter of the longer one at least: the slope between runs of nearly one length is
+        /// their noise divided by a few tokens.
+        /// </summary>
+        private static bool FarApart(int a, int b) => 4L * Math.Abs(a - b) >= Math.Max(a, b);
+
+        /// <summary>The median of the slopes between runs of lengths far apart (at least 0); null when there are none.</summary>
         public static double? Slope((int Tokens, double Ms)[] runs)
         {
             var slopes = new double[runs.Length * (runs.Length - 1) / 2];
             int count = 0;
             for (int i = 0; i < runs.Length; i++)
                 for (int j = i + 1; j < runs.Length; j++)
-                    if (runs[i].Tokens != runs[j].Tokens) slopes[count++] = (runs[j].Ms - runs[i].Ms) / (runs[j].Tokens - runs[i].Tokens);
+                    if (FarApart(runs[i].Tokens, runs[j].Tokens)) slopes[count++] = (runs[j].Ms - runs[i].Ms) / (runs[j].Tokens - runs[i].Tokens);
             return count > 0 ? Math.Max(0, MedianOf(slopes[..count])) : null;
         }
     }

@@ -22,7 +22,8 @@ internal static class BenchTtftCommand
 {
     public const string Usage =
         "  ttft [--model tiny|bench|DIR] [--prefix-tokens N[,N...]] [--suffix-tokens S] [--new-tokens M] [--reps R] [--chunk-tokens C]\n" +
-        "    [--cache-dir DIR] [--encrypt] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps; --encrypt: entries encrypted at rest;\n" +
+        "    [--cache-dir DIR] [--encrypt] [--always-restore] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps; --encrypt: entries encrypted at rest;\n" +
+        "    --always-restore: hits restore whatever is found, even when the cache would compute it;\n" +
         "    several prefix sizes: one run each, then the hit/no-cache ratios side by side; a preset too short for a size is built with a longer context)";
 
     private sealed record Sample(double TtftMs, double LookupMs, double RestoreMs, double PrefillMs, int PrefillTokens, int CachedTokens, string Tiers, string? ComputedInstead = null);
@@ -40,13 +41,15 @@ internal static class BenchTtftCommand
         var cacheDir = cl.String("cache-dir");
         bool json = cl.Flag("json");
         bool encrypt = cl.Flag("encrypt");
+        bool alwaysRestore = cl.Flag("always-restore");
         cl.RejectUnknown();
-        if (prefixes.Length == 1) return RunOne(BenchModel.ResolveFor(modelArg, prefixes[0] + suffix + newTokens), prefixes[0], suffix, newTokens, reps, chunk, cacheDir, json, encrypt, out _);
+        var settings = new CacheSettings(chunk, cacheDir, encrypt, alwaysRestore);
+        if (prefixes.Length == 1) return RunOne(BenchModel.ResolveFor(modelArg, prefixes[0] + suffix + newTokens), prefixes[0], suffix, newTokens, reps, settings, json, out _);
         var sizes = new List<(int Prefix, string Model, Dictionary<string, double> Median)>();
         foreach (int prefix in prefixes)
         {
             var folder = BenchModel.ResolveFor(modelArg, prefixes.Max() + suffix + newTokens);
-            RunOne(folder, prefix, suffix, newTokens, reps, chunk, cacheDir, json: false, encrypt, out var median);
+            RunOne(folder, prefix, suffix, newTokens, reps, settings, json: false, out var median);
             sizes.Add((prefix, folder, median));
         }
         if (json)
@@ -78,8 +81,12 @@ internal static class BenchTtftCommand
         return 0;
     }
 
-    private static int RunOne(string folder, int prefix, int suffix, int newTokens, int reps, int chunk, string? cacheDir, bool json, bool encrypt, out Dictionary<string, double> median)
+    /// <summary>How the measured caches are opened: chunk length, directory (null: a scratch one), encryption at rest, whether hits restore whatever is found.</summary>
+    private sealed record CacheSettings(int Chunk, string? CacheDir, bool Encrypt, bool AlwaysRestore);
+
+    private static int RunOne(string folder, int prefix, int suffix, int newTokens, int reps, CacheSettings settings, bool json, out Dictionary<string, double> median)
     {
+        var (chunk, cacheDir, encrypt, alwaysRestore) = settings;
         bool ownDir = cacheDir is null;
         cacheDir ??= Path.Combine(Path.GetTempPath(), "ortkv-bench-ttft-" + Guid.NewGuid().ToString("N")[..8]);
 
@@ -98,6 +105,7 @@ internal static class BenchTtftCommand
             var options = new PrefixCacheOptions
             {
                 Directory = cacheDir, ChunkTokens = chunk, DiskCapacityBytes = Math.Max(256L << 20, 4L * prefix * model.Layout.BytesPerToken), EncryptAtRest = encrypt,
+                AlwaysRestore = alwaysRestore,
             };
             using (var cache = PrefixCache.Open(model, options)) new TextGenerator(model, tokenizer, cache).Generate(Prompt(-1), 1, search);
             // Host and disk hits alternate, so both rows see the same load on a shared machine.
@@ -114,7 +122,8 @@ internal static class BenchTtftCommand
                 Progress($"host hit: rep {rep + 1}/{reps} TTFT {hostHits[^1].TtftMs:F1} ms");
                 string[] child = ["ttft", "--child", "disk-hit", "--model", model.Folder, "--cache-dir", cacheDir, "--chunk-tokens", chunk.ToString(CultureInfo.InvariantCulture),
                     "--tokens", string.Join(',', Prompt(rep)), "--new-tokens", newTokens.ToString(CultureInfo.InvariantCulture),
-                    "--prefix-tokens", prefix.ToString(CultureInfo.InvariantCulture), .. (encrypt ? ["--encrypt"] : Array.Empty<string>())];
+                    "--prefix-tokens", prefix.ToString(CultureInfo.InvariantCulture), .. (encrypt ? ["--encrypt"] : Array.Empty<string>()),
+                    .. (alwaysRestore ? ["--always-restore"] : Array.Empty<string>())];
                 var fresh = JsonSerializer.Deserialize<Sample[]>(BenchModel.RunSelf(TimeSpan.FromMinutes(10), child))!;
                 freshMisses.Add(fresh[0]);
                 diskHits.Add(fresh[1]);
@@ -150,13 +159,14 @@ internal static class BenchTtftCommand
         int newTokens = cl.Int("new-tokens", 32, 1);
         int prefix = cl.Int("prefix-tokens", 2048, 1);
         bool encrypt = cl.Flag("encrypt");
+        bool alwaysRestore = cl.Flag("always-restore");
         cl.RejectUnknown();
         using var model = KvModel.Load(folder);
         using var tokenizer = new ModelTokenizer(model.Folder);
         var search = SearchOptions.FromConfig(model) with { DoSample = false };
         WarmUp(model, tokenizer, search, prefix);
         var miss = Measure(new TextGenerator(model, tokenizer), prompt, newTokens, search);
-        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk, EncryptAtRest = encrypt });
+        using var cache = PrefixCache.Open(model, new PrefixCacheOptions { Directory = cacheDir, ChunkTokens = chunk, EncryptAtRest = encrypt, AlwaysRestore = alwaysRestore });
         var hit = Measure(new TextGenerator(model, tokenizer, cache), prompt, newTokens, search);
         System.Console.WriteLine(JsonSerializer.Serialize(new[] { miss, hit }));
         return 0;

@@ -42,6 +42,14 @@ public sealed class RestoreDecisionTests : IDisposable
         runs.Record(200, pastTokens: 0, 900); // one slow run (the fit holds)
         Assert.Null(costs.WhyCompute(Enumerable.Repeat(TierId.Disk, 8).ToArray(), 256, 258, 0, runs));
         Assert.NotNull(costs.WhyCompute([TierId.Disk], 32, 34, 0, runs));
+
+        // Two long prompts of nearly one length say nothing of the cost of a token (their difference is noise over 16 tokens):
+        // the slope then comes from runs far apart in length (the steps and the prompts together).
+        var longRuns = new RunCosts();
+        longRuns.Record(4096, pastTokens: 0, 13_000);
+        longRuns.Record(4112, pastTokens: 0, 13_190);
+        foreach (int tokens in new[] { 1, 1, 16 }) longRuns.Record(tokens, pastTokens: 4096, 40 + 3.2 * tokens);
+        Assert.InRange(longRuns.Estimate(4112, afterPast: false)!.Value, 12_000, 14_000);
     }
 
     private static (double, double) Rounded((double HitMs, double MissMs)? estimate) =>

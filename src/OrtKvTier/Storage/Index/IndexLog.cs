@@ -309,65 +309,32 @@ internal sealed class IndexLog : IDisposable
     /// </summary>
     public bool Compact(Action<Action> hold, bool syncData)
     {
-        byte[] snapshot = [], carried = [];
-        long epoch = 0, from = 0;
+        IndexImage image = default;
+        long from = 0;
         hold(() =>
         {
             lock (_follow)
             {
-                lock (_gate)
-                {
-                    _pendingTouches.Clear(); // the snapshot keeps recency, and has no dropped entry
-                    _pendingDrops.Clear();
-                    epoch = _epoch + 1;
-                    snapshot = _codec.Snapshot(_poolId, epoch, _index.Entries());
-                    carried = [.. _index.Reservations.SelectMany(r => _codec.Reserve(r.Key, r.Slot, r.Generation, r.UnixMs))];
-                }
+                image = TakeImage(_epoch + 1);
                 from = _end;
             }
         });
-        string suffix = $".{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}{TemporarySuffix}";
-        string snapshotTemp = SnapshotFileName + suffix, journalTemp = JournalFileName + suffix;
-        IStorageDevice? fresh = null;
         bool replaced = false;
-        try
-        {
-            WriteSynced(snapshotTemp, snapshot);
-            fresh = _medium.CreateNew(journalTemp);
-            fresh.Write([.. _codec.Header(_poolId, epoch), .. carried], 0);
-            fresh.Flush();
+        using (var staged = new StagedIndex(_medium, _codec, _poolId, image))
             hold(() =>
             {
                 lock (_follow)
                 {
-                    if (_epoch != epoch - 1 || _journal is null) return; // another process compacted meanwhile
+                    if (_epoch != image.Epoch - 1 || _journal is null) return; // another process compacted meanwhile
                     var tail = new byte[_end - from];
                     _journal.ReadFully(tail, from);
-                    long freshEnd = JournalHeaderBytes + carried.Length;
-                    if (tail.Length > 0) fresh.Write(tail, freshEnd);
-                    _medium.Replace(snapshotTemp, SnapshotFileName);
-                    _medium.Replace(journalTemp, JournalFileName);
-                    fresh.Dispose();
-                    fresh = null;
-                    CloseJournal();
-                    _journal = _medium.Open(JournalFileName, _access); // by its name now: nobody replaces it while the lock is held
-                    _end = freshEnd + tail.Length;
-                    _epoch = epoch;
+                    staged.Append(tail);
+                    Install(staged, image.Epoch);
                     Records = CountRecords(tail);
                     Dirty = tail.Length > 0;
                     replaced = true;
                 }
             });
-        }
-        finally
-        {
-            fresh?.Dispose();
-            if (!replaced)
-            {
-                _medium.Delete(snapshotTemp);
-                _medium.Delete(journalTemp);
-            }
-        }
         if (replaced)
         {
             _medium.Sync();
@@ -381,43 +348,102 @@ internal sealed class IndexLog : IDisposable
     {
         lock (_follow)
         {
-            long epoch;
-            byte[] snapshot, carried;
-            lock (_gate)
-            {
-                _pendingTouches.Clear();
-                _pendingDrops.Clear();
-                epoch = Math.Max(_epoch, ReadJournalEpoch() ?? 0) + 1;
-                snapshot = _codec.Snapshot(_poolId, epoch, _index.Entries());
-                carried = [.. _index.Reservations.SelectMany(r => _codec.Reserve(r.Key, r.Slot, r.Generation, r.UnixMs))];
-            }
-            string suffix = $".{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}{TemporarySuffix}";
-            WriteSynced(SnapshotFileName + suffix, snapshot);
-            var fresh = _medium.CreateNew(JournalFileName + suffix);
-            try
-            {
-                fresh.Write([.. _codec.Header(_poolId, epoch), .. carried], 0);
-                fresh.Flush();
-                _medium.Replace(SnapshotFileName + suffix, SnapshotFileName);
-                _medium.Replace(JournalFileName + suffix, JournalFileName);
-            }
-            catch
-            {
-                _medium.Delete(SnapshotFileName + suffix);
-                _medium.Delete(JournalFileName + suffix);
-                throw;
-            }
-            finally
-            {
-                fresh.Dispose();
-            }
-            CloseJournal();
-            _journal = _medium.Open(JournalFileName, _access); // by its name now: nobody replaces it while the lock is held
-            _end = JournalHeaderBytes + carried.Length;
-            _epoch = epoch;
+            var image = TakeImage(Math.Max(_epoch, ReadJournalEpoch() ?? 0) + 1);
+            using (var staged = new StagedIndex(_medium, _codec, _poolId, image)) Install(staged, image.Epoch);
             Records = 0;
             Dirty = false;
             _medium.Sync();
+        }
+    }
+
+    /// <summary>What a new snapshot and journal start from: the index now, the reservations in flight, the epoch they will have.</summary>
+    private readonly record struct IndexImage(long Epoch, byte[] Snapshot, byte[] Reservations);
+
+    /// <summary>The image of the index for <paramref name="epoch"/> (under <see cref="_follow"/>); the pending drops and touches go (the snapshot keeps recency and has no dropped entry).</summary>
+    private IndexImage TakeImage(long epoch)
+    {
+        lock (_gate)
+        {
+            _pendingTouches.Clear();
+            _pendingDrops.Clear();
+            return new IndexImage(epoch, _codec.Snapshot(_poolId, epoch, _index.Entries()),
+                [.. _index.Reservations.SelectMany(r => _codec.Reserve(r.Key, r.Slot, r.Generation, r.UnixMs))]);
+        }
+    }
+
+    /// <summary>Renames a staged snapshot and journal into place and follows the new journal (the caller holds the writer lock and <see cref="_follow"/>).</summary>
+    private void Install(StagedIndex staged, long epoch)
+    {
+        staged.Install();
+        CloseJournal();
+        _journal = _medium.Open(JournalFileName, _access); // by its name now: nobody replaces it while the lock is held
+        _end = staged.JournalEnd;
+        _epoch = epoch;
+    }
+
+    /// <summary>
+    /// A snapshot and a journal (its header, then the reservations in flight) written and synced as temporaries beside the
+    /// live files, until <see cref="Install"/> renames them into place; disposing removes them if they were not installed.
+    /// </summary>
+    private sealed class StagedIndex : IDisposable
+    {
+        private readonly IStorageMedium _medium;
+        private readonly string _snapshot, _journal;
+        private IStorageDevice? _journalDevice;
+        private bool _installed;
+
+        public StagedIndex(IStorageMedium medium, JournalCodec codec, ulong poolId, IndexImage image)
+        {
+            _medium = medium;
+            string suffix = $".{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}{TemporarySuffix}";
+            (_snapshot, _journal) = (SnapshotFileName + suffix, JournalFileName + suffix);
+            try
+            {
+                using (var snapshot = medium.CreateNew(_snapshot))
+                {
+                    snapshot.Write(image.Snapshot, 0);
+                    snapshot.Flush();
+                }
+                _journalDevice = medium.CreateNew(_journal);
+                byte[] start = [.. codec.Header(poolId, image.Epoch), .. image.Reservations];
+                _journalDevice.Write(start, 0);
+                _journalDevice.Flush();
+                JournalEnd = start.Length;
+            }
+            catch
+            {
+                Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>Where the staged journal's records end.</summary>
+        public long JournalEnd { get; private set; }
+
+        /// <summary>Appends records to the staged journal (no fsync: the caller syncs after the rename).</summary>
+        public void Append(byte[] records)
+        {
+            if (records.Length == 0) return;
+            _journalDevice!.Write(records, JournalEnd);
+            JournalEnd += records.Length;
+        }
+
+        /// <summary>The snapshot, then the journal, renamed into place.</summary>
+        public void Install()
+        {
+            _journalDevice!.Dispose();
+            _journalDevice = null;
+            _medium.Replace(_snapshot, SnapshotFileName);
+            _medium.Replace(_journal, JournalFileName);
+            _installed = true;
+        }
+
+        public void Dispose()
+        {
+            _journalDevice?.Dispose();
+            if (_installed) return;
+            _medium.Delete(_snapshot);
+            _medium.Delete(_journal);
         }
     }
 
@@ -465,12 +491,5 @@ internal sealed class IndexLog : IDisposable
     {
         using var device = TryOpen(name, DeviceAccess.Read);
         return device?.ReadAll();
-    }
-
-    private void WriteSynced(string name, byte[] bytes)
-    {
-        using var device = _medium.CreateNew(name);
-        device.Write(bytes, 0);
-        device.Flush();
     }
 }
