@@ -109,12 +109,16 @@ public sealed class RemoteClusterTests : IDisposable
         using var survivor = new RemoteTier(Options(cluster) with { OperationTimeout = TimeSpan.FromMilliseconds(500) }, identity, logger);
         using var fresh = Cache(model, survivor); // nothing local: every restore goes to the cluster
         var clock = System.Diagnostics.Stopwatch.StartNew();
+        var restored = new List<int>();
         foreach (var prompt in prompts)
         {
             var run = CacheTestKit.Greedy(model, prompt, fresh);
             Assert.Equal(CacheTestKit.Greedy(model, prompt, cache: null).Tokens, run.Tokens);
-            Assert.True(run.Restore.RestoredTokens < 8 * Chunk, "a chain spread over three nodes cannot be whole with one of them dead");
+            restored.Add(run.Restore.RestoredTokens);
         }
+        // The dead node held some of these prompts' chunks (asserted above), so some chain cannot be whole; which one
+        // depends on where the keys hash.
+        Assert.True(restored.Sum() < prompts.Length * 8 * Chunk, $"restored {string.Join(", ", restored)} tokens with a node holding some of them dead");
         var fourth = CacheTestKit.Prompt(8 * Chunk + 2, seed: 99);
         CacheTestKit.Greedy(model, fourth, fresh); // writes to the live nodes go on, to the dead one fail quietly
         fresh.Flush();

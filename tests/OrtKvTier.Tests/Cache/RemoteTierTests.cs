@@ -87,6 +87,32 @@ public sealed class RemoteTierTests : IDisposable
     }
 
     [RedisFact]
+    public void ValuesAnotherFormatVersionWroteAreMissesThatAreLeftForThatVersion()
+    {
+        using var server = RedisServer.Shared();
+        using var model = KvModel.Load(TestPaths.Tiny);
+        var identity = SlotPoolIdentity.For(model.Fingerprint, model.Layout, Chunk);
+        var logger = new ListLogger();
+        using var remote = new RemoteTier(Options(server), identity, logger);
+        var key = TestPayloads.Key(23, 0);
+        var tokens = TestPayloads.Tokens(key, Chunk);
+        var payload = TestPayloads.Payload(key, (int)identity.PayloadBytes);
+        Assert.True(remote.Write(key, tokens, payload));
+        using var redis = RedisServer.Client(server.Endpoint);
+        var db = redis.GetDatabase();
+        // What a build of the previous version keeps under its own key name (a rolling upgrade shares the server).
+        string current = remote.Key(key), previous = current.Replace($":v{RemoteEntry.Version}:", $":v{RemoteEntry.Version - 1}:");
+        Assert.NotEqual(current, previous);
+        Assert.True(db.KeyRename(current, previous));
+
+        Assert.False(remote.TryRead(key, tokens, new byte[payload.Length]));
+        Assert.Equal([false], remote.TryReadMany([key], [tokens], [new byte[payload.Length]]));
+        Assert.True(db.KeyExists(previous), "the other version's value must not be deleted");
+        Assert.True(logger.Entries.All(e => e.Level < Microsoft.Extensions.Logging.LogLevel.Warning), string.Join("\n", logger.Entries.Select(e => e.Message)));
+        Assert.Equal(0, remote.Damaged);
+    }
+
+    [RedisFact]
     public void PipelinedReadsReceivingIntoTheirDestinationsRejectTheSameDamageAndReportOnlyIntactChunksAsArrived()
     {
         using var server = RedisServer.Shared();

@@ -90,14 +90,13 @@ public sealed class RemoteTier : IKvChunkTier
     /// <inheritdoc />
     public bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination)
     {
-        var value = Guarded(db => (byte[]?)db.StringGet(Key(key)), null);
-        if (!Accept(key, tokens, Present(value), destination)) return false;
+        if (!Accept(key, tokens, Present(Guarded(db => db.StringGet(Key(key)), RedisValue.Null)), destination)) return false;
         RefreshTimeToLive([key]);
         return true;
     }
 
-    /// <summary>A value that came back, or null for none (a null array is no value, not an empty one).</summary>
-    private static ReadOnlyMemory<byte>? Present(byte[]? value) => value is null ? null : new ReadOnlyMemory<byte>(value);
+    /// <summary>A value that came back, or null for none (a missing key, which is not an empty value).</summary>
+    private static ReadOnlyMemory<byte>? Present(RedisValue value) => value.IsNull ? default(ReadOnlyMemory<byte>?) : (ReadOnlyMemory<byte>)value;
 
     /// <summary>
     /// Checks a fetched value and opens its payload into <paramref name="destination"/> (where it was received already
@@ -154,7 +153,7 @@ public sealed class RemoteTier : IKvChunkTier
             if (failed < 0) Interlocked.Add(ref _misses, keys.Count);
             else if (failed > 0) Fail(new IOException($"{failed} connection(s) failed while fetching {keys.Count} chunks"));
             // Slots that moved: the client follows the redirection (and learns the new map for the next fetch).
-            foreach (int i in redirected) Settle(i, Accept(keys[i], tokens[i], Present(Guarded(db => (byte[]?)db.StringGet(names[i]), null)), destinations[i].Span));
+            foreach (int i in redirected) Settle(i, Accept(keys[i], tokens[i], Present(Guarded(db => db.StringGet(names[i]), RedisValue.Null)), destinations[i].Span));
             RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
             return found;
         }
@@ -178,7 +177,7 @@ public sealed class RemoteTier : IKvChunkTier
                 continue;
             }
             using var value = arriving.Result;
-            Settle(i, Accept(keys[i], tokens[i], value is null ? null : (ReadOnlyMemory<byte>)value.Memory, destinations[i].Span));
+            Settle(i, Accept(keys[i], tokens[i], value is null ? default(ReadOnlyMemory<byte>?) : value.Memory, destinations[i].Span));
         }
         RefreshTimeToLive([.. keys.Where((_, i) => found[i])]);
         return found;
@@ -281,8 +280,11 @@ public sealed class RemoteTier : IKvChunkTier
         }
     }
 
-    /// <summary>Every key of this tier starts with it; the key id keeps processes with different keys apart (none deletes the other's values).</summary>
-    private string Prefix => _prefix ??= $"{_options.Namespace}:{_identity.Fingerprint}:{_identity.ChunkTokens}:{Secret.KeyId}:";
+    /// <summary>
+    /// Every key of this tier starts with it; the key id keeps processes with different keys apart and the format version
+    /// builds of different versions (during a rolling upgrade), so none deletes the other's values as damaged.
+    /// </summary>
+    private string Prefix => _prefix ??= $"{_options.Namespace}:v{RemoteEntry.Version}:{_identity.Fingerprint}:{_identity.ChunkTokens}:{Secret.KeyId}:";
 
     /// <summary>Runs a server call unless the circuit is open; a failure returns <paramref name="fallback"/> and counts towards opening it.</summary>
     private T Guarded<T>(Func<IDatabase, T> call, T fallback)
