@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using OpenAI;
 using OpenAI.Chat;
+using OrtKvTier.ModelBuilder;
 using OrtKvTier.Tests.Support;
 
 namespace OrtKvTier.Tests.Server;
@@ -142,16 +143,26 @@ public sealed class OpenAiServerTests : IClassFixture<OpenAiServerTests.SharedSe
     }
 }
 
-/// <summary>A server with one generation slot and no queue: a client that disconnects frees the slot; a full server answers 429.</summary>
+/// <summary>
+/// A server with one generation slot and no queue: a client that disconnects frees the slot; a full server answers 429.
+/// The model is the tiny one with an 8192-token context, so a long answer takes seconds, not the fraction of a second a
+/// busy machine can spend between two steps of the test.
+/// </summary>
 public sealed class OpenAiServerLimitsTests : IDisposable
 {
+    private const int LongAnswer = 3000;
     private readonly TempDir _temp = new();
     private readonly ServerProcess _server;
 
-    public OpenAiServerLimitsTests() => _server = ServerProcess.Start(_temp.Sub("cache"), ("Server:MaxConcurrent", "1"), ("Server:MaxQueued", "0"), ("Server:RetryAfterSeconds", "2"));
+    public OpenAiServerLimitsTests()
+    {
+        string model = TestPaths.Build(_temp.Sub("tiny"), ModelShape.Tiny with { MaxLength = 8192 });
+        _server = ServerProcess.Start(_temp.Sub("cache"), ("OrtKvTier:ModelFolder", model), ("Server:MaxConcurrent", "1"), ("Server:MaxQueued", "0"), ("Server:RetryAfterSeconds", "2"));
+    }
 
+    // Greedy, and a prompt whose greedy answer on this model never meets the end token: every long answer is as long.
     private static StringContent Body(int maxTokens, bool stream) => new(
-        JsonSerializer.Serialize(new { model = "tiny", messages = new[] { new { role = "user", content = "Tell me everything." } }, max_tokens = maxTokens, stream }),
+        JsonSerializer.Serialize(new { model = "tiny", messages = new[] { new { role = "user", content = "Hello" } }, max_tokens = maxTokens, temperature = 0, stream }),
         Encoding.UTF8, "application/json");
 
     private async Task<int> Running(HttpClient http) =>
@@ -166,12 +177,17 @@ public sealed class OpenAiServerLimitsTests : IDisposable
         var endpoint = new Uri(_server.BaseUri, "v1/chat/completions");
         // How long a long answer takes when nobody leaves.
         var clock = Stopwatch.StartNew();
-        (await http.PostAsync(endpoint, Body(400, stream: false))).EnsureSuccessStatusCode();
+        using (var full = await http.PostAsync(endpoint, Body(LongAnswer, stream: false)))
+        {
+            full.EnsureSuccessStatusCode();
+            var choice = JsonDocument.Parse(await full.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0];
+            Assert.Equal("length", choice.GetProperty("finish_reason").GetString());
+        }
         var fullAnswer = clock.Elapsed;
 
         // A streaming request takes the only slot...
         using var cancel = new CancellationTokenSource();
-        using var streaming = new HttpRequestMessage(HttpMethod.Post, endpoint) { Content = Body(400, stream: true) };
+        using var streaming = new HttpRequestMessage(HttpMethod.Post, endpoint) { Content = Body(LongAnswer, stream: true) };
         var response = await http.SendAsync(streaming, HttpCompletionOption.ResponseHeadersRead, cancel.Token);
         var reader = new StreamReader(await response.Content.ReadAsStreamAsync(cancel.Token));
         Assert.StartsWith("data: ", await reader.ReadLineAsync(cancel.Token));
