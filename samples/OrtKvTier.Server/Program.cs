@@ -1,31 +1,60 @@
+using System.Net.Sockets;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Options;
 using OrtKvTier.Hosting;
 using OrtKvTier.Model;
 using OrtKvTier.Server;
+using OrtKvTier.Server.OpenAi;
 
 // An OpenAI-compatible chat server on OrtKvTier. Settings: the OrtKvTier section (model, cache; see the README) and the
-// Server section (API keys → tenants, concurrency, queue), from appsettings.json, environment (OrtKvTier__ModelFolder=...)
-// or the command line (--OrtKvTier:ModelFolder=...). Default model: the repository's models/tiny.
+// Server section (API keys → tenants, concurrency, queue, body limit), from appsettings.json, environment
+// (OrtKvTier__ModelFolder=...) or the command line (--OrtKvTier:ModelFolder=...). Default model: the repository's models/tiny.
 var builder = WebApplication.CreateBuilder(args);
 var section = builder.Configuration.GetSection(OrtKvTierOptions.SectionName);
 if (string.IsNullOrEmpty(section["ModelFolder"]) && ShippedModel() is { } shipped) section["ModelFolder"] = shipped;
 builder.Services.AddOrtKvTier(section).UseLogging();
-builder.Services.Configure<ServerOptions>(builder.Configuration.GetSection("Server"));
+var serverSection = builder.Configuration.GetSection("Server");
+builder.Services.Configure<ServerOptions>(serverSection);
 builder.Services.AddSingleton(sp => new RequestQueue(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
+builder.Services.AddSingleton(sp => new ResponseStore(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
+// Kestrel's own limit matches the server's, so a body that passes one passes the other.
+builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = serverSection.Get<ServerOptions>()?.MaxRequestBodyBytes ?? new ServerOptions().MaxRequestBodyBytes);
+// One line per request comes from RequestLog; ASP.NET Core's own per-request lines are left out unless configured.
+if (builder.Configuration["Logging:LogLevel:Microsoft.AspNetCore"] is null) builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 
 var app = builder.Build();
+app.Use(RequestLog.Middleware);
 app.MapGet("/health", (KvModel model, IChatClient chat, RequestQueue queue) =>
-    Results.Json(new { status = "ok", model = ChatCompletions.ModelId(chat), layout = model.Layout.ShapeKey, running = queue.Running, queued = queue.Queued }));
-app.MapGet("/v1/models", (IChatClient chat) => Results.Json(new
-{
-    @object = "list",
-    data = new[] { new { id = ChatCompletions.ModelId(chat), @object = "model", created = 0L, owned_by = "ortkvtier" } },
-}));
+    Results.Json(new { status = "ok", model = ChatModels.Id(chat), layout = model.Layout.ShapeKey, running = queue.Running, queued = queue.Queued }));
+app.MapGet("/v1/models", (IChatClient chat) => Results.Json(new { @object = "list", data = new[] { ChatModels.Describe(chat) } }));
+app.MapGet("/v1/models/{id}", (HttpContext context, string id, IChatClient chat) => id == ChatModels.Id(chat) ? Results.Json(ChatModels.Describe(chat))
+    : new OpenAiError(404, $"The model '{id}' does not exist here; GET /v1/models lists '{ChatModels.Id(chat)}'.", "invalid_request_error", "model", "model_not_found").ToResult(context));
 app.MapPost("/v1/chat/completions", ChatCompletions.HandleAsync);
-// Warm up before taking requests: the model, tokenizer and cache load now, not on the first request.
-app.Services.GetRequiredService<IChatClient>();
-app.Run();
+app.MapPost("/v1/responses", Responses.HandleAsync);
+app.MapGet("/v1/responses/{id}", Responses.Get);
+
+try
+{
+    // Load before taking requests: the model, tokenizer and cache load now, not on the first request.
+    app.Services.GetRequiredService<IChatClient>();
+}
+catch (Exception e) when (e is not OutOfMemoryException)
+{
+    Console.Error.WriteLine($"ortkv-server: the model could not be loaded: {Innermost(e).Message} Set --OrtKvTier:ModelFolder=DIR (a GenAI model folder) or the OrtKvTier section of appsettings.json.");
+    return 1;
+}
+try
+{
+    app.Run();
+    return 0;
+}
+catch (Exception e) when (Innermost(e) is SocketException { SocketErrorCode: SocketError.AddressAlreadyInUse } || e is IOException && e.InnerException is not null)
+{
+    Console.Error.WriteLine($"ortkv-server: could not listen: {Innermost(e).Message} Another process holds the address; pass another with --urls http://127.0.0.1:PORT.");
+    return 1;
+}
+
+static Exception Innermost(Exception e) => e.InnerException is { } inner && e is not OrtKvTier.Model.ModelFolderException ? Innermost(inner) : e;
 
 static string? ShippedModel()
 {

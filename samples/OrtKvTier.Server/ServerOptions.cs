@@ -14,4 +14,10 @@ public sealed class ServerOptions
 
     /// <summary>Seconds a 429 asks the client to wait. Default 1.</summary>
     public int RetryAfterSeconds { get; set; } = 1;
+
+    /// <summary>The largest request body taken; a larger one is a 413 before it is read. Default 4 MiB (about a million tokens of text).</summary>
+    public long MaxRequestBodyBytes { get; set; } = 4L << 20;
+
+    /// <summary>Responses kept for <c>previous_response_id</c> (per server, oldest dropped first). Default 1024.</summary>
+    public int StoredResponses { get; set; } = 1024;
 }

@@ -47,6 +47,9 @@ public sealed class OrtKvTierOptions
     /// <summary>Share the cache directory with its group on purpose (see the README). Default false.</summary>
     public bool ShareWithGroup { get; set; }
 
+    /// <summary>Restore every prefix found, even where computing it is expected to be faster (see <c>PrefixCacheOptions.AlwaysRestore</c>). Default false.</summary>
+    public bool AlwaysRestore { get; set; }
+
     /// <summary>A salt for the whole cache (tenants: per request, see <c>KvChatClient.TenantProperty</c>).</summary>
     public string? Salt { get; set; }
 

@@ -78,6 +78,7 @@ public static class OrtKvTierServiceCollectionExtensions
             EncryptAtRest = options.EncryptAtRest,
             ShareWithGroup = options.ShareWithGroup,
             Salt = options.Salt,
+            AlwaysRestore = options.AlwaysRestore,
             Logger = logger,
         };
         if (options.Remote is not { Length: > 0 } connection) return PrefixCache.Open(model, cacheOptions);

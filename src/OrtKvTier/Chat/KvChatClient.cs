@@ -44,6 +44,9 @@ public sealed class KvChatClient : IChatClient
     /// </summary>
     public const string TenantProperty = "ortkv.tenant";
 
+    /// <summary>The <see cref="ChatOptions.AdditionalProperties"/> entry (an <c>IReadOnlyDictionary&lt;int, double&gt;</c>) holding OpenAI's logit bias: token id → bias in [-100, 100].</summary>
+    public const string LogitBiasProperty = "ortkv.logit_bias";
+
     /// <summary>A client over <paramref name="model"/> and its <paramref name="tokenizer"/>; <paramref name="cache"/> null answers without prefix reuse.</summary>
     public KvChatClient(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null, KvChatClientOptions? options = null)
     {
@@ -54,7 +57,7 @@ public sealed class KvChatClient : IChatClient
         _cache = cache;
         _options = options ?? new KvChatClientOptions();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(_options.DefaultMaxOutputTokens);
-        _metadata = new ChatClientMetadata("OrtKvTier", new Uri("file://" + model.Folder), _options.ModelId ?? Path.GetFileName(model.Folder));
+        _metadata = new ChatClientMetadata("OrtKvTier", new Uri("file://" + model.Folder), _options.ModelId ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(model.Folder)));
     }
 
     /// <summary>The prompt tokens the chat template makes of <paramref name="messages"/> (ending with the assistant prompt).</summary>
@@ -66,6 +69,9 @@ public sealed class KvChatClient : IChatClient
         ArgumentNullException.ThrowIfNull(messages);
         return _tokenizer.ApplyChatTemplate(MessagesJson(messages, options));
     }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming what in <paramref name="options"/> this model cannot serve (a sampling value out of range, a logit bias for a token it does not have).</summary>
+    public void CheckOptions(ChatOptions? options) => SearchFor(options);
 
     /// <inheritdoc />
     public Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
@@ -161,10 +167,14 @@ public sealed class KvChatClient : IChatClient
         if (options is null) return search;
         search = search with
         {
-            // Temperature 0 is greedy; a positive temperature, top-p or top-k asks for sampling; otherwise the config decides.
-            DoSample = options.Temperature is not 0 && (options.Temperature is > 0 || options.TopP is not null || options.TopK is not null || search.DoSample),
+            // Temperature 0 or top-p 0 is greedy (as OpenAI reads them); a positive temperature, top-p or top-k asks for
+            // sampling; otherwise the config decides.
+            DoSample = options.Temperature is not 0 && options.TopP is not 0 && (options.Temperature is > 0 || options.TopP is not null || options.TopK is not null || search.DoSample),
             Temperature = options.Temperature is > 0 ? options.Temperature.Value : search.Temperature,
-            TopP = options.TopP ?? search.TopP,
+            TopP = options.TopP is > 0 ? options.TopP.Value : search.TopP,
+            PresencePenalty = options.PresencePenalty ?? 0,
+            FrequencyPenalty = options.FrequencyPenalty ?? 0,
+            LogitBias = options.AdditionalProperties?.TryGetValue(LogitBiasProperty, out var bias) == true ? bias as IReadOnlyDictionary<int, double> : null,
             TopK = options.TopK ?? search.TopK,
             Seed = options.Seed is long seed ? unchecked((ulong)seed) : search.Seed,
         };

@@ -27,6 +27,17 @@ public sealed record SearchOptions
     public double RepetitionPenalty { get; init; } = 1.0;
     /// <summary>End-of-sequence tokens cannot be chosen while the sequence (prompt included) is shorter than this. Default 0.</summary>
     public int MinLength { get; init; }
+    /// <summary>
+    /// OpenAI's presence penalty, in [-2, 2]: subtracted from the score of every token generated at least once so far
+    /// (the prompt does not count), before greedy choice or sampling. Default 0 (off).
+    /// </summary>
+    public double PresencePenalty { get; init; }
+    /// <summary>OpenAI's frequency penalty, in [-2, 2]: times the number of times a token was generated so far, subtracted from its score. Default 0 (off).</summary>
+    public double FrequencyPenalty { get; init; }
+    /// <summary>OpenAI's logit bias: token id → a value in [-100, 100] added to that token's score at every step. Default none.</summary>
+    public IReadOnlyDictionary<int, double>? LogitBias { get; init; }
+
+    internal bool AdjustsScores => RepetitionPenalty != 1.0 || PresencePenalty != 0 || FrequencyPenalty != 0 || LogitBias is { Count: > 0 };
 
     /// <summary>The defaults from the model's genai_config.json <c>search</c> section.</summary>
     public static SearchOptions FromConfig(KvModel model)
@@ -62,5 +73,16 @@ public sealed record SearchOptions
             throw new ArgumentOutOfRangeException(nameof(RepetitionPenalty), RepetitionPenalty, "RepetitionPenalty must be a positive finite number; 1 turns it off.");
         if (MinLength < 0)
             throw new ArgumentOutOfRangeException(nameof(MinLength), MinLength, "MinLength must be 0 (off) or positive.");
+        if (!(PresencePenalty is >= -2 and <= 2))
+            throw new ArgumentOutOfRangeException(nameof(PresencePenalty), PresencePenalty, "PresencePenalty must be between -2 and 2; 0 turns it off.");
+        if (!(FrequencyPenalty is >= -2 and <= 2))
+            throw new ArgumentOutOfRangeException(nameof(FrequencyPenalty), FrequencyPenalty, "FrequencyPenalty must be between -2 and 2; 0 turns it off.");
+        foreach (var (token, bias) in LogitBias ?? new Dictionary<int, double>())
+        {
+            if ((uint)token >= (uint)model.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(LogitBias), token, $"LogitBias names token {token}; this model's token ids are 0 to {model.VocabSize - 1}.");
+            if (!(bias is >= -100 and <= 100))
+                throw new ArgumentOutOfRangeException(nameof(LogitBias), bias, $"LogitBias of token {token} is {bias}; a bias must be between -100 and 100.");
+        }
     }
 }

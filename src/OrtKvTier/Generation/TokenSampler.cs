@@ -9,10 +9,19 @@ internal sealed class TokenSampler(SearchOptions options, IReadOnlyList<int> eos
 {
     private float[] _scores = [];
 
+    private readonly Dictionary<int, int> _generated = [];
+
     /// <summary>The next token after <paramref name="sequence"/> (prompt and generated tokens) given its <paramref name="logits"/>.</summary>
     public int Next(ReadOnlySpan<float> logits, IReadOnlyList<int> sequence)
     {
-        if (options.MinLength <= sequence.Count && options.RepetitionPenalty == 1.0) return Next(logits);
+        int next = Choose(logits, sequence);
+        if (options.PresencePenalty != 0 || options.FrequencyPenalty != 0) _generated[next] = _generated.GetValueOrDefault(next) + 1;
+        return next;
+    }
+
+    private int Choose(ReadOnlySpan<float> logits, IReadOnlyList<int> sequence)
+    {
+        if (options.MinLength <= sequence.Count && !options.AdjustsScores) return Next(logits);
         if (_scores.Length != logits.Length) _scores = new float[logits.Length];
         logits.CopyTo(_scores);
         if (sequence.Count < options.MinLength)
@@ -25,6 +34,13 @@ internal sealed class TokenSampler(SearchOptions options, IReadOnlyList<int> eos
                 if ((uint)token < (uint)_scores.Length)
                     _scores[token] = _scores[token] < 0 ? _scores[token] * penalty : _scores[token] / penalty;
         }
+        // OpenAI's definition: score − count × frequency − (count > 0) × presence, over the tokens generated so far.
+        foreach (var (token, count) in _generated)
+            if ((uint)token < (uint)_scores.Length)
+                _scores[token] -= (float)(count * options.FrequencyPenalty + options.PresencePenalty);
+        foreach (var (token, bias) in options.LogitBias ?? new Dictionary<int, double>())
+            if ((uint)token < (uint)_scores.Length && _scores[token] != float.MinValue)
+                _scores[token] += (float)bias;
         return Next(_scores);
     }
 

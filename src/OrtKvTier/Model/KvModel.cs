@@ -81,7 +81,7 @@ public sealed class KvModel : IDisposable
         ArgumentException.ThrowIfNullOrWhiteSpace(folder);
         options ??= new KvModelOptions();
         options.Validate();
-        folder = Path.GetFullPath(folder);
+        folder = Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder));
         if (!Directory.Exists(folder))
             throw new ModelFolderException(folder, "", "a GenAI model folder", "no such directory", "Pass the folder that holds genai_config.json and model.onnx.");
 

@@ -39,6 +39,25 @@ public sealed class GeneratorTests : IDisposable
     }
 
     [Fact]
+    public void OpenAiPenaltiesCountGeneratedTokensAndLogitBiasIsAdded()
+    {
+        float[] logits = [0f, 3f, 2f, 1f];
+        // Presence: once token 1 was generated it loses 1.5 → 1.5 < 2, token 2 wins; the prompt's tokens do not count.
+        var presence = new TokenSampler(new SearchOptions { MaxLength = 10, PresencePenalty = 1.5 }, eosTokenIds: []);
+        Assert.Equal(1, presence.Next(logits, sequence: [1, 1, 1]));
+        Assert.Equal(2, presence.Next(logits, sequence: [1, 1, 1, 1]));
+        // Frequency: 0.6 per time generated → token 1 generated twice scores 1.8 < 2.
+        var frequency = new TokenSampler(new SearchOptions { MaxLength = 10, FrequencyPenalty = 0.6 }, eosTokenIds: []);
+        Assert.Equal([1, 1, 2], new[] { frequency.Next(logits, []), frequency.Next(logits, [1]), frequency.Next(logits, [1, 1]) });
+        // Bias: added to the score at every step.
+        var bias = new TokenSampler(new SearchOptions { MaxLength = 10, LogitBias = new Dictionary<int, double> { [3] = 2.5, [1] = -100 } }, eosTokenIds: []);
+        Assert.Equal(3, bias.Next(logits, []));
+        using var model = KvModel.Load(TestPaths.Tiny);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new SearchOptions { MaxLength = 10, LogitBias = new Dictionary<int, double> { [model.VocabSize] = 1 } }.Validate(model));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new SearchOptions { MaxLength = 10, PresencePenalty = 2.01 }.Validate(model));
+    }
+
+    [Fact]
     public void StopsAtAnEosIdFromTheConfig()
     {
         int[] prompt = [5, 6, 7];

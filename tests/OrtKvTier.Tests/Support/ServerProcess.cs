@@ -14,6 +14,19 @@ internal sealed class ServerProcess : IDisposable
         BaseUri = baseUri;
     }
 
+    /// <summary>The server's process id.</summary>
+    public int Pid => _process.Id;
+
+    /// <summary>Resident memory of the server process, in bytes (Linux).</summary>
+    public long ResidentBytes
+    {
+        get
+        {
+            var line = File.ReadLines($"/proc/{Pid}/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
+            return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+        }
+    }
+
     /// <summary>http://127.0.0.1:PORT/</summary>
     public Uri BaseUri { get; }
 
@@ -31,7 +44,9 @@ internal sealed class ServerProcess : IDisposable
         int port = LoopbackPort.Free();
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = TestPaths.RepoRoot };
         foreach (var a in new[] { ChildProcess.ServerDll, "--urls", $"http://127.0.0.1:{port}", $"--OrtKvTier:ModelFolder={TestPaths.Tiny}",
-                     $"--OrtKvTier:CacheDirectory={cacheDirectory}", "--OrtKvTier:ChunkTokens=16", "--OrtKvTier:DiskCacheBytes=16777216", "--Logging:LogLevel:Default=Warning" })
+                     $"--OrtKvTier:CacheDirectory={cacheDirectory}", "--OrtKvTier:ChunkTokens=16", "--OrtKvTier:DiskCacheBytes=16777216",
+                     // The tests count cached tokens: every prefix found is restored, however busy the machine makes the costs look.
+                     "--OrtKvTier:AlwaysRestore=true", "--Logging:LogLevel:Default=Warning" })
             info.ArgumentList.Add(a);
         foreach (var (key, value) in settings) info.ArgumentList.Add($"--{key}={value}");
         var process = Process.Start(info)!;

@@ -4,7 +4,7 @@ using Microsoft.Extensions.Options;
 using OrtKvTier.Chat;
 using OrtKvTier.Model;
 
-namespace OrtKvTier.Server;
+namespace OrtKvTier.Server.OpenAi;
 
 /// <summary><c>POST /v1/chat/completions</c>: OpenAI's chat completions on the library's <see cref="IChatClient"/>, with and without streaming.</summary>
 public static class ChatCompletions
@@ -12,47 +12,42 @@ public static class ChatCompletions
     public static async Task<IResult> HandleAsync(HttpContext context, IChatClient chat, KvModel model, RequestQueue queue, IOptions<ServerOptions> server)
     {
         var aborted = context.RequestAborted;
-        if (Tenants.Authenticate(context, server.Value) is not { } tenant)
-            return new OpenAiError(401, "Incorrect or missing API key: send 'Authorization: Bearer KEY' with a key this server knows.", "invalid_request_error", null, "invalid_api_key").ToResult(context);
         ChatRequest request;
+        IDisposable slot;
         try
         {
-            request = await ChatRequest.ReadAsync(context.Request, aborted);
-            CheckFits(request, chat, model);
+            string tenant = Admission.Tenant(context, server.Value);
+            using (var body = await RequestBody.ReadAsync(context.Request, server.Value.MaxRequestBodyBytes, aborted))
+                request = ChatRequest.Parse(body.RootElement);
+            Admission.CheckModel(request.Model, chat);
+            // The tenant comes from the API key, never from the body: tenants never hit (or time) each other's cache entries.
+            (request.Options.AdditionalProperties ??= [])[KvChatClient.TenantProperty] = tenant;
+            slot = await Admission.EnterAsync(queue, server.Value, aborted);
+            try
+            {
+                Admission.CheckFits(chat, model, request.Messages, request.Options, "messages");
+            }
+            catch
+            {
+                slot.Dispose();
+                throw;
+            }
         }
         catch (OpenAiErrorException e)
         {
             return e.Error.ToResult(context);
         }
-        if (request.Model != ModelId(chat))
-            return OpenAiError.BadRequest($"The model '{request.Model}' does not exist here; GET /v1/models lists '{ModelId(chat)}'.", "model", "model_not_found").ToResult(context);
-
-        using var slot = await queue.EnterAsync(aborted);
-        if (slot is null)
-            return new OpenAiError(429, "The server is busy: every generation slot and queue place is taken. Retry after the time in Retry-After.", "requests", null, "rate_limit_exceeded")
-                .ToResult(context, server.Value.RetryAfterSeconds);
-        // The tenant comes from the API key, never from the body: tenants never hit (or time) each other's cache entries.
-        request.Options.AdditionalProperties = new() { [KvChatClient.TenantProperty] = tenant };
-        if (!request.Stream)
+        using (slot)
         {
+            if (request.Stream)
+            {
+                await StreamAsync(context, chat, request, aborted);
+                return Results.Empty;
+            }
             var response = await chat.GetResponseAsync(request.Messages, request.Options, aborted);
-            return Results.Json(Completion(response, ModelId(chat)));
+            RequestLog.Record(context, response.Usage);
+            return Results.Json(Completion(response, ChatModels.Id(chat)));
         }
-        await StreamAsync(context, chat, request, aborted);
-        return Results.Empty;
-    }
-
-    /// <summary>The model id clients name (<c>GET /v1/models</c>).</summary>
-    public static string ModelId(IChatClient chat) => chat.GetService<ChatClientMetadata>()?.DefaultModelId ?? "ortkvtier";
-
-    /// <summary>A prompt the model cannot take is a 400 before anything runs (a stream cannot change its status later).</summary>
-    private static void CheckFits(ChatRequest request, IChatClient chat, KvModel model)
-    {
-        if (chat.GetService<KvChatClient>() is not { } client) return;
-        int tokens = client.PromptTokens(request.Messages, request.Options).Length;
-        if (tokens >= model.Layout.MaxLength)
-            throw new OpenAiErrorException(OpenAiError.BadRequest(
-                $"This model's maximum context length is {model.Layout.MaxLength} tokens; your messages are {tokens} tokens. Shorten the messages.", "messages", "context_length_exceeded"));
     }
 
     private static async Task StreamAsync(HttpContext context, IChatClient chat, ChatRequest request, CancellationToken aborted)
@@ -62,7 +57,7 @@ public static class ChatCompletions
         response.Headers.CacheControl = "no-cache";
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        string model = ModelId(chat);
+        string model = ChatModels.Id(chat);
         async Task Send(object chunk)
         {
             await response.WriteAsync("data: " + JsonSerializer.Serialize(chunk) + "\n\n", aborted);
@@ -78,7 +73,7 @@ public static class ChatCompletions
         await Send(Chunk(new { role = "assistant", content = "" }, null));
         UsageDetails? usage = null;
         string? finish = null;
-        try
+        var failure = await StreamFailure.CatchAsync(context, async () =>
         {
             // A client that disconnects cancels `aborted`: the generation stops within a token.
             await foreach (var update in chat.GetStreamingResponseAsync(request.Messages, request.Options, aborted))
@@ -87,12 +82,14 @@ public static class ChatCompletions
                 if (update.FinishReason is { } reason) finish = FinishReason(reason);
                 if (update.Contents.OfType<UsageContent>().FirstOrDefault() is { } content) usage = content.Details;
             }
-        }
-        catch (ArgumentException e)
+        }, aborted);
+        if (failure is not null)
         {
-            await response.WriteAsync(OpenAiError.BadRequest(e.Message).ToEvent(), aborted);
+            // After the 200 the status line is sent: the error is the stream's last event.
+            await response.WriteAsync(failure.ToEvent(), aborted);
             return;
         }
+        RequestLog.Record(context, usage);
         await Send(Chunk(new { }, finish ?? "stop"));
         if (request.IncludeUsage && usage is not null) await Send(Chunk(new { }, null, Usage(usage), noChoices: true));
         await response.WriteAsync("data: [DONE]\n\n", aborted);
