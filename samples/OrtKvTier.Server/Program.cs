@@ -17,10 +17,12 @@ var serverSection = builder.Configuration.GetSection("Server");
 builder.Services.Configure<ServerOptions>(serverSection);
 builder.Services.AddSingleton(sp => new RequestQueue(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
 builder.Services.AddSingleton(sp => new ResponseStore(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
-// Kestrel's own limit matches the server's, so a body that passes one passes the other.
-builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = serverSection.Get<ServerOptions>()?.MaxRequestBodyBytes ?? new ServerOptions().MaxRequestBodyBytes);
+// Kestrel's own limit is the most a body over the server's limit may send before its 413 (RequestBody sets each request's).
+builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = Math.Max(RequestBody.DrainBytes, serverSection.Get<ServerOptions>()?.MaxRequestBodyBytes ?? 0));
 // One line per request comes from RequestLog; ASP.NET Core's own per-request lines are left out unless configured.
 if (builder.Configuration["Logging:LogLevel:Microsoft.AspNetCore"] is null) builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+// A failure to start is said once, below, in one line; the host's own report of it carries a stack trace.
+builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.Critical);
 
 var app = builder.Build();
 app.Use(RequestLog.Middleware);
@@ -48,9 +50,14 @@ try
     app.Run();
     return 0;
 }
-catch (Exception e) when (Innermost(e) is SocketException { SocketErrorCode: SocketError.AddressAlreadyInUse } || e is IOException && e.InnerException is not null)
+catch (Exception e) when (Innermost(e) is SocketException or IOException)
 {
-    Console.Error.WriteLine($"ortkv-server: could not listen: {Innermost(e).Message} Another process holds the address; pass another with --urls http://127.0.0.1:PORT.");
+    Console.Error.WriteLine($"ortkv-server: could not listen: {Innermost(e).Message}. Pass a free address with --urls http://127.0.0.1:PORT (or ASPNETCORE_URLS).");
+    return 1;
+}
+catch (Exception e)
+{
+    Console.Error.WriteLine($"ortkv-server: stopped by a fault: {e}");
     return 1;
 }
 

@@ -37,7 +37,8 @@ public static class RequestLog
             await OpenAiError.ServerFault(context.TraceIdentifier).ToResult(context).ExecuteAsync(context);
         }
         var usage = context.Items.TryGetValue(UsageKey, out var value) ? value as UsageDetails : null;
-        log.LogInformation("{Method} {Path} {Status} in {Ms:F0} ms{Usage}", context.Request.Method, context.Request.Path,
+        // Health probes come every few seconds from whatever watches the server: Debug, not Information.
+        log.Log(context.Request.Path == "/health" && context.Response.StatusCode == 200 ? LogLevel.Debug : LogLevel.Information, "{Method} {Path} {Status} in {Ms:F0} ms{Usage}", context.Request.Method, context.Request.Path,
             left ? "client left" : context.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture), clock.Elapsed.TotalMilliseconds,
             usage is null ? "" : $": {usage.InputTokenCount} prompt tokens ({usage.CachedInputTokenCount ?? 0} cached), {usage.OutputTokenCount} completion tokens");
     }

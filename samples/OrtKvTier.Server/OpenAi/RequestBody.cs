@@ -10,10 +10,26 @@ namespace OrtKvTier.Server.OpenAi;
 /// </summary>
 public static class RequestBody
 {
+    /// <summary>
+    /// A body over the limit whose Content-Length is at most this is read and dropped before the 413, so that every
+    /// client (HttpClient too, which reads no answer before it has sent its body) gets the answer rather than a reset;
+    /// a longer one is answered at once and its connection closed. Reading and dropping holds no memory.
+    /// </summary>
+    public const long DrainBytes = 64L << 20;
+
     public static async Task<JsonDocument> ReadAsync(HttpRequest request, long maxBytes, CancellationToken cancellationToken)
     {
-        if (request.ContentLength > maxBytes) throw TooLarge(request.ContentLength.Value, maxBytes);
-        if (request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit) limit.MaxRequestBodySize = maxBytes;
+        var limit = request.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>();
+        if (request.ContentLength is { } length && length > maxBytes)
+        {
+            if (length <= DrainBytes && limit is { IsReadOnly: false })
+            {
+                limit.MaxRequestBodySize = length;
+                await request.Body.CopyToAsync(Stream.Null, cancellationToken);
+            }
+            throw TooLarge(length, maxBytes);
+        }
+        if (limit is { IsReadOnly: false }) limit.MaxRequestBodySize = maxBytes;
         JsonDocument document;
         try
         {

@@ -17,6 +17,17 @@ public sealed class KvChatClientTests : IDisposable
 
     private PrefixCache NewCache() => CacheTestKit.Open(_model, directory: null, Chunk);
 
+    [Theory]
+    [InlineData("/")]
+    [InlineData("//")]
+    [InlineData("/./")]
+    public void AModelFolderWithTrailingSeparatorsKeepsItsName(string tail)
+    {
+        using var model = KvModel.Load(TestPaths.Tiny + tail);
+        using var client = model.AsChatClient(_tokenizer);
+        Assert.Equal("tiny", client.GetService<ChatClientMetadata>()!.DefaultModelId);
+    }
+
     [Fact]
     public async Task EachTurnRestoresAtLeastEveryFullChunkOfThePreviousTurnsPrompt()
     {
