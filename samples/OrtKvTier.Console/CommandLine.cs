@@ -5,8 +5,12 @@ namespace OrtKvTier.Console;
 /// <summary>A user error on the command line: printed without a stack trace, exit code 2.</summary>
 internal sealed class UsageException(string message) : Exception(message);
 
-/// <summary>Parses <c>--name value</c> options and <c>--flag</c> switches; every name must be consumed.</summary>
-internal sealed class CommandLine
+/// <summary>
+/// The options a command was given, by name without the dashes: from System.CommandLine's parse result (the console: its
+/// options already checked by the same conversions these readers use; <c>CommandLine.Parsed.cs</c>), or parsed from
+/// <c>--name value</c> and <c>--flag</c> arguments (the benchmarks); every name must be consumed.
+/// </summary>
+internal sealed partial class CommandLine
 {
     private readonly Dictionary<string, string?> _options = new(StringComparer.Ordinal);
     private readonly HashSet<string> _used = new(StringComparer.Ordinal);
@@ -47,6 +51,16 @@ internal sealed class CommandLine
         return value;
     }
 
+    /// <summary>A 64-bit seed: any whole number, negative ones taken as their two's complement (as OpenAI's API takes them).</summary>
+    public ulong? Seed(string name)
+    {
+        var text = String(name);
+        if (text is null) return null;
+        return long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) ? unchecked((ulong)value)
+            : ulong.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var large) ? large
+            : throw new UsageException($"--{name} expects a whole number; got '{text}'.");
+    }
+
     public double? Double(string name)
     {
         var text = String(name);
@@ -57,18 +71,22 @@ internal sealed class CommandLine
     }
 
     /// <summary>A byte size: <see cref="ParseSize"/>.</summary>
-    public long Bytes(string name, long fallback)
+    public long Bytes(string name, long fallback, bool allowZero = false)
     {
         var text = String(name);
         if (text is null) return fallback;
-        return ParseSize(text) ?? throw new UsageException($"--{name} expects a positive size such as 512MiB, 2GiB (binary) or 2GB (decimal); got '{text}'.");
+        return ParseSize(text, allowZero) ?? throw new UsageException(SizeError("--" + name, text, allowZero));
     }
+
+    public static string SizeError(string option, string text, bool allowZero) =>
+        $"{option} expects a size such as 512MiB or 2GiB (binary) or 2GB (decimal){(allowZero ? ", or 0 (off)" : "")}; got '{text}'.";
 
     /// <summary>
     /// A positive byte size such as <c>4096</c>, <c>512MiB</c> or <c>2GiB</c> (binary), <c>2GB</c> or <c>1.5G</c> (decimal); null when it is not one.
     /// </summary>
-    public static long? ParseSize(string text)
+    public static long? ParseSize(string text, bool allowZero = false)
     {
+        if (allowZero && text.Trim() == "0") return 0;
         var units = new (string Suffix, long Factor)[]
         {
             ("KiB", 1L << 10), ("MiB", 1L << 20), ("GiB", 1L << 30), ("TiB", 1L << 40),

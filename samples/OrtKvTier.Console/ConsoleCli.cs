@@ -9,14 +9,14 @@ namespace OrtKvTier.Console;
 /// The console's commands on System.CommandLine: help with descriptions and defaults for every command (<c>-h</c>,
 /// <c>--help</c>), <c>--version</c>, typed options with clear errors (numbers in range, sizes with binary and decimal
 /// suffixes, durations, files that must exist, one of a set of values). A command runs only once its arguments are
-/// valid; it then reads them through <see cref="CommandLine"/>.
+/// valid; it then reads them through <see cref="CommandLine"/>, built from the same parse result.
 /// </summary>
 internal static class ConsoleCli
 {
     /// <summary>Show stack traces and debug logging.</summary>
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "Show stack traces and the library's debug log on stderr.", Recursive = true };
 
-    public static RootCommand Build(Func<string, int> run)
+    public static RootCommand Build(Func<string, ParseResult, int> run)
     {
         var root = new RootCommand("ortkv: generation and chat with OrtKvTier's tiered prefix cache, on the shipped model or any GenAI folder.");
         root.Options.Add(Verbose);
@@ -85,7 +85,7 @@ internal static class ConsoleCli
     }
 
     /// <summary>A command whose action runs <paramref name="run"/> with its path (e.g. "cache stats") once the arguments parsed.</summary>
-    private static Command Command(string name, string description, Func<string, int> run, IEnumerable<Option> options)
+    private static Command Command(string name, string description, Func<string, ParseResult, int> run, IEnumerable<Option> options)
     {
         var command = new Command(name, description);
         foreach (var option in options)
@@ -93,7 +93,7 @@ internal static class ConsoleCli
             if (option is Option<string> text) RefuseOptionAsValue(text);
             command.Options.Add(option);
         }
-        command.SetAction(result => run(Path(result.CommandResult)));
+        command.SetAction(result => run(Path(result.CommandResult), result));
         return command;
     }
 
@@ -104,7 +104,8 @@ internal static class ConsoleCli
             result.AddError($"{option.Name} needs a value; got the option '{result.Tokens[0].Value}'. (A value that starts with -- goes in a file: --prompt-file, --system-file.)");
     });
 
-    private static string Path(CommandResult result) =>
+    /// <summary>The command's words after <c>ortkv</c> (<c>cache prune</c>).</summary>
+    public static string Path(CommandResult result) =>
         result.Parent is CommandResult { Command: not RootCommand } parent ? Path(parent) + " " + result.Command.Name : result.Command.Name;
 
     private static IEnumerable<Option> CacheOptions()
@@ -150,8 +151,7 @@ internal static class ConsoleCli
             ? null : $"{name} expects a number from {min} to {max}; got '{text}'.");
 
     private static Option<string> Size(string name, string description, string fallback, bool allowZero = false) => Validated(name, description, fallback,
-        text => (allowZero && text.Trim() == "0") || OrtKvTier.Console.CommandLine.ParseSize(text) is not null
-            ? null : $"{name} expects a size such as 512MiB or 2GiB (binary) or 2GB (decimal); got '{text}'.");
+        text => OrtKvTier.Console.CommandLine.ParseSize(text, allowZero) is not null ? null : OrtKvTier.Console.CommandLine.SizeError(name, text, allowZero));
 
     private static Option<string> Duration(string name, string description) => Validated(name, description, null, text =>
     {

@@ -5,18 +5,17 @@ using OrtKvTier.Model;
 
 bool verbose = args.Contains("--verbose");
 StderrLogger.Verbose = verbose;
-var root = ConsoleCli.Build(path =>
+var root = ConsoleCli.Build((path, result) =>
 {
-    // The arguments were checked against the command's options; its implementation reads them after the command's words.
     var words = path.Split(' ');
-    var options = args.Where(a => a != "--verbose").Skip(words.Length);
+    var options = new CommandLine(result);
     return path switch
     {
-        "generate" => GenerateCommand.Run(new CommandLine(options, new HashSet<string>(["json", "sample", .. CacheOptions.Flags]))),
-        "chat" => ChatCommand.Chat(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
-        "warm" => ChatCommand.Warm(new CommandLine(options, new HashSet<string>(CacheOptions.Flags))),
-        "build-model" => BuildModelCommand.Run(new CommandLine(options, new HashSet<string>())),
-        _ when words[0] == "cache" => CacheCommand.Run(words[1], new CommandLine(options, new HashSet<string> { "json", "other-versions" })),
+        "generate" => GenerateCommand.Run(options),
+        "chat" => ChatCommand.Chat(options),
+        "warm" => ChatCommand.Warm(options),
+        "build-model" => BuildModelCommand.Run(options),
+        _ when words[0] == "cache" => CacheCommand.Run(words[1], options),
         _ => throw new UsageException($"Unknown command '{path}'."),
     };
 });
@@ -27,23 +26,23 @@ if (args.Length == 0)
     parsed.Invoke();
     return 2;
 }
+string help = $"ortkv {ConsoleCli.Path(parsed.CommandResult)} --help".Replace($"ortkv {root.Name} ", "ortkv ");
 if (parsed.Errors.Count > 0 && !args.Any(a => a is "-h" or "--help" or "-?"))
 {
     foreach (var error in parsed.Errors) Console.Error.WriteLine($"error: {error.Message}");
-    Console.Error.WriteLine($"Run 'ortkv {string.Join(' ', parsed.CommandResult.Command.Name == root.Name ? [] : new[] { parsed.CommandResult.Command.Name })} --help' for the options.".Replace("  ", " "));
+    Console.Error.WriteLine($"Run '{help}' for the options.");
     return 2;
 }
 try
 {
     return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
-catch (Exception e) when (!verbose && e is UsageException or ModelFolderException or ArgumentException or InvalidOperationException or IOException)
+catch (Exception e)
 {
-    Console.Error.WriteLine($"error: {e.Message}");
+    // What the user can fix is one line (the whole exception with --verbose); anything else names its type too.
+    bool theirs = e is UsageException or ModelFolderException or ArgumentException or InvalidOperationException or IOException or UnauthorizedAccessException;
+    string message = e is ArgumentException argument ? argument.Message.Split(" (Parameter '")[0] : e.Message;
+    Console.Error.WriteLine(verbose ? $"error: {e}" : theirs ? $"error: {message}" : $"error: {e.GetType().Name}: {message}");
+    if (e is UsageException) Console.Error.WriteLine($"Run '{help}' for the options.");
     return e is UsageException ? 2 : 1;
-}
-catch (Exception e) when (!verbose)
-{
-    Console.Error.WriteLine($"error: {e.GetType().Name}: {e.Message}");
-    return 1;
 }

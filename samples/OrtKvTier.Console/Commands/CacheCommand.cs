@@ -8,14 +8,14 @@ internal static class CacheCommand
 {
     public static int Run(string action, CommandLine cl)
     {
-        var dir = cl.String("cache-dir") ?? throw new UsageException("cache needs --cache-dir DIR.");
+        var dir = cl.String("cache-dir") ?? OrtKvTier.Cache.PrefixCacheOptions.DefaultDirectory;
         bool json = cl.Flag("json");
         if (action == "prune") return Prune(dir, cl, json);
         cl.RejectUnknown();
         if (action is not ("list" or "stats" or "verify" or "clear")) throw new UsageException($"cache expects list, stats, verify, prune or clear; got '{action}'.");
         if (action == "list") return List(dir, json);
         var pools = FindPools(dir);
-        if (pools.Count == 0) throw new UsageException($"No slot pool under {Path.GetFullPath(dir)} (looked for slots.bin in it and its subdirectories).");
+        if (pools.Count == 0) throw new UsageException($"No slot pool under {Path.GetFullPath(dir)} (looked for slots.bin in it and its subdirectories); `ortkv cache list` shows the pools of the default directory.");
 
         var results = new List<(SlotPoolStats Stats, SlotPoolVerifyReport? Report)>();
         foreach (var poolDir in pools)
@@ -156,6 +156,7 @@ internal static class CacheCommand
         {
             foreach (var d in deleted) System.Console.WriteLine($"deleted {d}");
             foreach (var d in inUse) System.Console.WriteLine($"kept {d}: another process is changing it");
+            if (deleted.Count + inUse.Count == 0) System.Console.WriteLine($"Nothing to prune: {pools.Count} pool{(pools.Count == 1 ? "" : "s")} under {Path.GetFullPath(dir)}, none matched.");
         }
         return 0;
     }

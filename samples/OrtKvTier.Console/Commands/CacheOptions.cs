@@ -26,7 +26,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
             ChunkTokens = cl.Int("chunk-tokens", defaults.ChunkTokens, min: 1),
             DiskCapacityBytes = cl.Bytes("cache-size", defaults.DiskCapacityBytes),
             HostBudgetBytes = cl.Bytes("host-cache-size", defaults.HostBudgetBytes),
-            DeviceBudgetBytes = cl.Bytes("device-cache-size", defaults.DeviceBudgetBytes),
+            DeviceBudgetBytes = cl.Bytes("device-cache-size", defaults.DeviceBudgetBytes, allowZero: true),
             Salt = cl.String("salt"),
             EncryptAtRest = cl.Flag("encrypt"),
             ShareWithGroup = cl.Flag("share-with-group"),

@@ -20,7 +20,7 @@ internal static class GenerateCommand
         var temperature = cl.Double("temperature");
         var topP = cl.Double("top-p");
         var topKText = cl.String("top-k");
-        var seedText = cl.String("seed");
+        var seed = cl.Seed("seed");
         var sharedText = cl.String("shared-buffer");
         var device = (cl.String("device") ?? "cpu") switch
         {
@@ -43,12 +43,15 @@ internal static class GenerateCommand
         var search = SearchOptions.FromConfig(model);
         search = search with
         {
-            DoSample = sample || search.DoSample,
-            Temperature = temperature ?? search.Temperature,
-            TopP = topP ?? search.TopP,
+            // Temperature 0 or top-p 0 is greedy, as --help says.
+            DoSample = (sample || search.DoSample) && temperature is not 0 && topP is not 0,
+            Temperature = temperature is > 0 ? temperature.Value : search.Temperature,
+            TopP = topP is > 0 ? topP.Value : search.TopP,
             TopK = topKText is null ? search.TopK : int.Parse(topKText, CultureInfo.InvariantCulture),
-            Seed = seedText is null ? null : ulong.Parse(seedText, CultureInfo.InvariantCulture),
+            Seed = seed,
         };
+        if (promptTokens.Length >= search.MaxLength)
+            throw new UsageException($"The prompt is {promptTokens.Length} tokens; this model takes {search.MaxLength} in all, the new tokens included. Shorten the prompt.");
         using var cache = cacheOptions.Open(model);
         var result = new TextGenerator(model, tokenizer, cache, cacheOptions.Tenant).Generate(promptTokens, maxNew, search,
             json ? null : piece => System.Console.Out.Write(piece));
