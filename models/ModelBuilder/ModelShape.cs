@@ -39,7 +39,7 @@ public sealed record ModelShape
     /// <summary>Vocabulary size, at least 256 + the special tokens + 1.</summary>
     public int Vocab { get; init; } = 512;
     /// <summary>Context length: rotary cache rows and the search max_length.</summary>
-    public int MaxLength { get; init; } = 512;
+    public int MaxLength { get; init; } = 4096;
     /// <summary>Element type of inputs, outputs and KV.</summary>
     public IoDType DType { get; init; } = IoDType.Fp32;
     /// <summary>Whether genai_config.json asks for one shared past/present buffer.</summary>

@@ -166,7 +166,7 @@ public sealed class KvGenerator : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (tokens.IsEmpty) throw new ArgumentException("AppendTokens needs at least one token.", nameof(tokens));
         if (_sequence.Count + tokens.Length > Search.MaxLength)
-            throw new ArgumentException($"The sequence would hold {_sequence.Count + tokens.Length} tokens; the most this generation takes is {Search.MaxLength} (SearchOptions.MaxLength; the model takes at most {_model.Layout.MaxLength}). Shorten the prompt.", nameof(tokens));
+            throw new ArgumentException($"The sequence would hold {_sequence.Count + tokens.Length} tokens; MaxLength is {Search.MaxLength} (SearchOptions.MaxLength; the model takes at most {_model.Layout.MaxLength}). Shorten the prompt.", nameof(tokens));
         foreach (var t in tokens)
             if ((uint)t >= (uint)_model.VocabSize)
                 throw new ArgumentOutOfRangeException(nameof(tokens), t, $"Token ids must be in [0, {_model.VocabSize}).");

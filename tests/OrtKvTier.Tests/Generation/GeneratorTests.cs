@@ -117,7 +117,7 @@ public sealed class GeneratorTests : IDisposable
         Assert.Contains("[0, 512)", Assert.Throws<ArgumentOutOfRangeException>(() => generator.AppendTokens([1, 512])).Message);
         Assert.Contains("MaxLength is 8", Assert.Throws<ArgumentException>(() => generator.AppendTokens(new int[9])).Message);
         Assert.Contains("Append prompt tokens", Assert.Throws<InvalidOperationException>(() => generator.GenerateNextToken()).Message);
-        Assert.Throws<ArgumentOutOfRangeException>(() => new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = 513 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new KvGenerator(model, SearchOptions.FromConfig(model) with { MaxLength = model.Layout.MaxLength + 1 }));
         Assert.Throws<ArgumentOutOfRangeException>(() => new KvGenerator(model, SearchOptions.FromConfig(model) with { TopP = 0 }));
         Assert.Throws<ArgumentOutOfRangeException>(() => new KvGenerator(model, SearchOptions.FromConfig(model) with { Temperature = 0 }));
         Assert.Empty(generator.Sequence);

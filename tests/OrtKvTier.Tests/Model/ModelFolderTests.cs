@@ -14,7 +14,7 @@ public sealed class ModelFolderTests : IDisposable
     {
         using var model = KvModel.Load(TestPaths.Tiny);
         var layout = model.Layout;
-        Assert.Equal((2, 2, 16, KvElementType.Float32, false, 512), (layout.Layers, layout.KvHeads, layout.HeadSize, layout.ElementType, layout.SharedBuffer, layout.MaxLength));
+        Assert.Equal((2, 2, 16, KvElementType.Float32, false, 4096), (layout.Layers, layout.KvHeads, layout.HeadSize, layout.ElementType, layout.SharedBuffer, layout.MaxLength));
         Assert.Equal(["past_key_values.0.key", "past_key_values.1.key"], layout.PastKeyNames);
         Assert.Equal(["present.0.value", "present.1.value"], layout.PresentValueNames);
         Assert.Equal(2L * 2 * 2 * 16 * 4, layout.BytesPerToken);
