@@ -7,7 +7,7 @@ using OrtKvTier.Server;
 using OrtKvTier.Server.OpenAi;
 
 // An OpenAI-compatible chat server on OrtKvTier. Settings: the OrtKvTier section (model, cache; see the README) and the
-// Server section (API keys → tenants, concurrency, queue, body limit), from appsettings.json, environment
+// Server section (API keys and their tenants, concurrency, queue, body limit), from appsettings.json, environment
 // (OrtKvTier__ModelFolder=...) or the command line (--OrtKvTier:ModelFolder=...). Default model: the repository's models/tiny.
 var builder = WebApplication.CreateBuilder(args);
 var section = builder.Configuration.GetSection(OrtKvTierOptions.SectionName);
@@ -15,6 +15,17 @@ if (string.IsNullOrEmpty(section["ModelFolder"]) && ShippedModel() is { } shippe
 builder.Services.AddOrtKvTier(section).UseLogging();
 var serverSection = builder.Configuration.GetSection("Server");
 builder.Services.Configure<ServerOptions>(serverSection);
+Tenants tenants;
+try
+{
+    tenants = new Tenants(Tenants.Read(serverSection.GetSection("ApiKeys")));
+}
+catch (InvalidOperationException e)
+{
+    Console.Error.WriteLine($"ortkv-server: {e.Message}");
+    return 1;
+}
+builder.Services.AddSingleton(tenants);
 builder.Services.AddSingleton(sp => new RequestQueue(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
 builder.Services.AddSingleton(sp => new ResponseStore(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
 // Kestrel's own limit is the most a body over the server's limit may send before its 413 (RequestBody sets each request's).

@@ -3,8 +3,8 @@ namespace OrtKvTier.Server;
 /// <summary>The server's own settings (section <c>Server</c>); the model and cache are the <c>OrtKvTier</c> section.</summary>
 public sealed class ServerOptions
 {
-    /// <summary>API key → tenant. Empty: no key is asked for and every request is one tenant.</summary>
-    public Dictionary<string, string> ApiKeys { get; set; } = [];
+    /// <summary>API keys and their tenants (see <see cref="Tenants"/>). Empty: no key is asked for and every request is one tenant.</summary>
+    public List<ApiKey> ApiKeys { get; set; } = [];
 
     /// <summary>Generations running at once. Default: one per two cores, at least one.</summary>
     public int MaxConcurrent { get; set; } = Math.Max(1, Environment.ProcessorCount / 2);

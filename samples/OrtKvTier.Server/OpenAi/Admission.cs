@@ -16,7 +16,7 @@ public static class Admission
         ["Temperature"] = "temperature", ["TopP"] = "top_p", ["PresencePenalty"] = "presence_penalty", ["FrequencyPenalty"] = "frequency_penalty", ["LogitBias"] = "logit_bias",
     };
 
-    public static string Tenant(HttpContext context, ServerOptions options) => Tenants.Authenticate(context, options)
+    public static string Tenant(HttpContext context) => context.RequestServices.GetRequiredService<Tenants>().Authenticate(context)
         ?? throw new OpenAiErrorException(new OpenAiError(401, "Incorrect or missing API key: send 'Authorization: Bearer KEY' with a key this server knows.", "invalid_request_error", null, "invalid_api_key"));
 
     public static void CheckModel(string requested, IChatClient chat)
@@ -29,6 +29,23 @@ public static class Admission
     public static async Task<IDisposable> EnterAsync(RequestQueue queue, ServerOptions options, CancellationToken cancellationToken) =>
         await queue.EnterAsync(cancellationToken) ?? throw new OpenAiErrorException(new OpenAiError(429,
             "The server is busy: every generation slot and queue place is taken. Retry after the time in Retry-After.", "requests", null, "rate_limit_exceeded", options.RetryAfterSeconds));
+
+    /// <summary>A generation slot for a prompt the model can take: the place in the queue first, then the prompt checked in it.</summary>
+    public static async Task<IDisposable> EnterAsync(RequestQueue queue, ServerOptions options, IChatClient chat, KvModel model,
+        IEnumerable<ChatMessage> messages, ChatOptions chatOptions, string field, CancellationToken cancellationToken)
+    {
+        var slot = await EnterAsync(queue, options, cancellationToken);
+        try
+        {
+            CheckFits(chat, model, messages, chatOptions, field);
+            return slot;
+        }
+        catch
+        {
+            slot.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>A prompt the model cannot take is a 400 before anything runs (a stream cannot change its status later).</summary>
     public static void CheckFits(IChatClient chat, KvModel model, IEnumerable<ChatMessage> messages, ChatOptions options, string field)

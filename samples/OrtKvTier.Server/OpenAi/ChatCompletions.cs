@@ -16,22 +16,13 @@ public static class ChatCompletions
         IDisposable slot;
         try
         {
-            string tenant = Admission.Tenant(context, server.Value);
+            string tenant = Admission.Tenant(context);
             using (var body = await RequestBody.ReadAsync(context.Request, server.Value.MaxRequestBodyBytes, aborted))
                 request = ChatRequest.Parse(body.RootElement);
             Admission.CheckModel(request.Model, chat);
             // The tenant comes from the API key, never from the body: tenants never hit (or time) each other's cache entries.
             (request.Options.AdditionalProperties ??= [])[KvChatClient.TenantProperty] = tenant;
-            slot = await Admission.EnterAsync(queue, server.Value, aborted);
-            try
-            {
-                Admission.CheckFits(chat, model, request.Messages, request.Options, "messages");
-            }
-            catch
-            {
-                slot.Dispose();
-                throw;
-            }
+            slot = await Admission.EnterAsync(queue, server.Value, chat, model, request.Messages, request.Options, "messages", aborted);
         }
         catch (OpenAiErrorException e)
         {

@@ -23,7 +23,7 @@ public static class Responses
         IDisposable slot;
         try
         {
-            tenant = Admission.Tenant(context, server.Value);
+            tenant = Admission.Tenant(context);
             using (var body = await RequestBody.ReadAsync(context.Request, server.Value.MaxRequestBodyBytes, aborted))
                 request = ResponsesRequest.Parse(body.RootElement);
             Admission.CheckModel(request.Model, chat);
@@ -34,16 +34,7 @@ public static class Responses
                     "invalid_request_error", "previous_response_id", "previous_response_not_found"))).Conversation);
             conversation.AddRange(request.Input);
             (request.Options.AdditionalProperties ??= [])[KvChatClient.TenantProperty] = tenant;
-            slot = await Admission.EnterAsync(queue, server.Value, aborted);
-            try
-            {
-                Admission.CheckFits(chat, model, conversation, request.Options, "input");
-            }
-            catch
-            {
-                slot.Dispose();
-                throw;
-            }
+            slot = await Admission.EnterAsync(queue, server.Value, chat, model, conversation, request.Options, "input", aborted);
         }
         catch (OpenAiErrorException e)
         {
@@ -66,11 +57,11 @@ public static class Responses
         }
     }
 
-    public static IResult Get(HttpContext context, string id, ResponseStore store, IOptions<ServerOptions> server)
+    public static IResult Get(HttpContext context, string id, ResponseStore store)
     {
         try
         {
-            var stored = store.Find(Admission.Tenant(context, server.Value), id)
+            var stored = store.Find(Admission.Tenant(context), id)
                 ?? throw new OpenAiErrorException(new OpenAiError(404, $"No response with id '{id}' is stored for this API key.", "invalid_request_error", "id", "not_found"));
             return Results.Text(stored.Response.ToJsonString(), "application/json");
         }

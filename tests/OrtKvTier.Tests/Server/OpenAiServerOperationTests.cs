@@ -79,6 +79,42 @@ public sealed class OpenAiServerOperationTests : IDisposable
         Assert.DoesNotContain("   at ", output);
     }
 
+    [Fact]
+    public async Task KeysThatDifferOnlyInLetterCaseAreTwoTenantsAndKeysMayHoldAnyCharacter()
+    {
+        using var server = ServerProcess.Start(_temp.Sub("cache"), ("Logging:LogLevel:Default", "Warning"),
+            ("Server:ApiKeys:0:Key", "sk-Team:A"), ("Server:ApiKeys:0:Tenant", "upper"), ("Server:ApiKeys:1:Key", "sk-team:a"), ("Server:ApiKeys:1:Tenant", "lower"));
+        using var http = new HttpClient { Timeout = TimeSpan.FromMinutes(1) };
+        string prompt = "Tenant case test. " + string.Join(' ', Enumerable.Repeat("The manual says the reset button is on the back.", 4));
+        async Task<int?> Cached(string key)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(server.BaseUri, "v1/chat/completions"))
+            {
+                Content = new StringContent(System.Text.Json.JsonSerializer.Serialize(new { model = "tiny", max_tokens = 2, messages = new[] { new { role = "user", content = prompt } } }), Encoding.UTF8, "application/json"),
+            };
+            request.Headers.Authorization = new("Bearer", key);
+            using var response = await http.SendAsync(request);
+            if (response.StatusCode != HttpStatusCode.OK) return null;
+            return System.Text.Json.JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32();
+        }
+        Assert.Equal(0, await Cached("sk-Team:A"));
+        Assert.Equal(0, await Cached("sk-team:a"));   // the other tenant: its own entries only
+        Assert.True(await Cached("sk-Team:A") > 16);
+        Assert.Null(await Cached("SK-TEAM:A"));        // a third spelling is no key at all: 401
+    }
+
+    [Theory]
+    [InlineData("holds 'key-alice' as a name", "--Server:ApiKeys:key-alice=alice")]
+    [InlineData("repeats the key of an earlier entry", "--Server:ApiKeys:0:Key=k", "--Server:ApiKeys:0:Tenant=a", "--Server:ApiKeys:1:Key=k", "--Server:ApiKeys:1:Tenant=b")]
+    [InlineData("needs a Key and a Tenant", "--Server:ApiKeys:0:Key=k")]
+    public void KeysThatCouldMergeOrOpenTheServerStopItAtStartUp(string message, params string[] settings)
+    {
+        var (code, output) = RunServer([.. settings, "--urls", $"http://127.0.0.1:{LoopbackPort.Free()}", "--OrtKvTier:CacheDirectory=" + _temp.Sub("cache")]);
+        Assert.Equal(1, code);
+        Assert.Contains(message, output);
+        Assert.DoesNotContain("   at ", output);
+    }
+
     private static (int Code, string Output) RunServer(params string[] args)
     {
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = TestPaths.RepoRoot };

@@ -24,7 +24,7 @@ public sealed class OpenAiServerTests : IClassFixture<OpenAiServerTests.SharedSe
         private readonly TempDir _temp = new();
 
         public SharedServer() => Server = ServerProcess.Start(_temp.Sub("cache"),
-            ("Server:ApiKeys:key-alice", "alice"), ("Server:ApiKeys:key-bob", "bob"), ("Server:MaxConcurrent", "2"), ("Server:MaxQueued", "8"));
+            ("Server:ApiKeys:0:Key", "key-alice"), ("Server:ApiKeys:0:Tenant", "alice"), ("Server:ApiKeys:1:Key", "key-bob"), ("Server:ApiKeys:1:Tenant", "bob"), ("Server:MaxConcurrent", "2"), ("Server:MaxQueued", "8"));
 
         internal ServerProcess Server { get; }
 
