@@ -229,7 +229,7 @@ internal static class BenchRemoteCommand
     private sealed class PlainClient(string endpoint, int sockets) : IDisposable
     {
         private readonly ConnectionMultiplexer _topology = ConnectionMultiplexer.Connect(RemoteTierOptions.ConfigurationFor(endpoint));
-        private readonly WireFetcher _wire = new(ConfigurationOptions.Parse(RemoteTierOptions.ConfigurationFor(endpoint)), sockets, TimeSpan.FromSeconds(5), 1L << 30);
+        private readonly WireFetcher _wire = new(ConfigurationOptions.Parse(RemoteTierOptions.ConfigurationFor(endpoint)), sockets, TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(5), 1L << 30);
 
         public static PlainClient Connect(string endpoint, int sockets) => new(endpoint, sockets);
 

@@ -77,7 +77,7 @@ public sealed class RemoteClusterTests : IDisposable
         var keys = Enumerable.Range(0, 24).Select(i => $"{_namespace}:moved:{i}").ToArray();
         foreach (var key in keys) redis.GetDatabase().StringSet(key, key);
         var first = redis.GetServer(cluster.Nodes[0]).EndPoint;
-        using var wire = new WireFetcher(StackExchange.Redis.ConfigurationOptions.Parse(cluster.Connection), 2, TimeSpan.FromSeconds(5), 1 << 20);
+        using var wire = new WireFetcher(StackExchange.Redis.ConfigurationOptions.Parse(cluster.Connection), 2, TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(5), 1 << 20);
         var arrived = new System.Collections.Concurrent.ConcurrentDictionary<int, string>();
         // Every key asked of the first node, as a stale slot map would: the others answer MOVED.
         var (failures, redirected) = wire.Fetch(keys, _ => first, null, (i, value, _) => arrived[i] = value is { } v ? System.Text.Encoding.UTF8.GetString(v.Span) : "(nil)");

@@ -59,7 +59,7 @@ public sealed class RemoteTier : IKvChunkTier
         // operation, and none at all if it never needs the server. The client keeps reconnecting behind it.
         _connecting = ConnectionMultiplexer.ConnectAsync(config);
         if (options.SocketsPerServer > 0 && WireFetcher.Supports(config))
-            _wire = new WireFetcher(config, options.SocketsPerServer, options.OperationTimeout, options.MaxValueBytes);
+            _wire = new WireFetcher(config, options.SocketsPerServer, options.OperationTimeout, options.FetchDeadline, options.MaxValueBytes);
     }
 
     /// <summary>For a cache of <paramref name="model"/> with chunks of <paramref name="chunkTokens"/> (PrefixCacheOptions.ChunkTokens).</summary>
@@ -74,6 +74,9 @@ public sealed class RemoteTier : IKvChunkTier
 
     /// <inheritdoc />
     public TierCost Cost => TierCost.NetworkRoundTrip;
+
+    /// <summary>Waits until the client is connected (tests: a loaded machine may take longer than the connect timeout the tier allows itself).</summary>
+    internal bool WaitUntilConnected(TimeSpan timeout) => _connecting.Wait(timeout) && _connecting.Result.IsConnected;
 
     /// <summary>Whether the circuit breaker is open (the server is being left alone).</summary>
     public bool IsBroken => DateTime.UtcNow.Ticks < Interlocked.Read(ref _openUntilTicks);
@@ -165,10 +168,12 @@ public sealed class RemoteTier : IKvChunkTier
             Interlocked.Add(ref _misses, keys.Count);
             return found;
         }
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
         for (int i = 0; i < keys.Count; i++)
         {
             var arriving = pending[i];
-            bool came = Guarded(_ => arriving.Wait(_options.OperationTimeout) ? true : throw new TimeoutException($"GET {Key(keys[i])} took longer than {_options.OperationTimeout.TotalMilliseconds:F0} ms"), false);
+            var left = _options.FetchDeadline - deadline.Elapsed;
+            bool came = Guarded(_ => left > TimeSpan.Zero && arriving.Wait(left) ? true : throw new TimeoutException($"the fetch of {keys.Count} values took longer than {_options.FetchDeadline.TotalMilliseconds:F0} ms"), false);
             if (!came)
             {
                 // Given up on: its buffer goes back to the pool whenever it comes.
@@ -303,10 +308,15 @@ public sealed class RemoteTier : IKvChunkTier
         }
         catch (Exception e) when (e is RedisException or TimeoutException or ObjectDisposedException or AggregateException)
         {
+            // A refusal by the server (out of memory, a read-only replica, no permission) is said once per kind.
+            if (e is RedisServerException refused && _refusalsSaid.TryAdd(refused.Message.Split(' ')[0], 0))
+                _logger?.LogWarning("Remote tier {Connection}: the server refused an operation: {Reason}. Values are not stored there while it does.", _options.Connection, refused.Message);
             Fail(e);
             return fallback;
         }
     }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _refusalsSaid = new(StringComparer.Ordinal);
 
     /// <summary>Counts a failed operation; enough in a row open the circuit.</summary>
     private void Fail(Exception e)

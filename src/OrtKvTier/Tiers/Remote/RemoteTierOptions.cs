@@ -34,6 +34,14 @@ public sealed record RemoteTierOptions
     /// <summary>Time allowed for one operation before it counts as a failure (connecting gets at least 1 s). Default 250 ms.</summary>
     public TimeSpan OperationTimeout { get; init; } = TimeSpan.FromMilliseconds(250);
 
+    /// <summary>
+    /// The most one restore's fetch of values may take, all of them together (a server that trickles bytes or answers
+    /// nonsense costs at most this, then its keys are misses); never less than <see cref="OperationTimeout"/>. Default 1 s.
+    /// </summary>
+    public TimeSpan FetchTimeout { get; init; } = TimeSpan.FromSeconds(1);
+
+    internal TimeSpan FetchDeadline => FetchTimeout > OperationTimeout ? FetchTimeout : OperationTimeout;
+
     /// <summary>Consecutive failures that open the circuit (no server calls until <see cref="BreakDuration"/> passes). Default 3.</summary>
     public int FailuresToBreak { get; init; } = 3;
 
@@ -76,6 +84,7 @@ public sealed record RemoteTierOptions
         if (SecretKey is { Length: < Security.CacheSecret.MinKeyBytes })
             throw new ArgumentException($"SecretKey needs at least {Security.CacheSecret.MinKeyBytes} bytes (32 random bytes recommended); got {SecretKey.Length}.", nameof(SecretKey));
         if (OperationTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(OperationTimeout), OperationTimeout, "OperationTimeout must be positive.");
+        if (FetchTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(FetchTimeout), FetchTimeout, "FetchTimeout must be positive.");
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(FailuresToBreak);
         ArgumentOutOfRangeException.ThrowIfNegative(SocketsPerServer);
         if (BreakDuration < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(BreakDuration), BreakDuration, "BreakDuration must not be negative.");

@@ -15,7 +15,12 @@ namespace OrtKvTier.Tiers.Remote;
 /// (one value each, at most <see cref="RemoteTierOptions.MaxValueBytes"/>); the caller routes each key to its server
 /// (a cluster's node for the key's slot). Not for TLS connections (the tier keeps its client's path for those).
 /// </summary>
-internal sealed class WireFetcher(ConfigurationOptions configuration, int socketsPerServer, TimeSpan timeout, long maxValueBytes) : IDisposable
+/// <remarks>
+/// The server is untrusted input: every reply's type and length is parsed with bounds, and one deadline
+/// (<see cref="RemoteTierOptions.FetchTimeout"/>) covers a whole fetch, so a server that trickles bytes or answers
+/// nonsense costs at most that deadline (its keys are misses and its connection is dropped).
+/// </remarks>
+internal sealed class WireFetcher(ConfigurationOptions configuration, int socketsPerServer, TimeSpan timeout, TimeSpan fetchTimeout, long maxValueBytes) : IDisposable
 {
     private static readonly ArrayPool<byte> Buffers = ArrayPool<byte>.Create(64 << 20, 32);
     private readonly ConcurrentDictionary<EndPoint, ConcurrentBag<WireConnection>> _idle = new();
@@ -56,7 +61,7 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
             for (int s = 0; s < sockets; s++) groups.Add((server, indices.Where((_, n) => n % sockets == s).ToArray()));
         }
         int failures = 0;
-        var job = new FetchJob(keys, targetOf, arrived, redirected);
+        var job = new FetchJob(keys, targetOf, arrived, redirected, System.Diagnostics.Stopwatch.GetTimestamp() + (long)(fetchTimeout.TotalSeconds * System.Diagnostics.Stopwatch.Frequency));
         // A thread per socket (they block on the network): pool threads would wait to be injected on a busy machine.
         var readers = groups.Skip(1).Select(group => Task.Factory.StartNew(() =>
         {
@@ -68,7 +73,7 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
     }
 
     /// <summary>What every socket of one fetch shares.</summary>
-    private sealed record FetchJob(IReadOnlyList<string> Keys, Func<int, ValueTarget?>? TargetOf, ValueArrived Arrived, ConcurrentBag<int> Redirected);
+    private sealed record FetchJob(IReadOnlyList<string> Keys, Func<int, ValueTarget?>? TargetOf, ValueArrived Arrived, ConcurrentBag<int> Redirected, long Deadline);
 
     /// <summary>One socket's part: all its GETs sent at once, the replies read in order. False when the connection failed (the rest of its keys are misses).</summary>
     private bool FetchOn(EndPoint server, int[] indices, FetchJob job)
@@ -78,6 +83,7 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
         try
         {
             connection = Rent(server);
+            connection.Deadline = job.Deadline;
             connection.SendGets(indices.Select(i => job.Keys[i]));
             for (; done < indices.Length; done++)
             {
@@ -88,7 +94,7 @@ internal sealed class WireFetcher(ConfigurationOptions configuration, int socket
             Return(server, connection);
             return true;
         }
-        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidDataException)
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidDataException or TimeoutException)
         {
             connection?.Dispose();
             for (; done < indices.Length; done++) job.Arrived(indices[done], null, false);
@@ -133,14 +139,24 @@ internal sealed class WireConnection : IDisposable
     private readonly byte[] _buffer = new byte[256 << 10];
     private int _start, _end;
 
-    private WireConnection(Socket socket) => _socket = socket;
+    private readonly int _operationMilliseconds;
+    private int _receiveMilliseconds;
+
+    private WireConnection(Socket socket, int operationMilliseconds)
+    {
+        _socket = socket;
+        _operationMilliseconds = _receiveMilliseconds = operationMilliseconds;
+    }
+
+    /// <summary>When the fetch under way must be done (<see cref="System.Diagnostics.Stopwatch"/> ticks); 0: none.</summary>
+    public long Deadline { get; set; }
 
     public static WireConnection Open(EndPoint server, ConfigurationOptions configuration, TimeSpan timeout)
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = 4 << 20 };
         int milliseconds = (int)Math.Max(1, timeout.TotalMilliseconds);
         socket.ReceiveTimeout = socket.SendTimeout = milliseconds;
-        var connection = new WireConnection(socket);
+        var connection = new WireConnection(socket, milliseconds);
         try
         {
             var connecting = server switch
@@ -184,8 +200,9 @@ internal sealed class WireConnection : IDisposable
         switch (line[0])
         {
             case (byte)'$':
-                long length = long.Parse(Encoding.ASCII.GetString(line[1..]), System.Globalization.CultureInfo.InvariantCulture);
-                if (length < 0)
+                if (!long.TryParse(line.AsSpan(1), System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out long length) || length < -1)
+                    throw new InvalidDataException($"a bulk length that is not one: '{Printable(line)}'");
+                if (length == -1)
                 {
                     arrived(null, false);
                     return true;
@@ -198,7 +215,9 @@ internal sealed class WireConnection : IDisposable
                 {
                     ReadExactly(value.AsSpan(0, buffered));
                     if (split) ReadExactly(target!.Value.Payload.Span); // straight from the socket to where it is kept
-                    ReadExactly(stackalloc byte[2]); // CRLF
+                    Span<byte> end = stackalloc byte[2];
+                    ReadExactly(end);
+                    if (end[0] != (byte)'\r' || end[1] != (byte)'\n') throw new InvalidDataException("a value not followed by CRLF");
                     arrived(value.AsMemory(0, buffered), split);
                 }
                 finally
@@ -211,7 +230,7 @@ internal sealed class WireConnection : IDisposable
                 arrived(null, false); // a LOADING server, a wrong type: a miss
                 return true;
             default:
-                throw new InvalidDataException($"unexpected reply '{Encoding.ASCII.GetString(line)}' to GET");
+                throw new InvalidDataException($"unexpected reply '{Printable(line)}' to GET");
         }
     }
 
@@ -261,7 +280,7 @@ internal sealed class WireConnection : IDisposable
         // Large values go from the socket straight into their buffer.
         for (int read = buffered; read < into.Length;)
         {
-            int n = _socket.Receive(into[read..]);
+            int n = Receive(into[read..]);
             if (n == 0) throw new IOException("the server closed the connection");
             read += n;
         }
@@ -274,10 +293,28 @@ internal sealed class WireConnection : IDisposable
             _buffer.AsSpan(_start, _end - _start).CopyTo(_buffer);
             (_end, _start) = (_end - _start, 0);
         }
-        int n = _socket.Receive(_buffer, _end, _buffer.Length - _end, SocketFlags.None);
-        if (n == 0) throw new IOException("the server closed the connection");
+        int n = Receive(_buffer.AsSpan(_end));
         _end += n;
     }
+
+    /// <summary>One receive, within what is left of the fetch's deadline.</summary>
+    private int Receive(Span<byte> into)
+    {
+        int milliseconds = _operationMilliseconds;
+        if (Deadline != 0)
+        {
+            long left = Deadline - System.Diagnostics.Stopwatch.GetTimestamp();
+            if (left <= 0) throw new TimeoutException("the fetch took longer than its deadline (RemoteTierOptions.FetchTimeout)");
+            milliseconds = (int)Math.Clamp(left * 1000 / System.Diagnostics.Stopwatch.Frequency, 1, _operationMilliseconds);
+        }
+        if (milliseconds != _receiveMilliseconds) _socket.ReceiveTimeout = _receiveMilliseconds = milliseconds;
+        int n = _socket.Receive(into);
+        if (n == 0) throw new IOException("the server closed the connection");
+        return n;
+    }
+
+    private static string Printable(byte[] line) =>
+        new(Encoding.ASCII.GetString(line, 0, Math.Min(line.Length, 64)).Select(c => char.IsControl(c) ? '?' : c).ToArray());
 
     public void Dispose() => _socket.Dispose();
 }
