@@ -181,11 +181,30 @@ internal sealed class DiskTier : IInPlaceReadTier
     /// <inheritdoc />
     public void Touch(IReadOnlyList<ChunkKey> keys)
     {
-        if (!Pool.IsReadOnly) Pool.Touch(keys);
+        if (Pool.IsReadOnly) return;
+        try
+        {
+            Pool.Touch(keys);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _faults.Report(Id, "touch", $"marking entries of {Pool.Directory} as used failed ({e.Message}); they may be evicted sooner.", e);
+        }
     }
 
     /// <inheritdoc />
-    public bool Remove(ChunkKey key) => Writable && Pool.Remove(key);
+    public bool Remove(ChunkKey key)
+    {
+        try
+        {
+            return Writable && Pool.Remove(key);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _faults.Report(Id, "remove", $"removing an entry from {Pool.Directory} failed ({e.Message}).", e);
+            return false;
+        }
+    }
 
     /// <inheritdoc />
     public void Clear()
