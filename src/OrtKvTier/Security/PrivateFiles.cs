@@ -19,7 +19,7 @@ internal static partial class PrivateFiles
     /// <summary>How to open a file.</summary>
     public enum Access { Read, ReadWrite, CreateOrOpen, CreateNew }
 
-    /// <summary>Creates <paramref name="directory"/> (and its parents) owner-only, or group-shared, where it is missing; an existing one is left as it is.</summary>
+    /// <summary>Creates <paramref name="directory"/> and its missing parents owner-only, or group-shared, whatever the umask; an existing one is left as it is.</summary>
     public static void CreateDirectory(string directory, bool shareWithGroup = false)
     {
         if (OperatingSystem.IsWindows())
@@ -29,8 +29,14 @@ internal static partial class PrivateFiles
         }
         if (Directory.Exists(directory)) return;
         var mode = shareWithGroup ? GroupDirectory : OwnerDirectory;
-        Directory.CreateDirectory(directory, mode);
-        if (shareWithGroup) File.SetUnixFileMode(directory, mode); // the umask may have taken group bits away
+        // One level at a time: Directory.CreateDirectory gives missing parents 0777 less the umask, which may be nothing.
+        var missing = new Stack<string>();
+        for (var dir = Path.GetFullPath(directory); !Directory.Exists(dir); dir = Path.GetDirectoryName(dir)!) missing.Push(dir);
+        foreach (var dir in missing)
+        {
+            Directory.CreateDirectory(dir, mode);
+            if (shareWithGroup) File.SetUnixFileMode(dir, mode); // the umask may have taken group bits away
+        }
     }
 
     /// <summary>Whether files in <paramref name="directory"/> are shared with its group (the directory is group-writable).</summary>

@@ -228,7 +228,8 @@ public sealed class AttackTests : IDisposable
     [System.Runtime.Versioning.SupportedOSPlatform("linux")]
     public void UnderUmask000EveryCacheFileIsOwnerOnly()
     {
-        var dir = _temp.Sub("umask-cache");
+        // Two missing parents: they are created owner-only too (Directory.CreateDirectory would give them 0777 under umask 000).
+        var dir = Path.Combine(_temp.Sub("missing-parent"), "and-another", "umask-cache");
         var info = new ProcessStartInfo("sh") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = TestPaths.RepoRoot };
         foreach (var a in new[] { "-c", "umask 000 && exec dotnet \"$@\"", "sh", ChildProcess.ConsoleDll, "generate", "--model", TestPaths.Tiny, "--prompt", "hello hello hello hello hello hello hello hello hello",
                      "--max-new-tokens", "2", "--chunk-tokens", "16", "--cache-dir", dir, "--json" })
@@ -241,7 +242,7 @@ public sealed class AttackTests : IDisposable
             Assert.True(process.ExitCode == 0, stderr.Result);
         }
         var owner = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        foreach (var directory in Directory.GetDirectories(dir, "*", SearchOption.AllDirectories).Prepend(dir))
+        foreach (var directory in Directory.GetDirectories(dir, "*", SearchOption.AllDirectories).Prepend(dir).Append(Path.GetDirectoryName(dir)!).Append(_temp.Sub("missing-parent")))
             Assert.True(File.GetUnixFileMode(directory) == (owner | UnixFileMode.UserExecute), $"{directory} is {File.GetUnixFileMode(directory)}");
         var files = Directory.GetFiles(dir, "*", SearchOption.AllDirectories);
         Assert.Contains(files, f => Path.GetFileName(f) == CacheKeys.FileName);
@@ -327,7 +328,7 @@ public sealed class AttackTests : IDisposable
         Assert.True(Json(ChildProcess.ConsoleAs(40001, 40000, none, Run(second, "--share-with-group"))).GetProperty("cached_tokens").GetInt32() > 0,
             "the first member did not hit what the second wrote");
 
-        foreach (var directory in Directory.GetDirectories(dir, "*", SearchOption.AllDirectories).Prepend(dir))
+        foreach (var directory in Directory.GetDirectories(dir, "*", SearchOption.AllDirectories).Prepend(dir).Append(Path.GetDirectoryName(dir)!).Append(_temp.Sub("missing-parent")))
             Assert.True((File.GetUnixFileMode(directory) & (UnixFileMode)0b111_111_111) == (UnixFileMode)0b111_111_000, $"{directory} is {File.GetUnixFileMode(directory)}");
         foreach (var file in Directory.GetFiles(dir, "*", SearchOption.AllDirectories))
             Assert.True(File.GetUnixFileMode(file) == (UnixFileMode)0b110_110_000, $"{file} is {File.GetUnixFileMode(file)}");
