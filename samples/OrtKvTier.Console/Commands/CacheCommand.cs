@@ -18,6 +18,7 @@ internal static class CacheCommand
         if (pools.Count == 0) throw new UsageException($"No slot pool under {Path.GetFullPath(dir)} (looked for slots.bin in it and its subdirectories); `ortkv cache list` shows the pools of the default directory.");
 
         var results = new List<(SlotPoolStats Stats, SlotPoolVerifyReport? Report)>();
+        int skipped = 0;
         foreach (var poolDir in pools)
         {
             if (OtherVersion(poolDir) is { } other)
@@ -25,11 +26,20 @@ internal static class CacheCommand
                 System.Console.Error.WriteLine($"skipped {poolDir}: {other}");
                 continue;
             }
-            using var pool = SlotPool.OpenExisting(poolDir, readOnly: action != "clear");
-            SlotPoolVerifyReport? report = null;
-            if (action == "verify") report = pool.Verify();
-            if (action == "clear") pool.Clear();
-            results.Add((pool.GetStats(), report));
+            try
+            {
+                using var pool = SlotPool.OpenExisting(poolDir, readOnly: action != "clear");
+                SlotPoolVerifyReport? report = null;
+                if (action == "verify") report = pool.Verify();
+                if (action == "clear") pool.Clear();
+                results.Add((pool.GetStats(), report));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // One unreadable pool (a planted link or FIFO, another user's files) does not stop the others.
+                System.Console.Error.WriteLine($"skipped {poolDir}: {e.Message}");
+                skipped++;
+            }
         }
 
         if (json) JsonOutput.Write(w => WriteJson(w, action, results));
@@ -43,7 +53,7 @@ internal static class CacheCommand
                     System.Console.WriteLine($"  verified {report.Checked}: {report.Valid} valid, {report.Dropped} dropped, {report.BytesVerified / 1e9 / Math.Max(report.Elapsed.TotalSeconds, 1e-9):F2} GB/s");
                 if (action == "clear") System.Console.WriteLine("  cleared");
             }
-        return results.Any(r => r.Report is { Dropped: > 0 }) ? 3 : 0;
+        return results.Any(r => r.Report is { Dropped: > 0 }) ? 3 : skipped > 0 ? 1 : 0;
     }
 
     private static void WriteJson(Utf8JsonWriter w, string action, List<(SlotPoolStats Stats, SlotPoolVerifyReport? Report)> results)
@@ -85,8 +95,15 @@ internal static class CacheCommand
                 unreadable.Add((poolDir, other));
                 continue;
             }
-            using var pool = SlotPool.OpenExisting(poolDir);
-            rows.Add((poolDir, lastUse, pool.GetStats()));
+            try
+            {
+                using var pool = SlotPool.OpenExisting(poolDir);
+                rows.Add((poolDir, lastUse, pool.GetStats()));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                unreadable.Add((poolDir, e.Message));
+            }
         }
         if (json)
             JsonOutput.Write(w =>
@@ -140,8 +157,19 @@ internal static class CacheCommand
             : keep is { } n ? pools.Skip(n) : pools.Where(p => DateTime.UtcNow - p.LastUse > olderThan);
         var deleted = new List<string>();
         var inUse = new List<string>();
+        var refused = new List<(string Dir, string Why)>();
         foreach (var (poolDir, _) in doomed)
-            (TryDeletePool(poolDir) ? deleted : inUse).Add(poolDir);
+        {
+            try
+            {
+                (SlotPool.TryDelete(poolDir) ? deleted : inUse).Add(poolDir);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                refused.Add((poolDir, e.Message));
+            }
+        }
+        foreach (var (poolDir, why) in refused) System.Console.Error.WriteLine($"kept {poolDir}: {why}");
         if (json)
             JsonOutput.Write(w =>
             {
@@ -161,23 +189,6 @@ internal static class CacheCommand
         return 0;
     }
 
-    /// <summary>Deletes a pool's directory while holding its writer lock; false when another process holds it.</summary>
-    private static bool TryDeletePool(string poolDir)
-    {
-        var lockPath = Path.Combine(poolDir, "writer.lock");
-        try
-        {
-            using (new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None))
-                foreach (var file in Directory.GetFiles(poolDir).Where(f => f != lockPath)) File.Delete(file);
-        }
-        catch (IOException) when (File.Exists(Path.Combine(poolDir, "slots.bin"))) // the writer lock is held
-        {
-            return false;
-        }
-        Directory.Delete(poolDir, recursive: true);
-        return true;
-    }
-
     /// <summary>Why the pool in <paramref name="poolDir"/> cannot be read by this build (another format version), or null.</summary>
     private static string? OtherVersion(string poolDir)
     {
@@ -190,6 +201,10 @@ internal static class CacheCommand
         {
             return e.Message;
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null; // not a version matter: opening the pool says what it is
+        }
     }
 
     private static List<(string Dir, DateTime LastUse)> PoolsByLastUse(string dir) =>
@@ -199,10 +214,17 @@ internal static class CacheCommand
     private static DateTime LastUse(string poolDir) =>
         Directory.GetFiles(poolDir).Select(File.GetLastWriteTimeUtc).DefaultIfEmpty(DateTime.MinValue).Max();
 
+    /// <summary>
+    /// The pools under the cache directory (or the directory itself when it is one). Links are never followed: a cache
+    /// directory that is a link is refused, and a link inside it is no pool (what it points at is not the cache's).
+    /// </summary>
     private static List<string> FindPools(string dir)
     {
+        if (new DirectoryInfo(dir).LinkTarget is { } target)
+            throw new UsageException($"{Path.GetFullPath(dir)} is a symbolic link (to {target}); the cache commands never follow one. Pass the directory itself: --cache-dir {target}.");
         if (!Directory.Exists(dir)) return [];
-        if (File.Exists(Path.Combine(dir, "slots.bin"))) return [dir];
-        return Directory.GetDirectories(dir).Where(d => File.Exists(Path.Combine(d, "slots.bin"))).Order(StringComparer.Ordinal).ToList();
+        static bool IsPool(string d) => new DirectoryInfo(d).LinkTarget is null && new FileInfo(Path.Combine(d, "slots.bin")) is { Exists: true, LinkTarget: null };
+        if (IsPool(dir)) return [dir];
+        return Directory.GetDirectories(dir).Where(IsPool).Order(StringComparer.Ordinal).ToList();
     }
 }

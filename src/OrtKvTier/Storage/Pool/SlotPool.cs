@@ -240,6 +240,49 @@ public sealed unsafe partial class SlotPool : IDisposable
         return Open(new SlotPoolOptions { Directory = directory, Identity = header.Identity, WriterLockTimeout = TimeSpan.FromSeconds(2) });
     }
 
+    /// <summary>
+    /// Deletes the pool in <paramref name="directory"/> under its writer lock: its own files only (data, journal, snapshot,
+    /// temporaries, a staged shrink, the lock), then the directory if nothing else is left in it. False, deleting nothing,
+    /// when another process is changing the pool. A directory that is a symbolic link is refused (nothing behind it is
+    /// touched); a process that has the pool open goes on with the files it holds open.
+    /// </summary>
+    public static bool TryDelete(string directory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(directory));
+        PrivateFiles.RefuseLink(full);
+        var medium = new FileMedium(full);
+        using (var writerLock = new PoolLock(medium.OpenLock(LockFileName), full))
+        {
+            PoolLock.Holding hold;
+            try
+            {
+                hold = writerLock.Acquire(TimeSpan.FromMilliseconds(200));
+            }
+            catch (SlotPoolLockedException)
+            {
+                return false;
+            }
+            using (hold)
+            {
+                SlotFile.DeletePoolFiles(new PrefixedMedium(medium, ShrinkPrefix));
+                medium.Delete(ShrinkPrefix + LockFileName);
+                SlotFile.DeletePoolFiles(medium);
+                medium.Delete(LivenessFileName);
+                medium.Delete(LockFileName);
+            }
+        }
+        try
+        {
+            System.IO.Directory.Delete(full);
+        }
+        catch (IOException)
+        {
+            // Something else lives there: it is not the pool's to delete.
+        }
+        return true;
+    }
+
     /// <summary>What the pool in <paramref name="directory"/> holds, from its data file's header; an <see cref="IOException"/> says why it cannot be read.</summary>
     public static SlotPoolIdentity ReadIdentity(string directory) => SlotFile.ReadHeaderOf(new FileMedium(Path.GetFullPath(directory))).Identity;
 

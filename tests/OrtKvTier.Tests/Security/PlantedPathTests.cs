@@ -1,0 +1,102 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using OrtKvTier.Tests.Support;
+
+namespace OrtKvTier.Tests.Security;
+
+/// <summary>
+/// Links, FIFOs and sockets planted in a cache directory by anyone who can write it: every `cache` command returns
+/// within 10 s, and nothing outside the cache directory changes (a victim tree hashed before and after).
+/// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
+public sealed class PlantedPathTests : IDisposable
+{
+    private readonly TempDir _temp = new();
+
+    private string MakeCache(string name)
+    {
+        var dir = _temp.Sub(name);
+        var run = ChildProcess.Console("generate", "--prompt", "A prompt long enough to fill a chunk or two of the cache, and then some.", "--max-new-tokens", "2",
+            "--chunk-tokens", "16", "--cache-dir", dir, "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        return dir;
+    }
+
+    private string Victim()
+    {
+        var victim = _temp.Sub("victim");
+        Directory.CreateDirectory(victim);
+        File.WriteAllText(Path.Combine(victim, "slots.bin"), "not a pool: somebody's file named slots.bin");
+        File.WriteAllText(Path.Combine(victim, "precious.txt"), "precious");
+        File.WriteAllText(Path.Combine(victim, "index.journal"), "also precious");
+        return victim;
+    }
+
+    private static string Hash(string tree) => Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(string.Join('\n',
+        Directory.GetFileSystemEntries(tree, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal)
+            .Select(p => $"{p} {(File.Exists(p) ? Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(p))) : "dir")} {File.GetUnixFileMode(p)}")))));
+
+    private static void EveryCommandReturns(string cacheDir)
+    {
+        foreach (var args in new[] { ["list"], ["stats"], ["verify"], ["clear"], new[] { "prune", "--keep", "0" } })
+        {
+            var clock = Stopwatch.StartNew();
+            var run = ChildProcess.Console(["cache", .. args, "--cache-dir", cacheDir]);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"cache {args[0]} took {clock.Elapsed.TotalSeconds:F1} s");
+            Assert.DoesNotContain("   at ", run.StdErr);
+        }
+    }
+
+    [Fact]
+    public void LinksToADirectoryOutsideAreNeverFollowed()
+    {
+        var cache = MakeCache("cache");
+        var victim = Victim();
+        string before = Hash(victim);
+        // A link to the victim as if it were a pool, a link as the cache directory itself, and links inside a real pool.
+        File.CreateSymbolicLink(Path.Combine(cache, "pool-link"), victim);
+        var pool = Directory.GetDirectories(cache).First(d => File.Exists(Path.Combine(d, "slots.bin")) && new DirectoryInfo(d).LinkTarget is null);
+        File.Delete(Path.Combine(pool, "writer.lock"));
+        File.CreateSymbolicLink(Path.Combine(pool, "writer.lock"), Path.Combine(victim, "created-by-the-cache.lock"));
+        File.CreateSymbolicLink(Path.Combine(pool, "shrink.slots.bin"), Path.Combine(victim, "slots.bin"));
+        var linkedCache = _temp.Sub("linked-cache");
+        File.CreateSymbolicLink(linkedCache, victim);
+
+        EveryCommandReturns(cache);
+        var refused = ChildProcess.Console("cache", "prune", "--keep", "0", "--cache-dir", linkedCache);
+        Assert.Equal(2, refused.ExitCode);
+        Assert.Contains("symbolic link", refused.StdErr);
+        EveryCommandReturns(linkedCache);
+
+        Assert.Equal(before, Hash(victim));
+        Assert.False(File.Exists(Path.Combine(victim, "created-by-the-cache.lock")));
+    }
+
+    [Fact]
+    public void FifosAndSocketsAtThePoolsFilesHangNothing()
+    {
+        var cache = MakeCache("fifo-cache");
+        var pool = Directory.GetDirectories(cache).First(d => File.Exists(Path.Combine(d, "slots.bin")));
+        foreach (var name in new[] { "slots.bin", "index.journal" })
+        {
+            File.Delete(Path.Combine(pool, name));
+            ChildProcess.Output("mkfifo", Path.Combine(pool, name));
+            Assert.True(File.Exists(Path.Combine(pool, name)), $"mkfifo made no {name}");
+        }
+        // A socket bound at a short path (they have a length limit), then moved into place.
+        var shortPath = Path.Combine(Path.GetTempPath(), "ortkv-sock-" + Guid.NewGuid().ToString("N")[..8]);
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(shortPath));
+        File.Move(shortPath, Path.Combine(pool, "index.snapshot"), overwrite: true);
+        EveryCommandReturns(cache);
+
+        // A generation beside them still answers (the disk tier is refused, naming the file).
+        var clock = Stopwatch.StartNew();
+        var run = ChildProcess.Console("generate", "--prompt", "A prompt long enough to fill a chunk or two of the cache, and then some.", "--max-new-tokens", "2",
+            "--chunk-tokens", "16", "--cache-dir", cache, "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10));
+    }
+
+    public void Dispose() => _temp.Dispose();
+}
