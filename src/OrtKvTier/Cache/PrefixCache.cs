@@ -100,10 +100,19 @@ public sealed class PrefixCache : IDisposable
     private static CacheSecret ResolveSecret(PrefixCacheOptions options, TierFaults faults, out bool diskKeyed)
     {
         diskKeyed = true;
-        if (options.Directory is null) return CacheKeys.Given(options.SecretKey) ?? CacheSecret.CreateRandom();
         try
         {
+            if (options.Directory is null) return CacheKeys.Given(options.SecretKey) ?? CacheSecret.CreateRandom();
             return CacheKeys.Resolve(options.SecretKey, options.Directory, create: true, options.ShareWithGroup);
+        }
+        catch (ArgumentException e) when (options.SecretKey is null)
+        {
+            // A malformed key in the environment is the operator's setting, not a caller's argument: the cache runs
+            // without what the key would have unlocked, and says so, rather than failing every request.
+            diskKeyed = false;
+            faults.Report(TierId.Disk, "key",
+                $"the disk cache is off for this process: {e.Message} Requests run with host memory only. Fix or unset {CacheKeys.EnvironmentVariable}.", e);
+            return CacheSecret.CreateRandom();
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

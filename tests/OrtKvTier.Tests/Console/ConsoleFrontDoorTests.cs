@@ -86,6 +86,18 @@ public sealed class ConsoleFrontDoorTests : IDisposable
         Assert.Equal(PromptTokens(withSoh), PromptTokens(withNul));
     }
 
+    [Fact]
+    public void AMalformedEnvironmentKeyTurnsTheDiskTierOffWithAWarningNotAFailedRequest()
+    {
+        var environment = new Dictionary<string, string> { ["ORTKV_CACHE_KEY"] = "not a key" };
+        var run = ChildProcess.ConsoleWith(environment, "generate", "--prompt", "Hello there", "--max-new-tokens", "3", "--cache-dir", _temp.Sub("bad-key"), "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        var json = JsonDocument.Parse(run.StdOut).RootElement;
+        Assert.Contains(json.GetProperty("cache").GetProperty("warnings").EnumerateArray(), w => w.GetString()!.Contains("ORTKV_CACHE_KEY", StringComparison.Ordinal));
+        var plain = ChildProcess.Console("generate", "--prompt", "Hello there", "--max-new-tokens", "3", "--no-cache", "--json");
+        Assert.Equal(Tokens(plain.StdOut), Tokens(run.StdOut));
+    }
+
     private static int[] Tokens(string json) => JsonDocument.Parse(json).RootElement.GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()).ToArray();
 
     public void Dispose() => _temp.Dispose();

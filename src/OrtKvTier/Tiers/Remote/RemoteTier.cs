@@ -45,7 +45,15 @@ public sealed class RemoteTier : IKvChunkTier
         _options = options;
         _identity = identity;
         _logger = logger;
-        _secret = CacheKeys.Given(options.SecretKey);
+        try
+        {
+            _secret = CacheKeys.Given(options.SecretKey);
+        }
+        catch (ArgumentException e) when (options.SecretKey is null)
+        {
+            // A malformed ORTKV_CACHE_KEY: the tier takes its cache's key (UseCacheSecret) instead of failing.
+            _logger?.LogWarning("Remote tier: {Reason} The tier uses its cache's key instead.", e.Message);
+        }
         var config = ConfigurationOptions.Parse(RemoteTierOptions.ConfigurationFor(options.Connection));
         config.AbortOnConnectFail = false;
         int timeout = (int)Math.Max(1, options.OperationTimeout.TotalMilliseconds);
