@@ -19,6 +19,7 @@ internal static class CacheCommand
 
         var results = new List<(SlotPoolStats Stats, SlotPoolVerifyReport? Report)>();
         int skipped = 0;
+        var otherKeys = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var poolDir in pools)
         {
             if (OtherVersion(poolDir) is { } other)
@@ -31,6 +32,9 @@ internal static class CacheCommand
                 using var pool = SlotPool.OpenExisting(poolDir, readOnly: action != "clear");
                 SlotPoolVerifyReport? report = null;
                 if (action == "verify") report = pool.Verify();
+                // A pool the cache named after another key: nothing in it authenticates under this one.
+                if (action == "verify" && System.Text.RegularExpressions.Regex.Match(Path.GetFileName(poolDir), "-k([0-9a-f]{12})$") is { Success: true } named && named.Groups[1].Value != pool.KeyId)
+                    otherKeys[pool.Directory] = named.Groups[1].Value;
                 if (action == "clear") pool.Clear();
                 results.Add((pool.GetStats(), report));
             }
@@ -50,10 +54,19 @@ internal static class CacheCommand
                 System.Console.WriteLine($"  model {stats.Identity.Fingerprint}, {stats.Identity.LayoutText}");
                 System.Console.WriteLine($"  {stats.Entries} entries in {stats.SlotCount} slots of {stats.SlotBytes} bytes ({stats.FileBytes / 1e6:F1} MB file, {stats.PayloadBytes / 1e6:F1} MB of KV)");
                 if (report is not null)
+                {
                     System.Console.WriteLine($"  verified {report.Checked}: {report.Valid} valid, {report.Dropped} dropped, {report.BytesVerified / 1e9 / Math.Max(report.Elapsed.TotalSeconds, 1e-9):F2} GB/s");
+                    if (otherKeys.GetValueOrDefault(stats.Directory) is { } other)
+                        System.Console.WriteLine($"  written under another key (key id {other}; this process's key is another): nothing in it can be checked or used. Set the key that wrote it (ORTKV_CACHE_KEY), or `ortkv cache prune` it.");
+                    else if (report.SkippedRecords > 0)
+                        System.Console.WriteLine(report.Checked == 0
+                            ? $"  none of its {report.SkippedRecords} index records authenticate under this process's key: the pool was written under another key (ORTKV_CACHE_KEY, or the cache.key beside it, was replaced), or its index was forged"
+                            : $"  {report.SkippedRecords} index records did not authenticate under this key and were ignored");
+                }
                 if (action == "clear") System.Console.WriteLine("  cleared");
             }
-        return results.Any(r => r.Report is { Dropped: > 0 }) ? 3 : skipped > 0 ? 1 : 0;
+        // 3: something could not be vouched for (damage dropped, records that do not authenticate under this key).
+        return otherKeys.Count > 0 || results.Any(r => r.Report is { Dropped: > 0 } or { SkippedRecords: > 0 }) ? 3 : skipped > 0 ? 1 : 0;
     }
 
     private static void WriteJson(Utf8JsonWriter w, string action, List<(SlotPoolStats Stats, SlotPoolVerifyReport? Report)> results)
@@ -76,6 +89,7 @@ internal static class CacheCommand
                 w.WriteNumber("checked", r.Checked);
                 w.WriteNumber("valid", r.Valid);
                 w.WriteNumber("dropped", r.Dropped);
+                w.WriteNumber("unauthenticated_records", r.SkippedRecords);
             }
             w.WriteEndObject();
         }

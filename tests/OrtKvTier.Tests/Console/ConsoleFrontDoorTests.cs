@@ -98,6 +98,20 @@ public sealed class ConsoleFrontDoorTests : IDisposable
         Assert.Equal(Tokens(plain.StdOut), Tokens(run.StdOut));
     }
 
+    [Fact]
+    public void VerifyUnderAnotherKeySaysSoAndFails()
+    {
+        string dir = _temp.Sub("keyed");
+        var writer = new Dictionary<string, string> { ["ORTKV_CACHE_KEY"] = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)) };
+        var other = new Dictionary<string, string> { ["ORTKV_CACHE_KEY"] = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)) };
+        Assert.Equal(0, ChildProcess.ConsoleWith(writer, "generate", "--prompt", string.Join(' ', Enumerable.Repeat("Verify me under the right key.", 6)), "--max-new-tokens", "2", "--cache-dir", dir, "--json").ExitCode);
+        var right = ChildProcess.ConsoleWith(writer, "cache", "verify", "--cache-dir", dir);
+        Assert.True(right.ExitCode == 0, right.StdOut + right.StdErr);
+        var wrong = ChildProcess.ConsoleWith(other, "cache", "verify", "--cache-dir", dir);
+        Assert.Equal(3, wrong.ExitCode);
+        Assert.Contains("another key", wrong.StdOut);
+    }
+
     private static int[] Tokens(string json) => JsonDocument.Parse(json).RootElement.GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()).ToArray();
 
     public void Dispose() => _temp.Dispose();

@@ -283,6 +283,9 @@ public sealed unsafe partial class SlotPool : IDisposable
         return true;
     }
 
+    /// <summary>The id of the key this process opened the pool with (12 hex digits; the cache names a pool's directory after the key that writes it).</summary>
+    public string KeyId => _file.Secret.KeyId;
+
     /// <summary>What the pool in <paramref name="directory"/> holds, from its data file's header; an <see cref="IOException"/> says why it cannot be read.</summary>
     public static SlotPoolIdentity ReadIdentity(string directory) => SlotFile.ReadHeaderOf(new FileMedium(Path.GetFullPath(directory))).Identity;
 
