@@ -98,5 +98,33 @@ public sealed class PlantedPathTests : IDisposable
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10));
     }
 
+    [TmpfsFact]
+    public void AReadOnlyFileSystemIsSaidAtOnceAndItsPoolServed()
+    {
+        using var disk = new Tmpfs(_temp.Sub("ro"), "64m");
+        var cache = Path.Combine(disk.Path, "cache");
+        string prompt = "A prompt long enough to fill a chunk or two of the cache, and then some.";
+        string[] Args() => ["generate", "--prompt", prompt, "--max-new-tokens", "2", "--chunk-tokens", "16", "--cache-dir", cache, "--always-restore", "--json"];
+        var written = ChildProcess.Console(Args());
+        Assert.True(written.ExitCode == 0, written.StdErr);
+        disk.ReadOnly(true);
+        try
+        {
+            var run = ChildProcess.Console(Args());
+            Assert.True(run.ExitCode == 0, run.StdErr);
+            var json = System.Text.Json.JsonDocument.Parse(run.StdOut).RootElement;
+            Assert.Equal(32, json.GetProperty("cached_tokens").GetInt32());
+            var warning = Assert.Single(json.GetProperty("cache").GetProperty("warnings").EnumerateArray()).GetString()!;
+            Assert.Contains("read-only file system", warning);
+            Assert.DoesNotContain("another process", warning);
+            // The same tokens as the writable run: the pool is served as it is.
+            Assert.Equal(System.Text.Json.JsonDocument.Parse(written.StdOut).RootElement.GetProperty("tokens").GetRawText(), json.GetProperty("tokens").GetRawText());
+        }
+        finally
+        {
+            disk.ReadOnly(false);
+        }
+    }
+
     public void Dispose() => _temp.Dispose();
 }

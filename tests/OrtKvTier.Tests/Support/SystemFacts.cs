@@ -34,6 +34,9 @@ internal sealed class Tmpfs : IDisposable
 
     public string Path { get; }
 
+    /// <summary>Remounts it read-only (<c>true</c>) or writable.</summary>
+    public void ReadOnly(bool readOnly) => ChildProcess.Output("mount", "-o", readOnly ? "remount,ro" : "remount,rw", Path);
+
     public static string? Unavailable()
     {
         if (!OperatingSystem.IsLinux()) return "needs Linux tmpfs";
