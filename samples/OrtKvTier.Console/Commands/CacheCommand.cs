@@ -8,7 +8,8 @@ internal static class CacheCommand
 {
     public static int Run(string action, CommandLine cl)
     {
-        var dir = cl.String("cache-dir") ?? OrtKvTier.Cache.PrefixCacheOptions.DefaultDirectory;
+        // The same directory a generation with these options uses (a shared directory: this user's part of it).
+        var dir = OrtKvTier.Cache.PrefixCacheOptions.DirectoryFor(cl.String("cache-dir") ?? OrtKvTier.Cache.PrefixCacheOptions.DefaultDirectory);
         bool json = cl.Flag("json");
         if (action == "prune") return Prune(dir, cl, json);
         cl.RejectUnknown();

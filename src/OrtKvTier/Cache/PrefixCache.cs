@@ -40,6 +40,11 @@ public sealed class PrefixCache : IDisposable
         ArgumentNullException.ThrowIfNull(layout);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        if (options.Directory is { } given && PrefixCacheOptions.DirectoryFor(given, options.ShareWithGroup) is var own && own != given)
+        {
+            options.Logger?.LogInformation("Prefix cache: {Given} is writable by other users; this user's cache lives in {Own}.", given, own);
+            options = options with { Directory = own };
+        }
         _options = options;
         _logger = options.Logger;
         Layout = layout;

@@ -120,6 +120,22 @@ public sealed record PrefixCacheOptions
         }
     }
 
+    /// <summary>
+    /// Where a user's cache lives when <paramref name="directory"/> is given: the directory itself, or, when it is an
+    /// existing directory of another user's that others may write (a shared <c>/tmp</c>-like directory, mode o+w), its
+    /// subdirectory <c>user-UID</c> of this user's own, so that nobody else can plant a key file or a pool where this
+    /// user's cache reads them. Not with <paramref name="shareWithGroup"/> (a group shares one directory on purpose).
+    /// </summary>
+    public static string DirectoryFor(string directory, bool shareWithGroup = false)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        if (shareWithGroup || OperatingSystem.IsWindows() || !System.IO.Directory.Exists(directory)) return directory;
+        bool othersWrite = (File.GetUnixFileMode(directory) & UnixFileMode.OtherWrite) != 0;
+        return othersWrite && Security.PrivateFiles.Owner(directory) is { } owner && owner != Security.PrivateFiles.CurrentUser
+            ? Path.Combine(directory, $"user-{Security.PrivateFiles.CurrentUser}")
+            : directory;
+    }
+
     /// <summary>Throws when a setting is out of range, naming it.</summary>
     public void Validate()
     {

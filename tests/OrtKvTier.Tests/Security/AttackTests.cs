@@ -305,6 +305,30 @@ public sealed class AttackTests : IDisposable
 
     [OtherUserFact]
     [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public void InADirectoryEveryoneMayWriteAKeyFileAnotherUserPlantedChangesNothing()
+    {
+        // /tmp-like: owned by root, 1777. User 40003 plants a key file (and a pool directory name) at the top; user 40002's
+        // cache lives in a subdirectory of its own and hits its entries as usual.
+        var shared = _temp.Sub("world-writable");
+        Directory.CreateDirectory(shared);
+        File.SetUnixFileMode(_temp.Path, (UnixFileMode)0b111_101_101);
+        File.SetUnixFileMode(shared, (UnixFileMode)0b111_111_111 | UnixFileMode.StickyBit);
+        var planted = Path.Combine(shared, CacheKeys.FileName);
+        File.WriteAllBytes(planted, new byte[32]);
+        ChildProcess.Output("chown", "40003:40003", planted);
+        var none = new Dictionary<string, string>();
+        string[] Run() => ["generate", "--model", TestPaths.Tiny, "--prompt", string.Join(' ', Enumerable.Repeat("a prompt of the owner's.", 8)), "--max-new-tokens", "2",
+            "--json", "--chunk-tokens", "16", "--cache-size", "16MiB", "--cache-dir", shared, "--always-restore"];
+        var first = Json(ChildProcess.ConsoleAs(40002, 40002, none, Run()));
+        Assert.Empty(first.GetProperty("cache").GetProperty("warnings").EnumerateArray());
+        var second = Json(ChildProcess.ConsoleAs(40002, 40002, none, Run()));
+        Assert.True(second.GetProperty("cached_tokens").GetInt32() > 0, "the owner's second run did not hit its first");
+        Assert.Equal((uint)40002, ChildProcess.Output("stat", "-c", "%u", Path.Combine(shared, "user-40002")) is var uid ? uint.Parse(uid) : 0);
+        Assert.Equal(new byte[32], File.ReadAllBytes(planted));
+    }
+
+    [OtherUserFact]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
     public void ACacheSharedWithAGroupOnPurposeIsWrittenByEveryMemberAndByNobodyElse()
     {
         // Two users of one group (uid 40001 and 40002, gid 40000) share a cache created by the first; a third user
