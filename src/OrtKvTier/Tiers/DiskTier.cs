@@ -27,7 +27,11 @@ internal sealed class DiskTier : IInPlaceReadTier
     {
         Pool = pool;
         _faults = faults;
-        Pool.Dropped += (_, _) => KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Id.Name));
+        Pool.Dropped += (_, reason) =>
+        {
+            KvCacheMetrics.DamagedChunks.Add(1, KvCacheMetrics.Tier(Id.Name));
+            faults.Keep(Id, "damage", $"entries of {Pool.Directory} failed verification and were dropped (first: {reason}); they are computed again (counted in ortkv.cache.damaged_chunks).");
+        };
         Pool.NotStored += (_, reason) => faults.Report(Id, "not-stored", $"a chunk was not stored in {Pool.Directory}: {reason}; it stays in memory (counted in ortkv.cache.tier_faults).");
     }
 

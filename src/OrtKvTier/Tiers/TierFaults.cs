@@ -16,6 +16,9 @@ internal sealed class TierFaults(ILogger? logger)
     /// <summary>The first warning of each tier and cause, in no particular order.</summary>
     public IReadOnlyList<string> Warnings => [.. _first.Values];
 
+    /// <summary>Keeps the first warning of a tier and cause for the caller to show, where what it warns of is logged and counted elsewhere (damaged entries).</summary>
+    public void Keep(TierId tier, string cause, string warning) => _first.TryAdd((tier, cause), warning);
+
     /// <summary>Records a fault: counted always, logged and kept the first time for its tier and cause.</summary>
     public void Report(TierId tier, string cause, string warning, Exception? exception = null)
     {

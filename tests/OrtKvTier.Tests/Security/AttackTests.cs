@@ -303,6 +303,24 @@ public sealed class AttackTests : IDisposable
             Assert.Equal(2 * Chunk, CacheTestKit.Greedy(model, prompt, cache).Restore.RestoredTokens);
     }
 
+    [Fact]
+    public void DamageFoundOnDiskIsInTheCachesWarningsNotOnlyInTheLog()
+    {
+        using var model = KvModel.Load(TestPaths.Tiny);
+        var dir = _temp.Sub("damaged");
+        var prompt = CacheTestKit.Prompt(3 * Chunk + 2, seed: 91);
+        using (var cache = CacheTestKit.Open(model, dir, Chunk)) CacheTestKit.Greedy(model, prompt, cache);
+        var data = Directory.GetFiles(dir, StoredFormats.DataFileName, SearchOption.AllDirectories).Single();
+        var bytes = File.ReadAllBytes(data);
+        for (int at = 8192 + 100; at < bytes.Length; at += 1024) bytes[at] ^= 0x55;
+        File.WriteAllBytes(data, bytes);
+        using (var cache = CacheTestKit.Open(model, dir, Chunk))
+        {
+            Assert.Equal(CacheTestKit.Greedy(model, prompt, cache: null).Tokens, CacheTestKit.Greedy(model, prompt, cache).Tokens);
+            Assert.Contains(cache.Warnings, w => w.Contains("failed verification", StringComparison.Ordinal));
+        }
+    }
+
     [OtherUserFact]
     [System.Runtime.Versioning.SupportedOSPlatform("linux")]
     public void InADirectoryEveryoneMayWriteAKeyFileAnotherUserPlantedChangesNothing()
