@@ -59,14 +59,15 @@ internal static class ConsoleCli
                  {
                      ("list", "Pools by model and last use, with their size."), ("stats", "Entries, sizes and counters of each pool."),
                      ("verify", "Read and check every entry (exit code 3 when damage was found and dropped)."),
-                     ("prune", "Delete whole pools not used for a while, all but the most recent, or those another format version wrote."),
+                     ("prune", "Delete whole pools not used for a while, all but the most recent, or those another format version or key wrote."),
                      ("clear", "Empty the pools and give their disk space back."),
                  })
         {
             List<Option> options = [CacheDirectory(), new Option<bool>("--json") { Description = "Print JSON." }];
             if (name == "prune")
                 options.AddRange([Duration("--older-than", "Delete pools not used for this long (e.g. 30d, 12h)."), Int("--keep", "Keep the N most recently used pools.", null, 0, 1_000_000),
-                    new Option<bool>("--other-versions") { Description = "Delete pools written in another format version (this build cannot read them)." }]);
+                    new Option<bool>("--other-versions") { Description = "Delete pools written in another format version (this build cannot read them)." },
+                    new Option<bool>("--other-keys") { Description = "Delete pools written under another key than this process's (it cannot read them)." }]);
             cache.Subcommands.Add(Command(name, description, run, options));
         }
         root.Subcommands.Add(cache);

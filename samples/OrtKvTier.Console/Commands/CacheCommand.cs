@@ -34,8 +34,7 @@ internal static class CacheCommand
                 SlotPoolVerifyReport? report = null;
                 if (action == "verify") report = pool.Verify();
                 // A pool the cache named after another key: nothing in it authenticates under this one.
-                if (action == "verify" && System.Text.RegularExpressions.Regex.Match(Path.GetFileName(poolDir), "-k([0-9a-f]{12})$") is { Success: true } named && named.Groups[1].Value != pool.KeyId)
-                    otherKeys[pool.Directory] = named.Groups[1].Value;
+                if (action == "verify" && OtherKey(poolDir) is { } otherKey) otherKeys[pool.Directory] = otherKey;
                 if (action == "clear") pool.Clear();
                 results.Add((pool.GetStats(), report));
             }
@@ -164,11 +163,13 @@ internal static class CacheCommand
         var keepText = cl.String("keep");
         int? keep = keepText is null ? null : cl.Int("keep", 0, min: 0);
         bool otherVersions = cl.Flag("other-versions");
+        bool otherKeys = cl.Flag("other-keys");
         cl.RejectUnknown();
-        if ((olderThan is null ? 0 : 1) + (keep is null ? 0 : 1) + (otherVersions ? 1 : 0) != 1)
-            throw new UsageException("cache prune needs exactly one of --older-than DURATION (e.g. 30d), --keep N or --other-versions.");
+        if ((olderThan is null ? 0 : 1) + (keep is null ? 0 : 1) + (otherVersions ? 1 : 0) + (otherKeys ? 1 : 0) != 1)
+            throw new UsageException("cache prune needs exactly one of --older-than DURATION (e.g. 30d), --keep N, --other-versions or --other-keys.");
         var pools = PoolsByLastUse(dir);
         var doomed = otherVersions ? pools.Where(p => OtherVersion(p.Dir) is not null)
+            : otherKeys ? pools.Where(p => OtherKey(p.Dir) is not null)
             : keep is { } n ? pools.Skip(n) : pools.Where(p => DateTime.UtcNow - p.LastUse > olderThan);
         var deleted = new List<string>();
         var inUse = new List<string>();
@@ -202,6 +203,21 @@ internal static class CacheCommand
             if (deleted.Count + inUse.Count == 0) System.Console.WriteLine($"Nothing to prune: {pools.Count} pool{(pools.Count == 1 ? "" : "s")} under {Path.GetFullPath(dir)}, none matched.");
         }
         return 0;
+    }
+
+    /// <summary>The key id a pool's directory names when it is not this process's key (the pool was written under another key), or null.</summary>
+    private static string? OtherKey(string poolDir)
+    {
+        if (System.Text.RegularExpressions.Regex.Match(Path.GetFileName(poolDir), "-k([0-9a-f]{12})$") is not { Success: true } named) return null;
+        try
+        {
+            using var pool = SlotPool.OpenExisting(poolDir);
+            return named.Groups[1].Value != pool.KeyId ? named.Groups[1].Value : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
     }
 
     /// <summary>Why the pool in <paramref name="poolDir"/> cannot be read by this build (another format version), or null.</summary>

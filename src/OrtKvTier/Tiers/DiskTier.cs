@@ -62,6 +62,7 @@ internal sealed class DiskTier : IInPlaceReadTier
     {
         ArgumentNullException.ThrowIfNull(settings);
         ArgumentNullException.ThrowIfNull(faults);
+        ReportPoolsOfOtherKeys(settings, faults, logger);
         var options = new SlotPoolOptions
         {
             Directory = PoolDirectory(settings.CacheDirectory, settings.Identity, settings.Secret.KeyId),
@@ -121,6 +122,31 @@ internal sealed class DiskTier : IInPlaceReadTier
             faults.Report(TierId.Disk, "open",
                 $"the disk cache is off for this process: {options.Directory} cannot be opened ({(e is FileNotFoundException ? why.Message : e.Message)}). Requests run with host memory only. Give the cache a writable directory (--cache-dir, ORTKV_CACHE_DIR), or --no-cache.", e);
             return null;
+        }
+    }
+
+    /// <summary>
+    /// Pools of this model and chunk length that another key wrote (the key was replaced, or the fleet's changed): this
+    /// process can neither read nor reuse them, so it says so once, with what they take and how to remove them.
+    /// </summary>
+    private static void ReportPoolsOfOtherKeys(DiskTierSettings settings, TierFaults faults, ILogger? logger)
+    {
+        try
+        {
+            string mine = Path.GetFileName(PoolDirectory(settings.CacheDirectory, settings.Identity, settings.Secret.KeyId));
+            string stem = mine[..(mine.LastIndexOf("-k", StringComparison.Ordinal) + 2)];
+            var others = System.IO.Directory.Exists(settings.CacheDirectory)
+                ? System.IO.Directory.GetDirectories(settings.CacheDirectory, stem + "*").Where(d => Path.GetFileName(d) != mine && File.Exists(Path.Combine(d, StoredFormats.DataFileName))).ToList()
+                : [];
+            if (others.Count == 0) return;
+            long bytes = others.Sum(d => new DirectoryInfo(d).EnumerateFiles().Sum(f => f.Length));
+            string warning = $"{others.Count} pool(s) of this model under {settings.CacheDirectory} were written under another key (key id {string.Join(", ", others.Select(d => Path.GetFileName(d)[stem.Length..]))}; files of {bytes / 1e6:F1} MB): this process cannot use them. `ortkv cache prune --other-keys` removes them; or set the key that wrote them (ORTKV_CACHE_KEY).";
+            faults.Keep(TierId.Disk, "other-key", warning);
+            logger?.LogWarning("Prefix cache, disk tier: {Warning}", warning);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Only a note: nothing to degrade around.
         }
     }
 

@@ -110,6 +110,15 @@ public sealed class ConsoleFrontDoorTests : IDisposable
         var wrong = ChildProcess.ConsoleWith(other, "cache", "verify", "--cache-dir", dir);
         Assert.Equal(3, wrong.ExitCode);
         Assert.Contains("another key", wrong.StdOut);
+
+        // A process under the new key is told about the pool it cannot use, and `prune --other-keys` removes it.
+        var replaced = ChildProcess.ConsoleWith(other, "generate", "--prompt", "Hello", "--max-new-tokens", "2", "--cache-dir", dir, "--json");
+        Assert.Contains(JsonDocument.Parse(replaced.StdOut).RootElement.GetProperty("cache").GetProperty("warnings").EnumerateArray(),
+            w => w.GetString()!.Contains("another key", StringComparison.Ordinal));
+        var pruned = ChildProcess.ConsoleWith(other, "cache", "prune", "--other-keys", "--cache-dir", dir);
+        Assert.True(pruned.ExitCode == 0, pruned.StdErr);
+        Assert.Single(pruned.StdOut.Split('\n'), l => l.StartsWith("deleted ", StringComparison.Ordinal));
+        Assert.Equal(0, ChildProcess.ConsoleWith(other, "cache", "verify", "--cache-dir", dir).ExitCode);
     }
 
     private static int[] Tokens(string json) => JsonDocument.Parse(json).RootElement.GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()).ToArray();
