@@ -281,6 +281,12 @@ internal static partial class PrivateFiles
                 handle.Dispose();
                 throw new IOException($"{path} is not a regular file ({Statx.OfPath(path)?.Kind ?? "unknown"}); the cache opens nothing else. Remove it, or give the cache a directory of its own.");
             }
+            // A file the cache writes has one name: a hard link planted there could be another file's second name.
+            if (access != Access.Read && status.Links > 1)
+            {
+                handle.Dispose();
+                throw new IOException($"{path} has {status.Links} names (a hard link): the cache writes no file that has another name. Remove it, or give the cache a directory of its own.");
+            }
             return handle;
         }
 
@@ -300,7 +306,7 @@ internal static partial class PrivateFiles
     private static partial class Statx
     {
         private const int AtCurrentDirectory = -100, AtSymlinkNoFollow = 0x100, AtEmptyPath = 0x1000;
-        private const uint WantType = 0x1, WantUid = 0x8, WantIno = 0x100, WantSize = 0x200;
+        private const uint WantType = 0x1, WantLinks = 0x4, WantUid = 0x8, WantIno = 0x100, WantSize = 0x200;
 
         public static Status? OfPath(string path)
         {
@@ -315,7 +321,7 @@ internal static partial class PrivateFiles
             try
             {
                 handle.DangerousAddRef(ref added);
-                return statx((int)handle.DangerousGetHandle(), "", AtEmptyPath, WantType | WantUid | WantIno | WantSize, ref buffer) == 0 ? new Status(buffer) : null;
+                return statx((int)handle.DangerousGetHandle(), "", AtEmptyPath, WantType | WantLinks | WantUid | WantIno | WantSize, ref buffer) == 0 ? new Status(buffer) : null;
             }
             finally
             {
@@ -326,6 +332,7 @@ internal static partial class PrivateFiles
         [StructLayout(LayoutKind.Explicit, Size = 256)]
         public struct StatxBuffer
         {
+            [FieldOffset(16)] public uint Links;
             [FieldOffset(20)] public uint Uid;
             [FieldOffset(28)] public ushort Mode;
             [FieldOffset(32)] public ulong Inode;
@@ -335,6 +342,7 @@ internal static partial class PrivateFiles
         public readonly struct Status(StatxBuffer buffer)
         {
             public uint Uid => buffer.Uid;
+            public uint Links => buffer.Links;
             public ulong Inode => buffer.Inode;
             public long Size => (long)buffer.Size;
             private int Type => buffer.Mode & 0xF000;

@@ -98,6 +98,28 @@ public sealed class PlantedPathTests : IDisposable
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10));
     }
 
+    [Fact]
+    public void AHardLinkPlantedAtAPoolFileIsNeverWritten()
+    {
+        // The victim: another pool of the same model elsewhere (a file the cache could take for its own).
+        var victim = MakeCache("victim-pool");
+        var cache = MakeCache("hard-link-cache");
+        string before = Hash(victim);
+        var victimPool = Directory.GetDirectories(victim).Single();
+        var pool = Directory.GetDirectories(cache).Single();
+        foreach (var name in new[] { "slots.bin", "index.journal" })
+        {
+            File.Delete(Path.Combine(pool, name));
+            ChildProcess.Output("ln", Path.Combine(victimPool, name), Path.Combine(pool, name));
+        }
+        var run = ChildProcess.Console("generate", "--prompt", "Another prompt, long enough to fill a chunk or two of the cache, and more.", "--max-new-tokens", "2",
+            "--chunk-tokens", "16", "--cache-dir", cache, "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        Assert.Contains("hard link", run.StdOut);
+        EveryCommandReturns(cache);
+        Assert.Equal(before, Hash(victim));
+    }
+
     [TmpfsFact]
     public void AReadOnlyFileSystemIsSaidAtOnceAndItsPoolServed()
     {
