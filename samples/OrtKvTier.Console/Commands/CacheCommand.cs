@@ -149,7 +149,8 @@ internal static class CacheCommand
         else
         {
             foreach (var (poolDir, lastUse, s) in rows)
-                System.Console.WriteLine($"{poolDir}\n  model {s.Identity.Fingerprint}, {s.Identity.LayoutText}: {s.Entries} entries, {s.PayloadBytes / 1e6:F1} MB of KV (capacity {s.FileBytes / 1e6:F1} MB), last used {lastUse:u}");
+                System.Console.WriteLine($"{poolDir}\n  model {s.Identity.Fingerprint}, {s.Identity.LayoutText}: {s.Entries} entries, {s.PayloadBytes / 1e6:F1} MB of KV (capacity {s.FileBytes / 1e6:F1} MB), last used {lastUse:u}" +
+                    (OtherKey(poolDir) is { } other ? $"\n  written under another key ({other}): unusable by this process; `ortkv cache prune --other-keys` removes it" : ""));
             foreach (var (poolDir, why) in unreadable) System.Console.WriteLine($"{poolDir}\n  unreadable: {why}");
             if (rows.Count == 0 && unreadable.Count == 0) System.Console.WriteLine($"No slot pool under {Path.GetFullPath(dir)}.");
         }

@@ -62,7 +62,7 @@ internal sealed class DiskTier : IInPlaceReadTier
     {
         ArgumentNullException.ThrowIfNull(settings);
         ArgumentNullException.ThrowIfNull(faults);
-        ReportPoolsOfOtherKeys(settings, faults, logger);
+        ReportPoolsOfOtherKeys(settings, logger);
         var options = new SlotPoolOptions
         {
             Directory = PoolDirectory(settings.CacheDirectory, settings.Identity, settings.Secret.KeyId),
@@ -127,9 +127,9 @@ internal sealed class DiskTier : IInPlaceReadTier
 
     /// <summary>
     /// Pools of this model and chunk length that another key wrote (the key was replaced, or the fleet's changed): this
-    /// process can neither read nor reuse them, so it says so once, with what they take and how to remove them.
+    /// process can neither read nor reuse them, so it says so once in the log, with what they take and how to remove them.
     /// </summary>
-    private static void ReportPoolsOfOtherKeys(DiskTierSettings settings, TierFaults faults, ILogger? logger)
+    private static void ReportPoolsOfOtherKeys(DiskTierSettings settings, ILogger? logger)
     {
         try
         {
@@ -140,9 +140,9 @@ internal sealed class DiskTier : IInPlaceReadTier
                 : [];
             if (others.Count == 0) return;
             long bytes = others.Sum(d => new DirectoryInfo(d).EnumerateFiles().Sum(f => f.Length));
-            string warning = $"{others.Count} pool(s) of this model under {settings.CacheDirectory} were written under another key (key id {string.Join(", ", others.Select(d => Path.GetFileName(d)[stem.Length..]))}; files of {bytes / 1e6:F1} MB): this process cannot use them. `ortkv cache prune --other-keys` removes them; or set the key that wrote them (ORTKV_CACHE_KEY).";
-            faults.Keep(TierId.Disk, "other-key", warning);
-            logger?.LogWarning("Prefix cache, disk tier: {Warning}", warning);
+            string note = $"{others.Count} pool(s) of this model under {settings.CacheDirectory} were written under another key (key id {string.Join(", ", others.Select(d => Path.GetFileName(d)[stem.Length..]))}; files of {bytes / 1e6:F1} MB): this process cannot use them. `ortkv cache prune --other-keys` removes them; or set the key that wrote them (ORTKV_CACHE_KEY).";
+            // Information, not a warning: processes with different keys may share a directory on purpose.
+            logger?.LogInformation("Prefix cache, disk tier: {Note}", note);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
