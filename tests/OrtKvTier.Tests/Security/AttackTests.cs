@@ -321,16 +321,24 @@ public sealed class AttackTests : IDisposable
         }
     }
 
+    /// <summary>A /tmp-like directory (1777, owned by this root process) under a temporary directory others may enter.</summary>
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    private string WorldWritable(string name)
+    {
+        var dir = _temp.Sub(name);
+        Directory.CreateDirectory(dir);
+        File.SetUnixFileMode(_temp.Path, (UnixFileMode)0b111_101_101);
+        File.SetUnixFileMode(dir, (UnixFileMode)0b111_111_111 | UnixFileMode.StickyBit);
+        return dir;
+    }
+
     [OtherUserFact]
     [System.Runtime.Versioning.SupportedOSPlatform("linux")]
     public void InADirectoryEveryoneMayWriteAKeyFileAnotherUserPlantedChangesNothing()
     {
         // /tmp-like: owned by root, 1777. User 40003 plants a key file (and a pool directory name) at the top; user 40002's
         // cache lives in a subdirectory of its own and hits its entries as usual.
-        var shared = _temp.Sub("world-writable");
-        Directory.CreateDirectory(shared);
-        File.SetUnixFileMode(_temp.Path, (UnixFileMode)0b111_101_101);
-        File.SetUnixFileMode(shared, (UnixFileMode)0b111_111_111 | UnixFileMode.StickyBit);
+        var shared = WorldWritable("world-writable");
         var planted = Path.Combine(shared, CacheKeys.FileName);
         File.WriteAllBytes(planted, new byte[32]);
         ChildProcess.Output("chown", "40003:40003", planted);
@@ -351,10 +359,7 @@ public sealed class AttackTests : IDisposable
     {
         // Two users of one group (uid 40001 and 40002, gid 40000) share a cache created by the first; a third user
         // outside the group (uid 40003) cannot use it; without the option the second member only reads.
-        var parent = _temp.Sub("shared");
-        Directory.CreateDirectory(parent);
-        File.SetUnixFileMode(_temp.Path, (UnixFileMode)0b111_101_101);
-        File.SetUnixFileMode(parent, (UnixFileMode)0b111_111_111 | UnixFileMode.StickyBit);
+        var parent = WorldWritable("shared");
         var dir = Path.Combine(parent, "cache");
         var none = new Dictionary<string, string>();
         string[] Run(string prompt, params string[] more) =>
