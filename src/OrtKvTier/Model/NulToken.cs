@@ -19,7 +19,9 @@ internal sealed record NulToken(int? Id, int[] AddedPrefix, string Why)
             using var json = JsonDocument.Parse(File.ReadAllBytes(path));
             if (!json.RootElement.TryGetProperty("model", out var model) || !model.TryGetProperty("vocab", out var vocab) || vocab.ValueKind != JsonValueKind.Object)
                 return new NulToken(null, prefix, "its vocabulary is not a token → id map");
-            bool byteLevel = json.RootElement.GetRawText().Contains("\"ByteLevel\"", StringComparison.Ordinal);
+            // Byte-level BPE names itself in the pre-tokenizer or decoder (not the vocabulary: no need to copy that).
+            bool byteLevel = new[] { "pre_tokenizer", "decoder" }.Any(part =>
+                json.RootElement.TryGetProperty(part, out var element) && element.GetRawText().Contains("\"ByteLevel\"", StringComparison.Ordinal));
             foreach (var name in byteLevel ? ["\u0100", "<0x00>", "\0"] : new[] { "<0x00>", "\0" })
                 if (vocab.TryGetProperty(name, out var id) && id.TryGetInt32(out var value)) return new NulToken(value, prefix, "");
             return new NulToken(null, prefix, "its vocabulary holds no byte-0 token");
