@@ -34,7 +34,7 @@ internal static class CacheCommand
                 SlotPoolVerifyReport? report = null;
                 if (action == "verify") report = pool.Verify();
                 // A pool the cache named after another key: nothing in it authenticates under this one.
-                if (action == "verify" && OtherKey(poolDir) is { } otherKey) otherKeys[pool.Directory] = otherKey;
+                if (action == "verify" && OtherKey(poolDir, pool.KeyId) is { } otherKey) otherKeys[pool.Directory] = otherKey;
                 if (action == "clear") pool.Clear();
                 results.Add((pool.GetStats(), report));
             }
@@ -100,7 +100,7 @@ internal static class CacheCommand
     private static int List(string dir, bool json)
     {
         var pools = PoolsByLastUse(dir);
-        var rows = new List<(string Dir, DateTime LastUse, SlotPoolStats Stats)>();
+        var rows = new List<(string Dir, DateTime LastUse, SlotPoolStats Stats, string? OtherKey)>();
         var unreadable = new List<(string Dir, string Why)>();
         foreach (var (poolDir, lastUse) in pools)
         {
@@ -112,7 +112,7 @@ internal static class CacheCommand
             try
             {
                 using var pool = SlotPool.OpenExisting(poolDir);
-                rows.Add((poolDir, lastUse, pool.GetStats()));
+                rows.Add((poolDir, lastUse, pool.GetStats(), OtherKey(poolDir, pool.KeyId)));
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
@@ -123,7 +123,7 @@ internal static class CacheCommand
             JsonOutput.Write(w =>
             {
                 w.WriteStartArray("pools");
-                foreach (var (poolDir, lastUse, s) in rows)
+                foreach (var (poolDir, lastUse, s, _) in rows)
                 {
                     w.WriteStartObject();
                     w.WriteString("directory", poolDir);
@@ -148,9 +148,9 @@ internal static class CacheCommand
             });
         else
         {
-            foreach (var (poolDir, lastUse, s) in rows)
+            foreach (var (poolDir, lastUse, s, otherKey) in rows)
                 System.Console.WriteLine($"{poolDir}\n  model {s.Identity.Fingerprint}, {s.Identity.LayoutText}: {s.Entries} entries, {s.PayloadBytes / 1e6:F1} MB of KV (capacity {s.FileBytes / 1e6:F1} MB), last used {lastUse:u}" +
-                    (OtherKey(poolDir) is { } other ? $"\n  written under another key ({other}): unusable by this process; `ortkv cache prune --other-keys` removes it" : ""));
+                    (otherKey is { } other ? $"\n  written under another key ({other}): unusable by this process; `ortkv cache prune --other-keys` removes it" : ""));
             foreach (var (poolDir, why) in unreadable) System.Console.WriteLine($"{poolDir}\n  unreadable: {why}");
             if (rows.Count == 0 && unreadable.Count == 0) System.Console.WriteLine($"No slot pool under {Path.GetFullPath(dir)}.");
         }
@@ -170,7 +170,7 @@ internal static class CacheCommand
             throw new UsageException("cache prune needs exactly one of --older-than DURATION (e.g. 30d), --keep N, --other-versions or --other-keys.");
         var pools = PoolsByLastUse(dir);
         var doomed = otherVersions ? pools.Where(p => OtherVersion(p.Dir) is not null)
-            : otherKeys ? pools.Where(p => OtherKey(p.Dir) is not null)
+            : otherKeys ? pools.Where(p => OtherKeyOfPool(p.Dir) is not null)
             : keep is { } n ? pools.Skip(n) : pools.Where(p => DateTime.UtcNow - p.LastUse > olderThan);
         var deleted = new List<string>();
         var inUse = new List<string>();
@@ -206,14 +206,17 @@ internal static class CacheCommand
         return 0;
     }
 
-    /// <summary>The key id a pool's directory names when it is not this process's key (the pool was written under another key), or null.</summary>
-    private static string? OtherKey(string poolDir)
+    /// <summary>The key id a pool's directory names when it is not <paramref name="openedKeyId"/>, the key this process opened it with (the pool was written under another key), or null.</summary>
+    private static string? OtherKey(string poolDir, string openedKeyId) =>
+        OrtKvTier.Cache.PrefixCacheOptions.KeyIdOfPool(poolDir) is { } named && named != openedKeyId ? named : null;
+
+    /// <summary><see cref="OtherKey"/> of a pool not yet open; null when it cannot be opened (prune leaves it to the other criteria).</summary>
+    private static string? OtherKeyOfPool(string poolDir)
     {
-        if (System.Text.RegularExpressions.Regex.Match(Path.GetFileName(poolDir), "-k([0-9a-f]{12})$") is not { Success: true } named) return null;
         try
         {
             using var pool = SlotPool.OpenExisting(poolDir);
-            return named.Groups[1].Value != pool.KeyId ? named.Groups[1].Value : null;
+            return OtherKey(poolDir, pool.KeyId);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -136,6 +136,13 @@ public sealed record PrefixCacheOptions
             : directory;
     }
 
+    /// <summary>The id of the key a pool under a cache directory was written with, from the pool directory's name; null for a directory the cache did not name.</summary>
+    public static string? KeyIdOfPool(string poolDirectory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(poolDirectory);
+        return Tiers.DiskTier.KeyIdOfPoolDirectory(poolDirectory);
+    }
+
     /// <summary>Throws when a setting is out of range, naming it.</summary>
     public void Validate()
     {

@@ -140,7 +140,7 @@ internal sealed class DiskTier : IInPlaceReadTier
                 : [];
             if (others.Count == 0) return;
             long bytes = others.Sum(d => new DirectoryInfo(d).EnumerateFiles().Sum(f => f.Length));
-            string note = $"{others.Count} pool(s) of this model under {settings.CacheDirectory} were written under another key (key id {string.Join(", ", others.Select(d => Path.GetFileName(d)[stem.Length..]))}; files of {bytes / 1e6:F1} MB): this process cannot use them. `ortkv cache prune --other-keys` removes them; or set the key that wrote them (ORTKV_CACHE_KEY).";
+            string note = $"{others.Count} pool(s) of this model under {settings.CacheDirectory} were written under another key (key id {string.Join(", ", others.Select(KeyIdOfPoolDirectory))}; files of {bytes / 1e6:F1} MB): this process cannot use them. `ortkv cache prune --other-keys` removes them; or set the key that wrote them (ORTKV_CACHE_KEY).";
             // Information, not a warning: processes with different keys may share a directory on purpose.
             logger?.LogInformation("Prefix cache, disk tier: {Note}", note);
         }
@@ -148,6 +148,15 @@ internal sealed class DiskTier : IInPlaceReadTier
         {
             // Only a note: nothing to degrade around.
         }
+    }
+
+    /// <summary>The key id a pool directory's name carries (<see cref="PoolDirectory"/>), or null for a name the cache did not make.</summary>
+    internal static string? KeyIdOfPoolDirectory(string poolDirectory)
+    {
+        var name = Path.GetFileName(Path.TrimEndingDirectorySeparator(poolDirectory));
+        int at = name.LastIndexOf("-k", StringComparison.Ordinal);
+        var id = at < 0 ? "" : name[(at + 2)..];
+        return id.Length == 12 && id.All(char.IsAsciiHexDigitLower) ? id : null;
     }
 
     /// <summary>The pool directory for an identity and a key: <c>CACHE_DIR/&lt;fingerprint&gt;-c&lt;chunk tokens&gt;-&lt;fp16|fp32&gt;-k&lt;key id&gt;</c> (processes with different keys never share a pool).</summary>
