@@ -12,9 +12,14 @@ namespace OrtKvTier.Server;
 public static class RequestLog
 {
     private const string UsageKey = "ortkv.usage";
+    private const string StreamedKey = "ortkv.streamed";
 
     /// <summary>What the request used, for its log line.</summary>
     public static void Record(HttpContext context, UsageDetails? usage) => context.Items[UsageKey] = usage;
+
+    /// <summary>One more piece of text sent on a stream: the log line of a client that left says how far its answer got.</summary>
+    public static void CountStreamed(HttpContext context) =>
+        context.Items[StreamedKey] = (context.Items.TryGetValue(StreamedKey, out var count) ? (int)count! : 0) + 1;
 
     public static async Task Middleware(HttpContext context, RequestDelegate next)
     {
@@ -37,9 +42,10 @@ public static class RequestLog
             await OpenAiError.ServerFault(context.TraceIdentifier).ToResult(context).ExecuteAsync(context);
         }
         var usage = context.Items.TryGetValue(UsageKey, out var value) ? value as UsageDetails : null;
+        int streamed = context.Items.TryGetValue(StreamedKey, out var count) ? (int)count! : 0;
         // Health probes come every few seconds from whatever watches the server: Debug, not Information.
         log.Log(context.Request.Path == "/health" && context.Response.StatusCode == 200 ? LogLevel.Debug : LogLevel.Information, "{Method} {Path} {Status} in {Ms:F0} ms{Usage}", context.Request.Method, context.Request.Path,
-            left ? "client left" : context.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture), clock.Elapsed.TotalMilliseconds,
+            left ? $"client left after {streamed} streamed pieces" : context.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture), clock.Elapsed.TotalMilliseconds,
             usage is null ? "" : $": {usage.InputTokenCount} prompt tokens ({usage.CachedInputTokenCount ?? 0} cached), {usage.OutputTokenCount} completion tokens");
     }
 }

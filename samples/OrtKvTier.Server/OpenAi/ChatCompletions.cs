@@ -69,7 +69,11 @@ public static class ChatCompletions
             // A client that disconnects cancels `aborted`: the generation stops within a token.
             await foreach (var update in chat.GetStreamingResponseAsync(request.Messages, request.Options, aborted))
             {
-                if (update.Text is { Length: > 0 } text) await Send(Chunk(new { content = text }, null));
+                if (update.Text is { Length: > 0 } text)
+                {
+                    await Send(Chunk(new { content = text }, null));
+                    RequestLog.CountStreamed(context);
+                }
                 if (update.FinishReason is { } reason) finish = FinishReason(reason);
                 if (update.Contents.OfType<UsageContent>().FirstOrDefault() is { } content) usage = content.Details;
             }

@@ -102,6 +102,7 @@ public static class Responses
                 {
                     text.Append(delta);
                     await Send("response.output_text.delta", shape.Part(new JsonObject { ["delta"] = delta, ["logprobs"] = new JsonArray() }));
+                    RequestLog.CountStreamed(context);
                 }
                 finish ??= update.FinishReason;
                 if (update.Contents.OfType<UsageContent>().FirstOrDefault() is { } content) usage = content.Details;

@@ -145,8 +145,9 @@ public sealed class OpenAiServerTests : IClassFixture<OpenAiServerTests.SharedSe
 
 /// <summary>
 /// A server with one generation slot and no queue: a client that disconnects frees the slot; a full server answers 429.
-/// The model is the tiny one with an 8192-token context, so a long answer takes seconds, not the fraction of a second a
-/// busy machine can spend between two steps of the test.
+/// The model is the tiny one with an 8192-token context, so that a long answer is thousands of pieces; the server's
+/// request log says how many pieces a stream had sent when its client left, which is what these tests check (never a
+/// wall-clock time: a busy machine stretches those).
 /// </summary>
 public sealed class OpenAiServerLimitsTests : IDisposable
 {
@@ -157,7 +158,8 @@ public sealed class OpenAiServerLimitsTests : IDisposable
     public OpenAiServerLimitsTests()
     {
         string model = TestPaths.Build(_temp.Sub("tiny"), ModelShape.Tiny with { MaxLength = 8192 });
-        _server = ServerProcess.Start(_temp.Sub("cache"), ("OrtKvTier:ModelFolder", model), ("Server:MaxConcurrent", "1"), ("Server:MaxQueued", "0"), ("Server:RetryAfterSeconds", "2"));
+        _server = ServerProcess.Start(_temp.Sub("cache"), ("OrtKvTier:ModelFolder", model), ("Server:MaxConcurrent", "1"), ("Server:MaxQueued", "0"),
+            ("Server:RetryAfterSeconds", "2"), ("Logging:LogLevel:OrtKvTier.Server.Requests", "Information"));
     }
 
     // Greedy, and a prompt whose greedy answer on this model never meets the end token: every long answer is as long.
@@ -173,18 +175,17 @@ public sealed class OpenAiServerLimitsTests : IDisposable
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromMinutes(1) };
         var endpoint = new Uri(_server.BaseUri, "v1/chat/completions");
-        // How long a long answer takes when nobody leaves.
-        var clock = Stopwatch.StartNew();
+        // Nobody leaving, the long answer runs to its length: it never meets the end token.
         using (var full = await http.PostAsync(endpoint, Body(LongAnswer, stream: false)))
         {
             full.EnsureSuccessStatusCode();
             var choice = JsonDocument.Parse(await full.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0];
             Assert.Equal("length", choice.GetProperty("finish_reason").GetString());
         }
-        var fullAnswer = clock.Elapsed;
 
-        // A streaming request takes the only slot (on a socket of its own, so that leaving is closing it, nothing else)...
-        using var socket = new System.Net.Sockets.TcpClient();
+        // A streaming request takes the only slot (on a socket of its own, so that leaving is closing it, nothing else;
+        // with a small receive buffer and nobody reading, the server cannot run far ahead of what the client took)...
+        using var socket = new System.Net.Sockets.TcpClient { ReceiveBufferSize = 1024 };
         await socket.ConnectAsync(_server.BaseUri.Host, _server.BaseUri.Port);
         var stream = socket.GetStream();
         var body = await Body(LongAnswer, stream: true).ReadAsByteArrayAsync();
@@ -201,13 +202,23 @@ public sealed class OpenAiServerLimitsTests : IDisposable
         Assert.Equal("2", refused.Headers.GetValues("Retry-After").Single());
         Assert.Equal("rate_limit_exceeded", JsonDocument.Parse(await refused.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("code").GetString());
 
-        // The streaming client disconnects: its generation stops and the slot is free long before the answer would have ended.
-        clock.Restart();
+        // The streaming client disconnects: its generation stops (the slot is freed) long before the answer would have ended.
         socket.Client.LingerState = new System.Net.Sockets.LingerOption(true, 0);
         socket.Close();
-        while (await Running(http) > 0 && clock.Elapsed < fullAnswer) await Task.Delay(20);
-        Assert.True(clock.Elapsed < fullAnswer / 2, $"the slot was freed after {clock.Elapsed.TotalMilliseconds:F0} ms; a full answer takes {fullAnswer.TotalMilliseconds:F0} ms");
+        for (var clock = Stopwatch.StartNew(); await Running(http) > 0; await Task.Delay(20))
+            Assert.True(clock.Elapsed < TimeSpan.FromMinutes(1), "the slot is still taken a minute after its client left: " + _server.Log);
+        var left = await LeftAfter();
+        Assert.True(left < LongAnswer / 2, $"the stream had sent {left} of {LongAnswer} pieces when its client left: the generation did not stop");
         (await http.PostAsync(endpoint, Body(4, stream: false))).EnsureSuccessStatusCode();
+    }
+
+    // The request log line of the stream whose client left (written as the request ends, just after its slot is freed).
+    private async Task<int> LeftAfter()
+    {
+        var pattern = new System.Text.RegularExpressions.Regex(@"client left after (\d+) streamed pieces");
+        for (var clock = Stopwatch.StartNew(); clock.Elapsed < TimeSpan.FromMinutes(1); await Task.Delay(20))
+            if (pattern.Match(_server.Log) is { Success: true } match) return int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        throw new Xunit.Sdk.XunitException("no request log line says the client left: " + _server.Log);
     }
 
     public void Dispose()
