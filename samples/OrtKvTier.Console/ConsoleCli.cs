@@ -125,6 +125,7 @@ internal static class ConsoleCli
             new Option<bool>("--encrypt") { Description = "Encrypt chunks written to disk (payload and token ids)." },
             new Option<bool>("--share-with-group") { Description = "Share the cache directory with its group on purpose (0770/0660)." },
             new Option<bool>("--always-restore") { Description = "Restore every prefix found, even when computing it is expected to be faster (measuring the restore path)." },
+            OneOf("--disk-encoding", "How the disk stores KV (default exact; int8 halves fp16 bytes once the model passes the quality gate).", "exact", "int8", "int4"),
             new Option<string>("--remote") { Description = "A Redis server or cluster: redis://HOST:PORT, HOST:PORT, or nodes comma-separated." },
             OneOf("--remote-admission", "Which chunks are uploaded (default seen-twice).", "always", "seen-twice"),
             new Option<string>("--remote-namespace") { Description = "The remote tier's key prefix (default ortkv)." },

@@ -1,3 +1,4 @@
+using OrtKvTier.Tensors;
 using System.Text.Json;
 using OrtKvTier.Storage;
 
@@ -53,6 +54,7 @@ internal static class CacheCommand
                 System.Console.WriteLine($"{stats.Directory}");
                 System.Console.WriteLine($"  model {stats.Identity.Fingerprint}, {stats.Identity.LayoutText}");
                 System.Console.WriteLine($"  {stats.Entries} entries in {stats.SlotCount} slots of {stats.SlotBytes} bytes ({stats.FileBytes / 1e6:F1} MB file, {stats.PayloadBytes / 1e6:F1} MB of KV)");
+                System.Console.WriteLine($"  {stats.Identity.Encoding.ToString().ToLowerInvariant()}: {StoredBytesPerToken(stats):F0} bytes per token stored ({stats.Identity.ExactPayloadBytes / stats.Identity.ChunkTokens} exact), {SlotBytesPerToken(stats):F0} per token with the slot's header and alignment: {EntriesPerGiB(stats):F0} entries per GiB of pool");
                 if (report is not null)
                 {
                     System.Console.WriteLine($"  verified {report.Checked}: {report.Valid} valid, {report.Dropped} dropped, {report.BytesVerified / 1e9 / Math.Max(report.Elapsed.TotalSeconds, 1e-9):F2} GB/s");
@@ -69,6 +71,12 @@ internal static class CacheCommand
         return otherKeys.Count > 0 || results.Any(r => r.Report is { Dropped: > 0 } or { SkippedRecords: > 0 }) ? 3 : skipped > 0 ? 1 : 0;
     }
 
+    private static double StoredBytesPerToken(SlotPoolStats s) => (double)s.Identity.PayloadBytes / s.Identity.ChunkTokens;
+
+    private static double SlotBytesPerToken(SlotPoolStats s) => (double)s.SlotBytes / s.Identity.ChunkTokens;
+
+    private static double EntriesPerGiB(SlotPoolStats s) => (1L << 30) / (double)s.SlotBytes;
+
     private static void WriteJson(Utf8JsonWriter w, string action, List<(SlotPoolStats Stats, SlotPoolVerifyReport? Report)> results)
     {
         w.WriteString("action", action);
@@ -84,6 +92,10 @@ internal static class CacheCommand
             w.WriteNumber("slot_bytes", s.SlotBytes);
             w.WriteNumber("file_bytes", s.FileBytes);
             w.WriteNumber("payload_bytes", s.PayloadBytes);
+            w.WriteString("encoding", s.Identity.Encoding.ToString().ToLowerInvariant());
+            w.WriteNumber("stored_bytes_per_token", Math.Round(StoredBytesPerToken(s), 2));
+            w.WriteNumber("slot_bytes_per_token", Math.Round(SlotBytesPerToken(s), 2));
+            w.WriteNumber("entries_per_gib", Math.Round(EntriesPerGiB(s), 1));
             if (r is not null)
             {
                 w.WriteNumber("checked", r.Checked);

@@ -2,6 +2,7 @@ using OrtKvTier.Cache;
 using OrtKvTier.Tiers.Remote;
 using OrtKvTier.Storage;
 using OrtKvTier.Model;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Console.Commands;
 
@@ -31,6 +32,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
             EncryptAtRest = cl.Flag("encrypt"),
             ShareWithGroup = cl.Flag("share-with-group"),
             AlwaysRestore = cl.Flag("always-restore"),
+            DiskEncoding = cl.String("disk-encoding") is { } encoding ? Enum.Parse<KvEncoding>(encoding, ignoreCase: true) : KvEncoding.Exact,
             Logger = StderrLogger.Instance,
         };
         var tenant = cl.String("tenant");

@@ -2,6 +2,7 @@ using System.Globalization;
 using OrtKvTier.Cache;
 using OrtKvTier.Generation;
 using OrtKvTier.Model;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Console.Commands;
 
@@ -88,12 +89,25 @@ internal static class GenerateCommand
         {
             if (cache.DiskDirectory is { } directory) w.WriteString("directory", directory);
             w.WriteNumber("chunk_tokens", cache.ChunkTokens);
+            w.WriteString("disk_encoding", cache.DiskEncoding.ToString().ToLowerInvariant());
+            if (cache.DiskEncodingQuality is { } quality)
+            {
+                w.WriteStartObject("disk_encoding_quality");
+                w.WriteString("encoding", quality.Encoding.ToString().ToLowerInvariant());
+                w.WriteNumber("positions", quality.Positions);
+                w.WriteNumber("top1_agreement", quality.Top1Agreement);
+                w.WriteNumber("mean_kl", quality.MeanKl);
+                w.WriteEndObject();
+            }
         }
         w.WriteStartArray("warnings");
         foreach (var warning in cache?.Warnings ?? []) w.WriteStringValue(warning);
         w.WriteEndArray();
         w.WriteStartObject("tokens_by_tier");
         foreach (var (tier, tokens) in result.Restore.TokensByTier) w.WriteNumber(tier, tokens);
+        w.WriteEndObject();
+        w.WriteStartObject("encoding_by_tier");
+        foreach (var (tier, encoding) in result.Restore.EncodingByTier) w.WriteString(tier, encoding);
         w.WriteEndObject();
         w.WriteStartArray("chunk_tiers");
         foreach (var tier in result.Restore.ChunkTiers) w.WriteStringValue(tier);

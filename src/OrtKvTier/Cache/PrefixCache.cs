@@ -31,11 +31,16 @@ public sealed class PrefixCache : IDisposable
     public static PrefixCache Open(KvModel model, PrefixCacheOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
-        return new PrefixCache(model.Fingerprint, model.Layout, options);
+        return new PrefixCache(model.Fingerprint, model.Layout, options, model);
     }
 
-    /// <summary>Opens the cache for a model fingerprint and KV layout (a model loaded some other way).</summary>
-    public PrefixCache(ModelFingerprint fingerprint, KvLayout layout, PrefixCacheOptions options)
+    /// <summary>
+    /// Opens the cache for a model fingerprint and KV layout (a model loaded some other way). Without the model, an
+    /// approximate <see cref="PrefixCacheOptions.DiskEncoding"/> is used only where a stored verdict of its quality gate says so.
+    /// </summary>
+    public PrefixCache(ModelFingerprint fingerprint, KvLayout layout, PrefixCacheOptions options) : this(fingerprint, layout, options, model: null) { }
+
+    private PrefixCache(ModelFingerprint fingerprint, KvLayout layout, PrefixCacheOptions options, KvModel? model)
     {
         ArgumentNullException.ThrowIfNull(layout);
         ArgumentNullException.ThrowIfNull(options);
@@ -58,7 +63,7 @@ public sealed class PrefixCache : IDisposable
         try
         {
             if (options.Directory is not null && diskKeyed)
-                Disk = DiskTier.TryOpen(new DiskTierSettings(options.Directory, Identity, Secret, options.EncryptAtRest, options.DiskCapacityBytes, options.Durability, options.ShareWithGroup, options.DiskMedium), Faults, _logger);
+                Disk = DiskTier.TryOpen(new DiskTierSettings(options.Directory, DiskIdentity(options, model), Secret, options.EncryptAtRest, options.DiskCapacityBytes, options.Durability, options.ShareWithGroup, options.DiskMedium), Faults, _logger);
         }
         catch
         {
@@ -128,6 +133,33 @@ public sealed class PrefixCache : IDisposable
             return CacheSecret.CreateRandom();
         }
     }
+
+    /// <summary>
+    /// The disk pool's identity: at <see cref="PrefixCacheOptions.DiskEncoding"/> when it is exact or the model passes the
+    /// quality gate (<see cref="DiskEncodingQuality"/> keeps the figures); exact, with a warning naming them, otherwise.
+    /// </summary>
+    private SlotPoolIdentity DiskIdentity(PrefixCacheOptions options, KvModel? model)
+    {
+        var encoded = Identity with { Encoding = options.DiskEncoding };
+        if (options.DiskEncoding == KvEncoding.Exact) return encoded;
+        string verdictPath = DiskTier.PoolDirectory(options.Directory!, encoded, Secret.KeyId) + ".quality";
+        var verdict = Quality.EncodingVerdicts.Decide(model, encoded, options.QualityGate, verdictPath, Secret, _logger);
+        DiskEncodingQuality = verdict.Quality;
+        if (verdict.Passed)
+        {
+            _logger?.LogInformation("Prefix cache: the disk stores KV {Encoding} for model {Fingerprint}; its quality gate passed ({Summary}).", options.DiskEncoding.Name(), Identity.Fingerprint, verdict.Summary);
+            return encoded;
+        }
+        Faults.Report(TierId.Disk, "quality-gate",
+            $"the disk stores KV exact, not {options.DiskEncoding.Name()}: the model missed the quality gate ({verdict.Summary}). Keep exact, try int8 over int4, or lower PrefixCacheOptions.QualityGate's thresholds on purpose.");
+        return Identity;
+    }
+
+    /// <summary>What the quality gate measured (or read back) for an approximate <see cref="PrefixCacheOptions.DiskEncoding"/>; null when exact or not measured.</summary>
+    public Quality.EncodingQuality? DiskEncodingQuality { get; private set; }
+
+    /// <summary>How the disk tier stores KV (exact unless an approximate encoding was asked for and passed the quality gate).</summary>
+    public KvEncoding DiskEncoding => Disk?.Pool.Identity.Encoding ?? KvEncoding.Exact;
 
     /// <summary>Tokens per chunk.</summary>
     public int ChunkTokens => Chain.ChunkTokens;

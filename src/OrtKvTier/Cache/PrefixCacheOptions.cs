@@ -1,6 +1,8 @@
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Tiers;
 using OrtKvTier.Storage;
+using OrtKvTier.Quality;
+using OrtKvTier.Tensors;
 
 namespace OrtKvTier.Cache;
 
@@ -66,6 +68,17 @@ public sealed record PrefixCacheOptions
     /// directory owned by another user is served read-only.
     /// </summary>
     public bool ShareWithGroup { get; init; }
+
+    /// <summary>
+    /// How the disk tier stores KV. Default <see cref="KvEncoding.Exact"/> (restored prefixes are bit for bit the
+    /// computed ones). <see cref="KvEncoding.Int8"/> halves an fp16 model's bytes (a pool holds twice the prefixes) at a
+    /// small, measured cost in accuracy; it is used only when the model passes <see cref="QualityGate"/>, else the disk
+    /// stays exact and <see cref="PrefixCache.Warnings"/> says why. Each encoding has a pool of its own.
+    /// </summary>
+    public KvEncoding DiskEncoding { get; init; } = KvEncoding.Exact;
+
+    /// <summary>What an approximate <see cref="DiskEncoding"/> must keep of the model's predictions before it is used.</summary>
+    public KvQualityGate QualityGate { get; init; } = new();
 
     /// <summary>When chunks reach the disk tier. Default <see cref="LowerTierWrites.WriteThrough"/>.</summary>
     public LowerTierWrites LowerTierWrites { get; init; } = LowerTierWrites.WriteThrough;
@@ -155,6 +168,9 @@ public sealed record PrefixCacheOptions
             throw new ArgumentOutOfRangeException(nameof(CloseTimeout), CloseTimeout, "CloseTimeout must be zero or more (or Timeout.InfiniteTimeSpan).");
         if (Directory is not null) ArgumentException.ThrowIfNullOrWhiteSpace(Directory);
         ArgumentNullException.ThrowIfNull(ExtraTiers);
+        if (!Enum.IsDefined(DiskEncoding)) throw new ArgumentOutOfRangeException(nameof(DiskEncoding), DiskEncoding, "DiskEncoding must be exact, int8 or int4.");
+        ArgumentNullException.ThrowIfNull(QualityGate);
+        QualityGate.Validate();
         if (SecretKey is { Length: < Security.CacheSecret.MinKeyBytes })
             throw new ArgumentException($"SecretKey needs at least {Security.CacheSecret.MinKeyBytes} bytes (32 random bytes recommended, for example from `openssl rand -hex 32`); got {SecretKey.Length}.", nameof(SecretKey));
     }

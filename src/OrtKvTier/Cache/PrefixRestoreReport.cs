@@ -15,6 +15,9 @@ public sealed record PrefixRestoreReport
     /// <summary>Restored tokens per tier (the last chunk may be restored in part).</summary>
     public IReadOnlyDictionary<string, int> TokensByTier { get; init; } = new Dictionary<string, int>();
 
+    /// <summary>How each tier in <see cref="TokensByTier"/> stored what it restored (<c>exact</c>, <c>int8</c>, <c>int4</c>).</summary>
+    public IReadOnlyDictionary<string, string> EncodingByTier { get; init; } = new Dictionary<string, string>();
+
     /// <summary>Leading prompt tokens the tiers held: <see cref="RestoredTokens"/>, or more when the cache computed them instead.</summary>
     public int FoundTokens { get; init; }
 

@@ -231,7 +231,9 @@ internal sealed unsafe class RestorePlanner(TierStack tiers, LowerTierWriter wri
         foreach (var tier in tierOfChunks)
         {
             KvCacheMetrics.ChunkHits.Add(1, KvCacheMetrics.Tier(tier));
-            KvCacheMetrics.BytesRead.Add(layout.ChunkBytes, KvCacheMetrics.Tier(tier));
+            var encoding = tiers.EncodingOf(new TierId(tier));
+            long stored = KvCodec.For(encoding, layout.Layout.Shape, layout.ChunkTokens)?.EncodedBytes ?? layout.ChunkBytes;
+            KvCacheMetrics.BytesRead.Add(stored, KvCacheMetrics.Tier(tier), new KeyValuePair<string, object?>("encoding", encoding.Name()));
         }
         KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "hit"));
         KvCacheMetrics.LookupDuration.Record(lookupMs);
@@ -249,6 +251,7 @@ internal sealed unsafe class RestorePlanner(TierStack tiers, LowerTierWriter wri
         return new PrefixRestoreReport
         {
             RestoredTokens = restored, FoundTokens = restored, ChunkTiers = names, LookupMs = lookupMs, RestoreMs = restoreMs, TokensByTier = byTier,
+            EncodingByTier = byTier.Keys.ToDictionary(t => t, t => tiers.EncodingOf(new TierId(t)).Name()),
         };
     }
 }

@@ -31,7 +31,7 @@ internal static class KvCacheMetrics
     /// <summary>Prompt tokens computed by prefill.</summary>
     public static readonly Counter<long> PrefillTokens = Meter.CreateCounter<long>("ortkv.generation.prefill_tokens", "{token}", "Prompt tokens computed by the model.");
     /// <summary>Bytes read from a tier, tagged <c>tier</c>.</summary>
-    public static readonly Counter<long> BytesRead = Meter.CreateCounter<long>("ortkv.cache.bytes_read", "By", "Chunk bytes read, by tier.");
+    public static readonly Counter<long> BytesRead = Meter.CreateCounter<long>("ortkv.cache.bytes_read", "By", "Chunk bytes read, by tier and encoding (as stored: an int8 chunk counts its encoded bytes).");
     /// <summary>Bytes written to a tier, tagged <c>tier</c>.</summary>
     public static readonly Counter<long> BytesWritten = Meter.CreateCounter<long>("ortkv.cache.bytes_written", "By", "Chunk bytes written, by tier.");
     /// <summary>Faults a tier degraded around (it turned read-only or off, a read or write failed), tagged <c>tier</c> and <c>cause</c>.</summary>

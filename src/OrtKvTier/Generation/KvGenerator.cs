@@ -5,6 +5,7 @@ using Microsoft.ML.OnnxRuntime.Tensors;
 using OrtKvTier.Cache;
 using OrtKvTier.Tiers;
 using OrtKvTier.Diagnostics;
+using OrtKvTier.Inference;
 using OrtKvTier.Model;
 using OrtKvTier.Storage;
 using OrtKvTier.Keys;
@@ -25,8 +26,7 @@ namespace OrtKvTier.Generation;
 public sealed class KvGenerator : IDisposable
 {
     private readonly KvModel _model;
-    private readonly OrtIoBinding _binding;
-    private readonly RunOptions _runOptions = new();
+    private readonly ModelStep _step;
     private readonly PastKeyValues _past;
     private readonly TokenSampler _sampler;
     private readonly List<int> _sequence = [];
@@ -64,7 +64,7 @@ public sealed class KvGenerator : IDisposable
         _sampler = new TokenSampler(search, model.EosTokenIds);
         _logits = new float[model.VocabSize];
         _past = PastKeyValues.Create(model.Layout, KvMemory.For(model));
-        _binding = model.Session.CreateIoBinding();
+        _step = new ModelStep(model);
     }
 
     /// <summary>The options in force.</summary>
@@ -229,8 +229,7 @@ public sealed class KvGenerator : IDisposable
         if (_disposed) return;
         WaitForCapture();
         _disposed = true;
-        _binding.Dispose();
-        _runOptions.Dispose();
+        _step.Dispose();
         _past.Dispose();
     }
 
@@ -263,57 +262,7 @@ public sealed class KvGenerator : IDisposable
 
     private void Run(ReadOnlySpan<int> tokens)
     {
-        var names = _model.Names;
-        int total = _past.Length + tokens.Length;
-        var ids = new long[tokens.Length];
-        for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
-        var mask = new long[total];
-        Array.Fill(mask, 1L);
-
-        using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [1, ids.Length]);
-        using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [1, total]);
-        using var positionsValue = names.PositionIds is null ? null : Positions(_past.Length, tokens.Length, names.PositionIdsInt32);
-        using var logitsValue = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, _model.LogitsType, [1, tokens.Length, _model.VocabSize]);
-        _binding.ClearBoundInputs();
-        _binding.ClearBoundOutputs();
-        _binding.BindInput(names.InputIds, idsValue);
-        _binding.BindInput(names.AttentionMask, maskValue);
-        if (positionsValue is not null) _binding.BindInput(names.PositionIds!, positionsValue);
-        _binding.BindOutput(names.Logits, logitsValue);
-        _past.Bind(_binding, tokens.Length);
-        long start = Stopwatch.GetTimestamp();
-        try
-        {
-            _model.Session.RunWithBinding(_runOptions, _binding);
-            _model.RunCosts.Record(tokens.Length, total - tokens.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds); // what computing costs, for the restore decision
-        }
-        catch
-        {
-            _past.Abort();
-            throw;
-        }
-        _past.Commit(tokens.Length);
-        CopyLastRow(logitsValue, tokens.Length - 1);
-    }
-
-    /// <summary>Positions <c>[1, count]</c> of the tokens after <paramref name="first"/> computed ones, as GenAI feeds a graph with a position-ids input.</summary>
-    private static OrtValue Positions(int first, int count, bool int32)
-    {
-        if (int32) return OrtValue.CreateTensorValueFromMemory(Enumerable.Range(first, count).ToArray(), [1, count]);
-        return OrtValue.CreateTensorValueFromMemory(Enumerable.Range(first, count).Select(p => (long)p).ToArray(), [1, count]);
-    }
-
-    private void CopyLastRow(OrtValue logits, int row)
-    {
-        int vocab = _logits.Length;
-        if (_model.LogitsType == TensorElementType.Float16)
-        {
-            var halves = MemoryMarshal.Cast<byte, Half>(logits.GetTensorMutableRawData()).Slice(row * vocab, vocab);
-            for (int i = 0; i < vocab; i++) _logits[i] = (float)halves[i];
-        }
-        else
-        {
-            logits.GetTensorDataAsSpan<float>().Slice(row * vocab, vocab).CopyTo(_logits);
-        }
+        using var logits = _step.Run(_past, tokens);
+        _step.CopyRow(logits, tokens.Length - 1, _logits);
     }
 }

@@ -47,6 +47,9 @@ internal sealed class DiskTier : IInPlaceReadTier
     /// <inheritdoc />
     public TierCost Cost => TierCost.LocalIndex;
 
+    /// <inheritdoc />
+    public KvEncoding Encoding => Pool.Identity.Encoding;
+
     /// <summary>Writes that failed (disk full, I/O errors) since open.</summary>
     public long WriteFailures => Interlocked.Read(ref _writeFailures);
 
@@ -159,9 +162,12 @@ internal sealed class DiskTier : IInPlaceReadTier
         return id.Length == 12 && id.All(char.IsAsciiHexDigitLower) ? id : null;
     }
 
-    /// <summary>The pool directory for an identity and a key: <c>CACHE_DIR/&lt;fingerprint&gt;-c&lt;chunk tokens&gt;-&lt;fp16|fp32&gt;-k&lt;key id&gt;</c> (processes with different keys never share a pool).</summary>
+    /// <summary>
+    /// The pool directory for an identity and a key: <c>CACHE_DIR/&lt;fingerprint&gt;-c&lt;chunk tokens&gt;-&lt;fp16|fp32&gt;[-int8|-int4]-k&lt;key id&gt;</c>
+    /// (processes with different keys never share a pool; each encoding has its own).
+    /// </summary>
     public static string PoolDirectory(string cacheDirectory, SlotPoolIdentity identity, string keyId) =>
-        Path.Combine(cacheDirectory, $"{identity.Fingerprint}-c{identity.ChunkTokens}-{identity.Shape.ElementName}-k{keyId}");
+        Path.Combine(cacheDirectory, $"{identity.Fingerprint}-c{identity.ChunkTokens}-{identity.Shape.ElementName}{(identity.Encoding == KvEncoding.Exact ? "" : "-" + identity.Encoding.Name())}-k{keyId}");
 
     /// <inheritdoc />
     public bool Contains(ChunkKey key)

@@ -52,6 +52,9 @@ public interface IKvChunkTier : IKvTier
     /// <summary>Whether an entry is held for <paramref name="key"/> (its bytes are verified only when read).</summary>
     bool Contains(ChunkKey key);
 
+    /// <summary>How the tier stores a chunk's KV (reads always give the chunk layout's bytes, decoded). Default exact.</summary>
+    KvEncoding Encoding => KvEncoding.Exact;
+
     /// <summary>Copies the chunk stored under <paramref name="key"/> into <paramref name="destination"/> (exactly one chunk's bytes) if its token ids equal <paramref name="tokens"/>.</summary>
     bool TryRead(ChunkKey key, ReadOnlySpan<int> tokens, Span<byte> destination);
 

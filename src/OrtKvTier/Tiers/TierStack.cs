@@ -1,6 +1,8 @@
 using OrtKvTier.Keys;
 using OrtKvTier.Storage;
 
+using OrtKvTier.Tensors;
+
 namespace OrtKvTier.Tiers;
 
 /// <summary>A chunk found for a restore: its read, the tier it comes from, and (when it was read whole from a lower tier into host memory just now) that new host chunk and its tier, for the caller to keep and promote (the caller owns one reference).</summary>
@@ -40,6 +42,9 @@ internal sealed class TierStack : IDisposable
 
     /// <summary>Where the tiers report what they degraded around.</summary>
     public TierFaults Faults { get; }
+
+    /// <summary>How <paramref name="tier"/> stores KV (device and host memory hold it exact).</summary>
+    public KvEncoding EncodingOf(TierId tier) => Lower.FirstOrDefault(t => t.Id == tier)?.Encoding ?? KvEncoding.Exact;
 
     /// <summary>Leading keys that some tier's index holds (<paramref name="localOnly"/>: host and local tiers, no round trip); bytes are verified only when read.</summary>
     public int IndexedChainLength(ReadOnlySpan<ChunkKey> keys, bool localOnly = false)

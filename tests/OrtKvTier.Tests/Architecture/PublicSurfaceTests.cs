@@ -10,10 +10,11 @@ namespace OrtKvTier.Tests.Architecture;
 /// <summary>The public surface is what the README's user needs: plumbing, DTOs and test entry points stay internal.</summary>
 public sealed class PublicSurfaceTests(ITestOutputHelper output)
 {
-    private const int MaxPublicTypes = 40;
+    // 40, and the compressed tiers' three: the encoding option, the quality gate's thresholds and the figures it reports.
+    private const int MaxPublicTypes = 43;
 
     [Fact]
-    public void TheLibraryExportsAtMostFortyTypes()
+    public void TheLibraryExportsAtMostFortyThreeTypes()
     {
         var exported = typeof(PrefixCache).Assembly.GetExportedTypes().Select(t => t.FullName!).Order(StringComparer.Ordinal).ToList();
         foreach (var name in exported) output.WriteLine(name);

@@ -61,6 +61,10 @@ public sealed class PersistedFormatTests
         ["snapshot.v3.hex"] = "72d3e1be41561a2ddf7926f89d3e931d4d977f13ed30a7383ca4c830b52f93df",
         ["remote-value.v3.hex"] = "f928bf73dacb111ee42abe1f1b8e04b4a43b6c4e67149fc8de79d957e16f2855",
         ["remote-value-encrypted.v3.hex"] = "0d74f4f9af5c736a3114a9d46edd95c586a714d7c753fc2238b09573b139fa45",
+        ["file-header-int8.v3.hex"] = "790d6438c5e45f67eb2b4c90fed46f09c31ba5dc0a062bc5736656dab84778a0",
+        ["slot-header-int8.v3.hex"] = "e22faee423c42f6a1d35ab218ef378a64a7770ac6a3b4248bda25dea8ce5e538",
+        ["chunk-int8.v3.hex"] = "034e5c188349a58c5fd99e43fe1ab547bac0e851b51d8fb087136b2791609b2c",
+        ["chunk-int4.v3.hex"] = "79ad9123c1f47d46fc6a1a01c90b521d976f73e789e8e346be32ca2a12bf562a",
     };
 
     [Fact]
@@ -101,6 +105,31 @@ public sealed class PersistedFormatTests
             Assert.Equal(payload, opened);
             Assert.Equal(encrypted, !stored.AsSpan().SequenceEqual(payload));
         }
+    }
+
+    /// <summary>
+    /// The encoded pools' layouts (version 3, which they came with): the file header's encoding field, a slot header whose
+    /// layout hash names the encoding, and a chunk of fixed values encoded in 8 and 4 bits (minimums, scales, codes per run).
+    /// </summary>
+    [Fact]
+    public void EncodedPoolHeadersAndChunks()
+    {
+        var int8 = Identity with { Encoding = OrtKvTier.Tensors.KvEncoding.Int8 };
+        AssertGolden("file-header-int8", StoredFormats.FormatVersion, global::OrtKvTier.Storage.FileHeader.Write(int8, int8.SlotBytes, 5, PoolId, writerEpoch: 2));
+        var header = new byte[StoredFormats.SlotHeaderBytes(int8.ChunkTokens)];
+        int used = global::OrtKvTier.Storage.SlotHeader.Write(header, int8, Secret, Entry.Slot, Entry.Generation, Key, Tokens,
+            new SealedPayload(int8.PayloadBytes, new UInt128(0xabcdef, 0x123456), Nonce, Secret.SealFor(Nonce, encrypted: false)));
+        AssertGolden("slot-header-int8", StoredFormats.FormatVersion, header[..used]);
+        var values = Enumerable.Range(0, (int)(Identity.ExactPayloadBytes / 2)).Select(i => (Half)(MathF.Sin(i * 0.37f) * (1 + i % 5))).ToArray();
+        var exact = System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray();
+        foreach (var encoding in new[] { OrtKvTier.Tensors.KvEncoding.Int8, OrtKvTier.Tensors.KvEncoding.Int4 })
+        {
+            var codec = OrtKvTier.Tensors.KvCodec.For(encoding, Identity.Shape, Identity.ChunkTokens)!;
+            var encoded = new byte[codec.EncodedBytes];
+            Assert.True(codec.Encode(exact, encoded));
+            AssertGolden($"chunk-{encoding.ToString().ToLowerInvariant()}", StoredFormats.FormatVersion, encoded);
+        }
+        Assert.Equal(OrtKvTier.Tensors.KvEncoding.Int8, global::OrtKvTier.Storage.FileHeader.Read(Read("file-header-int8", StoredFormats.FormatVersion), "golden").Identity.Encoding);
     }
 
     [Fact]

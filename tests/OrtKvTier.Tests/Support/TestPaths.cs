@@ -11,6 +11,10 @@ internal static class TestPaths
     public static string Tiny => Path.Combine(RepoRoot, "models", "tiny");
     public static string TinyFp16 => Path.Combine(RepoRoot, "models", "tiny-fp16");
 
+    /// <summary>The small model trained on English text (<c>../shared/models/trained-byte-4L</c> beside the repository, or <c>$ORTKV_TRAINED_MODEL</c>).</summary>
+    public static string TrainedModel => Environment.GetEnvironmentVariable("ORTKV_TRAINED_MODEL") is { Length: > 0 } given ? given
+        : Path.GetFullPath(Path.Combine(RepoRoot, "..", "shared", "models", "trained-byte-4L"));
+
     public static string Shipped(string name) => Path.Combine(RepoRoot, "models", name);
 
     /// <summary>Copies a model folder into <paramref name="target"/>, optionally editing genai_config.json.</summary>
@@ -59,5 +63,15 @@ internal sealed class TempDir : IDisposable
     public void Dispose()
     {
         try { Directory.Delete(Path, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+}
+
+/// <summary>A fact that needs the trained model (<see cref="TestPaths.TrainedModel"/>); skipped, saying where it was looked for, where it is absent.</summary>
+public sealed class TrainedModelFactAttribute : FactAttribute
+{
+    public TrainedModelFactAttribute()
+    {
+        if (!File.Exists(Path.Combine(TestPaths.TrainedModel, "genai_config.json")))
+            Skip = $"The trained model is not at {TestPaths.TrainedModel} (set ORTKV_TRAINED_MODEL to its folder).";
     }
 }

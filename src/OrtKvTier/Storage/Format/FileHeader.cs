@@ -26,6 +26,7 @@ internal static class FileHeader
         BinaryPrimitives.WriteInt32LittleEndian(h[FhChunkTokens..], identity.ChunkTokens);
         BinaryPrimitives.WriteUInt64LittleEndian(h[FhPoolId..], poolId);
         BinaryPrimitives.WriteUInt32LittleEndian(h[FhWriterEpoch..], writerEpoch);
+        BinaryPrimitives.WriteUInt32LittleEndian(h[FhEncoding..], (uint)identity.Encoding);
         BinaryPrimitives.WriteUInt64LittleEndian(h[FhChecksum..], Checksum64(h[..FhChecksummed]));
         return page;
     }
@@ -51,7 +52,7 @@ internal static class FileHeader
             identity = SlotPoolIdentity.For(new ModelFingerprint(ReadUInt128(h[FhFingerprint..])),
                 new KvShape(BinaryPrimitives.ReadInt32LittleEndian(h[FhLayers..]), BinaryPrimitives.ReadInt32LittleEndian(h[FhKvHeads..]),
                     BinaryPrimitives.ReadInt32LittleEndian(h[FhHeadSize..]), BinaryPrimitives.ReadInt32LittleEndian(h[FhElementSize..])),
-                BinaryPrimitives.ReadInt32LittleEndian(h[FhChunkTokens..]));
+                BinaryPrimitives.ReadInt32LittleEndian(h[FhChunkTokens..])) with { Encoding = (Tensors.KvEncoding)BinaryPrimitives.ReadUInt32LittleEndian(h[FhEncoding..]) };
         }
         catch (ArgumentException e)
         {

@@ -56,7 +56,7 @@ internal static class StoredFormats
     public const int FileHeaderBytes = PageSize;
     public const int FhMagic = 0, FhVersion = 8, FhSlotSize = 16, FhSlotCount = 24, FhFingerprint = 32, FhLayers = 48,
         FhKvHeads = 52, FhHeadSize = 56, FhElementSize = 60, FhChunkTokens = 64, FhPoolId = 68, FhWriterEpoch = 76,
-        FhChecksum = 88, FhChecksummed = 88;
+        FhEncoding = 80, FhChecksum = 88, FhChecksummed = 88;
 
     // Slot header (start of each slot): a chunk record with the slot number and the write's generation.
     public const ulong SlotMagic = 0x31544F4C53564B4F; // "OKVSLOT1"

@@ -8,19 +8,23 @@ namespace OrtKvTier.Storage;
 /// for a chunk read in progress, whatever holds it. From memory (a chunk in host memory, verified when it got there)
 /// the bytes are copied; from a slot (its header already checked against the key, generation and token ids) they are
 /// read and authenticated one seal block at a time, so a caller can start using the first tensors while later blocks
-/// are read. <see cref="Finish"/> says whether every byte placed is the stored one (a slot that fails is dropped);
-/// whoever began the read finishes or abandons it exactly once.
+/// are read. A slot of an encoded pool (<see cref="SlotPoolIdentity.Encoding"/>) is read whole into staging, authenticated,
+/// and decoded straight to where the chunk's bytes go. <see cref="Finish"/> says whether every byte placed is the stored
+/// one (a slot that fails is dropped); whoever began the read finishes or abandons it exactly once.
 /// </summary>
 internal sealed unsafe class ChunkRead
 {
     private readonly byte* _memory;
     private readonly IDisposable? _owner;
     private readonly SlotPool? _pool;
-    private bool _failed, _done;
+    private readonly KvCodec? _codec;
+    private bool _failed, _done, _decoded;
 
     private ChunkRead(long length, byte* memory, IDisposable? owner, SlotPool? pool, SlotEntry entry, UInt128 tag, EntrySeal? seal)
     {
-        Length = length;
+        _codec = pool?.Codec;
+        StoredLength = length;
+        Length = _codec?.ExactBytes ?? length;
         Blocks = PayloadSeal.BlockCount(length);
         _memory = memory;
         _owner = owner;
@@ -37,10 +41,13 @@ internal sealed unsafe class ChunkRead
     /// <summary>A slot of <paramref name="pool"/> whose header checked out: its entry, payload tag and seal.</summary>
     internal static ChunkRead FromSlot(SlotPool pool, SlotEntry entry, long length, UInt128 tag, EntrySeal seal) => new(length, null, null, pool, entry, tag, seal);
 
-    /// <summary>Payload bytes.</summary>
+    /// <summary>Bytes placed: the chunk's (decoded, for an encoded slot).</summary>
     public long Length { get; }
 
-    /// <summary>Seal blocks of the payload (<see cref="StoredFormats.SealBlockBytes"/> each, the last one shorter).</summary>
+    /// <summary>Payload bytes as stored.</summary>
+    public long StoredLength { get; }
+
+    /// <summary>Seal blocks of the stored payload (<see cref="StoredFormats.SealBlockBytes"/> each, the last one shorter).</summary>
     public int Blocks { get; }
 
     /// <summary>What made the read fail (an I/O error), or null.</summary>
@@ -79,11 +86,33 @@ internal sealed unsafe class ChunkRead
         }
         try
         {
-            _pool.ReadBlocks(this, scatter, firstBlock, endBlock);
+            if (_codec is null) _pool.ReadBlocks(this, scatter, firstBlock, endBlock);
+            else if (!_decoded) ReadAndDecode(_codec, scatter);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException)
         {
             (_failed, Failure) = (true, e);
+        }
+    }
+
+    /// <summary>An encoded slot: every stored block read into staging and authenticated, then decoded to <paramref name="scatter"/> (nothing placed when the tag fails).</summary>
+    private void ReadAndDecode(KvCodec codec, PayloadScatter scatter)
+    {
+        _decoded = true;
+        var staging = System.Buffers.ArrayPool<byte>.Shared.Rent(checked((int)StoredLength));
+        try
+        {
+            fixed (byte* stage = staging) _pool!.ReadBlocks(this, PayloadScatter.Contiguous(stage, StoredLength), 0, Blocks);
+            if (Seal!.Combine(BlockTags) != Tag)
+            {
+                _failed = true;
+                return;
+            }
+            codec.Decode(staging.AsSpan(0, (int)StoredLength), scatter);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(staging);
         }
     }
 
@@ -101,7 +130,7 @@ internal sealed unsafe class ChunkRead
         try
         {
             if (_pool is null) return !_failed;
-            return _pool.EndRead(this, intact: !_failed && Seal!.Combine(BlockTags) == Tag, failure: Failure);
+            return _pool.EndRead(this, intact: !_failed && (_codec is null || _decoded) && Seal!.Combine(BlockTags) == Tag, failure: Failure);
         }
         finally
         {

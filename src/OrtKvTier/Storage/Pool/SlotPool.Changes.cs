@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Keys;
+using OrtKvTier.Tensors;
 using static OrtKvTier.Storage.StoredFormats;
 
 namespace OrtKvTier.Storage;
@@ -22,9 +23,28 @@ public sealed unsafe partial class SlotPool
     /// recently used entry when full. Returns false when the key is already stored (it is marked used) or being stored
     /// by another writer, and when it could not be stored (every slot being written, its slot reclaimed while it was
     /// written: counted in <see cref="SlotPoolStats.NotStored"/> and logged). Throws <see cref="IOException"/> when
-    /// the write fails; earlier entries stay readable.
+    /// the write fails; earlier entries stay readable. An encoded pool takes whole chunks and stores them encoded.
     /// </summary>
     public bool Put(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
+    {
+        if (Codec is not { } codec) return PutStored(key, tokens, payload);
+        if (payload.Length != codec.ExactBytes)
+            throw new ArgumentException($"This pool stores chunks {Identity.Encoding.Name()}: it takes whole chunks of {codec.ExactBytes} bytes; got {payload.Length}.", nameof(payload));
+        var encoded = System.Buffers.ArrayPool<byte>.Shared.Rent(checked((int)codec.EncodedBytes));
+        try
+        {
+            if (codec.Encode(payload, encoded)) // on the caller's thread: the cache's writer threads
+                return PutStored(key, tokens, encoded.AsSpan(0, (int)codec.EncodedBytes));
+            ReportNotStored(key, $"it holds values that are not finite numbers (NaN or infinity), which {Identity.Encoding.Name()} cannot store");
+            return false;
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(encoded);
+        }
+    }
+
+    private bool PutStored(ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> payload)
     {
         ThrowIfUnusable(write: true);
         if (tokens.Length > Identity.ChunkTokens)

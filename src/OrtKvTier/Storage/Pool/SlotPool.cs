@@ -52,6 +52,7 @@ public sealed unsafe partial class SlotPool : IDisposable
         _lock = writerLock;
         Directory = file.Medium.Location;
         Identity = file.Header.Identity;
+        Codec = KvCodec.For(Identity.Encoding, Identity.Shape, Identity.ChunkTokens);
         SlotBytes = file.Header.SlotBytes;
         SlotCount = (int)file.Header.SlotCount;
         PayloadCapacity = file.PayloadCapacity;
@@ -67,6 +68,8 @@ public sealed unsafe partial class SlotPool : IDisposable
     public string Directory { get; }
     /// <summary>What the stored bytes belong to.</summary>
     public SlotPoolIdentity Identity { get; }
+    /// <summary>Encodes what <see cref="Put"/> is given and decodes what reads place, for an encoded pool; null for an exact one.</summary>
+    internal KvCodec? Codec { get; }
     /// <summary>Slots in the file.</summary>
     public int SlotCount { get; }
     /// <summary>Bytes per slot, header included.</summary>
@@ -366,7 +369,7 @@ public sealed unsafe partial class SlotPool : IDisposable
     internal void ReadBlocks(ChunkRead read, PayloadScatter scatter, int firstBlock, int endBlock)
     {
         using (UseFile())
-            PayloadSeal.ReadBlocks(_file.Data, _file.PayloadOffset(read.Entry.Slot), scatter, read.Length,
+            PayloadSeal.ReadBlocks(_file.Data, _file.PayloadOffset(read.Entry.Slot), scatter, read.StoredLength,
                 firstBlock, endBlock, read.BlockTags, read.Seal!, _parallelism);
     }
 
