@@ -131,6 +131,7 @@ internal static class ConsoleCli
             new Option<string>("--remote-namespace") { Description = "The remote tier's key prefix (default ortkv)." },
             Duration("--remote-ttl", "How long a remote entry lives after its last hit (default 1d)."),
             Duration("--remote-timeout", "Time allowed for one remote operation (default 250ms)."),
+            OneOf("--remote-encoding", "How remote values store KV (default exact; int8 halves fp16 bytes once the model passes the quality gate).", "exact", "int8", "int4"),
         ];
     }
 

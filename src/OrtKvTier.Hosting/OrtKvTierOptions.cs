@@ -1,3 +1,4 @@
+using OrtKvTier.Tensors;
 using OrtKvTier.Model;
 
 namespace OrtKvTier.Hosting;
@@ -49,6 +50,12 @@ public sealed class OrtKvTierOptions
 
     /// <summary>Restore every prefix found, even where computing it is expected to be faster (see <c>PrefixCacheOptions.AlwaysRestore</c>). Default false.</summary>
     public bool AlwaysRestore { get; set; }
+
+    /// <summary>How the disk stores KV: <c>Exact</c> (default), <c>Int8</c> or <c>Int4</c>, used once the model passes the quality gate (see <c>PrefixCacheOptions.DiskEncoding</c>).</summary>
+    public KvEncoding DiskEncoding { get; set; } = KvEncoding.Exact;
+
+    /// <summary>How remote values store KV (see <c>RemoteTierOptions.Encoding</c>). Default <c>Exact</c>.</summary>
+    public KvEncoding RemoteEncoding { get; set; } = KvEncoding.Exact;
 
     /// <summary>A salt for the whole cache (tenants: per request, see <c>KvChatClient.TenantProperty</c>).</summary>
     public string? Salt { get; set; }

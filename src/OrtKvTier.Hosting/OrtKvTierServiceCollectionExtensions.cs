@@ -79,10 +79,11 @@ public static class OrtKvTierServiceCollectionExtensions
             ShareWithGroup = options.ShareWithGroup,
             Salt = options.Salt,
             AlwaysRestore = options.AlwaysRestore,
+            DiskEncoding = options.DiskEncoding,
             Logger = logger,
         };
         if (options.Remote is not { Length: > 0 } connection) return PrefixCache.Open(model, cacheOptions);
-        IKvChunkTier remote = RemoteTier.For(model, options.ChunkTokens, new RemoteTierOptions { Connection = connection, Namespace = options.RemoteNamespace, SecretKey = key }, logger);
+        IKvChunkTier remote = RemoteTier.For(model, options.ChunkTokens, new RemoteTierOptions { Connection = connection, Namespace = options.RemoteNamespace, SecretKey = key, Encoding = options.RemoteEncoding }, logger);
         try
         {
             return PrefixCache.Open(model, cacheOptions with { ExtraTiers = [remote] });

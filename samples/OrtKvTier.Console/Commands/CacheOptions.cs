@@ -41,8 +41,9 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
         var ns = cl.String("remote-namespace");
         var ttl = cl.String("remote-ttl");
         var timeout = cl.String("remote-timeout");
-        if (remote is null && (admission ?? ns ?? ttl ?? timeout) is not null)
-            throw new UsageException("--remote-admission, --remote-namespace, --remote-ttl and --remote-timeout need --remote redis://HOST:PORT.");
+        var remoteEncoding = cl.String("remote-encoding");
+        if (remote is null && (admission ?? ns ?? ttl ?? timeout ?? remoteEncoding) is not null)
+            throw new UsageException("--remote-admission, --remote-namespace, --remote-ttl, --remote-timeout and --remote-encoding need --remote redis://HOST:PORT.");
         RemoteTierOptions? remoteOptions = null;
         if (remote is not null)
         {
@@ -59,6 +60,7 @@ internal sealed record CacheOptions(bool Enabled, PrefixCacheOptions Options, Re
                 Namespace = ns ?? "ortkv",
                 TimeToLive = ttl is null ? new RemoteTierOptions { Connection = remote }.TimeToLive : Duration("remote-ttl", ttl),
                 OperationTimeout = timeout is null ? new RemoteTierOptions { Connection = remote }.OperationTimeout : Duration("remote-timeout", timeout),
+                Encoding = remoteEncoding is null ? KvEncoding.Exact : Enum.Parse<KvEncoding>(remoteEncoding, ignoreCase: true),
             };
             try
             {

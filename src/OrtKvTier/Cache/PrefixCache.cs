@@ -71,6 +71,7 @@ public sealed class PrefixCache : IDisposable
             throw;
         }
         foreach (var tier in options.ExtraTiers) tier.UseCacheSecret(Secret);
+        GateExtraTiers(options, model);
         IKvChunkTier[] lower = Disk is null ? [.. options.ExtraTiers] : [Disk, .. options.ExtraTiers];
         _tiers = new TierStack(host, lower, Faults);
         _writes = new LowerTierWriter(lower, ChunkLayout.ChunkBytes, Faults, _logger);
@@ -140,19 +141,39 @@ public sealed class PrefixCache : IDisposable
     /// </summary>
     private SlotPoolIdentity DiskIdentity(PrefixCacheOptions options, KvModel? model)
     {
-        var encoded = Identity with { Encoding = options.DiskEncoding };
-        if (options.DiskEncoding == KvEncoding.Exact) return encoded;
-        string verdictPath = DiskTier.PoolDirectory(options.Directory!, encoded, Secret.KeyId) + ".quality";
-        var verdict = Quality.EncodingVerdicts.Decide(model, encoded, options.QualityGate, verdictPath, Secret, _logger);
-        DiskEncodingQuality = verdict.Quality;
-        if (verdict.Passed)
+        var verdict = Gate(options.DiskEncoding, TierId.Disk, options, model);
+        DiskEncodingQuality = verdict?.Quality;
+        return verdict is null or { Passed: true } ? Identity with { Encoding = options.DiskEncoding } : Identity;
+    }
+
+    /// <summary>The extra tiers at an approximate encoding the model misses the quality gate of store exact chunks instead.</summary>
+    private void GateExtraTiers(PrefixCacheOptions options, KvModel? model)
+    {
+        foreach (var tier in options.ExtraTiers)
+            if (Gate(tier.Encoding, tier.Id, options, model) is { Passed: false }) tier.FallBackToExact();
+    }
+
+    private readonly Dictionary<KvEncoding, Quality.EncodingVerdict> _verdicts = [];
+
+    /// <summary>
+    /// The quality gate's verdict on <paramref name="encoding"/> for <paramref name="tier"/> (null for exact), measured once per
+    /// encoding (and stored beside the disk pool it would have, when the cache has a directory); a refusal is a warning naming the figures.
+    /// </summary>
+    private Quality.EncodingVerdict? Gate(KvEncoding encoding, TierId tier, PrefixCacheOptions options, KvModel? model)
+    {
+        if (encoding == KvEncoding.Exact) return null;
+        if (!_verdicts.TryGetValue(encoding, out var verdict))
         {
-            _logger?.LogInformation("Prefix cache: the disk stores KV {Encoding} for model {Fingerprint}; its quality gate passed ({Summary}).", options.DiskEncoding.Name(), Identity.Fingerprint, verdict.Summary);
-            return encoded;
+            var encoded = Identity with { Encoding = encoding };
+            string? verdictPath = options.Directory is null ? null : DiskTier.PoolDirectory(options.Directory, encoded, Secret.KeyId) + ".quality";
+            _verdicts[encoding] = verdict = Quality.EncodingVerdicts.Decide(model, encoded, options.QualityGate, verdictPath, Secret, _logger);
         }
-        Faults.Report(TierId.Disk, "quality-gate",
-            $"the disk stores KV exact, not {options.DiskEncoding.Name()}: the model missed the quality gate ({verdict.Summary}). Keep exact, try int8 over int4, or lower PrefixCacheOptions.QualityGate's thresholds on purpose.");
-        return Identity;
+        if (verdict.Passed)
+            _logger?.LogInformation("Prefix cache: the {Tier} tier stores KV {Encoding} for model {Fingerprint}; its quality gate passed ({Summary}).", tier, encoding.Name(), Identity.Fingerprint, verdict.Summary);
+        else
+            Faults.Report(tier, "quality-gate",
+                $"the {tier} tier stores KV exact, not {encoding.Name()}: the model missed the quality gate ({verdict.Summary}). Keep exact, try int8 over int4, or lower PrefixCacheOptions.QualityGate's thresholds on purpose.");
+        return verdict;
     }
 
     /// <summary>What the quality gate measured (or read back) for an approximate <see cref="PrefixCacheOptions.DiskEncoding"/>; null when exact or not measured.</summary>

@@ -81,6 +81,9 @@ public interface IKvChunkTier : IKvTier
     /// <summary>The cache's secret, for a tier that authenticates entries and was given no key of its own.</summary>
     internal void UseCacheSecret(Security.CacheSecret secret) { }
 
+    /// <summary>The model missed the quality gate of <see cref="Encoding"/>: store and read exact chunks instead (called before the tier's first use).</summary>
+    internal void FallBackToExact() { }
+
     /// <summary>Drops every entry this process may drop (a tier shared by a fleet keeps its entries).</summary>
     void Clear() { }
 

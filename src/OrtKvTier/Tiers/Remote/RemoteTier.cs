@@ -1,3 +1,4 @@
+using OrtKvTier.Tensors;
 using Microsoft.Extensions.Logging;
 using OrtKvTier.Diagnostics;
 using OrtKvTier.Model;
@@ -22,7 +23,9 @@ namespace OrtKvTier.Tiers.Remote;
 public sealed class RemoteTier : IKvChunkTier
 {
     private readonly RemoteTierOptions _options;
-    private readonly SlotPoolIdentity _identity;
+    private SlotPoolIdentity _identity;
+    /// <summary>Encodes written chunks and decodes fetched ones for an encoded tier; null when exact.</summary>
+    private KvCodec? _codec;
     private readonly ILogger? _logger;
     /// <summary>Connecting starts at construction and is waited for by the first operation, at most <see cref="_connectTimeout"/>.</summary>
     private readonly Task<ConnectionMultiplexer> _connecting;
@@ -43,7 +46,8 @@ public sealed class RemoteTier : IKvChunkTier
         ArgumentNullException.ThrowIfNull(identity);
         options.Validate();
         _options = options;
-        _identity = identity;
+        _identity = identity.Encoding == KvEncoding.Exact ? identity with { Encoding = options.Encoding } : identity;
+        _codec = KvCodec.For(_identity.Encoding, _identity.Shape, _identity.ChunkTokens);
         _logger = logger;
         try
         {
@@ -82,6 +86,17 @@ public sealed class RemoteTier : IKvChunkTier
 
     /// <inheritdoc />
     public TierCost Cost => TierCost.NetworkRoundTrip;
+
+    /// <inheritdoc />
+    public KvEncoding Encoding => _identity.Encoding;
+
+    /// <summary>The model missed the quality gate of this tier's encoding: before its first use, the tier stores exact values instead.</summary>
+    void IKvChunkTier.FallBackToExact()
+    {
+        _identity = _identity with { Encoding = KvEncoding.Exact };
+        _codec = null;
+        _prefix = null;
+    }
 
     /// <summary>Waits until the client is connected (tests: a loaded machine may take longer than the connect timeout the tier allows itself).</summary>
     internal bool WaitUntilConnected(TimeSpan timeout) => _connecting.Wait(timeout) && _connecting.Result.IsConnected;
@@ -122,6 +137,7 @@ public sealed class RemoteTier : IKvChunkTier
             return false;
         }
         var failure = bytes.Length > _options.MaxValueBytes ? $"{bytes.Length} bytes is over MaxValueBytes"
+            : _codec is { } codec ? AcceptEncoded(codec, key, tokens, bytes.Span, destination, payloadInPlace)
             : payloadInPlace ? RemoteEntry.DecodeInPlace(bytes.Span, _identity, Secret, key, tokens, destination)
             : RemoteEntry.Decode(bytes.Span, _identity, Secret, key, tokens, destination);
         if (failure is null)
@@ -135,6 +151,30 @@ public sealed class RemoteTier : IKvChunkTier
         _logger?.LogWarning("Remote tier: the value for chunk {Key} is a miss: {Reason}. It was deleted.", key, failure);
         Guarded(db => db.KeyDelete(Key(key)), false);
         return false;
+    }
+
+    /// <summary>
+    /// An encoded value: opened (authenticated) where its payload is (the front of <paramref name="destination"/> when it was
+    /// received there), then decoded into <paramref name="destination"/>. Null when intact; otherwise why not.
+    /// </summary>
+    private unsafe string? AcceptEncoded(KvCodec codec, ChunkKey key, ReadOnlySpan<int> tokens, ReadOnlySpan<byte> value, Span<byte> destination, bool payloadInPlace)
+    {
+        if (destination.Length != codec.ExactBytes) return $"a destination of {destination.Length} bytes, expected {codec.ExactBytes}";
+        var staging = System.Buffers.ArrayPool<byte>.Shared.Rent(checked((int)codec.EncodedBytes));
+        try
+        {
+            var encoded = staging.AsSpan(0, (int)codec.EncodedBytes);
+            if (payloadInPlace) destination[..encoded.Length].CopyTo(encoded);
+            var failure = payloadInPlace ? RemoteEntry.DecodeInPlace(value, _identity, Secret, key, tokens, encoded)
+                : RemoteEntry.Decode(value, _identity, Secret, key, tokens, encoded);
+            if (failure is not null) return failure;
+            fixed (byte* target = destination) codec.Decode(encoded, PayloadScatter.Contiguous(target, destination.Length));
+            return null;
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(staging);
+        }
     }
 
     /// <summary>
@@ -159,7 +199,7 @@ public sealed class RemoteTier : IKvChunkTier
             string[] names = [.. keys.Select(Key)];
             var (failed, redirected) = Guarded(db => wire.Fetch(names,
                 i => db.Multiplexer.GetServer((RedisKey)names[i]) is { IsConnected: true } server ? server.EndPoint : null,
-                i => new ValueTarget(StoredFormats.RemoteValue.Length(tokens[i].Length), destinations[i]),
+                i => new ValueTarget(StoredFormats.RemoteValue.Length(tokens[i].Length), _codec is { } codec ? destinations[i][..(int)codec.EncodedBytes] : destinations[i]),
                 (i, value, inPlace) => Settle(i, Accept(keys[i], tokens[i], value, destinations[i].Span, inPlace))), (-1, []));
             if (failed < 0) Interlocked.Add(ref _misses, keys.Count);
             else if (failed > 0) Fail(new IOException($"{failed} connection(s) failed while fetching {keys.Count} chunks"));
@@ -233,7 +273,18 @@ public sealed class RemoteTier : IKvChunkTier
                 return false;
             }
         }
-        var value = RemoteEntry.Encode(_identity, Secret, _options.Encrypt, key, tokens, payload);
+        byte[] value;
+        if (_codec is { } codec)
+        {
+            var encoded = new byte[codec.EncodedBytes];
+            if (payload.Length != codec.ExactBytes || !codec.Encode(payload, encoded))
+            {
+                Interlocked.Increment(ref _rejected); // not a whole chunk, or values the encoding cannot hold (NaN, infinity)
+                return false;
+            }
+            value = RemoteEntry.Encode(_identity, Secret, _options.Encrypt, key, tokens, encoded);
+        }
+        else value = RemoteEntry.Encode(_identity, Secret, _options.Encrypt, key, tokens, payload);
         if (value.LongLength > _options.MaxValueBytes)
         {
             Interlocked.Increment(ref _rejected);
@@ -243,7 +294,7 @@ public sealed class RemoteTier : IKvChunkTier
         if (stored)
         {
             Interlocked.Increment(ref _writes);
-            Interlocked.Add(ref _bytes, payload.Length);
+            Interlocked.Add(ref _bytes, _codec?.EncodedBytes ?? payload.Length);
         }
         return stored;
     }
@@ -297,7 +348,7 @@ public sealed class RemoteTier : IKvChunkTier
     /// Every key of this tier starts with it; the key id keeps processes with different keys apart and the format version
     /// builds of different versions (during a rolling upgrade), so none deletes the other's values as damaged.
     /// </summary>
-    private string Prefix => _prefix ??= $"{_options.Namespace}:v{RemoteEntry.Version}:{_identity.Fingerprint}:{_identity.ChunkTokens}:{Secret.KeyId}:";
+    private string Prefix => _prefix ??= $"{_options.Namespace}:v{RemoteEntry.Version}:{_identity.Fingerprint}:{_identity.ChunkTokens}:{(_identity.Encoding == KvEncoding.Exact ? "" : _identity.Encoding.Name() + ":")}{Secret.KeyId}:";
 
     /// <summary>Runs a server call unless the circuit is open; a failure returns <paramref name="fallback"/> and counts towards opening it.</summary>
     private T Guarded<T>(Func<IDatabase, T> call, T fallback)

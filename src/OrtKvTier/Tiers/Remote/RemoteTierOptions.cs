@@ -1,3 +1,4 @@
+using OrtKvTier.Tensors;
 namespace OrtKvTier.Tiers.Remote;
 
 /// <summary>Which chunks a process uploads to the remote tier.</summary>
@@ -59,6 +60,14 @@ public sealed record RemoteTierOptions
     public bool Encrypt { get; init; } = true;
 
     /// <summary>
+    /// How values store KV. Default <see cref="KvEncoding.Exact"/>. <see cref="KvEncoding.Int8"/> moves about half an fp16
+    /// model's bytes over the wire and holds twice the prefixes in the server's memory; the cache uses it only once the
+    /// model passes its quality gate (<c>PrefixCacheOptions.QualityGate</c>), else the tier stays exact and the cache warns.
+    /// Values of each encoding live under keys of their own.
+    /// </summary>
+    public KvEncoding Encoding { get; init; } = KvEncoding.Exact;
+
+    /// <summary>
     /// Plain sockets per server that restores fetch over (pipelined GETs, read in parallel). 0 reads through the
     /// client's one multiplexed connection, as TLS connections always do. Default 4.
     /// </summary>
@@ -81,6 +90,7 @@ public sealed record RemoteTierOptions
         ArgumentException.ThrowIfNullOrWhiteSpace(Namespace);
         if (TimeToLive <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(TimeToLive), TimeToLive, "TimeToLive must be positive.");
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxValueBytes);
+        if (!Enum.IsDefined(Encoding)) throw new ArgumentOutOfRangeException(nameof(Encoding), Encoding, "Encoding must be exact, int8 or int4.");
         if (SecretKey is { Length: < Security.CacheSecret.MinKeyBytes })
             throw new ArgumentException($"SecretKey needs at least {Security.CacheSecret.MinKeyBytes} bytes (32 random bytes recommended); got {SecretKey.Length}.", nameof(SecretKey));
         if (OperationTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(OperationTimeout), OperationTimeout, "OperationTimeout must be positive.");
