@@ -283,7 +283,7 @@ internal static class BenchRemoteCommand
     }
 
     /// <summary>A private redis-server on a free loopback port for the bench's duration.</summary>
-    private sealed class LocalServer : IDisposable
+    internal sealed class LocalServer : IDisposable
     {
         private readonly Process _process;
         private LocalServer(Process process, string endpoint) => (_process, Endpoint) = (process, endpoint);

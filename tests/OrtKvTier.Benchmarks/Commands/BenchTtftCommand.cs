@@ -24,7 +24,9 @@ internal static class BenchTtftCommand
         "  ttft [--model tiny|bench|DIR] [--prefix-tokens N[,N...]] [--suffix-tokens S] [--new-tokens M] [--reps R] [--chunk-tokens C]\n" +
         "    [--cache-dir DIR] [--encrypt] [--always-restore] [--json]   (default: models/bench, 2048 + 16 prompt tokens, 32 new, 3 reps; --encrypt: entries encrypted at rest;\n" +
         "    --always-restore: hits restore whatever is found, even when the cache would compute it;\n" +
-        "    several prefix sizes: one run each, then the hit/no-cache ratios side by side; a preset too short for a size is built with a longer context)";
+        "    several prefix sizes: one run each, then the hit/no-cache ratios side by side; a preset too short for a size is built with a longer context)\n" +
+        "  ttft --encodings exact,int8[,int4] [--remote redis://HOST:PORT] [--model ...] [--prefix-tokens N] [--reps R] [--json]\n" +
+        "    (disk hit and remote hit per encoding of the lower tiers, in one run: TTFT and bytes each restore moved; no --remote: starts redis-server on loopback)";
 
     private sealed record Sample(double TtftMs, double LookupMs, double RestoreMs, double PrefillMs, int PrefillTokens, int CachedTokens, string Tiers, string? ComputedInstead = null);
 
@@ -42,7 +44,12 @@ internal static class BenchTtftCommand
         bool json = cl.Flag("json");
         bool encrypt = cl.Flag("encrypt");
         bool alwaysRestore = cl.Flag("always-restore");
+        var encodings = cl.String("encodings")?.Split(',').Select(e => Enum.Parse<OrtKvTier.Tensors.KvEncoding>(e.Trim(), ignoreCase: true)).ToArray();
+        var remote = cl.String("remote");
         cl.RejectUnknown();
+        if (encodings is not null)
+            return BenchTtftEncodings.Run(BenchModel.ResolveFor(modelArg, prefixes[0] + suffix + newTokens), prefixes[0], suffix, newTokens, reps, chunk, encodings, remote, json);
+        if (remote is not null) throw new UsageException("--remote goes with --encodings (ortkv-bench remote measures the remote tier on its own).");
         var settings = new CacheSettings(chunk, cacheDir, encrypt, alwaysRestore);
         if (prefixes.Length == 1) return RunOne(BenchModel.ResolveFor(modelArg, prefixes[0] + suffix + newTokens), prefixes[0], suffix, newTokens, reps, settings, json, out _);
         var sizes = new List<(int Prefix, string Model, Dictionary<string, double> Median)>();
