@@ -100,6 +100,8 @@ public sealed class PrefixCache : IDisposable
     internal CacheSecret Secret { get; }
 
     /// <summary>How keys are made for <paramref name="tenant"/>: tenants never compute each other's keys, so none hits (or can time) another's entries.</summary>
+    internal ChunkChain DocumentChainFor(string? tenant) => ChunkChain.ForDocuments(Identity.Fingerprint, ChunkTokens, Secret, _options.Salt, tenant);
+
     internal ChunkChain ChainFor(string? tenant) =>
         string.IsNullOrEmpty(tenant) ? Chain : new ChunkChain(Identity.Fingerprint, ChunkTokens, Secret, _options.Salt, tenant);
 

@@ -43,6 +43,8 @@ public sealed class KvGenerator : IDisposable
     /// <summary>The background capture not waited for yet, and the leading chunks it stores.</summary>
     private Task<int>? _capture;
     private int _capturedChunks;
+    /// <summary>Rows from here on hold moved documents (approximate): never captured under the prompt's exact keys.</summary>
+    private int _approximateFrom = int.MaxValue;
 
     /// <summary>
     /// Creates a generator; <paramref name="search"/> defaults to the model's config. With
@@ -52,6 +54,10 @@ public sealed class KvGenerator : IDisposable
     /// nobody can tell by timing whether another tenant's prompt is cached.
     /// </summary>
     public KvGenerator(KvModel model, SearchOptions? search = null, PrefixCache? cache = null, string? tenant = null)
+        : this(model, search, cache, cache?.ChainFor(tenant)) { }
+
+    /// <summary>A generator whose chunks are keyed by <paramref name="chain"/> (documents: their own chain).</summary>
+    private KvGenerator(KvModel model, SearchOptions? search, PrefixCache? cache, ChunkChain? chain)
     {
         ArgumentNullException.ThrowIfNull(model);
         search ??= SearchOptions.FromConfig(model);
@@ -59,7 +65,7 @@ public sealed class KvGenerator : IDisposable
         if (cache is not null) RequireCacheFor(model, cache);
         _model = model;
         _cache = cache;
-        _chain = cache?.ChainFor(tenant);
+        _chain = chain;
         Search = search;
         _sampler = new TokenSampler(search, model.EosTokenIds);
         _logits = new float[model.VocabSize];
@@ -138,7 +144,7 @@ public sealed class KvGenerator : IDisposable
     private PlannedCapture? PlanCapture()
     {
         if (_cache is not { } cache || _chain is not { } chain) return null;
-        int rows = _past.Length, chunks = chain.FullChunks(rows), from = _cachedChunks;
+        int rows = Math.Min(_past.Length, _approximateFrom), chunks = chain.FullChunks(rows), from = _cachedChunks;
         bool toDeviceTier = cache.DeviceTierFor(_past.Memory) is not null;
         if (chunks <= from && (!toDeviceTier || chunks == 0)) return null;
         var tokens = CollectionsMarshal.AsSpan(_sequence)[..rows].ToArray();
@@ -188,6 +194,100 @@ public sealed class KvGenerator : IDisposable
         KvCacheMetrics.PrefillDuration.Record(LastPrefillMs);
     }
 
+    /// <summary>The recomputed leading tokens of each placed document, by default (see <see cref="AppendDocument"/>).</summary>
+    public const int DefaultDocumentRecompute = 16;
+
+    /// <summary>
+    /// Appends a document whose keys and values may come from the cache wherever it stood before: its KV computed on its
+    /// own (from position 0, under the cache's document keys, restored from any tier when held there), placed after what
+    /// the sequence holds with its keys re-rotated to their new positions; its first <paramref name="recompute"/> tokens
+    /// (and its last) are computed fresh against everything before them, where a document computed alone differs most.
+    /// Approximate: the moved rows never attended to what now precedes them. Rows from the first moved document on are
+    /// never stored under the prompt's exact keys. Needs a cache and a model whose positions can be moved
+    /// (<see cref="KvModel.DocumentReuseRefusal"/>); KV in host memory.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No cache, a model whose keys cannot be moved, or device memory.</exception>
+    public DocumentPlacement AppendDocument(ReadOnlySpan<int> document, int recompute = DefaultDocumentRecompute)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (document.IsEmpty) throw new ArgumentException("AppendDocument needs at least one token.", nameof(document));
+        ArgumentOutOfRangeException.ThrowIfNegative(recompute);
+        if (_cache is not { } cache) throw new InvalidOperationException("Document reuse needs a cache: create the generator with a PrefixCache.");
+        if (_model.Rotary is not { } rotary) throw new InvalidOperationException($"Documents cannot be moved in {_model.Folder}: {_model.DocumentReuseRefusal}.");
+        if (_past.Memory.OnDevice) throw new InvalidOperationException("Document reuse places keys in host memory; this generator's past is on the device.");
+        if (_sequence.Count + document.Length > Search.MaxLength)
+            throw new ArgumentException($"The sequence would hold {_sequence.Count + document.Length} tokens; MaxLength is {Search.MaxLength}.", nameof(document));
+        foreach (var t in document)
+            if ((uint)t >= (uint)_model.VocabSize) throw new ArgumentOutOfRangeException(nameof(document), t, $"Token ids must be in [0, {_model.VocabSize}).");
+        WaitForCapture();
+        if (_past.Length < _sequence.Count) ComputePending();
+        int offset = _sequence.Count, fresh = Math.Min(recompute, document.Length - 1), moved = document.Length - 1 - fresh;
+
+        // The document alone, from position 0: restored from its own keys where cached, the rest computed and stored.
+        using var alone = new KvGenerator(_model, Search with { MaxLength = document.Length }, cache, cache.DocumentChainFor(_chain?.Tenant));
+        alone.AppendTokens(document);
+        alone.CaptureToCache();
+        int cachedTokens = alone.LastRestore.RestoredTokens;
+
+        if (fresh > 0) Run(document[..fresh]);
+        if (moved > 0)
+        {
+            _approximateFrom = Math.Min(_approximateFrom, _past.Length);
+            int destination = _past.Length;
+            _past.Extend(moved);
+            Place(alone.Past, fresh, destination, moved, rotary, offset);
+        }
+        _sequence.AddRange(document);
+        _lastWasGenerated = false;
+        _logitsCurrent = false;
+        return new DocumentPlacement(offset, document.Length, cachedTokens, moved, document.Length - moved, offset);
+    }
+
+    /// <summary>Copies rows <paramref name="from"/>..+<paramref name="rows"/> of <paramref name="source"/> to row <paramref name="to"/> of this past, keys moved by <paramref name="delta"/>.</summary>
+    private void Place(PastKeyValues source, int from, int to, int rows, RotaryPositions rotary, int delta)
+    {
+        var layout = _model.Layout;
+        int row = (int)layout.BytesPerHeadToken;
+        for (int layer = 0; layer < layout.Layers; layer++)
+            foreach (bool value in new[] { false, true })
+            {
+                var src = source.TensorBytes(layer, value);
+                var dst = _past.TensorBytes(layer, value);
+                for (int h = 0; h < layout.KvHeads; h++)
+                {
+                    var target = dst.Slice(((h * _past.Capacity) + to) * row, rows * row);
+                    src.Slice(((h * source.Capacity) + from) * row, rows * row).CopyTo(target);
+                    if (!value) KeyRotation.Rotate(target, rows, layout.HeadSize, layout.ElementSize, rotary, delta);
+                }
+            }
+    }
+
+    /// <summary>
+    /// Teacher forcing: appends <paramref name="tokens"/> and returns, for each, the distribution the model gave it before
+    /// it was appended (row i of <c>[tokens, vocab]</c> predicts token i). The last token stays pending.
+    /// </summary>
+    internal float[] ScoreNext(ReadOnlySpan<int> tokens)
+    {
+        int vocab = _model.VocabSize;
+        var rows = new float[tokens.Length * vocab];
+        int pending = _sequence.Count - _past.Length, first = 0;
+        if (pending == 0)
+        {
+            if (!_logitsCurrent) throw new InvalidOperationException("No logits for the next token: nothing is pending and the last run's were discarded.");
+            _logits.CopyTo(rows.AsSpan(0, vocab));
+            first = 1;
+        }
+        _sequence.AddRange(tokens);
+        var run = CollectionsMarshal.AsSpan(_sequence)[_past.Length..^1];
+        if (run.IsEmpty) return rows;
+        using (var logits = _step.Run(_past, run))
+            for (int i = first; i < tokens.Length; i++)
+                _step.CopyRow(logits, pending - 1 + i, rows.AsSpan(i * vocab, vocab));
+        _logitsCurrent = false;
+        _lastWasGenerated = false;
+        return rows;
+    }
+
     /// <summary>Runs what is pending, picks the next token and appends it (it runs on the next step).</summary>
     public int GenerateNextToken()
     {
@@ -210,6 +310,7 @@ public sealed class KvGenerator : IDisposable
             throw new ArgumentOutOfRangeException(nameof(length), length, $"Rewind to a length between 0 and the current {_sequence.Count}.");
         WaitForCapture();
         _sequence.RemoveRange(length, _sequence.Count - length);
+        if (length <= _approximateFrom) _approximateFrom = int.MaxValue;
         // Keep the last token pending so its logits are computed again on the next step.
         int keep = Math.Max(0, length - 1);
         if (_past.Length > keep) _past.Truncate(keep);
@@ -240,6 +341,7 @@ public sealed class KvGenerator : IDisposable
         int fromHost = 0;
         while (fromHost < LastRestore.ChunkTiers.Count && LastRestore.ChunkTiers[fromHost] == TierId.Host.Name) fromHost++;
         if (LastRestore.RestoredTokens > 0) _cachedChunks = Math.Min(fromHost, LastRestore.RestoredTokens / cache.ChunkTokens);
+        if (LastRestore.RestoredTokens >= _approximateFrom) _approximateFrom = int.MaxValue; // the past was replaced by exact rows
     }
 
     private static void RequireCacheFor(KvModel model, PrefixCache cache)

@@ -14,10 +14,19 @@ namespace OrtKvTier.Keys;
 internal sealed class ChunkChain
 {
     private const string Domain = "ortkvtier/chunk-chain/v2";
+    /// <summary>Documents computed on their own, to be placed anywhere in a prompt: keys of their own, never a prompt prefix's.</summary>
+    private const string DocumentDomain = "ortkvtier/document-chain/v1";
     private readonly CacheSecret _secret;
 
     /// <summary>Creates the chain for a model fingerprint, a chunk length, the cache's secret, an optional cache-wide salt and an optional tenant.</summary>
     public ChunkChain(ModelFingerprint fingerprint, int chunkTokens, CacheSecret secret, string? salt = null, string? tenant = null)
+        : this(fingerprint, chunkTokens, secret, salt, tenant, document: false) { }
+
+    /// <summary>The chain of documents (their KV computed from position 0 on their own) for a model, salt and tenant.</summary>
+    internal static ChunkChain ForDocuments(ModelFingerprint fingerprint, int chunkTokens, CacheSecret secret, string? salt, string? tenant) =>
+        new(fingerprint, chunkTokens, secret, salt, tenant, document: true);
+
+    private ChunkChain(ModelFingerprint fingerprint, int chunkTokens, CacheSecret secret, string? salt, string? tenant, bool document)
     {
         if (chunkTokens < 1 || chunkTokens > 65536)
             throw new ArgumentOutOfRangeException(nameof(chunkTokens), chunkTokens, "Chunk length must be between 1 and 65536 tokens.");
@@ -29,7 +38,7 @@ internal sealed class ChunkChain
         Span<byte> fields = stackalloc byte[20];
         BinaryPrimitives.WriteUInt128LittleEndian(fields, fingerprint.Value);
         BinaryPrimitives.WriteInt32LittleEndian(fields[16..], chunkTokens);
-        Root = new ChunkKey(secret.ChainRoot(fields, Domain, Salt, Tenant));
+        Root = new ChunkKey(secret.ChainRoot(fields, document ? DocumentDomain : Domain, Salt, Tenant));
     }
 
     /// <summary>Tokens per chunk.</summary>

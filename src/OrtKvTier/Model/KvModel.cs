@@ -55,6 +55,15 @@ public sealed class KvModel : IDisposable
     /// <summary>The CUDA device the session runs on, or null on the CPU.</summary>
     public OrtEpDevice? EpDevice { get; private init; }
 
+    /// <summary>How the model rotates keys by position; null when they cannot be moved (<see cref="DocumentReuseRefusal"/>).</summary>
+    internal RotaryPositions? Rotary { get; private init; }
+
+    /// <summary>
+    /// Why cached documents cannot be placed at other positions in this model's prompts (document reuse is refused), or
+    /// null when they can. Exact prefix caching is unaffected either way.
+    /// </summary>
+    public string? DocumentReuseRefusal { get; private init; }
+
     /// <summary>Why the model runs on the CPU although CUDA was asked for; null otherwise.</summary>
     public string? DeviceNote { get; private init; }
 
@@ -142,6 +151,7 @@ public sealed class KvModel : IDisposable
             return new KvModel(folder, config, session, layout, ModelFingerprint.Compute(decoderPath, externalData, configPath, layout), names, vocab, eos)
             {
                 LogitsType = logitsMeta.ElementDataType, Device = device, EpDevice = epDevice, DeviceNote = deviceNote,
+                Rotary = RotaryPositions.From(graph, headSize, out var refusal), DocumentReuseRefusal = refusal,
             };
         }
         catch

@@ -14,7 +14,10 @@ internal sealed class OnnxModelFile
     // onnx.proto field numbers.
     private const int ModelGraph = 7, ModelFunctions = 25;
     private const int GraphNode = 1, GraphInitializer = 5, GraphSparseInitializer = 15;
-    private const int NodeOpType = 4, NodeAttribute = 5, NodeDomain = 7;
+    private const int NodeInput = 1, NodeOpType = 4, NodeAttribute = 5, NodeDomain = 7;
+    private const int AttrName = 1, AttrInt = 3;
+    private const int TensorDims = 1, TensorDataType = 2, TensorFloatData = 4, TensorInt32Data = 5, TensorName = 8, TensorRawData = 9;
+    private const int DataTypeFloat = 1, DataTypeFloat16 = 10;
     private const int AttrTensor = 5, AttrGraph = 6, AttrTensors = 10, AttrGraphs = 11, AttrSparseTensor = 22, AttrSparseTensors = 23;
     private const int TensorExternalData = 13, TensorDataLocation = 14;
     private const int SparseValues = 1, SparseIndices = 2;
@@ -23,6 +26,20 @@ internal sealed class OnnxModelFile
 
     private readonly HashSet<string> _locations = new(StringComparer.Ordinal);
     private readonly HashSet<string> _operators = new(StringComparer.Ordinal);
+    private readonly List<RotaryUse> _rotaryUses = [];
+    private readonly Dictionary<string, float[]> _tables = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, long[]> _tableDims = new(StringComparer.Ordinal);
+    /// <summary>The main graph's initializers, as windows into the mapping (valid while <see cref="Read"/> runs).</summary>
+    private readonly List<Reader> _initializers = [];
+
+    /// <summary>A node that rotates keys by position: its op, the names of its cos and sin caches, and whether it interleaves.</summary>
+    internal sealed record RotaryUse(string Op, string Cos, string Sin, bool Interleaved);
+
+    /// <summary>Every node of the main graph that applies rotary embeddings (fused GroupQueryAttention with <c>do_rotary</c>, or RotaryEmbedding).</summary>
+    public IReadOnlyList<RotaryUse> RotaryUses => _rotaryUses;
+
+    /// <summary>A float or fp16 initializer of the main graph held inline (not external), as floats with its dims; null when there is none such.</summary>
+    public (float[] Values, long[] Dims)? Table(string name) => _tables.TryGetValue(name, out var values) ? (values, _tableDims[name]) : null;
 
     /// <summary>External-data file names as the model writes them (relative to its folder), sorted.</summary>
     public IReadOnlyList<string> ExternalDataFiles => [.. _locations.Order(StringComparer.Ordinal)];
@@ -46,6 +63,10 @@ internal sealed class OnnxModelFile
         try
         {
             model.ReadModel(new Reader(start + view.PointerOffset, length));
+            // The rotary caches' tables, while the mapping is there (the windows point into it).
+            var wanted = model._rotaryUses.SelectMany(u => new[] { u.Cos, u.Sin }).ToHashSet(StringComparer.Ordinal);
+            foreach (var tensor in model._initializers) model.KeepTable(tensor, wanted);
+            model._initializers.Clear();
         }
         finally
         {
@@ -57,33 +78,105 @@ internal sealed class OnnxModelFile
     private void ReadModel(Reader model)
     {
         while (model.Next(out int field, out var value))
-            if (field == ModelGraph) ReadGraph(value);
+            if (field == ModelGraph) ReadGraph(value, main: true);
             else if (field == ModelFunctions)
                 while (value.Next(out int f, out var node)) if (f == FunctionNode) ReadNode(node);
     }
 
-    private void ReadGraph(Reader graph)
+    private void ReadGraph(Reader graph, bool main = false)
     {
         while (graph.Next(out int field, out var value))
             switch (field)
             {
-                case GraphNode: ReadNode(value); break;
-                case GraphInitializer: ReadTensor(value); break;
+                case GraphNode: ReadNode(value, main); break;
+                case GraphInitializer:
+                    ReadTensor(value);
+                    if (main) _initializers.Add(value);
+                    break;
                 case GraphSparseInitializer: ReadSparseTensor(value); break;
             }
     }
 
-    private void ReadNode(Reader node)
+    private void ReadNode(Reader node, bool main = false)
     {
         string opType = "", domain = "";
+        var inputs = new List<string>();
+        var ints = new Dictionary<string, long>(StringComparer.Ordinal);
         while (node.Next(out int field, out var value))
             switch (field)
             {
+                case NodeInput: inputs.Add(value.Text()); break;
                 case NodeOpType: opType = value.Text(); break;
                 case NodeDomain: domain = value.Text(); break;
-                case NodeAttribute: ReadAttribute(value); break;
+                case NodeAttribute:
+                    ReadAttribute(value);
+                    if (IntAttribute(value) is var (name, number)) ints[name] = number;
+                    break;
             }
-        _operators.Add($"{(domain == "ai.onnx" ? "" : domain)}:{opType}");
+        if (domain == "ai.onnx") domain = "";
+        _operators.Add($"{domain}:{opType}");
+        if (!main) return;
+        string Input(int i) => i < inputs.Count ? inputs[i] : "";
+        if (domain == "com.microsoft" && opType == "GroupQueryAttention" && ints.GetValueOrDefault("do_rotary") != 0)
+            _rotaryUses.Add(new RotaryUse(opType, Input(7), Input(8), ints.GetValueOrDefault("rotary_interleaved") != 0));
+        else if (domain == "com.microsoft" && opType == "RotaryEmbedding")
+            _rotaryUses.Add(new RotaryUse(opType, Input(2), Input(3), ints.GetValueOrDefault("interleaved") != 0));
+        else if (domain == "" && opType == "RotaryEmbedding")
+            _rotaryUses.Add(new RotaryUse(opType, Input(1), Input(2), ints.GetValueOrDefault("interleaved") != 0));
+    }
+
+    /// <summary>An attribute's name and integer value, when it has one.</summary>
+    private static unsafe (string Name, long Value)? IntAttribute(Reader read)
+    {
+        var attribute = new Reader(read.Pointer, read.Length); // from its start: ReadAttribute walked it already
+        string? name = null;
+        long? number = null;
+        while (attribute.Next(out int field, out var value))
+            if (field == AttrName) name = value.Text();
+            else if (field == AttrInt) number = (long)value.Varint;
+        return name is not null && number is { } n ? (name, n) : null;
+    }
+
+    /// <summary>Keeps a wanted float or fp16 initializer stored inline (rotary caches are small); others are skipped.</summary>
+    private unsafe void KeepTable(Reader initializer, HashSet<string> wanted)
+    {
+        var tensor = new Reader(initializer.Pointer, initializer.Length); // from its start: the walk read it once already
+        string? name = null;
+        long type = 0;
+        var dims = new List<long>();
+        Reader? raw = null, floats = null, int32s = null;
+        while (tensor.Next(out int field, out var value))
+            switch (field)
+            {
+                case TensorDims:
+                    if (value.IsVarint) dims.Add((long)value.Varint);
+                    else dims.AddRange(value.PackedVarints().Select(v => (long)v));
+                    break;
+                case TensorDataType: type = (long)value.Varint; break;
+                case TensorName: name = value.Text(); break;
+                case TensorRawData: raw = value; break;
+                case TensorFloatData: floats = value; break;
+                case TensorInt32Data: int32s = value; break;
+            }
+        if (name is null || !wanted.Contains(name) || type is not (DataTypeFloat or DataTypeFloat16) || dims.Count != 2) return;
+        long count = dims[0] * dims[1];
+        if (count <= 0 || count > 1 << 26) return;
+        var values = new float[count];
+        if (raw is { } r && r.Length == count * (type == DataTypeFloat ? 4 : 2))
+        {
+            if (type == DataTypeFloat) new ReadOnlySpan<float>(r.Pointer, (int)count).CopyTo(values);
+            else System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(r.Pointer, (int)count), values);
+        }
+        else if (type == DataTypeFloat && floats is { } f && f.Length == count * 4) new ReadOnlySpan<float>(f.Pointer, (int)count).CopyTo(values);
+        else if (type == DataTypeFloat16 && int32s is { } ints)
+        {
+            var bits = ints.PackedVarints().ToArray();
+            if (bits.Length != count) return;
+            for (int i = 0; i < values.Length; i++) values[i] = (float)BitConverter.UInt16BitsToHalf((ushort)bits[i]);
+        }
+        else return;
+        _tables[name] = values;
+        _tableDims[name] = [.. dims];
     }
 
     private void ReadAttribute(Reader attribute)
@@ -127,6 +220,24 @@ internal sealed class OnnxModelFile
 
         /// <summary>A varint field's value (when the last field read was one).</summary>
         public ulong Varint { get; private set; }
+
+        /// <summary>Whether this is a varint field (no bytes of its own).</summary>
+        public bool IsVarint => start is null;
+
+        /// <summary>The field's bytes (a length-delimited field).</summary>
+        public byte* Pointer => start;
+
+        /// <summary>Bytes of the field.</summary>
+        public long Length => length;
+
+        /// <summary>A packed repeated varint field's values.</summary>
+        public List<ulong> PackedVarints()
+        {
+            var values = new List<ulong>();
+            var copy = new Reader(start, length);
+            while (copy._position < length) values.Add(copy.ReadVarint());
+            return values;
+        }
 
         /// <summary>The next field: its number and, for a length-delimited one, its bytes as a window. False at the end.</summary>
         public bool Next(out int field, out Reader value)

@@ -77,6 +77,9 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
     /// <summary>Makes room for exactly <paramref name="length"/> tokens whose rows the caller is about to write (a restore); their old contents are undefined.</summary>
     public abstract void PrepareRestore(int length);
 
+    /// <summary>Adds <paramref name="rows"/> rows after the current ones, which keep their contents; the caller writes the new ones.</summary>
+    public abstract void Extend(int rows);
+
     /// <summary><see cref="PrepareRestore"/>, then this past as the view a restore writes into: what a restore sink is handed.</summary>
     public IKvTensorView PreparedForRestore(int length)
     {
@@ -174,6 +177,18 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
             Length = length;
         }
 
+        public override void Extend(int rows)
+        {
+            for (int i = 0; i < _past.Length; i++)
+            {
+                var longer = Allocate(Length + rows);
+                KvMemory.CopyRows(Layout, _past[i]!, Length, longer, Length + rows, Length);
+                Release(_past[i]);
+                _past[i] = longer;
+            }
+            Length += rows;
+        }
+
         public override void PrepareRestore(int length)
         {
             DisposeAll(_present);
@@ -234,6 +249,12 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
         {
             ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Capacity);
             Length = length;
+        }
+
+        public override void Extend(int rows)
+        {
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(Length + rows, Capacity);
+            Length += rows;
         }
 
         public override Span<byte> TensorBytes(int layer, bool value) => HostBytes(_buffers[Slot(layer, value)]!);
