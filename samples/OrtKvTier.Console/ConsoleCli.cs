@@ -54,6 +54,17 @@ internal static class ConsoleCli
             Int("--piece-tokens", "Tokens prefilled (and captured) per step.", 256, 1, 1_000_000),
             .. CacheOptions(),
         ]));
+        root.Subcommands.Add(Command("rag", "Answer questions from a file of documents (paragraphs): each question retrieves the documents sharing most words with it; documents seen before come from the cache wherever they stood.", run,
+        [
+            new Option<FileInfo>("--documents") { Description = "The documents: paragraphs separated by blank lines.", Required = true }.AcceptExistingOnly(),
+            new Option<string>("--question") { Description = "One question." },
+            new Option<FileInfo>("--questions-file") { Description = "Questions, one per line." }.AcceptExistingOnly(),
+            Int("--top", "Documents retrieved per question.", 3, 1, 100),
+            Int("--max-new-tokens", "Most tokens per answer.", 48, 1, 1_000_000),
+            Model(),
+            new Option<bool>("--json") { Description = "Print one JSON object with every answer and where its documents came from." },
+            .. CacheOptions(),
+        ]));
         var cache = new Command("cache", "See and manage the disk cache's pools.");
         foreach (var (name, description) in new[]
                  {

@@ -14,6 +14,7 @@ var root = ConsoleCli.Build((path, result) =>
         "generate" => GenerateCommand.Run(options),
         "chat" => ChatCommand.Chat(options),
         "warm" => ChatCommand.Warm(options),
+        "rag" => RagCommand.Run(options),
         "build-model" => BuildModelCommand.Run(options),
         _ when words[0] == "cache" => CacheCommand.Run(words[1], options),
         _ => throw new UsageException($"Unknown command '{path}'."),

@@ -7,7 +7,7 @@ using OrtKvTier.Storage;
 const string usage = "usage: ortkv-bench <bench> [options]   (or BenchmarkDotNet arguments, e.g. --filter '*SlotPool*')\n\n" +
     BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchRemoteCommand.Usage + "\n" +
     BenchChatCommand.Usage + "\n" + BenchCaptureCommand.Usage + "\n" + BenchLoadCommand.Usage + "\n" + BenchServeCommand.Usage + "\n" +
-    BenchWritersCommand.Usage + "\n" + BenchLookupCommand.Usage + "\n" + BenchQualityCommand.Usage + "\n";
+    BenchWritersCommand.Usage + "\n" + BenchLookupCommand.Usage + "\n" + BenchQualityCommand.Usage + "\n" + BenchDocumentsCommand.Usage + "\n";
 
 if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
 {
@@ -28,6 +28,7 @@ Func<OrtKvTier.Console.CommandLine, int>? bench = args[0] switch
     "writers" => BenchWritersCommand.Run,
     "lookup" => BenchLookupCommand.Run,
     "quality" => BenchQualityCommand.Run,
+    "documents" => BenchDocumentsCommand.Run,
     _ => null,
 };
 if (bench is null)
@@ -38,7 +39,7 @@ if (bench is null)
 
 try
 {
-    return bench(new OrtKvTier.Console.CommandLine(args.Skip(1), new HashSet<string> { "json", "encrypt", "no-encrypt", "always-restore" }));
+    return bench(new OrtKvTier.Console.CommandLine(args.Skip(1), new HashSet<string> { "json", "encrypt", "no-encrypt", "always-restore", "ttft" }));
 }
 catch (Exception e) when (e is UsageException or ModelFolderException or ArgumentException or InvalidOperationException or IOException)
 {

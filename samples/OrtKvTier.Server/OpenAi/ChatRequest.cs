@@ -49,7 +49,15 @@ public sealed record ChatRequest(string Model, List<ChatMessage> Messages, ChatO
         var role = String(message, "role", $"{where}.role") ?? throw Invalid($"{where}.role is required.", $"{where}.role", "missing_required_parameter");
         if (!Roles.Contains(role)) throw Invalid($"{where}.role '{role}' is not supported; use one of {string.Join(", ", Roles)}.", $"{where}.role", "invalid_value");
         if (!message.TryGetProperty("content", out var content)) throw Invalid($"{where}.content is required.", $"{where}.content", "missing_required_parameter");
-        return new ChatMessage(role == "developer" ? ChatRole.System : new ChatRole(role), Content(content, $"{where}.content", "text"));
+        var chat = new ChatMessage(role == "developer" ? ChatRole.System : new ChatRole(role), Content(content, $"{where}.content", "text"));
+        // An extension (README): "ortkv_document": true marks a message whose KV may come from wherever it stood before.
+        if (message.TryGetProperty("ortkv_document", out var document))
+        {
+            if (document.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
+                throw Invalid($"{where}.ortkv_document must be true or false; got {document.ValueKind.ToString().ToLowerInvariant()}.", $"{where}.ortkv_document", "invalid_type");
+            if (document.ValueKind == JsonValueKind.True) (chat.AdditionalProperties ??= [])[KvChatClient.DocumentProperty] = true;
+        }
+        return chat;
     }
 
     /// <summary>A message's content: a string or an array of text parts (<c>{"type": partType, "text": ...}</c>).</summary>

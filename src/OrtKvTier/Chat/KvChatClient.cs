@@ -44,6 +44,13 @@ public sealed class KvChatClient : IChatClient
     /// </summary>
     public const string TenantProperty = "ortkv.tenant";
 
+    /// <summary>
+    /// The <see cref="ChatMessage.AdditionalProperties"/> entry (<c>true</c>) marking a message as a document: its KV may come
+    /// from the cache wherever the document stood in earlier prompts, moved to its place here (approximate; see
+    /// <see cref="KvGenerator.AppendDocument"/>). Opt-in: without it every answer is computed exactly.
+    /// </summary>
+    public const string DocumentProperty = "ortkv.document";
+
     /// <summary>The <see cref="ChatOptions.AdditionalProperties"/> entry (an <c>IReadOnlyDictionary&lt;int, double&gt;</c>) holding OpenAI's logit bias: token id → bias in [-100, 100].</summary>
     public const string LogitBiasProperty = "ortkv.logit_bias";
 
@@ -76,10 +83,12 @@ public sealed class KvChatClient : IChatClient
     /// <inheritdoc />
     public Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
-        var prompt = PromptTokens(messages, options);
+        var list = messages.ToList();
+        var prompt = PromptTokens(list, options);
+        var documents = DocumentSpans(list, prompt);
         return Task.Run(() =>
         {
-            var result = Generate(prompt, options, onText: null, cancellationToken);
+            var result = Generate(prompt, options, onText: null, cancellationToken, documents);
             var response = new ChatResponse(new ChatMessage(ChatRole.Assistant, result.Text))
             {
                 ModelId = _metadata.DefaultModelId, FinishReason = FinishReason(result.StopReason), Usage = Usage(result),
@@ -94,7 +103,9 @@ public sealed class KvChatClient : IChatClient
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var prompt = PromptTokens(messages, options);
+        var list = messages.ToList();
+        var prompt = PromptTokens(list, options);
+        var documents = DocumentSpans(list, prompt);
         // A small buffer: generation runs at most a couple of pieces ahead of the reader, so a reader that
         // cancels or stops reading stops it within a token.
         var pieces = Channel.CreateBounded<string>(new BoundedChannelOptions(1) { SingleReader = true, SingleWriter = true, FullMode = BoundedChannelFullMode.Wait });
@@ -105,7 +116,7 @@ public sealed class KvChatClient : IChatClient
         {
             try
             {
-                return Generate(prompt, options, piece => pieces.Writer.WriteAsync(piece, stop.Token).AsTask().GetAwaiter().GetResult(), stop.Token);
+                return Generate(prompt, options, piece => pieces.Writer.WriteAsync(piece, stop.Token).AsTask().GetAwaiter().GetResult(), stop.Token, documents);
             }
             finally
             {
@@ -149,7 +160,7 @@ public sealed class KvChatClient : IChatClient
     /// <summary>Nothing to release: the model, tokenizer and cache belong to the caller.</summary>
     public void Dispose() { }
 
-    private GenerationResult Generate(int[] prompt, ChatOptions? options, Action<string>? onText, CancellationToken cancellationToken)
+    private GenerationResult Generate(int[] prompt, ChatOptions? options, Action<string>? onText, CancellationToken cancellationToken, IReadOnlyList<Range>? documents = null)
     {
         var search = SearchFor(options);
         int maxNew = options?.MaxOutputTokens ?? _options.DefaultMaxOutputTokens;
@@ -158,7 +169,31 @@ public sealed class KvChatClient : IChatClient
         if (room <= 0)
             throw new ArgumentException($"The conversation is {prompt.Length} tokens; the model takes at most {search.MaxLength}. Shorten the history.", nameof(options));
         var tenant = options?.AdditionalProperties?.TryGetValue(TenantProperty, out var value) == true ? value as string ?? value?.ToString() : _options.Tenant;
-        return new TextGenerator(_model, _tokenizer, _cache, tenant).Generate(prompt, Math.Min(maxNew, room), search, onText, options?.StopSequences?.ToArray(), cancellationToken);
+        return new TextGenerator(_model, _tokenizer, _cache, tenant).Generate(prompt, Math.Min(maxNew, room), search, onText, options?.StopSequences?.ToArray(), cancellationToken, documents);
+    }
+
+    /// <summary>
+    /// Where the messages marked <see cref="DocumentProperty"/> sit in <paramref name="prompt"/>: each document's tokens (or,
+    /// where the template's text around it merges with its first or last token, all but those) found after the previous one.
+    /// </summary>
+    private List<Range> DocumentSpans(IEnumerable<ChatMessage> messages, int[] prompt)
+    {
+        var spans = new List<Range>();
+        int from = 0;
+        foreach (var message in messages)
+        {
+            if (message.AdditionalProperties?.TryGetValue(DocumentProperty, out var flag) != true || flag is not true || string.IsNullOrEmpty(message.Text)) continue;
+            var tokens = _tokenizer.Encode(message.Text);
+            foreach (var candidate in new[] { tokens, tokens.Length > 2 ? tokens[1..^1] : [] })
+            {
+                int at = candidate.Length == 0 ? -1 : prompt.AsSpan(from).IndexOf(candidate);
+                if (at < 0) continue;
+                spans.Add(new Range(from + at, from + at + candidate.Length));
+                from += at + candidate.Length;
+                break;
+            }
+        }
+        return spans;
     }
 
     private SearchOptions SearchFor(ChatOptions? options)
@@ -221,6 +256,7 @@ public sealed class KvChatClient : IChatClient
         ["prefill_ms"] = result.PrefillMs,
         ["found_tokens"] = result.Restore.FoundTokens,
         ["computed_instead"] = result.Restore.ComputedInstead,
+        ["documents"] = result.Documents,
     };
 
     private static ChatFinishReason FinishReason(StopReason reason) => reason switch

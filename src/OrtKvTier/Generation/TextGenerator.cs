@@ -31,6 +31,8 @@ public sealed record GenerationResult
     public double PrefillMs { get; init; }
     /// <summary>New chunks stored in the cache by this call.</summary>
     public int CapturedChunks { get; init; }
+    /// <summary>The prompt's documents placed from their own cache entries (<see cref="KvGenerator.AppendDocument"/>), in prompt order; empty without document reuse.</summary>
+    public IReadOnlyList<DocumentPlacement> Documents { get; init; } = [];
 }
 
 /// <summary>Why generation stopped.</summary>
@@ -70,8 +72,13 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
     /// before every token: a cancelled call throws <see cref="OperationCanceledException"/> within one step, and
     /// what it captured so far stays valid in the cache.
     /// </summary>
+    /// <remarks>
+    /// <paramref name="documents"/>: spans of the prompt that are documents its KV may come from wherever they stood
+    /// before (<see cref="KvGenerator.AppendDocument"/>: approximate, opt-in). Ignored without a cache or for a model whose
+    /// positions cannot be moved (<see cref="KvModel.DocumentReuseRefusal"/>): the prompt then runs exactly.
+    /// </remarks>
     public GenerationResult Generate(ReadOnlySpan<int> prompt, int maxNewTokens, SearchOptions? search,
-        Action<string>? onText, IReadOnlyList<string>? stopSequences, CancellationToken cancellationToken = default)
+        Action<string>? onText, IReadOnlyList<string>? stopSequences, CancellationToken cancellationToken = default, IReadOnlyList<Range>? documents = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -89,7 +96,7 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
         bool stopped = false;
         var stops = stopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
         cancellationToken.ThrowIfCancellationRequested();
-        generator.AppendTokens(prompt);
+        var (restore, prefillTokens, prefillMs, placed) = Prefill(generator, prompt, documents);
         while (!generator.IsDone && !stopped)
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -128,9 +135,44 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
         {
             Tokens = tokens.ToArray(), Text = text.ToString(), PromptTokens = prompt.Length,
             TtftMs = ttft, TotalMs = clock.Elapsed.TotalMilliseconds, StopReason = reason,
-            Restore = generator.LastRestore, PrefillTokens = generator.LastPrefillTokens, PrefillMs = generator.LastPrefillMs,
-            CapturedChunks = captured,
+            Restore = restore, PrefillTokens = prefillTokens, PrefillMs = prefillMs, CapturedChunks = captured, Documents = placed,
         };
+    }
+
+    /// <summary>
+    /// Appends the prompt: at once, or (documents, where the cache and the model allow) the stretches between documents as
+    /// prompt tokens and each document placed from its own entries. The restore report is the first stretch's (the prompt's exact prefix).
+    /// </summary>
+    private (PrefixRestoreReport Restore, int PrefillTokens, double PrefillMs, List<DocumentPlacement> Documents) Prefill(KvGenerator generator, ReadOnlySpan<int> prompt, IReadOnlyList<Range>? documents)
+    {
+        var placed = new List<DocumentPlacement>();
+        if (documents is not { Count: > 0 } || cache is null || model.DocumentReuseRefusal is not null)
+        {
+            generator.AppendTokens(prompt);
+            return (generator.LastRestore, generator.LastPrefillTokens, generator.LastPrefillMs, placed);
+        }
+        int promptLength = prompt.Length;
+        var spans = documents.Select(d => d.GetOffsetAndLength(promptLength)).Where(d => d.Length > 0).OrderBy(d => d.Offset).ToArray();
+        PrefixRestoreReport? restore = null;
+        int prefillTokens = 0, at = 0;
+        double prefillMs = 0;
+        void Stretch(ReadOnlySpan<int> tokens)
+        {
+            if (tokens.IsEmpty) return;
+            generator.AppendTokens(tokens);
+            restore ??= generator.LastRestore;
+            prefillTokens += generator.LastPrefillTokens;
+            prefillMs += generator.LastPrefillMs;
+        }
+        foreach (var (offset, length) in spans)
+        {
+            if (offset < at) throw new ArgumentException($"Documents overlap: one starts at token {offset}, inside the one before (which ends at {at}).", nameof(documents));
+            Stretch(prompt[at..offset]);
+            placed.Add(generator.AppendDocument(prompt.Slice(offset, length)));
+            at = offset + length;
+        }
+        Stretch(prompt[at..]);
+        return (restore ?? PrefixRestoreReport.None(), prefillTokens, prefillMs, placed);
     }
 
     /// <summary>Where the text must be cut if a stop sequence now appears in it (it can end inside the piece just added).</summary>

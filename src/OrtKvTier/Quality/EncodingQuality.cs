@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using OrtKvTier.Inference;
 using OrtKvTier.Model;
 using OrtKvTier.Tensors;
@@ -52,7 +51,7 @@ internal static unsafe class EncodingQualityProbe
             throw new ArgumentException($"The text has {tokens.Length} tokens; one window of {prefixTokens} restored and {scoredTokens} scored needs {window}. Give a longer text or smaller windows.");
         var layout = new ChunkLayout(model.Layout, chunkTokens);
         var codecs = encodings.Select(e => KvCodec.For(e, model.Layout.Shape, chunkTokens)).ToArray();
-        var totals = encodings.Select(e => new Totals(e)).ToArray();
+        var totals = encodings.Select(_ => new PredictionAgreement()).ToArray();
         int chunks = prefixTokens / chunkTokens, vocab = model.VocabSize;
         var exactChunks = new byte[chunks * layout.ChunkBytes];
         var encoded = codecs.Select(c => new byte[c?.EncodedBytes ?? 0]).ToArray();
@@ -98,44 +97,6 @@ internal static unsafe class EncodingQualityProbe
                 }
             }
         }
-        return Array.ConvertAll(totals, t => t.Result());
-    }
-
-    private sealed class Totals(KvEncoding encoding)
-    {
-        private int _positions, _agreed;
-        private double _kl, _maxKl, _exactNats, _encodedNats;
-
-        public void Add(ReadOnlySpan<float> exact, ReadOnlySpan<float> encoded, int nextToken)
-        {
-            var p = LogSoftmax(exact);
-            var q = LogSoftmax(encoded);
-            double kl = 0;
-            for (int i = 0; i < p.Length; i++) kl += Math.Exp(p[i]) * (p[i] - q[i]);
-            kl = Math.Max(0, kl);
-            _positions++;
-            if (TensorPrimitives.IndexOfMax(exact) == TensorPrimitives.IndexOfMax(encoded)) _agreed++;
-            _kl += kl;
-            _maxKl = Math.Max(_maxKl, kl);
-            _exactNats -= p[nextToken];
-            _encodedNats -= q[nextToken];
-        }
-
-        public EncodingQuality Result() => new()
-        {
-            Encoding = encoding, Positions = _positions, Top1Agreement = (double)_agreed / _positions, MeanKl = _kl / _positions, MaxKl = _maxKl,
-            ExactNatsPerToken = _exactNats / _positions, EncodedNatsPerToken = _encodedNats / _positions,
-        };
-
-        private static double[] LogSoftmax(ReadOnlySpan<float> logits)
-        {
-            float max = TensorPrimitives.Max(logits);
-            double sum = 0;
-            foreach (var x in logits) sum += Math.Exp(x - max);
-            double log = max + Math.Log(sum);
-            var result = new double[logits.Length];
-            for (int i = 0; i < result.Length; i++) result[i] = logits[i] - log;
-            return result;
-        }
+        return [.. totals.Select((t, e) => t.Result(encodings[e]))];
     }
 }

@@ -38,6 +38,18 @@ internal static class BenchModel
         return ModelFolderBuilder.EnsureBuilt(folder, shape with { MaxLength = length });
     }
 
+    /// <summary><c>../shared/models/trained-byte-4L</c> beside the repository: the small model trained on English text.</summary>
+    public static string TrainedModel()
+    {
+        var folder = Path.GetFullPath(Path.Combine(RepoFile(".."), "shared", "models", "trained-byte-4L"));
+        if (!File.Exists(Path.Combine(folder, "genai_config.json")))
+            throw new UsageException($"The trained model is not at {folder}; pass --model DIR.");
+        return folder;
+    }
+
+    /// <summary>A path relative to the repository's root.</summary>
+    public static string RepoFile(string relative) => Path.Combine(Path.GetDirectoryName(Path.GetDirectoryName(RepoPaths.FindShipped("tiny")))!, relative);
+
     /// <summary><c>models/bench-large</c> in the repository (about 1.4 GB with external data), built when missing.</summary>
     public static string ResolveLarge()
     {

@@ -25,8 +25,8 @@ internal static class BenchQualityCommand
 
     public static int Run(CommandLine cl)
     {
-        var models = cl.String("model")?.Split(',') ?? [TrainedModel(), RepoPaths.FindShipped("tiny-fp16")];
-        var texts = cl.String("text")?.Split(',') ?? [RepoFile("docs/ARCHITECTURE.md"), RepoFile("README.md")];
+        var models = cl.String("model")?.Split(',') ?? [BenchModel.TrainedModel(), RepoPaths.FindShipped("tiny-fp16")];
+        var texts = cl.String("text")?.Split(',') ?? [BenchModel.RepoFile("docs/ARCHITECTURE.md"), BenchModel.RepoFile("README.md")];
         int prefix = cl.Int("prefix", 512, 1), scored = cl.Int("scored", 256, 1), chunkTokens = cl.Int("chunk-tokens", 32, 1);
         int positions = cl.Int("positions", 10000, 1);
         bool json = cl.Flag("json");
@@ -67,15 +67,4 @@ internal static class BenchQualityCommand
         if (json) System.Console.WriteLine(JsonSerializer.Serialize(new { bench = "quality", prefix, scored, chunk_tokens = chunkTokens, texts, rows }, new JsonSerializerOptions { WriteIndented = true }));
         return 0;
     }
-
-    /// <summary><c>../shared/models/trained-byte-4L</c> beside the repository.</summary>
-    private static string TrainedModel()
-    {
-        var folder = Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetDirectoryName(RepoPaths.FindShipped("tiny")))!, "..", "shared", "models", "trained-byte-4L"));
-        if (!File.Exists(Path.Combine(folder, "genai_config.json")))
-            throw new UsageException($"The trained model is not at {folder}; pass --model DIR.");
-        return folder;
-    }
-
-    private static string RepoFile(string relative) => Path.Combine(Path.GetDirectoryName(Path.GetDirectoryName(RepoPaths.FindShipped("tiny")))!, relative);
 }

@@ -10,11 +10,12 @@ namespace OrtKvTier.Tests.Architecture;
 /// <summary>The public surface is what the README's user needs: plumbing, DTOs and test entry points stay internal.</summary>
 public sealed class PublicSurfaceTests(ITestOutputHelper output)
 {
-    // 40, and the compressed tiers' three: the encoding option, the quality gate's thresholds and the figures it reports.
-    private const int MaxPublicTypes = 43;
+    // 40, the compressed tiers' three (the encoding option, the quality gate's thresholds and the figures it reports) and
+    // document reuse's report of where a document went.
+    private const int MaxPublicTypes = 44;
 
     [Fact]
-    public void TheLibraryExportsAtMostFortyThreeTypes()
+    public void TheLibraryExportsAtMostFortyFourTypes()
     {
         var exported = typeof(PrefixCache).Assembly.GetExportedTypes().Select(t => t.FullName!).Order(StringComparer.Ordinal).ToList();
         foreach (var name in exported) output.WriteLine(name);

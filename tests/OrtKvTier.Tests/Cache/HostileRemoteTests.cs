@@ -39,7 +39,9 @@ public sealed class HostileRemoteTests
 
         // Twice: the first request finds nothing above the server and asks it; the second asks again (the host tier holds
         // the chunks the first computed, so it restores those and asks the server for nothing more, or for the rest).
-        for (int round = 0; round < 2; round++)
+        // More rounds while the server saw no GET yet: on a loaded machine the client may be reconnecting (its connection
+        // timed out on the misbehaving server) when a request looks, and then it asks nobody.
+        for (int round = 0; round < 2 || (server.SpoiledGets == 0 && round < 10); round++)
         {
             var clock = Stopwatch.StartNew();
             var run = CacheTestKit.Greedy(model, prompt, cache);

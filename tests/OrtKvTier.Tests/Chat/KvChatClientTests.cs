@@ -29,6 +29,34 @@ public sealed class KvChatClientTests : IDisposable
     }
 
     [Fact]
+    public async Task MessagesMarkedAsDocumentsComeFromTheirOwnEntriesInAnyOrderAndUnmarkedOnesRunExactly()
+    {
+        using var cache = NewCache();
+        var client = _model.AsChatClient(_tokenizer, cache);
+        static ChatMessage Document(string text) => new(ChatRole.User, text) { AdditionalProperties = new() { [KvChatClient.DocumentProperty] = true } };
+        string a = string.Join(' ', Enumerable.Repeat("The ferry to the islands leaves every morning at nine from the harbour.", 4));
+        string b = string.Join(' ', Enumerable.Repeat("Marta keeps four hives of bees on the roof of her building.", 4));
+        var system = new ChatMessage(ChatRole.System, "Answer from the documents.");
+        var question = new ChatMessage(ChatRole.User, "When does the ferry leave?");
+
+        IReadOnlyList<DocumentPlacement> Placed(ChatResponse r) => (IReadOnlyList<DocumentPlacement>)r.AdditionalProperties!["documents"]!;
+        var first = await client.GetResponseAsync([system, Document(a), Document(b), question], Greedy);
+        Assert.Equal(2, Placed(first).Count);
+        Assert.All(Placed(first), p => Assert.Equal(0, p.CachedTokens));
+        var swapped = await client.GetResponseAsync([system, Document(b), Document(a), question], Greedy);
+        Assert.Equal(2, Placed(swapped).Count);
+        Assert.All(Placed(swapped), p => Assert.True(p.CachedTokens >= Chunk, $"{p.CachedTokens} of {p.Tokens} document tokens came from the cache"));
+        Assert.True(Placed(swapped)[0].Offset < Placed(swapped)[1].Offset);
+        Assert.Equal(12, swapped.Usage!.OutputTokenCount);
+
+        // Unmarked: nothing is placed, and the answer is the exact one (as with no cache at all).
+        var plain = await client.GetResponseAsync([system, new ChatMessage(ChatRole.User, b), new ChatMessage(ChatRole.User, a), question], Greedy);
+        Assert.Empty(Placed(plain));
+        using var uncached = _model.AsChatClient(_tokenizer);
+        Assert.Equal((await uncached.GetResponseAsync([system, new ChatMessage(ChatRole.User, b), new ChatMessage(ChatRole.User, a), question], Greedy)).Text, plain.Text);
+    }
+
+    [Fact]
     public async Task EachTurnRestoresAtLeastEveryFullChunkOfThePreviousTurnsPrompt()
     {
         using var cache = NewCache();

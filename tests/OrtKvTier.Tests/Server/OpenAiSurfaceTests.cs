@@ -85,6 +85,19 @@ public sealed class OpenAiSurfaceTests : IClassFixture<OpenAiSurfaceTests.Shared
     }
 
     [Fact]
+    public async Task MessagesMarkedAsDocumentsAreServedAndAMarkThatIsNotABooleanIsA400()
+    {
+        const string messages = """[{"role": "system", "content": "Answer from the document."}, {"role": "user", "content": "The ferry leaves every morning at nine from the harbour of Selwick, and on weekdays only in winter.", "ortkv_document": DOC}, {"role": "user", "content": "When does the ferry leave?"}]""";
+        var (status, body) = await Post("v1/chat/completions", $$"""{"model": "tiny", "max_tokens": 3, "temperature": 0, "messages": {{messages.Replace("DOC", "true")}}}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var (_, exact) = await Post("v1/chat/completions", $$"""{"model": "tiny", "max_tokens": 3, "temperature": 0, "messages": {{messages.Replace("DOC", "false")}}}""");
+        Assert.Equal(PromptTokens(exact), PromptTokens(body)); // the same prompt; only where its document's KV comes from may differ
+        (status, body) = await Post("v1/chat/completions", $$"""{"model": "tiny", "max_tokens": 3, "messages": {{messages.Replace("DOC", "\"yes\"")}}}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("messages[1].ortkv_document", Error(body).GetProperty("param").GetString());
+    }
+
+    [Fact]
     public async Task ANulCharacterCutsNothing()
     {
         var (status, withNul) = await Post("v1/chat/completions", Chat("\"What is\\u0000 the default password of the router?\""));

@@ -60,6 +60,14 @@ internal sealed class TempDir : IDisposable
 
     public string Sub(string name) => System.IO.Path.Combine(Path, name);
 
+    /// <summary>Writes <paramref name="text"/> to a file of this directory; its path.</summary>
+    public string File(string name, string text)
+    {
+        var path = Sub(name);
+        System.IO.File.WriteAllText(path, text);
+        return path;
+    }
+
     public void Dispose()
     {
         try { Directory.Delete(Path, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
