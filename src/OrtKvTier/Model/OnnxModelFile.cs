@@ -65,7 +65,7 @@ internal sealed class OnnxModelFile
             model.ReadModel(new Reader(start + view.PointerOffset, length));
             // The rotary caches' tables, while the mapping is there (the windows point into it).
             var wanted = model._rotaryUses.SelectMany(u => new[] { u.Cos, u.Sin }).ToHashSet(StringComparer.Ordinal);
-            foreach (var tensor in model._initializers) model.KeepTable(tensor, wanted);
+            foreach (var tensor in model._initializers) model.KeepTable(tensor, wanted, Path.GetDirectoryName(Path.GetFullPath(path))!);
             model._initializers.Clear();
         }
         finally
@@ -138,16 +138,29 @@ internal sealed class OnnxModelFile
     }
 
     /// <summary>Keeps a wanted float or fp16 initializer stored inline (rotary caches are small); others are skipped.</summary>
-    private unsafe void KeepTable(Reader initializer, HashSet<string> wanted)
+    private unsafe void KeepTable(Reader initializer, HashSet<string> wanted, string folder)
     {
         var tensor = new Reader(initializer.Pointer, initializer.Length); // from its start: the walk read it once already
         string? name = null;
         long type = 0;
         var dims = new List<long>();
         Reader? raw = null, floats = null, int32s = null;
+        bool external = false;
+        string? location = null;
+        long offset = 0, length = -1;
         while (tensor.Next(out int field, out var value))
             switch (field)
             {
+                case TensorDataLocation: external = value.Varint == 1; break;
+                case TensorExternalData:
+                    string? key = null, text = null;
+                    while (value.Next(out int f, out var entry))
+                        if (f == EntryKey) key = entry.Text();
+                        else if (f == EntryValue) text = entry.Text();
+                    if (key == "location") location = text;
+                    else if (key == "offset" && long.TryParse(text, out var o)) offset = o;
+                    else if (key == "length" && long.TryParse(text, out var l)) length = l;
+                    break;
                 case TensorDims:
                     if (value.IsVarint) dims.Add((long)value.Varint);
                     else dims.AddRange(value.PackedVarints().Select(v => (long)v));
@@ -162,7 +175,14 @@ internal sealed class OnnxModelFile
         long count = dims[0] * dims[1];
         if (count <= 0 || count > 1 << 26) return;
         var values = new float[count];
-        if (raw is { } r && r.Length == count * (type == DataTypeFloat ? 4 : 2))
+        long bytes = count * (type == DataTypeFloat ? 4 : 2);
+        if (external)
+        {
+            if (location is null || (length >= 0 && length != bytes) || ReadExternal(folder, location, offset, bytes) is not { } stored) return;
+            if (type == DataTypeFloat) System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(stored).CopyTo(values);
+            else System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(stored), values);
+        }
+        else if (raw is { } r && r.Length == bytes)
         {
             if (type == DataTypeFloat) new ReadOnlySpan<float>(r.Pointer, (int)count).CopyTo(values);
             else System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(r.Pointer, (int)count), values);
@@ -177,6 +197,23 @@ internal sealed class OnnxModelFile
         else return;
         _tables[name] = values;
         _tableDims[name] = [.. dims];
+    }
+
+    /// <summary>Bytes of an external-data file (a name inside the model's folder), or null when they are not all there or it is outside.</summary>
+    private static byte[]? ReadExternal(string folder, string location, long offset, long bytes)
+    {
+        var path = Path.GetFullPath(Path.Combine(folder, location));
+        if (!path.StartsWith(Path.TrimEndingDirectorySeparator(folder) + Path.DirectorySeparatorChar, StringComparison.Ordinal) || offset < 0) return null;
+        try
+        {
+            using var file = File.OpenHandle(path);
+            var buffer = new byte[bytes];
+            return RandomAccess.Read(file, buffer, offset) == bytes ? buffer : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
     }
 
     private void ReadAttribute(Reader attribute)

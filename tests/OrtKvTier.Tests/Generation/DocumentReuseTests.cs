@@ -16,12 +16,15 @@ public sealed class DocumentReuseTests : IDisposable
     private const int Chunk = 16;
     private readonly TempDir _temp = new();
 
-    public static TheoryData<RotaryPlacement, IoDType, bool> Variants() => new()
+    public static TheoryData<RotaryPlacement, IoDType, bool, string?> Variants() => new()
     {
-        { RotaryPlacement.InAttention, IoDType.Fp32, false },
-        { RotaryPlacement.InAttention, IoDType.Fp16, true },
-        { RotaryPlacement.PositionIds, IoDType.Fp32, true },
-        { RotaryPlacement.PositionIds, IoDType.Fp16, false },
+        // rotary placement, dtype, shared buffer, external-data file (the rotary tables in it too)
+        { RotaryPlacement.InAttention, IoDType.Fp32, false, null },
+        { RotaryPlacement.InAttention, IoDType.Fp16, true, null },
+        { RotaryPlacement.PositionIds, IoDType.Fp32, true, null },
+        { RotaryPlacement.PositionIds, IoDType.Fp16, false, null },
+        { RotaryPlacement.InAttention, IoDType.Fp16, false, "model.onnx_data" },
+        { RotaryPlacement.PositionIds, IoDType.Fp32, true, "weights.bin" },
     };
 
     private static float[] Floats(KvModel model, ReadOnlySpan<byte> bytes) => model.Layout.ElementSize == 2
@@ -31,9 +34,9 @@ public sealed class DocumentReuseTests : IDisposable
     /// <summary>Layer 0's keys depend on a token and its position only: a document computed at 0 and moved to p equals one computed at p.</summary>
     [Theory]
     [MemberData(nameof(Variants))]
-    public void KeysMovedFromPositionZeroEqualKeysComputedThere(RotaryPlacement rotary, IoDType dtype, bool shared)
+    public void KeysMovedFromPositionZeroEqualKeysComputedThere(RotaryPlacement rotary, IoDType dtype, bool shared, string? externalData)
     {
-        var folder = TestPaths.Build(_temp.Sub("model"), ModelShape.Tiny with { Rotary = rotary, DType = dtype, SharedBuffer = shared, MaxLength = 512, Seed = 31 });
+        var folder = TestPaths.Build(_temp.Sub("model"), ModelShape.Tiny with { Rotary = rotary, DType = dtype, SharedBuffer = shared, MaxLength = 512, Seed = 31, ExternalDataFile = externalData });
         using var model = KvModel.Load(folder);
         Assert.Null(model.DocumentReuseRefusal);
         var rotation = model.Rotary!;
@@ -105,6 +108,32 @@ public sealed class DocumentReuseTests : IDisposable
         using var exact = new KvGenerator(model, search, cache);
         exact.AppendTokens([.. system, .. b, .. a, .. question]);
         Assert.Equal(system.Length, exact.LastRestore.RestoredTokens);
+    }
+
+    /// <summary>Graphs whose keys cannot be moved exactly are refused, saying why (read from the graph, without loading it).</summary>
+    [Fact]
+    public void ModelsWithoutReadableRotaryOrThatSwitchTablesAreRefusedNamingWhy()
+    {
+        string Refusal(Action<OrtKvTier.ModelBuilder.Onnx.GraphBuilder> build)
+        {
+            var graph = new OrtKvTier.ModelBuilder.Onnx.GraphBuilder();
+            build(graph);
+            var path = _temp.File($"graph-{Guid.NewGuid():N}.onnx", "");
+            File.WriteAllBytes(path, graph.ToModel("g"));
+            Assert.Null(RotaryPositions.From(OnnxModelFile.Read(path), 16, out var why));
+            return why!;
+        }
+        string Rotary(OrtKvTier.ModelBuilder.Onnx.GraphBuilder g, string table = "cos_cache")
+        {
+            var x = g.Input("x", OrtKvTier.ModelBuilder.Onnx.OnnxType.Float, 1, 1, 16);
+            var positions = g.Input("position_ids", OrtKvTier.ModelBuilder.Onnx.OnnxType.Int64, 1, 1);
+            var cos = g.Weight(table, OrtKvTier.ModelBuilder.Onnx.OnnxType.Float, new float[64 * 8], 64, 8);
+            var sin = g.Weight(table + "_sin", OrtKvTier.ModelBuilder.Onnx.OnnxType.Float, new float[64 * 8], 64, 8);
+            return g.Node("RotaryEmbedding", [x, positions, cos, sin], domain: "com.microsoft")[0];
+        }
+        Assert.Contains("no rotary position embedding", Refusal(g => g.Op("Relu", g.Input("x", OrtKvTier.ModelBuilder.Onnx.OnnxType.Float, 1, 16))));
+        Assert.Contains("If or Loop", Refusal(g => g.Op("If", g.Op("Greater", Rotary(g), Rotary(g, "other")))));
+        Assert.Contains("different tables", Refusal(g => g.Op("Add", Rotary(g), Rotary(g, "long_cos_cache"))));
     }
 
     [Fact]
