@@ -37,7 +37,7 @@ public static class ChatCompletions
             }
             var response = await chat.GetResponseAsync(request.Messages, request.Options, aborted);
             RequestLog.Record(context, response.Usage);
-            return Results.Json(Completion(response, ChatModels.Id(chat)));
+            return Results.Json(Completion(response, ChatModels.Id(chat)), OmitNulls);
         }
     }
 
@@ -90,6 +90,9 @@ public static class ChatCompletions
         await response.WriteAsync("data: [DONE]\n\n", aborted);
     }
 
+    /// <summary>Extensions (<c>ortkv_documents</c>) appear only when they say something.</summary>
+    private static readonly JsonSerializerOptions OmitNulls = new(JsonSerializerDefaults.Web) { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull };
+
     private static object Completion(ChatResponse response, string model) => new
     {
         id = "chatcmpl-" + (response.ResponseId ?? Guid.NewGuid().ToString("N")),
@@ -98,6 +101,10 @@ public static class ChatCompletions
         model,
         choices = new[] { new { index = 0, message = new { role = "assistant", content = response.Text }, finish_reason = FinishReason(response.FinishReason) } },
         usage = Usage(response.Usage),
+        // An extension: where the request's ortkv_document messages were placed from the cache.
+        ortkv_documents = response.AdditionalProperties?.GetValueOrDefault("documents") is IReadOnlyList<OrtKvTier.Generation.DocumentPlacement> { Count: > 0 } placed
+            ? placed.Select(p => new { offset = p.Offset, tokens = p.Tokens, cached_tokens = p.CachedTokens, moved_tokens = p.MovedTokens, recomputed_tokens = p.RecomputedTokens, delta = p.Delta })
+            : null,
     };
 
     private static object? Usage(UsageDetails? usage) => usage is null ? null : new

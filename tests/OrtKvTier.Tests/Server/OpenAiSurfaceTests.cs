@@ -92,6 +92,9 @@ public sealed class OpenAiSurfaceTests : IClassFixture<OpenAiSurfaceTests.Shared
         Assert.Equal(HttpStatusCode.OK, status);
         var (_, exact) = await Post("v1/chat/completions", $$"""{"model": "tiny", "max_tokens": 3, "temperature": 0, "messages": {{messages.Replace("DOC", "false")}}}""");
         Assert.Equal(PromptTokens(exact), PromptTokens(body)); // the same prompt; only where its document's KV comes from may differ
+        var placed = JsonDocument.Parse(body).RootElement.GetProperty("ortkv_documents").EnumerateArray().Single();
+        Assert.True(placed.GetProperty("offset").GetInt32() > 0 && placed.GetProperty("tokens").GetInt32() > 0, body);
+        Assert.False(JsonDocument.Parse(exact).RootElement.TryGetProperty("ortkv_documents", out _));
         (status, body) = await Post("v1/chat/completions", $$"""{"model": "tiny", "max_tokens": 3, "messages": {{messages.Replace("DOC", "\"yes\"")}}}""");
         Assert.Equal(HttpStatusCode.BadRequest, status);
         Assert.Equal("messages[1].ortkv_document", Error(body).GetProperty("param").GetString());
