@@ -72,6 +72,53 @@ public sealed class PlantedPathTests : IDisposable
         Assert.False(File.Exists(Path.Combine(victim, "created-by-the-cache.lock")));
     }
 
+    /// <summary>
+    /// Every file the cache opens while generating (the key, each pool file, the liveness and lock files, an int8 pool's
+    /// quality verdict) replaced by a link to a victim file: generation answers as without a cache, twice, and the victim
+    /// tree is unchanged.
+    /// </summary>
+    [Theory]
+    [InlineData("cache.key")]
+    [InlineData("slots.bin")]
+    [InlineData("index.journal")]
+    [InlineData("index.snapshot")]
+    [InlineData("writers.alive")]
+    [InlineData("writer.lock")]
+    [InlineData(".quality")]
+    public void GenerationWithALinkPlantedAtAFileItOpensAnswersAndTouchesNothingOutside(string name)
+    {
+        const string prompt = "A prompt long enough to fill a chunk or two of the cache, and then some more words.";
+        // An int8 disk (approximate) only where the planted file is its verdict; exact elsewhere, so the tokens must equal no cache's.
+        bool int8 = name == ".quality";
+        string[] Args(string dir) => ["generate", "--prompt", prompt, "--max-new-tokens", "3", "--chunk-tokens", "16", "--cache-dir", dir, "--json", .. (int8 ? new[] { "--disk-encoding", "int8" } : [])];
+        var cache = _temp.Sub("link-cache");
+        Assert.Equal(0, ChildProcess.Console(Args(cache)).ExitCode);
+        var victim = Victim();
+        string before = Hash(victim);
+        var pool = Directory.GetDirectories(cache).Single(d => File.Exists(Path.Combine(d, "slots.bin")));
+        string planted = name switch
+        {
+            "cache.key" => Path.Combine(cache, name),
+            ".quality" => pool + ".quality",
+            _ => Path.Combine(pool, name),
+        };
+        if (File.Exists(planted)) File.Delete(planted);
+        File.CreateSymbolicLink(planted, Path.Combine(victim, name == "slots.bin" ? "slots.bin" : "precious.txt"));
+
+        var expected = System.Text.Json.JsonDocument.Parse(ChildProcess.Console(["generate", "--prompt", prompt, "--max-new-tokens", "3", "--no-cache", "--json"]).StdOut).RootElement.GetProperty("tokens").ToString();
+        for (int run = 0; run < 2; run++)
+        {
+            var clock = Stopwatch.StartNew();
+            var result = ChildProcess.Console(Args(cache));
+            Assert.True(result.ExitCode == 0, result.StdErr);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"generate took {clock.Elapsed.TotalSeconds:F1} s");
+            var tokens = System.Text.Json.JsonDocument.Parse(result.StdOut).RootElement.GetProperty("tokens");
+            if (int8) Assert.Equal(3, tokens.GetArrayLength());
+            else Assert.Equal(expected, tokens.ToString());
+        }
+        Assert.Equal(before, Hash(victim));
+    }
+
     [Fact]
     public void FifosAndSocketsAtThePoolsFilesHangNothing()
     {
