@@ -18,6 +18,12 @@ public sealed class ServerOptions
     /// <summary>The largest request body taken; a larger one is a 413 before it is read. Default 4 MiB (about a million tokens of text).</summary>
     public long MaxRequestBodyBytes { get; set; } = 4L << 20;
 
+    /// <summary>
+    /// Seconds a streamed answer waits for its client to take an event; then the connection is aborted and the generation
+    /// stops (a client that stopped reading, or left unseen, never holds a slot). Default 30.
+    /// </summary>
+    public int StreamWriteTimeoutSeconds { get; set; } = 30;
+
     /// <summary>Responses kept for <c>previous_response_id</c> (per server, oldest dropped first). Default 1024.</summary>
     public int StoredResponses { get; set; } = 1024;
 }

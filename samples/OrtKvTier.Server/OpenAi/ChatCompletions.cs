@@ -49,11 +49,7 @@ public static class ChatCompletions
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         string model = ChatModels.Id(chat);
-        async Task Send(object chunk)
-        {
-            await response.WriteAsync("data: " + JsonSerializer.Serialize(chunk) + "\n\n", aborted);
-            await response.Body.FlushAsync(aborted);
-        }
+        Task Send(object chunk) => EventStream.WriteAsync(context, "data: " + JsonSerializer.Serialize(chunk) + "\n\n", aborted);
         object Chunk(object delta, string? finish, object? usage = null, bool noChoices = false) => new
         {
             id, @object = "chat.completion.chunk", created, model,
@@ -81,13 +77,13 @@ public static class ChatCompletions
         if (failure is not null)
         {
             // After the 200 the status line is sent: the error is the stream's last event.
-            await response.WriteAsync(failure.ToEvent(), aborted);
+            await EventStream.WriteAsync(context, failure.ToEvent(), aborted);
             return;
         }
         RequestLog.Record(context, usage);
         await Send(Chunk(new { }, finish ?? "stop"));
         if (request.IncludeUsage && usage is not null) await Send(Chunk(new { }, null, Usage(usage), noChoices: true));
-        await response.WriteAsync("data: [DONE]\n\n", aborted);
+        await EventStream.WriteAsync(context, "data: [DONE]\n\n", aborted);
     }
 
     /// <summary>Extensions (<c>ortkv_documents</c>) appear only when they say something.</summary>

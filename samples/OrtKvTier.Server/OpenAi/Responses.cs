@@ -81,8 +81,7 @@ public static class Responses
         {
             fields["type"] = type;
             fields["sequence_number"] = sequence++;
-            await http.WriteAsync($"event: {type}\ndata: {fields.ToJsonString()}\n\n", aborted);
-            await http.Body.FlushAsync(aborted);
+            await EventStream.WriteAsync(context, $"event: {type}\ndata: {fields.ToJsonString()}\n\n", aborted);
         }
 
         var inProgress = shape.Response(null, null, null);

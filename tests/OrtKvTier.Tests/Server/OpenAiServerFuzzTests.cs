@@ -54,7 +54,7 @@ public sealed class OpenAiServerFuzzTests : IDisposable
         }));
         using var health = await http.GetAsync(new Uri(_server.BaseUri, "health"));
         var summary = string.Join(", ", statuses.OrderBy(s => s.Key).Select(s => $"{s.Key}: {s.Value}"));
-        Assert.True(failures.IsEmpty, $"{failures.Count} of {Bodies} failed ({summary}); first: {string.Join("\n", failures.Take(5))}");
+        Assert.True(failures.IsEmpty, $"{failures.Count} of {Bodies} failed ({summary}); first: {string.Join("\n", failures.Take(5))}\nserver log:\n{_server.Log[..Math.Min(6000, _server.Log.Length)]}");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
         Assert.DoesNotContain("   at ", _server.Log);
         Assert.True(statuses.GetValueOrDefault(200) > Bodies / 5, $"too few bodies were valid to test generation: {summary}");

@@ -159,7 +159,7 @@ public sealed class OpenAiServerLimitsTests : IDisposable
     {
         string model = TestPaths.Build(_temp.Sub("tiny"), ModelShape.Tiny with { MaxLength = 8192 });
         _server = ServerProcess.Start(_temp.Sub("cache"), ("OrtKvTier:ModelFolder", model), ("Server:MaxConcurrent", "1"), ("Server:MaxQueued", "0"),
-            ("Server:RetryAfterSeconds", "2"), ("Logging:LogLevel:OrtKvTier.Server.Requests", "Information"));
+            ("Server:RetryAfterSeconds", "2"), ("Server:StreamWriteTimeoutSeconds", "5"), ("Logging:LogLevel:OrtKvTier.Server.Requests", "Information"));
     }
 
     // Greedy, and a prompt whose greedy answer on this model never meets the end token: every long answer is as long.
@@ -183,9 +183,8 @@ public sealed class OpenAiServerLimitsTests : IDisposable
             Assert.Equal("length", choice.GetProperty("finish_reason").GetString());
         }
 
-        // A streaming request takes the only slot (on a socket of its own, so that leaving is closing it, nothing else;
-        // with a small receive buffer and nobody reading, the server cannot run far ahead of what the client took)...
-        using var socket = new System.Net.Sockets.TcpClient { ReceiveBufferSize = 1024 };
+        // A streaming request takes the only slot (on a socket of its own, so that leaving is closing it, nothing else)...
+        using var socket = new System.Net.Sockets.TcpClient();
         await socket.ConnectAsync(_server.BaseUri.Host, _server.BaseUri.Port);
         var stream = socket.GetStream();
         var body = await Body(LongAnswer, stream: true).ReadAsByteArrayAsync();
@@ -202,7 +201,8 @@ public sealed class OpenAiServerLimitsTests : IDisposable
         Assert.Equal("2", refused.Headers.GetValues("Retry-After").Single());
         Assert.Equal("rate_limit_exceeded", JsonDocument.Parse(await refused.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("code").GetString());
 
-        // The streaming client disconnects: its generation stops (the slot is freed) long before the answer would have ended.
+        // The streaming client disconnects: its generation stops (the slot is freed) long before the answer would have ended,
+        // whether the server sees the disconnect or, waiting on a full socket, only notices nothing was taken for 5 s.
         socket.Client.LingerState = new System.Net.Sockets.LingerOption(true, 0);
         socket.Close();
         for (var clock = Stopwatch.StartNew(); await Running(http) > 0; await Task.Delay(20))
