@@ -12,6 +12,11 @@ public sealed class ModelTokenizer : IDisposable
     private readonly Config _config;
     private readonly Tokenizer _tokenizer;
     private readonly Lazy<NulToken> _nul;
+    /// <summary>
+    /// GenAI's tokenizer is not reentrant (its BPE pre-tokenizer keeps scratch state: concurrent encodes on one instance
+    /// corrupt each other, seen as rare failed requests under load): every call into it, stream decodes included, takes this.
+    /// </summary>
+    private readonly Lock _gate = new();
 
     /// <summary>Loads the tokenizer of a GenAI model folder.</summary>
     public ModelTokenizer(string folder)
@@ -60,19 +65,32 @@ public sealed class ModelTokenizer : IDisposable
 
     private int[] EncodeCString(string text)
     {
-        using var sequences = _tokenizer.Encode(text);
-        return sequences[0].ToArray();
+        lock (_gate)
+        {
+            using var sequences = _tokenizer.Encode(text);
+            return sequences[0].ToArray();
+        }
+    }
+
+    private string DecodeLocked(ReadOnlySpan<int> tokens)
+    {
+        lock (_gate) return _tokenizer.Decode(tokens);
+    }
+
+    private string TemplateLocked(string messagesJson, bool addGenerationPrompt)
+    {
+        lock (_gate) return _tokenizer.ApplyChatTemplate("", messagesJson, "", addGenerationPrompt);
     }
 
     /// <summary>Text of <paramref name="tokens"/>.</summary>
     public string Decode(ReadOnlySpan<int> tokens)
     {
         // GenAI returns a C string: text around each NUL token is decoded on its own.
-        if (_nul.Value.Id is not { } nul || !tokens.Contains(nul)) return _tokenizer.Decode(tokens);
+        if (_nul.Value.Id is not { } nul || !tokens.Contains(nul)) return DecodeLocked(tokens);
         var text = new System.Text.StringBuilder();
         for (int next; (next = tokens.IndexOf(nul)) >= 0; tokens = tokens[(next + 1)..])
-            text.Append(next > 0 ? _tokenizer.Decode(tokens[..next]) : "").Append('\0');
-        return text.Append(tokens.Length > 0 ? _tokenizer.Decode(tokens) : "").ToString();
+            text.Append(next > 0 ? DecodeLocked(tokens[..next]) : "").Append('\0');
+        return text.Append(tokens.Length > 0 ? DecodeLocked(tokens) : "").ToString();
     }
 
     /// <summary>
@@ -84,14 +102,14 @@ public sealed class ModelTokenizer : IDisposable
         ArgumentNullException.ThrowIfNull(messagesJson);
         // The rendered prompt comes back as a C string: NUL characters in the messages travel as a private-use character
         // the messages do not hold, and are put back in the rendered text.
-        if (!messagesJson.Contains("\\u0000", StringComparison.Ordinal)) return _tokenizer.ApplyChatTemplate("", messagesJson, "", addGenerationPrompt);
+        if (!messagesJson.Contains("\\u0000", StringComparison.Ordinal)) return TemplateLocked(messagesJson, addGenerationPrompt);
         var messages = JsonNode.Parse(messagesJson) ?? throw new ArgumentException("The messages JSON is null; expected an array of {role, content}.", nameof(messagesJson));
         var texts = new List<string>();
         EditStrings(messages, text => { texts.Add(text); return text; });
         char stand = Enumerable.Range(0xE000, 0x1900).Select(c => (char)c).FirstOrDefault(c => !texts.Any(t => t.Contains(c)));
         if (stand == default) throw new ArgumentException("The messages hold NUL characters and every private-use character; remove the NUL characters.", nameof(messagesJson));
         EditStrings(messages, text => text.Replace('\0', stand));
-        return _tokenizer.ApplyChatTemplate("", messages.ToJsonString(), "", addGenerationPrompt).Replace(stand, '\0');
+        return TemplateLocked(messages.ToJsonString(), addGenerationPrompt).Replace(stand, '\0');
     }
 
     private static void EditStrings(JsonNode node, Func<string, string> edit)
@@ -112,7 +130,11 @@ public sealed class ModelTokenizer : IDisposable
     }
 
     /// <summary>An incremental decoder for one sequence: feed each new token, get the text it completes.</summary>
-    internal TokenTextStream CreateStream() => new(_tokenizer.CreateStream(), _nul.Value.Id);
+    internal TokenTextStream CreateStream()
+    {
+        var nul = _nul.Value.Id;
+        lock (_gate) return new(_tokenizer.CreateStream(), nul, _gate);
+    }
 
     /// <inheritdoc />
     public void Dispose()
@@ -127,15 +149,21 @@ internal sealed class TokenTextStream : IDisposable
 {
     private readonly TokenizerStream _stream;
     private readonly int? _nul;
+    private readonly Lock _gate;
 
-    internal TokenTextStream(TokenizerStream stream, int? nul)
+    internal TokenTextStream(TokenizerStream stream, int? nul, Lock gate)
     {
         _stream = stream;
         _nul = nul;
+        _gate = gate;
     }
 
     /// <summary>The text <paramref name="token"/> completes (may be empty).</summary>
-    public string Decode(int token) => token == _nul ? "\0" : _stream.Decode(token);
+    public string Decode(int token)
+    {
+        if (token == _nul) return "\0";
+        lock (_gate) return _stream.Decode(token);
+    }
 
     /// <inheritdoc />
     public void Dispose() => _stream.Dispose();
