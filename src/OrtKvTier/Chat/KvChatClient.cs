@@ -112,6 +112,8 @@ public sealed class KvChatClient : IChatClient
         var responseId = Guid.NewGuid().ToString("N");
         // Stops the generation when the caller stops reading, not only when it cancels.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        // No token for Task.Run: cancelled before it starts (a client that left at once, a busy pool), the delegate would
+        // never run, the channel never complete, and the reader below would wait forever. The generation checks `stop` itself.
         var run = Task.Run(() =>
         {
             try
@@ -122,7 +124,7 @@ public sealed class KvChatClient : IChatClient
             {
                 pieces.Writer.TryComplete();
             }
-        }, stop.Token);
+        });
 
         GenerationResult result;
         try

@@ -28,6 +28,22 @@ public sealed class KvChatClientTests : IDisposable
         Assert.Equal("tiny", client.GetService<ChatClientMetadata>()!.DefaultModelId);
     }
 
+    /// <summary>A stream cancelled before its generation starts (a client that left at once on a busy server) ends; it never waits forever.</summary>
+    [Fact]
+    public async Task AStreamCancelledBeforeItsGenerationStartsEndsWithACancellation()
+    {
+        using var cache = NewCache();
+        var client = _model.AsChatClient(_tokenizer, cache);
+        using var cancelled = new CancellationTokenSource();
+        await cancelled.CancelAsync();
+        var reading = Task.Run(async () =>
+        {
+            await foreach (var _ in client.GetStreamingResponseAsync([new ChatMessage(ChatRole.User, "Hello there")], Greedy, cancelled.Token)) { }
+        });
+        Assert.Same(reading, await Task.WhenAny(reading, Task.Delay(TimeSpan.FromSeconds(30))));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => reading);
+    }
+
     [Fact]
     public async Task MessagesMarkedAsDocumentsComeFromTheirOwnEntriesInAnyOrderAndUnmarkedOnesRunExactly()
     {
