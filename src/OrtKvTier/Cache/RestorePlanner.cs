@@ -226,14 +226,14 @@ internal sealed unsafe class RestorePlanner(TierStack tiers, LowerTierWriter wri
         return Report(plan.Restored, tierOfChunks, plan.LookupMs, restoreMs);
     }
 
-    private void RecordHit(string[] tierOfChunks, int restored, double lookupMs, double restoreMs)
+    private void RecordHit(string[] tierOfChunks, IReadOnlyDictionary<string, KvEncoding> encodings, int restored, double lookupMs, double restoreMs)
     {
-        foreach (var tier in tierOfChunks)
+        foreach (var (tier, encoding) in encodings)
         {
-            KvCacheMetrics.ChunkHits.Add(1, KvCacheMetrics.Tier(tier));
-            var encoding = tiers.EncodingOf(new TierId(tier));
+            int chunks = tierOfChunks.Count(t => t == tier);
             long stored = KvCodec.For(encoding, layout.Layout.Shape, layout.ChunkTokens)?.EncodedBytes ?? layout.ChunkBytes;
-            KvCacheMetrics.BytesRead.Add(stored, KvCacheMetrics.Tier(tier), new KeyValuePair<string, object?>("encoding", encoding.Name()));
+            KvCacheMetrics.ChunkHits.Add(chunks, KvCacheMetrics.Tier(tier));
+            KvCacheMetrics.BytesRead.Add(chunks * stored, KvCacheMetrics.Tier(tier), new KeyValuePair<string, object?>("encoding", encoding.Name()));
         }
         KvCacheMetrics.Lookups.Add(1, new KeyValuePair<string, object?>("result", "hit"));
         KvCacheMetrics.LookupDuration.Record(lookupMs);
@@ -247,11 +247,12 @@ internal sealed unsafe class RestorePlanner(TierStack tiers, LowerTierWriter wri
         var names = Array.ConvertAll(tierOfChunks, t => t.Name);
         var byTier = new Dictionary<string, int>();
         for (int j = 0; j < names.Length; j++) byTier[names[j]] = byTier.GetValueOrDefault(names[j]) + layout.RowsOf(j, restored);
-        if (observed) RecordHit(names, restored, lookupMs, restoreMs);
+        var encodings = byTier.Keys.ToDictionary(t => t, t => tiers.EncodingOf(new TierId(t)));
+        if (observed) RecordHit(names, encodings, restored, lookupMs, restoreMs);
         return new PrefixRestoreReport
         {
             RestoredTokens = restored, FoundTokens = restored, ChunkTiers = names, LookupMs = lookupMs, RestoreMs = restoreMs, TokensByTier = byTier,
-            EncodingByTier = byTier.Keys.ToDictionary(t => t, t => tiers.EncodingOf(new TierId(t)).Name()),
+            EncodingByTier = encodings.ToDictionary(p => p.Key, p => p.Value.Name()),
         };
     }
 }

@@ -83,9 +83,7 @@ public sealed class KvChatClient : IChatClient
     /// <inheritdoc />
     public Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
-        var list = messages.ToList();
-        var prompt = PromptTokens(list, options);
-        var documents = DocumentSpans(list, prompt);
+        var (prompt, documents) = PromptAndDocuments(messages, options);
         return Task.Run(() =>
         {
             var result = Generate(prompt, options, onText: null, cancellationToken, documents);
@@ -103,9 +101,7 @@ public sealed class KvChatClient : IChatClient
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var list = messages.ToList();
-        var prompt = PromptTokens(list, options);
-        var documents = DocumentSpans(list, prompt);
+        var (prompt, documents) = PromptAndDocuments(messages, options);
         // A small buffer: generation runs at most a couple of pieces ahead of the reader, so a reader that
         // cancels or stops reading stops it within a token.
         var pieces = Channel.CreateBounded<string>(new BoundedChannelOptions(1) { SingleReader = true, SingleWriter = true, FullMode = BoundedChannelFullMode.Wait });
@@ -172,6 +168,14 @@ public sealed class KvChatClient : IChatClient
             throw new ArgumentException($"The conversation is {prompt.Length} tokens; the model takes at most {search.MaxLength}. Shorten the history.", nameof(options));
         var tenant = options?.AdditionalProperties?.TryGetValue(TenantProperty, out var value) == true ? value as string ?? value?.ToString() : _options.Tenant;
         return new TextGenerator(_model, _tokenizer, _cache, tenant).Generate(prompt, Math.Min(maxNew, room), search, onText, options?.StopSequences?.ToArray(), cancellationToken, documents);
+    }
+
+    /// <summary>The prompt's tokens and where its document messages sit in it.</summary>
+    private (int[] Prompt, List<Range> Documents) PromptAndDocuments(IEnumerable<ChatMessage> messages, ChatOptions? options)
+    {
+        var list = messages.ToList();
+        var prompt = PromptTokens(list, options);
+        return (prompt, DocumentSpans(list, prompt));
     }
 
     /// <summary>

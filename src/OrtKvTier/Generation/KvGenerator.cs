@@ -171,11 +171,7 @@ public sealed class KvGenerator : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (tokens.IsEmpty) throw new ArgumentException("AppendTokens needs at least one token.", nameof(tokens));
-        if (_sequence.Count + tokens.Length > Search.MaxLength)
-            throw new ArgumentException($"The sequence would hold {_sequence.Count + tokens.Length} tokens; MaxLength is {Search.MaxLength} (SearchOptions.MaxLength; the model takes at most {_model.Layout.MaxLength}). Shorten the prompt.", nameof(tokens));
-        foreach (var t in tokens)
-            if ((uint)t >= (uint)_model.VocabSize)
-                throw new ArgumentOutOfRangeException(nameof(tokens), t, $"Token ids must be in [0, {_model.VocabSize}).");
+        RequireRoomFor(tokens, nameof(tokens));
         WaitForCapture();
         _sequence.AddRange(tokens);
         _lastWasGenerated = false;
@@ -192,6 +188,16 @@ public sealed class KvGenerator : IDisposable
         LastPrefillMs = KvCacheMetrics.Milliseconds(start);
         KvCacheMetrics.PrefillTokens.Add(pending);
         KvCacheMetrics.PrefillDuration.Record(LastPrefillMs);
+    }
+
+    /// <summary>Throws unless <paramref name="tokens"/> fit after the sequence (<see cref="SearchOptions.MaxLength"/>) and are all in the vocabulary.</summary>
+    private void RequireRoomFor(ReadOnlySpan<int> tokens, string parameter)
+    {
+        if (_sequence.Count + tokens.Length > Search.MaxLength)
+            throw new ArgumentException($"The sequence would hold {_sequence.Count + tokens.Length} tokens; MaxLength is {Search.MaxLength} (SearchOptions.MaxLength; the model takes at most {_model.Layout.MaxLength}). Shorten the prompt.", parameter);
+        foreach (var t in tokens)
+            if ((uint)t >= (uint)_model.VocabSize)
+                throw new ArgumentOutOfRangeException(parameter, t, $"Token ids must be in [0, {_model.VocabSize}).");
     }
 
     /// <summary>The recomputed leading tokens of each placed document, by default (see <see cref="AppendDocument"/>).</summary>
@@ -215,10 +221,7 @@ public sealed class KvGenerator : IDisposable
         if (_cache is not { } cache) throw new InvalidOperationException("Document reuse needs a cache: create the generator with a PrefixCache.");
         if (_model.Rotary is not { } rotary) throw new InvalidOperationException($"Documents cannot be moved in {_model.Folder}: {_model.DocumentReuseRefusal}.");
         if (_past.Memory.OnDevice) throw new InvalidOperationException("Document reuse places keys in host memory; this generator's past is on the device.");
-        if (_sequence.Count + document.Length > Search.MaxLength)
-            throw new ArgumentException($"The sequence would hold {_sequence.Count + document.Length} tokens; MaxLength is {Search.MaxLength}.", nameof(document));
-        foreach (var t in document)
-            if ((uint)t >= (uint)_model.VocabSize) throw new ArgumentOutOfRangeException(nameof(document), t, $"Token ids must be in [0, {_model.VocabSize}).");
+        RequireRoomFor(document, nameof(document));
         WaitForCapture();
         if (_past.Length < _sequence.Count) ComputePending();
         int offset = _sequence.Count, fresh = Math.Min(recompute, document.Length - 1), moved = document.Length - 1 - fresh;

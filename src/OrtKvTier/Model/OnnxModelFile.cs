@@ -153,10 +153,7 @@ internal sealed class OnnxModelFile
             {
                 case TensorDataLocation: external = value.Varint == 1; break;
                 case TensorExternalData:
-                    string? key = null, text = null;
-                    while (value.Next(out int f, out var entry))
-                        if (f == EntryKey) key = entry.Text();
-                        else if (f == EntryValue) text = entry.Text();
+                    var (key, text) = Entry(value);
                     if (key == "location") location = text;
                     else if (key == "offset" && long.TryParse(text, out var o)) offset = o;
                     else if (key == "length" && long.TryParse(text, out var l)) length = l;
@@ -239,15 +236,18 @@ internal sealed class OnnxModelFile
         bool external = false;
         while (tensor.Next(out int field, out var value))
             if (field == TensorDataLocation) external = value.Varint == 1;
-            else if (field == TensorExternalData)
-            {
-                string? key = null, text = null;
-                while (value.Next(out int f, out var entry))
-                    if (f == EntryKey) key = entry.Text();
-                    else if (f == EntryValue) text = entry.Text();
-                if (key == "location") location = text;
-            }
+            else if (field == TensorExternalData && Entry(value) is ("location", var text)) location = text;
         if (external && location is not null) _locations.Add(location);
+    }
+
+    /// <summary>One entry of a tensor's external-data list (a StringStringEntryProto): its key and value.</summary>
+    private static (string? Key, string? Value) Entry(Reader entry)
+    {
+        string? key = null, text = null;
+        while (entry.Next(out int field, out var value))
+            if (field == EntryKey) key = value.Text();
+            else if (field == EntryValue) text = value.Text();
+        return (key, text);
     }
 
     /// <summary>A window of protobuf bytes read one field at a time; a nested message is a window too.</summary>
