@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Options;
+using OrtKvTier.Generation;
 using OrtKvTier.Hosting;
 using OrtKvTier.Model;
 using OrtKvTier.Server;
@@ -26,7 +27,8 @@ catch (InvalidOperationException e)
     return 1;
 }
 builder.Services.AddSingleton(tenants);
-builder.Services.AddSingleton(sp => new RequestQueue(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
+builder.Services.AddSingleton(sp => new RequestQueue(sp.GetRequiredService<IOptions<ServerOptions>>().Value,
+    sp.GetRequiredService<IOptions<ServerOptions>>().Value.RunningLimit(sp.GetRequiredService<IChatClient>().GetService<GenerationBatch>()?.Options.MaxRows)));
 builder.Services.AddSingleton(sp => new ResponseStore(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
 // Kestrel's own limit is the most a body over the server's limit may send before its 413 (RequestBody sets each request's).
 builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = Math.Max(RequestBody.DrainBytes, serverSection.Get<ServerOptions>()?.MaxRequestBodyBytes ?? 0));
@@ -38,7 +40,7 @@ builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel
 var app = builder.Build();
 app.Use(RequestLog.Middleware);
 app.MapGet("/health", (KvModel model, IChatClient chat, RequestQueue queue) =>
-    Results.Json(new { status = "ok", model = ChatModels.Id(chat), layout = model.Layout.ShapeKey, running = queue.Running, queued = queue.Queued }));
+    Results.Json(new { status = "ok", model = ChatModels.Id(chat), layout = model.Layout.ShapeKey, running = queue.Running, queued = queue.Queued, batch = BatchState(chat) }));
 app.MapGet("/v1/models", (IChatClient chat) => Results.Json(new { @object = "list", data = new[] { ChatModels.Describe(chat) } }));
 app.MapGet("/v1/models/{id}", (HttpContext context, string id, IChatClient chat) => id == ChatModels.Id(chat) ? Results.Json(ChatModels.Describe(chat))
     : new OpenAiError(404, $"The model '{id}' does not exist here; GET /v1/models lists '{ChatModels.Id(chat)}'.", "invalid_request_error", "model", "model_not_found").ToResult(context));
@@ -71,6 +73,13 @@ catch (Exception e)
     Console.Error.WriteLine($"ortkv-server: stopped by a fault: {e}");
     return 1;
 }
+
+// What the batch does now and has reached (null: each request runs its own loop).
+static object? BatchState(IChatClient chat) => chat.GetService<GenerationBatch>() is not { } batch ? null : new
+{
+    max_rows = batch.Options.MaxRows, rows = batch.ActiveRows, waiting = batch.Waiting, kv_tokens_reserved = batch.ReservedTokens, kv_tokens_max = batch.MaxKvTokens,
+    decode_steps = batch.DecodeSteps, mean_rows_per_step = Math.Round(batch.MeanRowsPerStep, 2), largest_step = batch.LargestStep,
+};
 
 static Exception Innermost(Exception e) => e.InnerException is { } inner && e is not OrtKvTier.Model.ModelFolderException ? Innermost(inner) : e;
 

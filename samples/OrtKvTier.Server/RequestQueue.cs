@@ -1,16 +1,19 @@
 namespace OrtKvTier.Server;
 
 /// <summary>
-/// Admission for generations: at most <see cref="ServerOptions.MaxConcurrent"/> run and at most
+/// Admission for generations: at most <paramref name="maxRunning"/> run (<see cref="ServerOptions.RunningLimit"/>) and at most
 /// <see cref="ServerOptions.MaxQueued"/> wait; a request beyond that is refused at once (429), never queued without bound.
 /// </summary>
-public sealed class RequestQueue(ServerOptions options)
+public sealed class RequestQueue(ServerOptions options, int maxRunning)
 {
-    private readonly SemaphoreSlim _running = new(options.MaxConcurrent, options.MaxConcurrent);
+    private readonly SemaphoreSlim _running = new(maxRunning, maxRunning);
     private int _admitted;
 
+    /// <summary>Generations that may run at once.</summary>
+    public int MaxRunning => maxRunning;
+
     /// <summary>Generations running now.</summary>
-    public int Running => options.MaxConcurrent - _running.CurrentCount;
+    public int Running => maxRunning - _running.CurrentCount;
 
     /// <summary>Requests waiting for a slot now.</summary>
     public int Queued => Math.Max(0, Volatile.Read(ref _admitted) - Running);
@@ -18,7 +21,7 @@ public sealed class RequestQueue(ServerOptions options)
     /// <summary>A slot to run in (dispose it to free it), or null when the queue is full.</summary>
     public async Task<IDisposable?> EnterAsync(CancellationToken cancellationToken)
     {
-        if (Interlocked.Increment(ref _admitted) > options.MaxConcurrent + options.MaxQueued)
+        if (Interlocked.Increment(ref _admitted) > maxRunning + options.MaxQueued)
         {
             Interlocked.Decrement(ref _admitted);
             return null;

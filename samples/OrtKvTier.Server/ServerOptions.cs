@@ -6,8 +6,15 @@ public sealed class ServerOptions
     /// <summary>API keys and their tenants (see <see cref="Tenants"/>). Empty: no key is asked for and every request is one tenant.</summary>
     public List<ApiKey> ApiKeys { get; set; } = [];
 
-    /// <summary>Generations running at once. Default: one per two cores, at least one.</summary>
-    public int MaxConcurrent { get; set; } = Math.Max(1, Environment.ProcessorCount / 2);
+    /// <summary>
+    /// Generations running at once. Default: the batch's rows (<c>OrtKvTier:BatchRows</c>) when requests decode in a
+    /// batch, else one per two cores, at least one. A running request may still wait inside the batch for KV memory
+    /// (<c>OrtKvTier:BatchKvBytes</c>); the KV never exceeds it.
+    /// </summary>
+    public int? MaxConcurrent { get; set; }
+
+    /// <summary><see cref="MaxConcurrent"/>, or its default for a server that batches (<paramref name="batchRows"/>) or not (null).</summary>
+    public int RunningLimit(int? batchRows) => MaxConcurrent ?? batchRows ?? Math.Max(1, Environment.ProcessorCount / 2);
 
     /// <summary>Requests waiting for a generation slot; one more is answered 429 with Retry-After. Default 64.</summary>
     public int MaxQueued { get; set; } = 64;

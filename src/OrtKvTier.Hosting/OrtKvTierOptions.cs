@@ -69,6 +69,21 @@ public sealed class OrtKvTierOptions
     /// <summary>Most tokens an answer gets when the request sets none. Default 256.</summary>
     public int DefaultMaxOutputTokens { get; set; } = 256;
 
+    /// <summary>
+    /// Requests decoding together in one batch (<see cref="Generation.GenerationBatch"/>); 1: each request runs its own loop.
+    /// Default 16. A model on a device always runs one loop per request.
+    /// </summary>
+    public int BatchRows { get; set; } = new Generation.GenerationBatchOptions().MaxRows;
+
+    /// <summary>Host memory the batch's KV may take, in bytes (each request reserves its prompt plus its most output tokens). Default 1 GiB.</summary>
+    public long BatchKvBytes { get; set; } = new Generation.GenerationBatchOptions().MaxKvBytes;
+
+    /// <summary>Prompt tokens run between two decode steps of the batch at most. Default 256.</summary>
+    public int BatchPrefillTokens { get; set; } = new Generation.GenerationBatchOptions().MaxPrefillTokensPerStep;
+
+    /// <summary>Whether requests join a batch: more than one row, on the CPU.</summary>
+    public bool Batching => BatchRows > 1 && Device == ExecutionDevice.Cpu;
+
     /// <summary>The model id in responses and metadata; null: the model folder's name.</summary>
     public string? ModelId { get; set; }
 
@@ -82,5 +97,13 @@ public sealed class OrtKvTierOptions
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(DiskCacheBytes, nameof(DiskCacheBytes));
         ArgumentOutOfRangeException.ThrowIfNegative(DeviceCacheBytes, nameof(DeviceCacheBytes));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(DefaultMaxOutputTokens, nameof(DefaultMaxOutputTokens));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(BatchRows, nameof(BatchRows));
+        if (Batching) BatchOptions.Validate();
     }
+
+    /// <summary>The batch these settings ask for.</summary>
+    public Generation.GenerationBatchOptions BatchOptions => new()
+    {
+        MaxRows = BatchRows, MaxKvBytes = BatchKvBytes, MaxPrefillTokensPerStep = BatchPrefillTokens,
+    };
 }

@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using OrtKvTier.Cache;
 using OrtKvTier.Chat;
+using OrtKvTier.Generation;
 using OrtKvTier.Model;
 using OrtKvTier.Security;
 using OrtKvTier.Tiers;
@@ -44,12 +45,15 @@ public static class OrtKvTierServiceCollectionExtensions
         services.TryAddSingleton(sp => new ModelTokenizer(sp.GetRequiredService<KvModel>().Folder));
         services.TryAddSingleton(sp => OpenCache(sp, Options(sp)) ?? throw new InvalidOperationException(
             $"{OrtKvTierOptions.SectionName}:{nameof(OrtKvTierOptions.CacheEnabled)} is false: no prefix cache is registered."));
+        services.TryAddSingleton(sp => Options(sp) is { Batching: true } options ? new GenerationBatch(sp.GetRequiredService<KvModel>(), options.BatchOptions)
+            : throw new InvalidOperationException($"{OrtKvTierOptions.SectionName}:{nameof(OrtKvTierOptions.BatchRows)} is 1 (or the model runs on a device): no batch is registered."));
         return services.AddChatClient(sp =>
         {
             var options = Options(sp);
             var cache = options.CacheEnabled ? sp.GetRequiredService<PrefixCache>() : null;
+            var batch = options.Batching ? sp.GetRequiredService<GenerationBatch>() : null;
             return new KvChatClient(sp.GetRequiredService<KvModel>(), sp.GetRequiredService<ModelTokenizer>(), cache,
-                new KvChatClientOptions { DefaultMaxOutputTokens = options.DefaultMaxOutputTokens, ModelId = options.ModelId });
+                new KvChatClientOptions { DefaultMaxOutputTokens = options.DefaultMaxOutputTokens, ModelId = options.ModelId, Batch = batch });
         });
     }
 

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.AI;
 using OrtKvTier.Chat;
+using OrtKvTier.Generation;
 using OrtKvTier.Model;
 
 namespace OrtKvTier.Server.OpenAi;
@@ -63,6 +64,8 @@ public static class Admission
         }
         if (tokens >= model.Layout.MaxLength)
             throw JsonFields.Invalid($"This model's maximum context length is {model.Layout.MaxLength} tokens; your messages are {tokens} tokens. Shorten the messages.", field, "context_length_exceeded");
+        if (chat.GetService<GenerationBatch>() is { } batch && tokens + 1 > batch.MaxKvTokens)
+            throw JsonFields.Invalid($"This server holds at most {batch.MaxKvTokens} tokens of KV for all requests together; your messages are {tokens} tokens. Shorten the messages.", field, "context_length_exceeded");
     }
 }
 

@@ -20,6 +20,12 @@ public sealed record KvChatClientOptions
 
     /// <summary>The tenant of requests whose options name none (<see cref="KvChatClient.TenantProperty"/>). Default none.</summary>
     public string? Tenant { get; init; }
+
+    /// <summary>
+    /// A batch over the client's model that its requests join (their decode steps run together; each answer is the one it
+    /// gets alone); the caller owns it. Default none: each request runs its own generation loop.
+    /// </summary>
+    public GenerationBatch? Batch { get; init; }
 }
 
 /// <summary>
@@ -64,6 +70,8 @@ public sealed class KvChatClient : IChatClient
         _cache = cache;
         _options = options ?? new KvChatClientOptions();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(_options.DefaultMaxOutputTokens);
+        if (_options.Batch is { } batch && batch.Model != model)
+            throw new ArgumentException($"The batch runs {batch.Model.Folder}; this client answers with {model.Folder}.", nameof(options));
         _metadata = new ChatClientMetadata("OrtKvTier", new Uri("file://" + model.Folder), _options.ModelId ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(model.Folder)));
     }
 
@@ -84,7 +92,7 @@ public sealed class KvChatClient : IChatClient
     public Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
         var (prompt, documents) = PromptAndDocuments(messages, options);
-        return Task.Run(() =>
+        return OnOwnThread(() =>
         {
             var result = Generate(prompt, options, onText: null, cancellationToken, documents);
             var response = new ChatResponse(new ChatMessage(ChatRole.Assistant, result.Text))
@@ -110,7 +118,7 @@ public sealed class KvChatClient : IChatClient
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         // No token for Task.Run: cancelled before it starts (a client that left at once, a busy pool), the delegate would
         // never run, the channel never complete, and the reader below would wait forever. The generation checks `stop` itself.
-        var run = Task.Run(() =>
+        var run = OnOwnThread(() =>
         {
             try
             {
@@ -144,6 +152,13 @@ public sealed class KvChatClient : IChatClient
         };
     }
 
+    /// <summary>
+    /// Runs a generation on a thread of its own: it blocks for its whole length (on the model, or on a batch's steps), and
+    /// many at once on pool threads would starve the pool that serves the requests.
+    /// </summary>
+    private static Task<T> OnOwnThread<T>(Func<T> generation, CancellationToken cancellationToken = default) =>
+        Task.Factory.StartNew(generation, cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
     /// <inheritdoc />
     public object? GetService(Type serviceType, object? serviceKey = null)
     {
@@ -152,6 +167,7 @@ public sealed class KvChatClient : IChatClient
         if (serviceType == typeof(ChatClientMetadata)) return _metadata;
         if (serviceType == typeof(KvModel)) return _model;
         if (serviceType == typeof(PrefixCache)) return _cache;
+        if (serviceType == typeof(GenerationBatch)) return _options.Batch;
         return serviceType.IsInstanceOfType(this) ? this : null;
     }
 
@@ -163,11 +179,12 @@ public sealed class KvChatClient : IChatClient
         var search = SearchFor(options);
         int maxNew = options?.MaxOutputTokens ?? _options.DefaultMaxOutputTokens;
         if (maxNew <= 0) throw new ArgumentOutOfRangeException(nameof(options), maxNew, "ChatOptions.MaxOutputTokens must be positive.");
-        int room = search.MaxLength - prompt.Length;
+        // In a batch, an answer ends ("length") where the batch's KV memory would: it never waits for more than the batch holds.
+        int room = Math.Min(search.MaxLength, _options.Batch?.MaxKvTokens ?? int.MaxValue) - prompt.Length;
         if (room <= 0)
             throw new ArgumentException($"The conversation is {prompt.Length} tokens; the model takes at most {search.MaxLength}. Shorten the history.", nameof(options));
         var tenant = options?.AdditionalProperties?.TryGetValue(TenantProperty, out var value) == true ? value as string ?? value?.ToString() : _options.Tenant;
-        return new TextGenerator(_model, _tokenizer, _cache, tenant).Generate(prompt, Math.Min(maxNew, room), search, onText, options?.StopSequences?.ToArray(), cancellationToken, documents);
+        return new TextGenerator(_model, _tokenizer, _cache, tenant, _options.Batch).Generate(prompt, Math.Min(maxNew, room), search, onText, options?.StopSequences?.ToArray(), cancellationToken, documents);
     }
 
     /// <summary>The prompt's tokens and where its document messages sit in it.</summary>

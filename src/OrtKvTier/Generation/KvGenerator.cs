@@ -18,7 +18,8 @@ namespace OrtKvTier.Generation;
 /// like GenAI's <c>Generator</c>: <see cref="AppendTokens"/> runs the model over new tokens,
 /// <see cref="GenerateNextToken"/> picks the next token (running the previous one first),
 /// <see cref="IsDone"/>, <see cref="Sequence"/>, <see cref="RewindTo"/>. Works in both KV modes of
-/// <see cref="KvLayout.SharedBuffer"/>. One sequence, batch 1; not thread-safe.
+/// <see cref="KvLayout.SharedBuffer"/>. One sequence: batch 1, or a row of a <see cref="GenerationBatch"/> (its decode
+/// steps run with the other rows'); not thread-safe.
 /// <para>With a <see cref="PrefixCache"/>, <see cref="AppendTokens"/> first restores the longest
 /// cached prefix of the sequence (always leaving the last token to run), and
 /// <see cref="CaptureToCache"/> stores the computed full chunks for later requests.</para>
@@ -45,6 +46,8 @@ public sealed class KvGenerator : IDisposable
     private int _capturedChunks;
     /// <summary>Rows from here on hold moved documents (approximate): never captured under the prompt's exact keys.</summary>
     private int _approximateFrom = int.MaxValue;
+    /// <summary>The generator's row when it runs in a <see cref="GenerationBatch"/>; null alone.</summary>
+    private readonly BatchRow? _row;
 
     /// <summary>
     /// Creates a generator; <paramref name="search"/> defaults to the model's config. With
@@ -54,10 +57,14 @@ public sealed class KvGenerator : IDisposable
     /// nobody can tell by timing whether another tenant's prompt is cached.
     /// </summary>
     public KvGenerator(KvModel model, SearchOptions? search = null, PrefixCache? cache = null, string? tenant = null)
-        : this(model, search, cache, cache?.ChainFor(tenant)) { }
+        : this(model, search, cache, cache?.ChainFor(tenant), row: null) { }
+
+    /// <summary>A generator in a batch's row (<see cref="GenerationBatch.Join"/>).</summary>
+    internal KvGenerator(KvModel model, SearchOptions search, PrefixCache? cache, string? tenant, BatchRow row)
+        : this(model, search, cache, cache?.ChainFor(tenant), row) { }
 
     /// <summary>A generator whose chunks are keyed by <paramref name="chain"/> (documents: their own chain).</summary>
-    private KvGenerator(KvModel model, SearchOptions? search, PrefixCache? cache, ChunkChain? chain)
+    private KvGenerator(KvModel model, SearchOptions? search, PrefixCache? cache, ChunkChain? chain, BatchRow? row)
     {
         ArgumentNullException.ThrowIfNull(model);
         search ??= SearchOptions.FromConfig(model);
@@ -69,7 +76,8 @@ public sealed class KvGenerator : IDisposable
         Search = search;
         _sampler = new TokenSampler(search, model.EosTokenIds);
         _logits = new float[model.VocabSize];
-        _past = PastKeyValues.Create(model.Layout, KvMemory.For(model));
+        _row = row;
+        _past = row?.Past ?? PastKeyValues.Create(model.Layout, KvMemory.For(model));
         _step = new ModelStep(model);
     }
 
@@ -89,7 +97,7 @@ public sealed class KvGenerator : IDisposable
     /// <summary>Logits over the vocabulary for the token after <see cref="Sequence"/>, computing what is pending.</summary>
     public ReadOnlySpan<float> GetLogits()
     {
-        ComputePending();
+        ComputePending(prompt: false);
         return _logits;
     }
 
@@ -173,17 +181,21 @@ public sealed class KvGenerator : IDisposable
         if (tokens.IsEmpty) throw new ArgumentException("AppendTokens needs at least one token.", nameof(tokens));
         RequireRoomFor(tokens, nameof(tokens));
         WaitForCapture();
+        _row?.StopDecoding();
+        using var turn = _row?.EnterPromptTurn();
         _sequence.AddRange(tokens);
         _lastWasGenerated = false;
         _logitsCurrent = false;
-        if (_cache is not null) RestoreFromCache(_cache);
+        if (_cache is { } cache) OnRowThread(() => RestoreFromCache(cache));
         int pending = _sequence.Count - _past.Length;
         long start = Stopwatch.GetTimestamp();
         using (var span = KvCacheMetrics.Activities.StartActivity("ortkv.prefill"))
         {
             span?.SetTag("ortkv.prefill_tokens", pending);
-            ComputePending();
+            ComputePending(prompt: true);
         }
+        // In a batch, the prompt's chunks are stored before the turn passes on: a row with the same prefix restores them.
+        if (_row is not null) CaptureToCache();
         LastPrefillTokens = pending;
         LastPrefillMs = KvCacheMetrics.Milliseconds(start);
         KvCacheMetrics.PrefillTokens.Add(pending);
@@ -223,22 +235,27 @@ public sealed class KvGenerator : IDisposable
         if (_past.Memory.OnDevice) throw new InvalidOperationException("Document reuse places keys in host memory; this generator's past is on the device.");
         RequireRoomFor(document, nameof(document));
         WaitForCapture();
-        if (_past.Length < _sequence.Count) ComputePending();
+        _row?.StopDecoding();
+        using var turn = _row?.EnterPromptTurn();
+        if (_past.Length < _sequence.Count) ComputePending(prompt: true);
         int offset = _sequence.Count, fresh = Math.Min(recompute, document.Length - 1), moved = document.Length - 1 - fresh;
 
         // The document alone, from position 0: restored from its own keys where cached, the rest computed and stored.
-        using var alone = new KvGenerator(_model, Search with { MaxLength = document.Length }, cache, cache.DocumentChainFor(_chain?.Tenant));
+        using var alone = new KvGenerator(_model, Search with { MaxLength = document.Length }, cache, cache.DocumentChainFor(_chain?.Tenant), row: null);
         alone.AppendTokens(document);
         alone.CaptureToCache();
         int cachedTokens = alone.LastRestore.RestoredTokens;
 
-        if (fresh > 0) Run(document[..fresh]);
+        if (fresh > 0) Run(document[..fresh], prompt: true);
         if (moved > 0)
         {
             _approximateFrom = Math.Min(_approximateFrom, _past.Length);
             int destination = _past.Length;
-            _past.Extend(moved);
-            Place(alone.Past, fresh, destination, moved, rotary, offset);
+            OnRowThread(() =>
+            {
+                _past.Extend(moved);
+                Place(alone.Past, fresh, destination, moved, rotary, offset);
+            });
         }
         _sequence.AddRange(document);
         _lastWasGenerated = false;
@@ -271,6 +288,7 @@ public sealed class KvGenerator : IDisposable
     /// </summary>
     internal float[] ScoreNext(ReadOnlySpan<int> tokens)
     {
+        if (_row is not null) throw new InvalidOperationException("Teacher forcing runs on a generator of its own, not in a batch.");
         int vocab = _model.VocabSize;
         var rows = new float[tokens.Length * vocab];
         int pending = _sequence.Count - _past.Length, first = 0;
@@ -297,11 +315,12 @@ public sealed class KvGenerator : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_sequence.Count == 0) throw new InvalidOperationException("Append prompt tokens before generating.");
         if (IsDone) throw new InvalidOperationException($"Generation is done ({(_sequence.Count >= Search.MaxLength ? "max length reached" : "end of sequence")}); rewind or start a new generator.");
-        ComputePending();
+        ComputePending(prompt: false);
         int token = _sampler.Next(_logits, _sequence);
         _sequence.Add(token);
         _lastWasGenerated = true;
         _logitsCurrent = false;
+        if (IsDone) _row?.StopDecoding();
         return token;
     }
 
@@ -334,7 +353,8 @@ public sealed class KvGenerator : IDisposable
         WaitForCapture();
         _disposed = true;
         _step.Dispose();
-        _past.Dispose();
+        if (_row is not null) _row.Leave();
+        else _past.Dispose();
     }
 
     private void RestoreFromCache(PrefixCache cache)
@@ -355,19 +375,47 @@ public sealed class KvGenerator : IDisposable
                 "Open a cache with PrefixCache.Open(model, options) for this model.", nameof(cache));
     }
 
-    private void ComputePending()
+    /// <summary>Runs what is pending: a <paramref name="prompt"/>'s tokens, or the one token generated last (in a batch: in the next decode step).</summary>
+    private void ComputePending(bool prompt)
     {
         if (_logitsCurrent) return;
         int start = _past.Length;
         if (start == _sequence.Count)
             throw new InvalidOperationException("No logits: every token is computed but the last run's logits were discarded.");
-        Run(CollectionsMarshal.AsSpan(_sequence)[start..]);
+        Run(CollectionsMarshal.AsSpan(_sequence)[start..], prompt);
         _logitsCurrent = true;
     }
 
-    private void Run(ReadOnlySpan<int> tokens)
+    private void Run(ReadOnlySpan<int> tokens, bool prompt)
+    {
+        if (_row is null)
+        {
+            RunHere(tokens);
+            return;
+        }
+        if (!prompt && tokens.Length == 1)
+        {
+            _row.Decode(tokens[0], _logits);
+            return;
+        }
+        // A prompt runs in pieces between the batch's decode steps.
+        for (int at = 0; at < tokens.Length; at += _row.PrefillChunkTokens)
+        {
+            var piece = tokens.Slice(at, Math.Min(_row.PrefillChunkTokens, tokens.Length - at)).ToArray();
+            _row.Exclusive(() => RunHere(piece));
+        }
+    }
+
+    private void RunHere(ReadOnlySpan<int> tokens)
     {
         using var logits = _step.Run(_past, tokens);
         _step.CopyRow(logits, tokens.Length - 1, _logits);
+    }
+
+    /// <summary>Runs work that writes the past where writes to it belong: here, or in a batch on the batch's thread between steps.</summary>
+    private void OnRowThread(Action work)
+    {
+        if (_row is null) work();
+        else _row.Exclusive(work);
     }
 }

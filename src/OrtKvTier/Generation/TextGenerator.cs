@@ -53,9 +53,10 @@ public enum StopReason
 /// <see cref="PrefixCache"/>, the prompt's cached prefix is restored, and the prompt's chunks are
 /// captured right after the first token (off the time-to-first-token, in the background while the next
 /// tokens are generated) and again at the end. A <c>tenant</c> (chosen by the application) hits only its own
-/// entries (<see cref="KvGenerator"/>).
+/// entries (<see cref="KvGenerator"/>). With a <paramref name="batch"/>, each call joins it (waiting for a row and KV memory)
+/// and decodes together with the other calls in it; the tokens are the same.
 /// </summary>
-public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null, string? tenant = null)
+public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, PrefixCache? cache = null, string? tenant = null, GenerationBatch? batch = null)
 {
     /// <summary>
     /// Generates up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/>,
@@ -83,10 +84,11 @@ public sealed class TextGenerator(KvModel model, ModelTokenizer tokenizer, Prefi
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxNewTokens);
+        if (batch is not null && batch.Model != model) throw new ArgumentException($"The batch runs {batch.Model.Folder}; this generator runs {model.Folder}.", nameof(batch));
         var clock = Stopwatch.StartNew();
         search ??= SearchOptions.FromConfig(model);
         search = search with { MaxLength = Math.Min(search.MaxLength, prompt.Length + maxNewTokens) };
-        using var generator = new KvGenerator(model, search, cache, tenant);
+        using var generator = batch?.Join(search, cache, tenant, cancellationToken) ?? new KvGenerator(model, search, cache, tenant);
         using var stream = tokenizer.CreateStream();
         var text = new StringBuilder();
         var tokens = new List<int>(maxNewTokens);

@@ -9,7 +9,7 @@ namespace OrtKvTier.Inference;
 
 /// <summary>
 /// One run of the model over new tokens after a past, through one <see cref="OrtIoBinding"/>: the past grows by the
-/// tokens and the logits of every new position come back (<c>[1, tokens, vocab]</c>). Not thread-safe.
+/// tokens and the logits of every new position come back (<c>[1, tokens, vocab]</c>); or one decode step of a batch. Not thread-safe.
 /// </summary>
 internal sealed class ModelStep(KvModel model) : IDisposable
 {
@@ -19,37 +19,74 @@ internal sealed class ModelStep(KvModel model) : IDisposable
     /// <summary>Runs <paramref name="tokens"/> after <paramref name="past"/> (committed to it); the caller disposes the logits.</summary>
     public OrtValue Run(PastKeyValues past, ReadOnlySpan<int> tokens)
     {
-        var names = model.Names;
-        int total = past.Length + tokens.Length;
-        var ids = new long[tokens.Length];
+        int count = tokens.Length, total = past.Length + count;
+        var ids = new long[count];
         for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
         var mask = new long[total];
         Array.Fill(mask, 1L);
+        var positions = Enumerable.Range(past.Length, count).ToArray();
+        var logits = RunBound(ids, [1, count], mask, [1, total], positions, binding => past.Bind(binding, count), past.Abort,
+            ms => model.RunCosts.Record(count, total - count, ms)); // what computing costs, for the restore decision
+        past.Commit(count);
+        return logits;
+    }
 
-        using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [1, ids.Length]);
-        using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [1, total]);
-        using var positionsValue = names.PositionIds is null ? null : Positions(past.Length, tokens.Length, names.PositionIdsInt32);
-        var logits = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, model.LogitsType, [1, tokens.Length, model.VocabSize]);
+    /// <summary>
+    /// One decode step of a batch: row b runs <paramref name="tokens"/>[b] at position <paramref name="positions"/>[b] (its
+    /// tokens before it are in row b of <paramref name="batch"/>, <c>[rows, kvH, capacity, D]</c> tensors bound as past and
+    /// present; GroupQueryAttention reads each row's length from its mask). Logits <c>[rows, 1, vocab]</c>; the caller disposes them.
+    /// </summary>
+    public OrtValue RunRows(OrtValue[] batch, ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions)
+    {
+        int rows = tokens.Length, total = 0;
+        foreach (int p in positions) total = Math.Max(total, p + 1);
+        var ids = new long[rows];
+        var mask = new long[rows * total];
+        for (int b = 0; b < rows; b++)
+        {
+            ids[b] = tokens[b];
+            mask.AsSpan(b * total, positions[b] + 1).Fill(1L);
+        }
+        var layout = model.Layout;
+        return RunBound(ids, [rows, 1], mask, [rows, total], positions.ToArray(), binding =>
+        {
+            for (int layer = 0; layer < layout.Layers; layer++)
+            {
+                binding.BindInput(layout.PastKeyNames[layer], batch[layer * 2]);
+                binding.BindOutput(layout.PresentKeyNames[layer], batch[layer * 2]);
+                binding.BindInput(layout.PastValueNames[layer], batch[layer * 2 + 1]);
+                binding.BindOutput(layout.PresentValueNames[layer], batch[layer * 2 + 1]);
+            }
+        }, abort: null, ran: null);
+    }
+
+    /// <summary>Binds ids, mask, positions (when the graph takes them), logits and the past, runs, and returns the logits.</summary>
+    private OrtValue RunBound(long[] ids, long[] idsShape, long[] mask, long[] maskShape, int[] positions, Action<OrtIoBinding> bindPast, Action? abort, Action<double>? ran)
+    {
+        var names = model.Names;
+        using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, idsShape);
+        using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, maskShape);
+        using var positionsValue = names.PositionIds is null ? null : Positions(positions, idsShape, names.PositionIdsInt32);
+        var logits = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, model.LogitsType, [idsShape[0], idsShape[1], model.VocabSize]);
         _binding.ClearBoundInputs();
         _binding.ClearBoundOutputs();
         _binding.BindInput(names.InputIds, idsValue);
         _binding.BindInput(names.AttentionMask, maskValue);
         if (positionsValue is not null) _binding.BindInput(names.PositionIds!, positionsValue);
         _binding.BindOutput(names.Logits, logits);
-        past.Bind(_binding, tokens.Length);
+        bindPast(_binding);
         long start = Stopwatch.GetTimestamp();
         try
         {
             model.Session.RunWithBinding(_runOptions, _binding);
-            model.RunCosts.Record(tokens.Length, total - tokens.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds); // what computing costs, for the restore decision
+            ran?.Invoke(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
         }
         catch
         {
-            past.Abort();
+            abort?.Invoke();
             logits.Dispose();
             throw;
         }
-        past.Commit(tokens.Length);
         return logits;
     }
 
@@ -68,12 +105,9 @@ internal sealed class ModelStep(KvModel model) : IDisposable
         }
     }
 
-    /// <summary>Positions <c>[1, count]</c> of the tokens after <paramref name="first"/> computed ones, as GenAI feeds a graph with a position-ids input.</summary>
-    private static OrtValue Positions(int first, int count, bool int32)
-    {
-        if (int32) return OrtValue.CreateTensorValueFromMemory(Enumerable.Range(first, count).ToArray(), [1, count]);
-        return OrtValue.CreateTensorValueFromMemory(Enumerable.Range(first, count).Select(p => (long)p).ToArray(), [1, count]);
-    }
+    /// <summary>Position ids shaped like the input ids, as GenAI feeds a graph with a position-ids input.</summary>
+    private static OrtValue Positions(int[] positions, long[] shape, bool int32) =>
+        int32 ? OrtValue.CreateTensorValueFromMemory(positions, shape) : OrtValue.CreateTensorValueFromMemory(positions.Select(p => (long)p).ToArray(), shape);
 
     public void Dispose()
     {

@@ -10,6 +10,7 @@ namespace OrtKvTier.Tensors;
 internal static unsafe partial class MemoryAdvice
 {
     private const int PopulateWriteAdvice = 23;
+    private const int DontNeedAdvice = 4;
     private const long Page = 4096;
     private static volatile bool _unsupported = !OperatingSystem.IsLinux();
 
@@ -30,6 +31,23 @@ internal static unsafe partial class MemoryAdvice
         {
             _unsupported = true;
         }
+    }
+
+    /// <summary>
+    /// Gives the whole pages inside a range back to the system (Linux <c>madvise</c> MADV_DONTNEED): they read as zeros and
+    /// cost no memory until written again. Best effort; elsewhere the memory simply stays mapped.
+    /// </summary>
+    public static void Release(byte* address, long length)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        long start = ((long)address + Page - 1) & ~(Page - 1);
+        long end = ((long)address + length) & ~(Page - 1);
+        if (end <= start) return;
+        try
+        {
+            Madvise((void*)start, (nuint)(end - start), DontNeedAdvice);
+        }
+        catch (EntryPointNotFoundException) { }
     }
 
     [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]

@@ -30,6 +30,13 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
     public static PastKeyValues Create(KvLayout layout, KvMemory? memory = null) =>
         layout.SharedBuffer ? new Shared(layout, memory ?? KvMemory.Host) : new Growing(layout, memory ?? KvMemory.Host);
 
+    /// <summary>
+    /// A past over host tensors someone else owns (<c>[1, kvH, capacity, D]</c> each, key 0, value 0, key 1, …), bound as one
+    /// buffer for past and present whatever the folder's KV mode (GroupQueryAttention takes both): a row of a batch.
+    /// Disposing it disposes those <see cref="OrtValue"/>s, not the memory under them.
+    /// </summary>
+    public static PastKeyValues Over(KvLayout layout, OrtValue[] tensors, int capacity) => new Shared(layout, tensors, capacity);
+
     /// <summary>The tensor of one layer's key or value (its first <see cref="Length"/> rows per head are valid, of <see cref="Capacity"/>).</summary>
     public OrtValue Tensor(int layer, bool value) => Current[Slot(layer, value)]!;
 
@@ -212,8 +219,16 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
     {
         private readonly OrtValue?[] _buffers;
 
+        public Shared(KvLayout layout, OrtValue[] tensors, int capacity) : base(layout, KvMemory.Host)
+        {
+            if (tensors.Length != layout.Layers * 2) throw new ArgumentException($"{tensors.Length} tensors for {layout.Layers} layers' keys and values.", nameof(tensors));
+            _buffers = tensors;
+            Capacity = capacity;
+        }
+
         public Shared(KvLayout layout, KvMemory memory) : base(layout, memory)
         {
+            Capacity = layout.MaxLength;
             _buffers = new OrtValue?[layout.Layers * 2];
             try
             {
@@ -226,7 +241,7 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
             }
         }
 
-        public override int Capacity => Layout.MaxLength;
+        public override int Capacity { get; }
 
         public override void Bind(OrtIoBinding binding, int newTokens)
         {

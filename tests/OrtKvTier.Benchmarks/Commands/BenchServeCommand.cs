@@ -17,26 +17,39 @@ using CommandLine = OrtKvTier.Console.CommandLine;
 
 /// <summary>
 /// <c>ortkv-bench serve</c>: N concurrent clients (the official OpenAI .NET client, streaming), each holding a multi-turn
-/// conversation that shares a system prompt with the others, against the server sample with the prefix cache and without
-/// it (a fresh server and cache for every run): requests per second, time to first token p50/p99 (queueing included),
-/// failed requests, and 429s (counted apart, retried after Retry-After).
+/// conversation that shares a system prompt with the others, against the server sample one generation at a time
+/// (<c>BatchRows=1</c>) and batched, each with the prefix cache and without it (a fresh server and cache for every run):
+/// requests per second, time to first token p50/p99 (queueing included), tokens per second per client while answering,
+/// the batch sizes reached, failed requests, and 429s (counted apart, retried after Retry-After).
 /// </summary>
 internal static class BenchServeCommand
 {
     public const string Usage =
-        "  serve [--model DIR] [--clients 16,64] [--turns T] [--system-tokens S] [--user-tokens U] [--new-tokens M] [--chart FILE.svg] [--json]\n" +
-        "    (default: models/bench, 2 turns, 256-token shared system prompt, 16-token questions, 8 new tokens)";
+        "  serve [--model DIR] [--clients 1,8,16,64] [--modes batch1_cache,batch1_no_cache,batched_cache,batched_no_cache] [--batch-rows R]\n" +
+        "        [--turns T] [--system-tokens S] [--user-tokens U] [--new-tokens M] [--chart FILE.svg] [--json]\n" +
+        "    (default: models/bench, 2 turns, 256-token shared system prompt, 16-token questions, 32 new tokens, 16 rows)";
 
-    private sealed record Measured(string Mode, int Clients, int Requests, int Failed, int Throttled, double Seconds, double TtftP50, double TtftP99, long CachedTokens)
+    private static readonly string[] AllModes = ["batch1_cache", "batch1_no_cache", "batched_cache", "batched_no_cache"];
+
+    private sealed record Measured(string Mode, int Clients, int Requests, int Failed, int Throttled, double Seconds, double TtftP50, double TtftP99, long CachedTokens,
+        long OutputTokens, double TokensPerSecondPerClient, int LargestStep, double MeanRowsPerStep, int[] FirstTurnCached)
     {
         public double RequestsPerSecond => Requests / Seconds;
+
+        public override string ToString() =>
+            $"{Mode,-16} {Clients,3} clients: {Requests} requests, {RequestsPerSecond:F2}/s, TTFT p50 {TtftP50:F0} ms p99 {TtftP99:F0} ms, " +
+            $"{TokensPerSecondPerClient:F1} tokens/s per client, {OutputTokens / Seconds:F1} tokens/s in all, batch largest {LargestStep} mean {MeanRowsPerStep:F2}, " +
+            $"{Failed} failed, {Throttled} × 429, {CachedTokens} cached tokens (first turns, in the order they ended: {string.Join(' ', FirstTurnCached)})";
     }
 
     public static int Run(CommandLine cl)
     {
         var folder = BenchModel.Resolve(cl.String("model"));
-        var clientCounts = (cl.String("clients") ?? "16,64").Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToArray();
-        int turns = cl.Int("turns", 2, 1), systemTokens = cl.Int("system-tokens", 256, 1), userTokens = cl.Int("user-tokens", 16, 1), newTokens = cl.Int("new-tokens", 8, 1);
+        var clientCounts = (cl.String("clients") ?? "1,8,16,64").Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToArray();
+        var modes = (cl.String("modes") ?? string.Join(',', AllModes)).Split(',');
+        if (modes.FirstOrDefault(m => !AllModes.Contains(m)) is { } unknown) throw new ArgumentException($"--modes: '{unknown}' is not one of {string.Join(", ", AllModes)}.");
+        int turns = cl.Int("turns", 2, 1), systemTokens = cl.Int("system-tokens", 256, 1), userTokens = cl.Int("user-tokens", 16, 1), newTokens = cl.Int("new-tokens", 32, 1);
+        int batchRows = cl.Int("batch-rows", 16, 2);
         var chart = cl.String("chart");
         bool json = cl.Flag("json");
         cl.RejectUnknown();
@@ -51,13 +64,14 @@ internal static class BenchServeCommand
         }
         var runs = new List<Measured>();
         foreach (int clients in clientCounts)
-            foreach (var cache in new[] { true, false })
+            foreach (var mode in modes)
             {
                 var dir = Path.Combine(Path.GetTempPath(), "ortkv-bench-serve-" + Guid.NewGuid().ToString("N")[..8]);
                 try
                 {
-                    using var server = Server.Start(folder, dir, cache);
-                    runs.Add(Measure(server.Endpoint, modelId, cache ? "cache" : "no_cache", clients, turns, system, questions, newTokens));
+                    using var server = Server.Start(folder, dir, cache: mode.EndsWith("_cache", StringComparison.Ordinal) && !mode.EndsWith("no_cache", StringComparison.Ordinal),
+                        rows: mode.StartsWith("batched", StringComparison.Ordinal) ? batchRows : 1);
+                    runs.Add(Measure(server, modelId, mode, clients, turns, system, questions, newTokens));
                     System.Console.Error.WriteLine($"{runs[^1]}");
                 }
                 finally
@@ -85,26 +99,60 @@ internal static class BenchServeCommand
                     w.WriteNumber("ttft_p50_ms", Math.Round(r.TtftP50, 1));
                     w.WriteNumber("ttft_p99_ms", Math.Round(r.TtftP99, 1));
                     w.WriteNumber("cached_tokens", r.CachedTokens);
+                    w.WriteNumber("output_tokens", r.OutputTokens);
+                    w.WriteNumber("tokens_per_second_per_client", Math.Round(r.TokensPerSecondPerClient, 2));
+                    w.WriteNumber("tokens_per_second", Math.Round(r.OutputTokens / r.Seconds, 2));
+                    w.WriteNumber("batch_largest", r.LargestStep);
+                    w.WriteNumber("batch_mean", Math.Round(r.MeanRowsPerStep, 2));
+                    w.WriteStartArray("first_turn_cached_tokens");
+                    foreach (int c in r.FirstTurnCached) w.WriteNumberValue(c);
+                    w.WriteEndArray();
                     w.WriteEndObject();
                 }
                 w.WriteEndArray();
-                w.WriteStartArray("ttft_p50_no_cache_over_cache");
+                w.WriteStartArray("ratios");
                 foreach (int clients in clientCounts)
-                    w.WriteNumberValue(Math.Round(runs.Single(r => r.Clients == clients && r.Mode == "no_cache").TtftP50 / runs.Single(r => r.Clients == clients && r.Mode == "cache").TtftP50, 2));
+                {
+                    w.WriteStartObject();
+                    w.WriteNumber("clients", clients);
+                    foreach (var (name, ratio) in Ratios(runs, clients)) w.WriteNumber(name, Math.Round(ratio, 2));
+                    w.WriteEndObject();
+                }
                 w.WriteEndArray();
             });
         else
-            foreach (var r in runs)
-                System.Console.WriteLine($"{r.Mode,-9} {r.Clients,3} clients: {r.Requests} requests, {r.RequestsPerSecond:F2}/s, TTFT p50 {r.TtftP50:F0} ms p99 {r.TtftP99:F0} ms, {r.Failed} failed, {r.Throttled} × 429, {r.CachedTokens} cached tokens");
+        {
+            foreach (var r in runs) System.Console.WriteLine(r);
+            foreach (int clients in clientCounts)
+                System.Console.WriteLine($"{clients,3} clients: " + string.Join(", ", Ratios(runs, clients).Select(p => $"{p.Name} {p.Ratio:F2}")));
+        }
         return runs.Any(r => r.Failed > 0) ? 1 : 0;
     }
 
-    private static Measured Measure(Uri endpoint, string modelId, string mode, int clients, int turns, string system, string[] questions, int newTokens)
+    /// <summary>The side-by-side figures of one client count, where both runs of a ratio were measured.</summary>
+    private static IEnumerable<(string Name, double Ratio)> Ratios(List<Measured> runs, int clients)
+    {
+        Measured? Run(string mode) => runs.SingleOrDefault(r => r.Clients == clients && r.Mode == mode);
+        if (Run("batched_cache") is { } batched && Run("batch1_cache") is { } single)
+        {
+            yield return ("requests_per_second_batched_over_batch1_cache", batched.RequestsPerSecond / single.RequestsPerSecond);
+            yield return ("ttft_p50_batched_over_batch1_cache", batched.TtftP50 / single.TtftP50);
+            yield return ("tokens_per_second_per_client_batched_over_batch1_cache", batched.TokensPerSecondPerClient / single.TokensPerSecondPerClient);
+        }
+        if (Run("batched_no_cache") is { } batchedCold && Run("batch1_no_cache") is { } singleCold)
+            yield return ("requests_per_second_batched_over_batch1_no_cache", batchedCold.RequestsPerSecond / singleCold.RequestsPerSecond);
+        if (Run("batched_no_cache") is { } cold && Run("batched_cache") is { } warm)
+            yield return ("ttft_p50_no_cache_over_cache_batched", cold.TtftP50 / warm.TtftP50);
+    }
+
+    private static Measured Measure(Server server, string modelId, string mode, int clients, int turns, string system, string[] questions, int newTokens)
     {
         var ttfts = new List<double>();
+        var decodeRates = new List<double>();
+        var firstTurnCached = new List<int>();
         int failed = 0, throttled = 0, requests = 0;
-        long cached = 0;
-        var options = new OpenAIClientOptions { Endpoint = endpoint, NetworkTimeout = TimeSpan.FromMinutes(10), RetryPolicy = new ClientRetryPolicy(maxRetries: 0) };
+        long cached = 0, outputTokens = 0;
+        var options = new OpenAIClientOptions { Endpoint = server.Endpoint, NetworkTimeout = TimeSpan.FromMinutes(10), RetryPolicy = new ClientRetryPolicy(maxRetries: 0) };
         // One request first, unrelated to the conversations: the server's code is compiled before the clock starts.
         new ChatClient(modelId, new ApiKeyCredential("bench"), options).CompleteChat([new UserChatMessage("warm up")], new ChatCompletionOptions { MaxOutputTokenCount = 2 });
         var clock = Stopwatch.StartNew();
@@ -120,6 +168,7 @@ internal static class BenchServeCommand
                     var started = Stopwatch.GetTimestamp();
                     double ttft = -1;
                     var answer = new StringBuilder();
+                    int pieces = 0;
                     try
                     {
                         foreach (var update in chat.CompleteChatStreaming(history, new ChatCompletionOptions { MaxOutputTokenCount = newTokens, Temperature = 0 }))
@@ -129,9 +178,24 @@ internal static class BenchServeCommand
                                 if (ttft < 0 && part.Text.Length > 0) ttft = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
                                 answer.Append(part.Text);
                             }
-                            if (update.Usage?.InputTokenDetails?.CachedTokenCount is int c2) Interlocked.Add(ref cached, c2);
+                            if (update.Usage?.InputTokenDetails?.CachedTokenCount is int c2)
+                            {
+                                Interlocked.Add(ref cached, c2);
+                                if (t == 0) lock (firstTurnCached) firstTurnCached.Add(c2);
+                            }
+                            if (update.Usage?.OutputTokenCount is int output)
+                            {
+                                Interlocked.Add(ref outputTokens, output);
+                                pieces = output;
+                            }
                         }
-                        lock (ttfts) ttfts.Add(ttft < 0 ? Stopwatch.GetElapsedTime(started).TotalMilliseconds : ttft);
+                        double total = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+                        lock (ttfts)
+                        {
+                            ttfts.Add(ttft < 0 ? total : ttft);
+                            // Tokens after the first over the time they took: how fast an answer streams once it started.
+                            if (pieces > 1 && ttft >= 0 && total > ttft) decodeRates.Add((pieces - 1) / ((total - ttft) / 1000));
+                        }
                         Interlocked.Increment(ref requests);
                         history.Add(new AssistantChatMessage(answer.ToString()));
                         break;
@@ -152,9 +216,13 @@ internal static class BenchServeCommand
             }
         })).ToArray();
         Task.WaitAll(conversations);
+        double seconds = clock.Elapsed.TotalSeconds;
         var sorted = ttfts.Order().ToArray();
         double Percentile(double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(p * sorted.Length) - 1)];
-        return new Measured(mode, clients, requests, failed, throttled, clock.Elapsed.TotalSeconds, Percentile(0.5), Percentile(0.99), cached);
+        var rates = decodeRates.Order().ToArray();
+        var (largest, mean) = server.BatchReached();
+        return new Measured(mode, clients, requests, failed, throttled, seconds, Percentile(0.5), Percentile(0.99), cached,
+            outputTokens, rates.Length == 0 ? 0 : rates[rates.Length / 2], largest, mean, [.. firstTurnCached]);
     }
 
     /// <summary>Bars: TTFT p50 per client count, with the cache and without.</summary>
@@ -171,7 +239,7 @@ internal static class BenchServeCommand
             foreach (var r in group)
             {
                 double h = r.TtftP50 / max * (height - top - bottom);
-                string color = r.Mode == "cache" ? "#1f77b4" : "#d62728";
+                string color = r.Mode switch { "batched_cache" => "#1f77b4", "batch1_cache" => "#aec7e8", "batched_no_cache" => "#d62728", _ => "#ff9896" };
                 svg.Append(CultureInfo.InvariantCulture, $"<rect x=\"{x}\" y=\"{height - bottom - h:F1}\" width=\"{bar}\" height=\"{h:F1}\" fill=\"{color}\"/>");
                 svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{x + bar / 2}\" y=\"{height - bottom - h - 6:F1}\" text-anchor=\"middle\">{r.TtftP50:F0} ms</text>");
                 x += bar + 8;
@@ -179,8 +247,13 @@ internal static class BenchServeCommand
             svg.Append(CultureInfo.InvariantCulture, $"<text x=\"{x - bar - 12}\" y=\"{height - bottom + 18}\" text-anchor=\"middle\">{group.Key} clients</text>");
             x += 60;
         }
-        svg.Append(CultureInfo.InvariantCulture, $"<rect x=\"{width - 170}\" y=\"{top}\" width=\"14\" height=\"10\" fill=\"#1f77b4\"/><text x=\"{width - 150}\" y=\"{top + 9}\">prefix cache</text>");
-        svg.Append(CultureInfo.InvariantCulture, $"<rect x=\"{width - 170}\" y=\"{top + 20}\" width=\"14\" height=\"10\" fill=\"#d62728\"/><text x=\"{width - 150}\" y=\"{top + 29}\">no cache</text></svg>");
+        int legend = top;
+        foreach (var (mode, color) in new[] { ("batched_cache", "#1f77b4"), ("batch1_cache", "#aec7e8"), ("batched_no_cache", "#d62728"), ("batch1_no_cache", "#ff9896") })
+        {
+            svg.Append(CultureInfo.InvariantCulture, $"<rect x=\"{width - 170}\" y=\"{legend}\" width=\"14\" height=\"10\" fill=\"{color}\"/><text x=\"{width - 150}\" y=\"{legend + 9}\">{mode.Replace('_', ' ')}</text>");
+            legend += 20;
+        }
+        svg.Append("</svg>");
         return svg.ToString();
     }
 
@@ -191,13 +264,13 @@ internal static class BenchServeCommand
         private Server(Process process, Uri endpoint) => (_process, Endpoint) = (process, endpoint);
         public Uri Endpoint { get; }
 
-        public static Server Start(string model, string cacheDir, bool cache)
+        public static Server Start(string model, string cacheDir, bool cache, int rows)
         {
             var dll = typeof(BenchServeCommand).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == "ServerDll").Value!;
             int port = BenchModel.FreePort();
             var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
             foreach (var a in new[] { dll, "--urls", $"http://127.0.0.1:{port}", $"--OrtKvTier:ModelFolder={model}", $"--OrtKvTier:CacheDirectory={cacheDir}",
-                         $"--OrtKvTier:CacheEnabled={cache}", "--Server:MaxQueued=256", "--Logging:LogLevel:Default=Warning" })
+                         $"--OrtKvTier:CacheEnabled={cache}", $"--OrtKvTier:BatchRows={rows}", "--Server:MaxQueued=256", "--Logging:LogLevel:Default=Warning" })
                 info.ArgumentList.Add(a);
             var process = Process.Start(info)!;
             process.OutputDataReceived += (_, _) => { };
@@ -216,6 +289,15 @@ internal static class BenchServeCommand
             }
             process.Kill(entireProcessTree: true);
             throw new TimeoutException("The server did not answer /health within 2 minutes.");
+        }
+
+        /// <summary>The largest and the mean rows per decode step the server's batch reached (0 without a batch).</summary>
+        public (int Largest, double Mean) BatchReached()
+        {
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+            var health = System.Text.Json.JsonDocument.Parse(http.GetStringAsync(new Uri(Endpoint, "/health")).Result).RootElement;
+            if (!health.TryGetProperty("batch", out var batch) || batch.ValueKind != System.Text.Json.JsonValueKind.Object) return (1, 1);
+            return (batch.GetProperty("largest_step").GetInt32(), batch.GetProperty("mean_rows_per_step").GetDouble());
         }
 
         public void Dispose()

@@ -11,11 +11,11 @@ namespace OrtKvTier.Tests.Architecture;
 public sealed class PublicSurfaceTests(ITestOutputHelper output)
 {
     // 40, the compressed tiers' three (the encoding option, the quality gate's thresholds and the figures it reports) and
-    // document reuse's report of where a document went.
-    private const int MaxPublicTypes = 44;
+    // document reuse's report of where a document went; continuous batching's batch and its options.
+    private const int MaxPublicTypes = 46;
 
     [Fact]
-    public void TheLibraryExportsAtMostFortyFourTypes()
+    public void TheLibraryExportsAtMostFortySixTypes()
     {
         var exported = typeof(PrefixCache).Assembly.GetExportedTypes().Select(t => t.FullName!).Order(StringComparer.Ordinal).ToList();
         foreach (var name in exported) output.WriteLine(name);

@@ -69,16 +69,23 @@ public sealed class BenchCommandTests
     }
 
     [Fact]
-    public void BenchServeRunsClientsAgainstTheServerWithAndWithoutTheCache()
+    public void BenchServeRunsClientsAgainstTheServerOneAtATimeAndBatchedWithAndWithoutTheCache()
     {
-        var run = ChildProcess.Bench("serve", "--model", TestPaths.Tiny, "--clients", "3", "--turns", "2", "--system-tokens", "64", "--new-tokens", "2", "--json");
+        var run = ChildProcess.Bench("serve", "--model", TestPaths.Tiny, "--clients", "3", "--turns", "2", "--system-tokens", "64", "--new-tokens", "6", "--batch-rows", "4", "--json");
         Assert.True(run.ExitCode == 0, run.StdErr);
-        var runs = JsonDocument.Parse(run.StdOut).RootElement.GetProperty("runs").EnumerateArray().ToArray();
-        Assert.Equal(["cache", "no_cache"], runs.Select(r => r.GetProperty("mode").GetString()));
+        var json = JsonDocument.Parse(run.StdOut).RootElement;
+        var runs = json.GetProperty("runs").EnumerateArray().ToArray();
+        Assert.Equal(["batch1_cache", "batch1_no_cache", "batched_cache", "batched_no_cache"], runs.Select(r => r.GetProperty("mode").GetString()));
         Assert.All(runs, r => Assert.Equal(6, r.GetProperty("requests").GetInt32()));
         Assert.All(runs, r => Assert.Equal(0, r.GetProperty("failed").GetInt32()));
+        Assert.All(runs, r => Assert.True(r.GetProperty("tokens_per_second_per_client").GetDouble() > 0));
         Assert.True(runs[0].GetProperty("cached_tokens").GetInt64() > 0);
+        Assert.True(runs[2].GetProperty("cached_tokens").GetInt64() > 0);
         Assert.Equal(0, runs[1].GetProperty("cached_tokens").GetInt64());
+        Assert.Equal(0, runs[3].GetProperty("cached_tokens").GetInt64());
+        Assert.Equal(1, runs[0].GetProperty("batch_largest").GetInt32());
+        Assert.InRange(runs[2].GetProperty("batch_largest").GetInt32(), 1, 4);
+        Assert.True(json.GetProperty("ratios")[0].GetProperty("requests_per_second_batched_over_batch1_cache").GetDouble() > 0);
     }
 
     [Fact]
