@@ -7,7 +7,7 @@ using OrtKvTier.Storage;
 const string usage = "usage: ortkv-bench <bench> [options]   (or BenchmarkDotNet arguments, e.g. --filter '*SlotPool*')\n\n" +
     BenchTtftCommand.Usage + "\n" + BenchChunksCommand.Usage + "\n" + BenchDiskCommand.Usage + "\n" + BenchRemoteCommand.Usage + "\n" +
     BenchChatCommand.Usage + "\n" + BenchCaptureCommand.Usage + "\n" + BenchLoadCommand.Usage + "\n" + BenchServeCommand.Usage + "\n" +
-    BenchWritersCommand.Usage + "\n" + BenchLookupCommand.Usage + "\n" + BenchQualityCommand.Usage + "\n" + BenchDocumentsCommand.Usage + "\n";
+    BenchWritersCommand.Usage + "\n" + BenchLookupCommand.Usage + "\n" + BenchQualityCommand.Usage + "\n" + BenchDocumentsCommand.Usage + "\n" + BenchBatchCommand.Usage + "\n";
 
 if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
 {
@@ -29,6 +29,7 @@ Func<OrtKvTier.Console.CommandLine, int>? bench = args[0] switch
     "lookup" => BenchLookupCommand.Run,
     "quality" => BenchQualityCommand.Run,
     "documents" => BenchDocumentsCommand.Run,
+    "batch" => BenchBatchCommand.Run,
     _ => null,
 };
 if (bench is null)

@@ -36,8 +36,11 @@ public sealed class GenerationBatch : IDisposable
         Model = model;
         Options = options;
         MaxKvTokens = (int)Math.Min(int.MaxValue, options.MaxKvBytes / model.Layout.BytesPerToken);
+        if (MaxKvTokens < 1)
+            throw new ArgumentException($"MaxKvBytes ({options.MaxKvBytes}) holds no token of {model.Folder}'s KV ({model.Layout.BytesPerToken} bytes per token).", nameof(options));
         _rows = new BatchRow?[options.MaxRows];
-        _memory = new BatchKvMemory(model.Layout, options.MaxRows, model.Layout.MaxLength);
+        // No row grows past the model's length or the whole batch's memory.
+        _memory = new BatchKvMemory(model.Layout, options.MaxRows, Math.Min(model.Layout.MaxLength, MaxKvTokens));
         Scheduler = new BatchScheduler(model, _memory, slot => _rows[slot]);
     }
 
@@ -93,14 +96,15 @@ public sealed class GenerationBatch : IDisposable
                 $"The sequence may grow to {need} tokens ({(long)need * Model.Layout.BytesPerToken >> 20} MiB of KV); the batch holds at most {MaxKvTokens} tokens " +
                 $"(MaxKvBytes {Options.MaxKvBytes >> 20} MiB). Ask for fewer tokens or raise GenerationBatchOptions.MaxKvBytes.", nameof(search));
         BatchRow row;
+        // Registered outside the lock: disposing a registration waits for a callback running now, which takes the lock.
+        using var wake = cancellationToken.Register(() =>
+        {
+            lock (_admission) Monitor.PulseAll(_admission);
+        });
         lock (_admission)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             var ticket = _line.AddLast(new object());
-            using var wake = cancellationToken.Register(() =>
-            {
-                lock (_admission) Monitor.PulseAll(_admission);
-            });
             try
             {
                 while (_line.First != ticket || _activeRows == _rows.Length || _reservedTokens + need > MaxKvTokens)

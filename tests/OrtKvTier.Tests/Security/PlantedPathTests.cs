@@ -119,6 +119,44 @@ public sealed class PlantedPathTests : IDisposable
         Assert.Equal(before, Hash(victim));
     }
 
+    /// <summary>
+    /// The server over a cache directory where a link to a victim file was planted at each file the cache opens (one at a
+    /// time, between two runs of the server): every request answers with the tokens of a server without a cache, within
+    /// 10 s, and the victim tree is unchanged.
+    /// </summary>
+    [Fact]
+    public async Task TheServerWithALinkPlantedAtAnyFileItOpensAnswersAndTouchesNothingOutside()
+    {
+        var body = System.Text.Json.JsonSerializer.Serialize(new
+        {
+            model = "tiny", max_tokens = 4, temperature = 0,
+            messages = new[] { new { role = "user", content = "A prompt long enough to fill a chunk or two of the cache, and then some more words." } },
+        });
+        async Task<string> Answer(ServerProcess server)
+        {
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+            using var response = await http.PostAsync(new Uri(server.BaseUri, "v1/chat/completions"), new StringContent(body, System.Text.Encoding.UTF8, "application/json"));
+            Assert.True(response.IsSuccessStatusCode, $"{(int)response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+            return System.Text.Json.JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!;
+        }
+        string expected;
+        using (var plain = ServerProcess.Start(_temp.Sub("unused"), ("OrtKvTier:CacheEnabled", "false"))) expected = await Answer(plain);
+        var victim = Victim();
+        string before = Hash(victim);
+        foreach (var name in new[] { "cache.key", "slots.bin", "index.journal", "index.snapshot", "writers.alive", "writer.lock" })
+        {
+            var cache = _temp.Sub("serve-" + name);
+            using (var first = ServerProcess.Start(cache)) Assert.Equal(expected, await Answer(first));
+            var pool = Directory.GetDirectories(cache).Single(d => File.Exists(Path.Combine(d, "slots.bin")));
+            string planted = name == "cache.key" ? Path.Combine(cache, name) : Path.Combine(pool, name);
+            if (File.Exists(planted)) File.Delete(planted);
+            File.CreateSymbolicLink(planted, Path.Combine(victim, name == "slots.bin" ? "slots.bin" : "precious.txt"));
+            using var server = ServerProcess.Start(cache);
+            for (int run = 0; run < 2; run++) Assert.Equal(expected, await Answer(server));
+        }
+        Assert.Equal(before, Hash(victim));
+    }
+
     [Fact]
     public void FifosAndSocketsAtThePoolsFilesHangNothing()
     {
