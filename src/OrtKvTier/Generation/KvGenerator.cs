@@ -186,9 +186,15 @@ public sealed class KvGenerator : IDisposable
         _sequence.AddRange(tokens);
         _lastWasGenerated = false;
         _logitsCurrent = false;
-        if (_cache is { } cache) OnRowThread(() => RestoreFromCache(cache));
-        int pending = _sequence.Count - _past.Length;
         long start = Stopwatch.GetTimestamp();
+        int pending;
+        if (_row is { } row) pending = RestoreAndRunFirstPiece(row);
+        else
+        {
+            if (_cache is { } cache) RestoreFromCache(cache);
+            pending = _sequence.Count - _past.Length;
+            start = Stopwatch.GetTimestamp();
+        }
         using (var span = KvCacheMetrics.Activities.StartActivity("ortkv.prefill"))
         {
             span?.SetTag("ortkv.prefill_tokens", pending);
@@ -200,6 +206,24 @@ public sealed class KvGenerator : IDisposable
         LastPrefillMs = KvCacheMetrics.Milliseconds(start);
         KvCacheMetrics.PrefillTokens.Add(pending);
         KvCacheMetrics.PrefillDuration.Record(LastPrefillMs);
+    }
+
+    /// <summary>
+    /// In a batch: the restore and the prompt's first piece in one turn of the batch's thread (a step between them would only
+    /// delay the prompts waiting behind this one); the rest follows piece by piece. Returns the prompt tokens left to run after the restore.
+    /// </summary>
+    private int RestoreAndRunFirstPiece(BatchRow row)
+    {
+        int pending = 0;
+        row.Exclusive(() =>
+        {
+            if (_cache is { } cache) RestoreFromCache(cache);
+            pending = _sequence.Count - _past.Length;
+            int first = Math.Min(pending, row.PrefillChunkTokens);
+            RunHere(CollectionsMarshal.AsSpan(_sequence).Slice(_past.Length, first));
+            _logitsCurrent = first == pending;
+        });
+        return pending;
     }
 
     /// <summary>Throws unless <paramref name="tokens"/> fit after the sequence (<see cref="SearchOptions.MaxLength"/>) and are all in the vocabulary.</summary>
