@@ -3,18 +3,29 @@ using OrtKvTier.Tensors;
 namespace OrtKvTier.Generation;
 
 /// <summary>
-/// One sequence's place in a <see cref="GenerationBatch"/>: its slot of the batch's KV (<see cref="Past"/>), the tokens of KV
-/// it reserved, and the way its generator reaches the batch's thread. Owned by one <see cref="KvGenerator"/>.
+/// One sequence in a <see cref="GenerationBatch"/>: the tokens of KV it reserved, its slot of the batch's KV once it first
+/// appends a prompt (<see cref="Past"/>; a row waiting for the prompt turn holds none, so it is never a dummy in the
+/// others' steps), and the way its generator reaches the batch's thread. Owned by one <see cref="KvGenerator"/>.
 /// </summary>
-internal sealed class BatchRow(GenerationBatch batch, int slot, int reservedTokens, PastKeyValues past, CancellationToken cancellation)
+internal sealed class BatchRow(GenerationBatch batch, int reservedTokens, PastKeyValues unplaced, CancellationToken cancellation)
 {
+    private PastKeyValues? _placed;
     private int _left;
 
-    public int Slot { get; } = slot;
+    /// <summary>The row of the batch's KV it holds; -1 before it first appends a prompt.</summary>
+    public int Slot { get; private set; } = -1;
 
     public int ReservedTokens { get; } = reservedTokens;
 
-    public PastKeyValues Past { get; } = past;
+    /// <summary>Its row of the batch's KV, or an empty past before it has one.</summary>
+    public PastKeyValues Past => _placed ?? unplaced;
+
+    /// <summary>Takes slot <paramref name="slot"/> of the batch's KV (once).</summary>
+    public void PlaceAt(int slot, PastKeyValues past)
+    {
+        _placed = past;
+        Slot = slot;
+    }
 
     /// <summary>Stops waits for the prompt turn (the request's own cancellation).</summary>
     public CancellationToken Cancellation { get; } = cancellation;
@@ -33,8 +44,24 @@ internal sealed class BatchRow(GenerationBatch batch, int slot, int reservedToke
 
     public void StopDecoding() => batch.Scheduler.StopDecoding(this);
 
-    /// <summary>Waits for the batch's prompt turn: one row appends a prompt at a time, so rows sharing a prefix compute it once.</summary>
-    public IDisposable EnterPromptTurn() => batch.EnterPromptTurn(Cancellation);
+    /// <summary>
+    /// Waits for the batch's prompt turn (one row appends a prompt at a time, so rows sharing a prefix compute it once) and
+    /// takes a slot of the batch's KV if it has none yet.
+    /// </summary>
+    public IDisposable EnterPromptTurn()
+    {
+        var turn = batch.EnterPromptTurn(Cancellation);
+        try
+        {
+            if (_placed is null) batch.Place(this);
+            return turn;
+        }
+        catch
+        {
+            turn.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>Gives the slot and the reserved tokens back (once).</summary>
     public void Leave()

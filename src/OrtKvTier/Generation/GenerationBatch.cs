@@ -120,9 +120,7 @@ public sealed class GenerationBatch : IDisposable
                 _line.Remove(ticket);
                 Monitor.PulseAll(_admission);
             }
-            int slot = Array.IndexOf(_rows, null);
-            row = new BatchRow(this, slot, need, _memory.RowPast(slot), cancellationToken);
-            _rows[slot] = row;
+            row = new BatchRow(this, need, PastKeyValues.Unplaced(Model.Layout), cancellationToken);
             _activeRows++;
             _reservedTokens += need;
         }
@@ -143,16 +141,31 @@ public sealed class GenerationBatch : IDisposable
         return new PromptTurn(_promptTurn);
     }
 
+    /// <summary>Gives <paramref name="row"/> the lowest free slot (there is one: no more rows joined than there are slots).</summary>
+    internal void Place(BatchRow row)
+    {
+        lock (_admission)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            int slot = Array.IndexOf(_rows, null);
+            row.PlaceAt(slot, _memory.RowPast(slot));
+            _rows[slot] = row;
+        }
+    }
+
     internal void Leave(BatchRow row)
     {
         row.Past.Dispose();
         lock (_admission)
         {
-            _rows[row.Slot] = null;
+            if (row.Slot >= 0)
+            {
+                _rows[row.Slot] = null;
+                if (!_disposed) _memory.Release(row.Slot);
+            }
             _activeRows--;
             _reservedTokens -= row.ReservedTokens;
-            if (!_disposed) _memory.Release(row.Slot);
-            else if (_activeRows == 0) _memory.Dispose();
+            if (_disposed && _activeRows == 0) _memory.Dispose();
             Monitor.PulseAll(_admission);
         }
     }

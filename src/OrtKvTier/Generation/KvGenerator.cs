@@ -28,7 +28,8 @@ public sealed class KvGenerator : IDisposable
 {
     private readonly KvModel _model;
     private readonly ModelStep _step;
-    private readonly PastKeyValues _past;
+    /// <summary>The past of a generator alone (null in a batch: its row holds it).</summary>
+    private readonly PastKeyValues? _ownPast;
     private readonly TokenSampler _sampler;
     private readonly List<int> _sequence = [];
     private readonly float[] _logits;
@@ -77,7 +78,7 @@ public sealed class KvGenerator : IDisposable
         _sampler = new TokenSampler(search, model.EosTokenIds);
         _logits = new float[model.VocabSize];
         _row = row;
-        _past = row?.Past ?? PastKeyValues.Create(model.Layout, KvMemory.For(model));
+        _ownPast = row is null ? PastKeyValues.Create(model.Layout, KvMemory.For(model)) : null;
         _step = new ModelStep(model);
     }
 
@@ -89,6 +90,9 @@ public sealed class KvGenerator : IDisposable
 
     /// <summary>Tokens whose keys and values are computed (the rest run on the next step).</summary>
     public int ComputedTokens => _past.Length;
+
+    /// <summary>The past: the generator's own, or its row's in a batch (empty until the row first appends a prompt and gets its place).</summary>
+    private PastKeyValues _past => _row?.Past ?? _ownPast!;
 
     /// <summary>True once an end-of-sequence token was generated or <see cref="SearchOptions.MaxLength"/> is reached.</summary>
     public bool IsDone =>

@@ -37,6 +37,9 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
     /// </summary>
     public static PastKeyValues Over(KvLayout layout, OrtValue[] tensors, int capacity) => new Shared(layout, tensors, capacity);
 
+    /// <summary>An empty past with no tensors (a batch row before it has its place): length 0, never bound.</summary>
+    public static PastKeyValues Unplaced(KvLayout layout) => new Shared(layout, new OrtValue[layout.Layers * 2], capacity: 0);
+
     /// <summary>The tensor of one layer's key or value (its first <see cref="Length"/> rows per head are valid, of <see cref="Capacity"/>).</summary>
     public OrtValue Tensor(int layer, bool value) => Current[Slot(layer, value)]!;
 

@@ -18,12 +18,13 @@ using CommandLine = OrtKvTier.Console.CommandLine;
 internal static class BenchBatchCommand
 {
     public const string Usage =
-        "  batch [--model DIR] [--prompt-tokens 256] [--new-tokens 64] [--rows 1,4,8,16] [--reps 5] [--json]   (decode: alone vs in a batch)";
+        "  batch [--model DIR] [--prompt-tokens 256] [--new-tokens 64] [--rows 1,4,8,16] [--idle-rows 0] [--reps 5] [--json]   (decode: alone vs in a batch;\n" +
+        "        --idle-rows: rows that appended a prompt first and hold their slots below the decoding ones without decoding)";
 
     public static int Run(CommandLine cl)
     {
         var folder = BenchModel.Resolve(cl.String("model"));
-        int promptTokens = cl.Int("prompt-tokens", 256, 1), newTokens = cl.Int("new-tokens", 64, 2), reps = cl.Int("reps", 5, 1);
+        int promptTokens = cl.Int("prompt-tokens", 256, 1), newTokens = cl.Int("new-tokens", 64, 2), reps = cl.Int("reps", 5, 1), idleRows = cl.Int("idle-rows", 0, 0);
         var rows = (cl.String("rows") ?? "1,4,8,16").Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture)).ToArray();
         bool json = cl.Flag("json");
         cl.RejectUnknown();
@@ -31,7 +32,13 @@ internal static class BenchBatchCommand
         using var model = KvModel.Load(folder);
         var prompts = Enumerable.Range(0, rows.Max()).Select(i => Enumerable.Range(0, promptTokens).Select(t => (t * 31 + i * 7 + 5) % model.VocabSize).ToArray()).ToArray();
         var search = SearchOptions.FromConfig(model) with { MaxLength = promptTokens + newTokens, DoSample = false };
-        using var batch = new GenerationBatch(model, new GenerationBatchOptions { MaxRows = rows.Max() });
+        using var batch = new GenerationBatch(model, new GenerationBatchOptions { MaxRows = rows.Max() + idleRows });
+        var idle = Enumerable.Range(0, idleRows).Select(i =>
+        {
+            var generator = batch.Join(search);
+            generator.AppendTokens(prompts[0][..8]); // holds a slot, never decodes
+            return generator;
+        }).ToList();
         var alone = new List<double>();
         var batchedOne = new List<double>();
         var together = rows.ToDictionary(r => r, _ => new List<double>());
@@ -44,6 +51,7 @@ internal static class BenchBatchCommand
             System.Console.Error.WriteLine($"rep {rep + 1}: alone {alone[^1]:F1}, batch of 1 {batchedOne[^1]:F1}, " +
                 string.Join(", ", rows.Select(r => $"{r} rows {together[r][^1]:F1}")) + " tokens/s");
         }
+        idle.ForEach(g => g.Dispose());
         double aloneMedian = Median(alone), oneMedian = Median(batchedOne);
         if (json)
             JsonOutput.Write(w =>
