@@ -39,6 +39,65 @@ public sealed class SlotPoolReliabilityTests(ITestOutputHelper output) : IDispos
         return (served, missed);
     }
 
+    /// <summary>
+    /// One damaged byte anywhere in the file header (magic, version, layout, slot size and count, pool id, epoch, encoding,
+    /// checksum) costs no entry: the next writer rewrites the header from the layout it opens and keeps the slots, which
+    /// still authenticate. A header that differs in more than a few bytes (another model's) is still a mismatch.
+    /// </summary>
+    [Theory]
+    [InlineData(StoredFormats.FhMagic)]
+    [InlineData(StoredFormats.FhVersion)]
+    [InlineData(StoredFormats.FhSlotSize + 2)]
+    [InlineData(StoredFormats.FhSlotCount)]
+    [InlineData(StoredFormats.FhFingerprint + 5)]
+    [InlineData(StoredFormats.FhKvHeads)]
+    [InlineData(StoredFormats.FhChunkTokens)]
+    [InlineData(StoredFormats.FhPoolId + 1)]
+    [InlineData(StoredFormats.FhWriterEpoch)]
+    [InlineData(StoredFormats.FhEncoding)]
+    [InlineData(StoredFormats.FhChecksum + 7)]
+    public void OneDamagedByteOfTheFileHeaderCostsNoEntry(int offset)
+    {
+        var keys = Enumerable.Range(0, 5).Select(i => TestPayloads.Key(31, i)).ToList();
+        using (var pool = SlotPool.Open(Options()))
+            foreach (var key in keys) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
+        var data = Path.Combine(_temp.Path, StoredFormats.DataFileName);
+        using (var file = new FileStream(data, FileMode.Open, FileAccess.ReadWrite))
+        {
+            file.Position = offset;
+            int old = file.ReadByte();
+            file.Position = offset;
+            file.WriteByte((byte)(old ^ 0x5A));
+        }
+        Assert.Throws<SlotPoolMismatchException>(() => SlotPool.Open(Options(readOnly: true)));
+
+        using (var pool = SlotPool.Open(Options() with { OnMismatch = MismatchPolicy.Recreate }))
+        {
+            Assert.All(keys, k => Assert.True(pool.Contains(k), $"entry {k} lost after one damaged header byte at {offset}"));
+            Assert.Equal((keys.Count, 0), CheckEverything(pool));
+            var more = TestPayloads.Key(31, 99);
+            pool.Put(more, TestPayloads.Tokens(more), TestPayloads.Payload(more));
+        }
+        using (var reopened = SlotPool.Open(Options(readOnly: true)))
+            Assert.Equal((keys.Count + 1, 0), CheckEverything(reopened));
+    }
+
+    [Fact]
+    public void AHeaderOfAnotherModelIsNoDamageToRepair()
+    {
+        using (var pool = SlotPool.Open(Options()))
+            pool.Put(TestPayloads.Key(32, 1), TestPayloads.Tokens(TestPayloads.Key(32, 1)), TestPayloads.Payload(TestPayloads.Key(32, 1)));
+        var data = Path.Combine(_temp.Path, StoredFormats.DataFileName);
+        using (var file = new FileStream(data, FileMode.Open, FileAccess.ReadWrite))
+        {
+            file.Position = StoredFormats.FhFingerprint;
+            file.Write(Enumerable.Repeat((byte)0xEE, 16).ToArray()); // a whole other fingerprint, checksum not updated
+        }
+        Assert.Throws<SlotPoolMismatchException>(() => SlotPool.Open(Options()));
+        using var recreated = SlotPool.Open(Options() with { OnMismatch = MismatchPolicy.Recreate });
+        Assert.Empty(recreated.Entries());
+    }
+
     [Fact]
     public void SigkillAtRandomMomentsNeverServesWrongBytesAndKeepsAcknowledgedEntries()
     {

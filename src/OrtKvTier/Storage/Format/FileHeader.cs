@@ -64,4 +64,24 @@ internal static class FileHeader
             BinaryPrimitives.ReadUInt64LittleEndian(h[FhPoolId..]),
             BinaryPrimitives.ReadUInt32LittleEndian(h[FhWriterEpoch..]));
     }
+
+    /// <summary>Bytes of a damaged header that may differ from the header its pool would have, for it to be repaired.</summary>
+    public const int RepairableBytes = 4;
+
+    /// <summary>
+    /// Whether <paramref name="damaged"/> (a header page whose checksum fails) is this pool's header with a few bytes changed:
+    /// against the header <paramref name="identity"/>, <paramref name="slotCount"/> slots and the damaged page's own pool id and
+    /// writer epoch would have, at most <see cref="RepairableBytes"/> bytes of the checksummed fields differ (pool id and epoch
+    /// not counted: those a repair takes from elsewhere).
+    /// </summary>
+    public static bool IsDamagedCopyOf(ReadOnlySpan<byte> damaged, SlotPoolIdentity identity, int slotCount)
+    {
+        if (damaged.Length < FileHeaderBytes || BinaryPrimitives.ReadUInt64LittleEndian(damaged[FhChecksum..]) == Checksum64(damaged[..FhChecksummed])) return false;
+        var expected = Write(identity, identity.SlotBytes, slotCount, BinaryPrimitives.ReadUInt64LittleEndian(damaged[FhPoolId..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(damaged[FhWriterEpoch..]));
+        int differing = 0;
+        for (int i = 0; i < FhChecksummed; i++)
+            if (damaged[i] != expected[i]) differing++;
+        return differing <= RepairableBytes;
+    }
 }

@@ -25,6 +25,14 @@ internal sealed class JournalCodec(CacheSecret secret)
         return header;
     }
 
+    /// <summary>The pool id an authentic journal header of this format names, or null.</summary>
+    public ulong? ReadPoolId(ReadOnlySpan<byte> bytes)
+    {
+        if (bytes.Length < JournalHeaderBytes || BinaryPrimitives.ReadUInt64LittleEndian(bytes[JhMagic..]) != JournalMagic) return null;
+        if (ReadUInt128(bytes[JhMac..]) != secret.Mac(bytes[..JhMac]) || BinaryPrimitives.ReadUInt32LittleEndian(bytes[JhVersion..]) != FormatVersion) return null;
+        return BinaryPrimitives.ReadUInt64LittleEndian(bytes[JhPoolId..]);
+    }
+
     /// <summary>The journal's epoch, or null when the header is missing, damaged, of another version or another pool's.</summary>
     public long? ReadEpoch(ReadOnlySpan<byte> bytes, ulong poolId)
     {

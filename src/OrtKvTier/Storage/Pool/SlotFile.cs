@@ -140,6 +140,11 @@ internal sealed class SlotFile : IDisposable
         if (medium.Exists(DataFileName))
         {
             var mismatch = DescribeMismatch(medium, identity, out var existing);
+            if (mismatch is not null && RepairedHeader(medium, identity, options.Secret!) is { } repaired)
+            {
+                options.Logger?.LogWarning("Slot pool {Directory}: its file header was damaged ({Mismatch}); rewritten from the pool's own layout, its entries kept", medium.Location, mismatch);
+                (mismatch, existing) = (null, repaired);
+            }
             if (mismatch is not null && options.OnMismatch == MismatchPolicy.Refuse)
                 throw new SlotPoolMismatchException($"{Path.Combine(medium.Location, DataFileName)}: {mismatch} Open with MismatchPolicy.Recreate to replace it, or use another directory.");
             if (mismatch is not null)
@@ -169,6 +174,36 @@ internal sealed class SlotFile : IDisposable
         }
         var created = Create(options, medium, identity);
         return new SlotFile(medium, medium.Open(DataFileName, DeviceAccess.ReadWrite), created, options) { Created = true };
+    }
+
+    /// <summary>
+    /// The header of a pool whose header page was damaged (its checksum fails) in a few bytes only, rebuilt: the layout from the
+    /// identity being opened, the slot count from the file's length, the pool id from the journal (authenticated) or the
+    /// page, and a writer epoch no writer alive uses (random in the upper half: epochs count up from 1, so it is none a
+    /// writer used before). Null when the page is not a damaged copy of this pool's header: a real mismatch stays one.
+    /// Slots still authenticate under the key and layout, so a wrong guess costs misses, never wrong bytes.
+    /// </summary>
+    private static FileHeaderFields? RepairedHeader(IStorageMedium medium, SlotPoolIdentity identity, CacheSecret secret)
+    {
+        long length = medium.Identify(DataFileName)?.Length ?? 0, slots = (length - FileHeaderBytes) / identity.SlotBytes;
+        if (length <= FileHeaderBytes || (length - FileHeaderBytes) % identity.SlotBytes != 0 || slots > int.MaxValue) return null;
+        var page = new byte[FileHeaderBytes];
+        using (var data = medium.Open(DataFileName, DeviceAccess.Read))
+            if (data.ReadFully(page, 0) < FileHeaderBytes) return null;
+        if (!FileHeader.IsDamagedCopyOf(page, identity, (int)slots)) return null;
+        ulong? journalPoolId = null;
+        if (medium.Exists(JournalFileName))
+        {
+            var journal = new byte[JournalHeaderBytes];
+            using var file = medium.Open(JournalFileName, DeviceAccess.Read);
+            if (file.ReadFully(journal, 0) == JournalHeaderBytes) journalPoolId = new JournalCodec(secret).ReadPoolId(journal);
+        }
+        uint epoch;
+        do epoch = (uint)Random.Shared.NextInt64(1L << 31, uint.MaxValue - (1L << 16));
+        while (medium.IsAlive(LivenessFileName, epoch));
+        // OpenWriter bumps the epoch it is given.
+        return new FileHeaderFields(FormatVersion, identity, identity.SlotBytes, slots,
+            journalPoolId ?? System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(page.AsSpan(FhPoolId)), epoch - 1);
     }
 
     /// <summary>What <see cref="OpenWriter"/> checks of an existing data file, without the lock (it checks again under it): throws when it would refuse.</summary>
