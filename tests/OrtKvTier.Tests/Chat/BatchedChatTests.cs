@@ -115,6 +115,50 @@ public sealed class BatchedChatTests : IDisposable
         Assert.Equal(cappedAlone.FinishReason, capped.FinishReason);
     }
 
+    /// <summary>
+    /// 24 requests through 4 rows and a cache: some cancelled at random moments (waiting for a row, for the prompt turn, or
+    /// mid-answer), some ended by a stop sequence, streamed and not. Every request not cancelled answers as it does alone,
+    /// none fails otherwise, and the batch ends empty.
+    /// </summary>
+    [Fact]
+    public async Task RequestsCancelledAtRandomMomentsNeverDisturbTheOthers()
+    {
+        using var cache = CacheTestKit.Open(_model, directory: null, Chunk);
+        using var batch = new GenerationBatch(_model, new GenerationBatchOptions { MaxRows = 4, MaxPrefillTokensPerStep = 16 });
+        var batched = _model.AsChatClient(_tokenizer, cache, new KvChatClientOptions { Batch = batch });
+        var alone = _model.AsChatClient(_tokenizer);
+        var system = new ChatMessage(ChatRole.System, SystemPrompt(64));
+        var random = new Random(5);
+        var plans = Enumerable.Range(0, 24).Select(i => (Question: new ChatMessage(ChatRole.User, $"Request {i}: say something about {i % 5}."),
+            CancelAfterMs: i == 0 ? 0 : random.Next(3) == 0 ? random.Next(0, 60) : -1, Stream: i % 2 == 0,
+            Options: i % 3 == 0 ? new ChatOptions { Temperature = 0, MaxOutputTokens = 30, StopSequences = ["e"] } : Greedy(30))).ToArray();
+        var runs = plans.Select(plan => Task.Run(async () =>
+        {
+            using var cancel = new CancellationTokenSource();
+            if (plan.CancelAfterMs >= 0) cancel.CancelAfter(plan.CancelAfterMs);
+            try
+            {
+                if (!plan.Stream) return (await batched.GetResponseAsync([system, plan.Question], plan.Options, cancel.Token)).Text;
+                var text = new System.Text.StringBuilder();
+                await foreach (var update in batched.GetStreamingResponseAsync([system, plan.Question], plan.Options, cancel.Token)) text.Append(update.Text);
+                return text.ToString();
+            }
+            catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+            {
+                return null;
+            }
+        })).ToArray();
+        var answers = await Task.WhenAll(runs);
+        for (int i = 0; i < plans.Length; i++)
+            if (answers[i] is { } answer) Assert.Equal((await alone.GetResponseAsync([system, plans[i].Question], plans[i].Options)).Text, answer);
+        Assert.Contains(answers, a => a is null);
+        Assert.Contains(answers, a => a is not null);
+        for (var clock = System.Diagnostics.Stopwatch.StartNew(); batch.ActiveRows > 0 && clock.Elapsed < TimeSpan.FromSeconds(30);) await Task.Delay(20);
+        Assert.Equal(0, batch.ActiveRows);
+        Assert.Equal(0, batch.ReservedTokens);
+        Assert.Equal(0, batch.Waiting);
+    }
+
     public void Dispose()
     {
         _tokenizer.Dispose();
