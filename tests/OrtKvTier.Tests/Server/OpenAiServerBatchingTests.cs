@@ -70,7 +70,8 @@ public sealed class OpenAiServerBatchingTests : IDisposable
     [Fact]
     public async Task ABatchWhoseKvMemoryIsFullRefusesWith429RatherThanExceedingIt()
     {
-        // Four rows but KV memory for about two answers at a time, nobody may queue: the rest are 429s, never a 5xx, and
+        // Four rows but KV memory for one long answer at a time (each is capped where the memory ends), three may run, nobody
+        // may queue: two wait inside the batch for memory, the rest are 429s, never a 5xx, and
         // the reserved KV never passes the bound.
         using var model = KvModel.Load(TestPaths.Tiny);
         long bytes = 300 * model.Layout.BytesPerToken;
@@ -89,7 +90,7 @@ public sealed class OpenAiServerBatchingTests : IDisposable
                 await Task.Delay(5);
             }
         });
-        var body = JsonSerializer.Serialize(new { model = "tiny", messages = new[] { new { role = "user", content = "Tell me a long story." } }, max_tokens = 120, temperature = 0 });
+        var body = JsonSerializer.Serialize(new { model = "tiny", messages = new[] { new { role = "user", content = "Tell me a long story." } }, max_tokens = 400, temperature = 0 });
         var requests = Enumerable.Range(0, 8).Select(_ => http.PostAsync(new Uri(server.BaseUri, "v1/chat/completions"), new StringContent(body, Encoding.UTF8, "application/json"))).ToArray();
         var statuses = (await Task.WhenAll(requests)).Select(r => r.StatusCode).ToArray();
         await watching.CancelAsync();
