@@ -39,14 +39,17 @@ public sealed class HostileRemoteTests
 
         // Twice: the first request finds nothing above the server and asks it; the second asks again (the host tier holds
         // the chunks the first computed, so it restores those and asks the server for nothing more, or for the rest).
-        // More rounds while the server saw no GET yet: on a loaded machine the client may be reconnecting (its connection
-        // timed out on the misbehaving server) when a request looks, and then it asks nobody.
+        // More rounds while the server saw no GET yet, each with a prompt nobody computed (the host tier would answer a
+        // repeated one): on a loaded machine the client may be reconnecting (its connection timed out on the misbehaving
+        // server) when a request looks, and then it asks nobody.
         for (int round = 0; round < 2 || (server.SpoiledGets == 0 && round < 10); round++)
         {
+            var roundPrompt = round < 2 ? prompt : CacheTestKit.Prompt(4 * Chunk + 3, seed: 31 + round);
+            var roundExpected = round < 2 ? expected : CacheTestKit.Greedy(model, roundPrompt, cache: null).Tokens;
             var clock = Stopwatch.StartNew();
-            var run = CacheTestKit.Greedy(model, prompt, cache);
+            var run = CacheTestKit.Greedy(model, roundPrompt, cache);
             var elapsed = clock.Elapsed;
-            Assert.Equal(expected, run.Tokens);
+            Assert.Equal(roundExpected, run.Tokens);
             Assert.Equal(0, run.Restore.TokensByTier.GetValueOrDefault("remote"));
             // The deadline, plus what a loaded machine adds to a tiny model's run and to connecting.
             Assert.True(elapsed < FetchTimeout + TimeSpan.FromSeconds(3), $"round {round}: {elapsed.TotalMilliseconds:F0} ms");
