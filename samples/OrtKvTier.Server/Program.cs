@@ -27,8 +27,11 @@ catch (InvalidOperationException e)
     return 1;
 }
 builder.Services.AddSingleton(tenants);
-builder.Services.AddSingleton(sp => new RequestQueue(sp.GetRequiredService<IOptions<ServerOptions>>().Value,
-    sp.GetRequiredService<IOptions<ServerOptions>>().Value.RunningLimit(sp.GetRequiredService<IChatClient>().GetService<GenerationBatch>()?.Options.MaxRows)));
+builder.Services.AddSingleton(sp =>
+{
+    var server = sp.GetRequiredService<IOptions<ServerOptions>>().Value;
+    return new RequestQueue(server, server.RunningLimit(sp.GetRequiredService<IChatClient>().GetService<GenerationBatch>()?.Options.MaxRows));
+});
 builder.Services.AddSingleton(sp => new ResponseStore(sp.GetRequiredService<IOptions<ServerOptions>>().Value));
 // Kestrel's own limit is the most a body over the server's limit may send before its 413 (RequestBody sets each request's).
 builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = Math.Max(RequestBody.DrainBytes, serverSection.Get<ServerOptions>()?.MaxRequestBodyBytes ?? 0));

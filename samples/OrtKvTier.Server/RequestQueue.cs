@@ -9,9 +9,6 @@ public sealed class RequestQueue(ServerOptions options, int maxRunning)
     private readonly SemaphoreSlim _running = new(maxRunning, maxRunning);
     private int _admitted;
 
-    /// <summary>Generations that may run at once.</summary>
-    public int MaxRunning => maxRunning;
-
     /// <summary>Generations running now.</summary>
     public int Running => maxRunning - _running.CurrentCount;
 

@@ -46,10 +46,11 @@ internal sealed class BatchRow(GenerationBatch batch, int reservedTokens, PastKe
 
     /// <summary>
     /// Waits for the batch's prompt turn (one row appends a prompt at a time, so rows sharing a prefix compute it once) and
-    /// takes a slot of the batch's KV if it has none yet.
+    /// takes a slot of the batch's KV if it has none yet. A row appending a prompt asks for no decode step meanwhile.
     /// </summary>
     public IDisposable EnterPromptTurn()
     {
+        StopDecoding();
         var turn = batch.EnterPromptTurn(Cancellation);
         try
         {

@@ -13,7 +13,6 @@ namespace OrtKvTier.Generation;
 /// </summary>
 internal sealed class BatchScheduler : IDisposable
 {
-    private readonly KvModel _model;
     private readonly BatchKvMemory _memory;
     private readonly Func<int, BatchRow?> _rowAt;
     private readonly ModelStep _step;
@@ -27,7 +26,6 @@ internal sealed class BatchScheduler : IDisposable
 
     public BatchScheduler(KvModel model, BatchKvMemory memory, Func<int, BatchRow?> rowAt)
     {
-        _model = model;
         _memory = memory;
         _rowAt = rowAt;
         _step = new ModelStep(model);

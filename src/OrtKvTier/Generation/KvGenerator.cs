@@ -185,7 +185,6 @@ public sealed class KvGenerator : IDisposable
         if (tokens.IsEmpty) throw new ArgumentException("AppendTokens needs at least one token.", nameof(tokens));
         RequireRoomFor(tokens, nameof(tokens));
         WaitForCapture();
-        _row?.StopDecoding();
         using var turn = _row?.EnterPromptTurn();
         _sequence.AddRange(tokens);
         _lastWasGenerated = false;
@@ -263,7 +262,6 @@ public sealed class KvGenerator : IDisposable
         if (_past.Memory.OnDevice) throw new InvalidOperationException("Document reuse places keys in host memory; this generator's past is on the device.");
         RequireRoomFor(document, nameof(document));
         WaitForCapture();
-        _row?.StopDecoding();
         using var turn = _row?.EnterPromptTurn();
         if (_past.Length < _sequence.Count) ComputePending(prompt: true);
         int offset = _sequence.Count, fresh = Math.Min(recompute, document.Length - 1), moved = document.Length - 1 - fresh;

@@ -47,17 +47,8 @@ internal sealed class ModelStep(KvModel model) : IDisposable
             ids[b] = tokens[b];
             mask.AsSpan(b * total, positions[b] + 1).Fill(1L);
         }
-        var layout = model.Layout;
-        return RunBound(ids, [rows, 1], mask, [rows, total], positions.ToArray(), binding =>
-        {
-            for (int layer = 0; layer < layout.Layers; layer++)
-            {
-                binding.BindInput(layout.PastKeyNames[layer], batch[layer * 2]);
-                binding.BindOutput(layout.PresentKeyNames[layer], batch[layer * 2]);
-                binding.BindInput(layout.PastValueNames[layer], batch[layer * 2 + 1]);
-                binding.BindOutput(layout.PresentValueNames[layer], batch[layer * 2 + 1]);
-            }
-        }, abort: null, ran: null);
+        return RunBound(ids, [rows, 1], mask, [rows, total], positions.ToArray(), binding => PastKeyValues.BindAsPastAndPresent(binding, model.Layout, batch),
+            abort: null, ran: null);
     }
 
     /// <summary>Binds ids, mask, positions (when the graph takes them), logits and the past, runs, and returns the logits.</summary>

@@ -72,6 +72,21 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
         }
     }
 
+    /// <summary>
+    /// Binds each of <paramref name="tensors"/> (key 0, value 0, key 1, …) as both its layer's past input and present output:
+    /// GroupQueryAttention's shared buffer, for one sequence or a whole batch.
+    /// </summary>
+    public static void BindAsPastAndPresent(OrtIoBinding binding, KvLayout layout, IReadOnlyList<OrtValue?> tensors)
+    {
+        for (int layer = 0; layer < layout.Layers; layer++)
+        {
+            binding.BindInput(layout.PastKeyNames[layer], tensors[Slot(layer, false)]!);
+            binding.BindOutput(layout.PresentKeyNames[layer], tensors[Slot(layer, false)]!);
+            binding.BindInput(layout.PastValueNames[layer], tensors[Slot(layer, true)]!);
+            binding.BindOutput(layout.PresentValueNames[layer], tensors[Slot(layer, true)]!);
+        }
+    }
+
     /// <summary>Binds past inputs and present outputs for a run that adds <paramref name="newTokens"/>.</summary>
     public abstract void Bind(OrtIoBinding binding, int newTokens);
 
@@ -246,16 +261,7 @@ internal abstract class PastKeyValues : IKvTensorView, IDisposable
 
         public override int Capacity { get; }
 
-        public override void Bind(OrtIoBinding binding, int newTokens)
-        {
-            for (int layer = 0; layer < Layout.Layers; layer++)
-            {
-                binding.BindInput(Layout.PastKeyNames[layer], _buffers[Slot(layer, false)]!);
-                binding.BindOutput(Layout.PresentKeyNames[layer], _buffers[Slot(layer, false)]!);
-                binding.BindInput(Layout.PastValueNames[layer], _buffers[Slot(layer, true)]!);
-                binding.BindOutput(Layout.PresentValueNames[layer], _buffers[Slot(layer, true)]!);
-            }
-        }
+        public override void Bind(OrtIoBinding binding, int newTokens) => BindAsPastAndPresent(binding, Layout, _buffers);
 
         public override void Commit(int newTokens) => Length += newTokens;
 

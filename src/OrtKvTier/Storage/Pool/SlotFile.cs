@@ -198,12 +198,13 @@ internal sealed class SlotFile : IDisposable
             using var file = medium.Open(JournalFileName, DeviceAccess.Read);
             if (file.ReadFully(journal, 0) == JournalHeaderBytes) journalPoolId = new JournalCodec(secret).ReadPoolId(journal);
         }
-        uint epoch;
-        do epoch = (uint)Random.Shared.NextInt64(1L << 31, uint.MaxValue - (1L << 16));
-        while (medium.IsAlive(LivenessFileName, epoch));
+        // A medium that cannot tell liveness says every writer is alive: a few picks, then the last (a collision is 1 in 2^31).
+        uint epoch = 0;
+        for (int pick = 0; pick < 8 && (pick == 0 || medium.IsAlive(LivenessFileName, epoch)); pick++)
+            epoch = (uint)Random.Shared.NextInt64(1L << 31, uint.MaxValue - (1L << 16));
         // OpenWriter bumps the epoch it is given.
         return new FileHeaderFields(FormatVersion, identity, identity.SlotBytes, slots,
-            journalPoolId ?? System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(page.AsSpan(FhPoolId)), epoch - 1);
+            journalPoolId ?? BinaryPrimitives.ReadUInt64LittleEndian(page.AsSpan(FhPoolId)), epoch - 1);
     }
 
     /// <summary>What <see cref="OpenWriter"/> checks of an existing data file, without the lock (it checks again under it): throws when it would refuse.</summary>
