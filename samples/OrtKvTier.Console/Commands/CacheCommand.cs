@@ -255,23 +255,18 @@ internal static class CacheCommand
     }
 
     private static List<(string Dir, DateTime LastUse)> PoolsByLastUse(string dir) =>
-        [.. FindPools(dir).Select(p => (Dir: p, LastUse: LastUse(p))).OrderByDescending(p => p.LastUse)];
+        [.. FindPools(dir).Select(p => (Dir: p, LastUse: SlotPool.Usage(p).LastWrite)).OrderByDescending(p => p.LastUse)];
 
-    /// <summary>When the pool was last written: its newest file (the journal gets every put and, in batches, every use).</summary>
-    private static DateTime LastUse(string poolDir) =>
-        Directory.GetFiles(poolDir).Select(File.GetLastWriteTimeUtc).DefaultIfEmpty(DateTime.MinValue).Max();
-
-    /// <summary>
-    /// The pools under the cache directory (or the directory itself when it is one). Links are never followed: a cache
-    /// directory that is a link is refused, and a link inside it is no pool (what it points at is not the cache's).
-    /// </summary>
-    private static List<string> FindPools(string dir)
+    /// <summary>The pools under the cache directory (or the directory itself when it is one), found by the pool's own file layer: no link is followed.</summary>
+    private static IReadOnlyList<string> FindPools(string dir)
     {
-        if (new DirectoryInfo(dir).LinkTarget is { } target)
-            throw new UsageException($"{Path.GetFullPath(dir)} is a symbolic link (to {target}); the cache commands never follow one. Pass the directory itself: --cache-dir {target}.");
-        if (!Directory.Exists(dir)) return [];
-        static bool IsPool(string d) => new DirectoryInfo(d).LinkTarget is null && new FileInfo(Path.Combine(d, "slots.bin")) is { Exists: true, LinkTarget: null };
-        if (IsPool(dir)) return [dir];
-        return Directory.GetDirectories(dir).Where(IsPool).Order(StringComparer.Ordinal).ToList();
+        try
+        {
+            return SlotPool.FindAll(dir);
+        }
+        catch (IOException e)
+        {
+            throw new UsageException(e.Message);
+        }
     }
 }

@@ -66,11 +66,17 @@ internal static class EncodingVerdicts
         exact_nats_per_token = q.ExactNatsPerToken, encoded_nats_per_token = q.EncodedNatsPerToken,
     });
 
+    /// <summary>The directory the verdict is kept in (opened never through a link), and its name there; null when absent.</summary>
+    private static (DirectoryHandle Directory, string Name)? Place(string path, bool create) =>
+        DirectoryHandle.Open(Path.GetDirectoryName(Path.GetFullPath(path))!, linkFreeLevels: 1, create) is { } directory ? (directory, Path.GetFileName(path)) : null;
+
     private static EncodingQuality? Read(string path, SlotPoolIdentity identity, string textHash, CacheSecret secret)
     {
         try
         {
-            using var handle = PrivateFiles.Open(path, PrivateFiles.Access.Read);
+            if (Place(path, create: false) is not var (directory, name)) return null;
+            using var _ = directory;
+            using var handle = directory.OpenFile(name, PrivateFiles.Access.Read);
             using var stream = new FileStream(handle, FileAccess.Read);
             var lines = new StreamReader(stream).ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
             if (lines.Length != 2 || !string.Equals(lines[1].Trim(), Mac(lines[0], secret), StringComparison.Ordinal)) return null;
@@ -94,18 +100,25 @@ internal static class EncodingVerdicts
     private static void TryWrite(string path, SlotPoolIdentity identity, string textHash, EncodingQuality quality, CacheSecret secret, ILogger? logger)
     {
         string body = Body(identity, textHash, quality);
-        string temporary = $"{path}.{Guid.NewGuid():N}{StoredFormats.TemporarySuffix}";
+        DirectoryHandle? directory = null;
+        string temporary = $"{Path.GetFileName(path)}.{Guid.NewGuid():N}{StoredFormats.TemporarySuffix}";
         try
         {
-            using (var handle = PrivateFiles.CreateFresh(temporary))
+            if (Place(path, create: true) is not var (opened, name)) return;
+            directory = opened;
+            using (var handle = directory.CreateFresh(temporary))
             using (var stream = new FileStream(handle, FileAccess.Write))
                 stream.Write(Encoding.UTF8.GetBytes(body + "\n" + Mac(body, secret) + "\n"));
-            File.Move(temporary, path, overwrite: true);
+            directory.Replace(temporary, name);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            PrivateFiles.TryDelete(temporary);
+            directory?.Delete(temporary);
             logger?.LogDebug(e, "Prefix cache: the quality verdict could not be stored at {Path}; it is measured again next time.", path);
+        }
+        finally
+        {
+            directory?.Dispose();
         }
     }
 

@@ -28,41 +28,41 @@ internal static class CacheKeys
     public static CacheSecret LoadOrCreate(string cacheDirectory, bool create, bool shareWithGroup = false)
     {
         var path = Path.Combine(Path.GetFullPath(cacheDirectory), FileName);
+        // The cache directory opened once (never through a link) and the key file read and made by name in it.
+        using var directory = DirectoryHandle.Open(cacheDirectory, linkFreeLevels: 1, create, shareWithGroup);
         while (true)
         {
-            if (TryLoad(path, shareWithGroup) is { } secret) return secret;
-            if (!create)
+            if (directory is not null && TryLoad(directory, shareWithGroup) is { } secret) return secret;
+            if (!create || directory is null)
                 throw new FileNotFoundException($"There is no cache key at {path}, so no entry of this cache can be authenticated. A process that writes the cache creates it; or set ${EnvironmentVariable}.", path);
-            PrivateFiles.CreateDirectory(cacheDirectory, shareWithGroup);
-            var temporary = $"{path}.{Environment.ProcessId}.tmp";
-            using (var file = PrivateFiles.CreateFresh(temporary, shareWithGroup))
+            var temporary = $"{FileName}.{Environment.ProcessId}.tmp";
+            using (var file = directory.CreateFresh(temporary, shareWithGroup))
             {
                 RandomAccess.Write(file, RandomNumberGenerator.GetBytes(CacheSecret.KeyBytes), 0);
                 RandomAccess.FlushToDisk(file);
             }
             try
             {
-                File.Move(temporary, path, overwrite: false); // link(2): fails when another process created it first
-                PrivateFiles.SyncDirectory(cacheDirectory);
+                directory.MoveNew(temporary, FileName); // link(2): fails when another process created it first
+                directory.Sync();
             }
-            catch (IOException) when (File.Exists(path))
+            catch (IOException) when (directory.Find(FileName) is not null)
             {
-                PrivateFiles.TryDelete(temporary);
+                directory.Delete(temporary);
             }
         }
     }
 
-    private static CacheSecret? TryLoad(string path, bool shareWithGroup)
+    private static CacheSecret? TryLoad(DirectoryHandle directory, bool shareWithGroup)
     {
-        if (!File.Exists(path) && new FileInfo(path).LinkTarget is null) return null;
-        PrivateFiles.RefuseLink(path);
+        var path = directory.PathOf(FileName);
         byte[] bytes;
         try
         {
-            using var file = PrivateFiles.Open(path, PrivateFiles.Access.Read);
+            using var file = directory.OpenFile(FileName, PrivateFiles.Access.Read);
             if (!OperatingSystem.IsWindows())
             {
-                if (!shareWithGroup && PrivateFiles.Owner(path) is { } owner && owner != PrivateFiles.CurrentUser)
+                if (!shareWithGroup && PrivateFiles.OwnerOf(file) is { } owner && owner != PrivateFiles.CurrentUser)
                     throw new IOException($"The cache key {path} belongs to user {owner}, not to this process's user {PrivateFiles.CurrentUser}: whoever planted it could forge entries. Remove it (a new key is made) or set ${EnvironmentVariable}.");
                 var mode = File.GetUnixFileMode(file);
                 var forbidden = UnixFileMode.OtherRead | UnixFileMode.OtherWrite | (shareWithGroup ? 0 : UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
@@ -74,7 +74,7 @@ internal static class CacheKeys
         }
         catch (FileNotFoundException)
         {
-            return null; // removed between the check and the open: make one
+            return null; // none yet: make one
         }
         if (bytes.Length < CacheSecret.MinKeyBytes)
             throw new IOException($"The cache key {path} holds {bytes.Length} bytes, expected {CacheSecret.KeyBytes}. Remove it; a new key is made (entries written under the old one become misses).");

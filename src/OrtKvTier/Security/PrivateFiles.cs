@@ -11,10 +11,10 @@ namespace OrtKvTier.Security;
 /// </summary>
 internal static partial class PrivateFiles
 {
-    private const UnixFileMode OwnerFile = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-    private const UnixFileMode OwnerDirectory = OwnerFile | UnixFileMode.UserExecute;
-    private const UnixFileMode GroupFile = OwnerFile | UnixFileMode.GroupRead | UnixFileMode.GroupWrite;
-    private const UnixFileMode GroupDirectory = OwnerDirectory | UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.GroupExecute;
+    public const UnixFileMode OwnerFile = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+    public const UnixFileMode OwnerDirectory = OwnerFile | UnixFileMode.UserExecute;
+    public const UnixFileMode GroupFile = OwnerFile | UnixFileMode.GroupRead | UnixFileMode.GroupWrite;
+    public const UnixFileMode GroupDirectory = OwnerDirectory | UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.GroupExecute;
 
     /// <summary>How to open a file.</summary>
     public enum Access { Read, ReadWrite, CreateOrOpen, CreateNew }
@@ -46,68 +46,21 @@ internal static partial class PrivateFiles
     /// <summary>Throws when <paramref name="path"/> is a symbolic link (a missing path is fine).</summary>
     public static void RefuseLink(string path)
     {
-        if (new FileInfo(path).LinkTarget is { } target)
-            throw new IOException($"{path} is a symbolic link (to {target}); the cache never follows one. Remove it, or give the cache a directory of its own.");
+        if (new FileInfo(path).LinkTarget is { } target) throw LinkRefused(path, target);
     }
 
-    /// <summary>
-    /// Opens the regular file at <paramref name="path"/>, never through a link and never blocking on a FIFO. A file
-    /// created here (<see cref="Access.CreateOrOpen"/>, <see cref="Access.CreateNew"/>) gets its directory's mode (owner-only,
-    /// or group for a group directory), or the one <paramref name="shareWithGroup"/> says.
-    /// </summary>
-    /// <exception cref="FileNotFoundException">Absent (<see cref="Access.Read"/>, <see cref="Access.ReadWrite"/>).</exception>
-    /// <exception cref="IOException">A link, not a regular file, or any other failure, naming the path.</exception>
-    public static SafeFileHandle Open(string path, Access access, bool? shareWithGroup = null)
-    {
-        bool group = FileModeIn(path, shareWithGroup) == GroupFile;
-        var handle = NativeOpen.Supported ? NativeOpen.Open(path, access, group ? GroupFile : OwnerFile) : PortableOpen(path, access, group);
-        try
-        {
-            if (group && access is Access.CreateOrOpen or Access.CreateNew) GiveGroupBits(handle);
-            return handle;
-        }
-        catch
-        {
-            handle.Dispose();
-            throw;
-        }
-    }
-
-    /// <summary>Creates <paramref name="path"/> exclusively after removing whatever is there (a stale temporary or a planted link, not its target).</summary>
-    public static SafeFileHandle CreateFresh(string path, bool? shareWithGroup = null)
-    {
-        TryDelete(path);
-        return Open(path, Access.CreateNew, shareWithGroup);
-    }
-
-    /// <summary>Removes a file (a link itself, never its target); false when it could not.</summary>
-    public static bool TryDelete(string path)
+    /// <summary>The error for a link where the cache wanted a file or directory of its own.</summary>
+    public static IOException LinkRefused(string path, string? target = null)
     {
         try
         {
-            File.Delete(path);
-            return true;
+            target ??= new FileInfo(path).LinkTarget;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return false;
+            // only for the message
         }
-    }
-
-    /// <summary>fsync of a directory, so a rename inside it survives power loss (Linux and macOS; a no-op elsewhere).</summary>
-    public static void SyncDirectory(string directory)
-    {
-        if (!(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS())) return;
-        int fd = open(directory, 0 /* O_RDONLY */, 0);
-        if (fd < 0) return;
-        try
-        {
-            _ = fsync(fd);
-        }
-        finally
-        {
-            _ = close(fd);
-        }
+        return new($"{path} is a symbolic link{(target is null ? "" : $" (to {target})")}; the cache never follows one. Remove it, or give the cache the directory itself{(target is null ? "" : $" ({target})")} or one of its own.");
     }
 
     /// <summary>
@@ -219,34 +172,28 @@ internal static partial class PrivateFiles
     /// <summary>The user id this process runs as.</summary>
     public static uint CurrentUser => OperatingSystem.IsWindows() ? 0 : geteuid();
 
+    /// <summary>The user id that owns an open file; null where it cannot be told.</summary>
+    public static uint? OwnerOf(SafeFileHandle handle) =>
+        OperatingSystem.IsLinux() && Statx.OfHandle(handle) is { } status ? status.Uid : null;
+
     /// <summary>The user id that owns <paramref name="path"/> (a link itself, not its target); null where it cannot be told.</summary>
     public static uint? Owner(string path) =>
         OperatingSystem.IsLinux() && Statx.OfPath(path) is { } status ? status.Uid : null;
 
-    /// <summary>What identifies the file at <paramref name="path"/> now (inode and length, links not followed); null when absent.</summary>
-    public static (ulong FileId, long Length)? Identify(string path)
-    {
-        if (OperatingSystem.IsLinux()) return Statx.OfPath(path) is { } status ? (status.Inode, status.Size) : null;
-        var info = new FileInfo(path);
-        return info.Exists ? ((ulong)info.CreationTimeUtc.Ticks, info.Length) : null;
-    }
-
-    /// <summary>The inode of an open file (Linux; elsewhere its creation time).</summary>
+    /// <summary>The inode of an open file (Linux; elsewhere its creation time, from <paramref name="path"/>).</summary>
     public static ulong FileIdOf(SafeFileHandle handle, string path) =>
-        OperatingSystem.IsLinux() && Statx.OfHandle(handle) is { } status ? status.Inode : Identify(path)?.FileId ?? 0;
-
-    private static UnixFileMode FileModeIn(string path, bool? shareWithGroup) =>
-        shareWithGroup ?? SharedWithGroup(Path.GetDirectoryName(Path.GetFullPath(path))!) ? GroupFile : OwnerFile;
+        OperatingSystem.IsLinux() && Statx.OfHandle(handle) is { } status ? status.Inode : (ulong)new FileInfo(path).CreationTimeUtc.Ticks;
 
     /// <summary>A group file gets its group bits back from the umask (only its owner may change its mode).</summary>
-    private static void GiveGroupBits(SafeFileHandle handle)
+    public static void GiveGroupBits(SafeFileHandle handle)
     {
         if (OperatingSystem.IsWindows() || (File.GetUnixFileMode(handle) & GroupFile) == GroupFile) return;
         try { File.SetUnixFileMode(handle, GroupFile); }
         catch (UnauthorizedAccessException) { } // another member's file: theirs to fix
     }
 
-    private static SafeFileHandle PortableOpen(string path, Access access, bool group)
+    /// <summary>Opens a file through its path where there is no <see cref="NativeOpen"/> (after a link check).</summary>
+    public static SafeFileHandle PortableOpen(string path, Access access, bool group)
     {
         RefuseLink(path);
         var options = new FileStreamOptions
@@ -259,27 +206,31 @@ internal static partial class PrivateFiles
         return File.OpenHandle(path, options.Mode, options.Access, options.Share, FileOptions.None, 0);
     }
 
-    /// <summary>open(2) with O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, then a check that it is a regular file (Linux on x64 and arm64).</summary>
-    private static class NativeOpen
+    /// <summary>openat(2) with O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, then a check that it is a regular file (Linux on x64 and arm64).</summary>
+    internal static class NativeOpen
     {
         public static readonly bool Supported = OperatingSystem.IsLinux() &&
             RuntimeInformation.ProcessArchitecture is Architecture.X64 or Architecture.Arm64;
 
-        private static readonly int NoFollow = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 0x8000 : 0x20000;
-        private const int ReadOnly = 0, ReadWrite = 2, Create = 0x40, Exclusive = 0x80, NoControllingTerminal = 0x100, NonBlocking = 0x800, CloseOnExec = 0x80000;
-        private const int ENOENT = 2, EEXIST = 17, ELOOP = 40, ENXIO = 6, EROFS = 30, EACCES = 13, EPERM = 1;
+        public static readonly int NoFollow = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 0x8000 : 0x20000;
+        public static readonly int DirectoryOnly = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 0x4000 : 0x10000;
+        public const int CurrentDirectory = -100;
+        public const int ReadOnly = 0, CloseOnExec = 0x80000;
+        private const int ReadWrite = 2, Create = 0x40, Exclusive = 0x80, NoControllingTerminal = 0x100, NonBlocking = 0x800;
+        public const int ENOENT = 2, EEXIST = 17, ELOOP = 40, ENOTDIR = 20, ENXIO = 6, EROFS = 30, EACCES = 13, EPERM = 1;
 
-        public static SafeFileHandle Open(string path, Access access, UnixFileMode mode)
+        /// <summary>Opens <paramref name="name"/> in the directory <paramref name="directoryFd"/> (<see cref="CurrentDirectory"/>: a path); <paramref name="path"/> names it in messages.</summary>
+        public static SafeFileHandle Open(int directoryFd, string name, string path, Access access, UnixFileMode mode)
         {
             int flags = (access == Access.Read ? ReadOnly : ReadWrite) | NoFollow | NonBlocking | CloseOnExec | NoControllingTerminal |
                 access switch { Access.CreateNew => Create | Exclusive, Access.CreateOrOpen => Create, _ => 0 };
-            int fd = open(path, flags, (int)mode);
+            int fd = openat(directoryFd, name, flags, (int)mode);
             if (fd < 0) throw Failure(path, Marshal.GetLastPInvokeError());
             var handle = new SafeFileHandle(fd, ownsHandle: true);
             if (Statx.OfHandle(handle) is not { } status || !status.IsRegularFile)
             {
                 handle.Dispose();
-                throw new IOException($"{path} is not a regular file ({Statx.OfPath(path)?.Kind ?? "unknown"}); the cache opens nothing else. Remove it, or give the cache a directory of its own.");
+                throw new IOException($"{path} is not a regular file ({Statx.Of(directoryFd, name)?.Kind ?? "unknown"}); the cache opens nothing else. Remove it, or give the cache a directory of its own.");
             }
             // A file the cache writes has one name: a hard link planted there could be another file's second name.
             if (access != Access.Read && status.Links > 1)
@@ -290,10 +241,10 @@ internal static partial class PrivateFiles
             return handle;
         }
 
-        private static Exception Failure(string path, int errno) => errno switch
+        public static Exception Failure(string path, int errno) => errno switch
         {
             ENOENT => new FileNotFoundException($"{path} does not exist.", path),
-            ELOOP => new IOException($"{path} is a symbolic link; the cache never follows one. Remove it, or give the cache a directory of its own."),
+            ELOOP => LinkRefused(path),
             ENXIO => new IOException($"{path} is not a regular file (a FIFO or socket); the cache opens nothing else. Remove it, or give the cache a directory of its own."),
             EEXIST => new IOException($"{path} already exists (created by another process at the same moment).", errno),
             EROFS => new ReadOnlyFileSystemException(path),
@@ -303,15 +254,18 @@ internal static partial class PrivateFiles
     }
 
     /// <summary>statx(2): the few fields the cache reads (Linux; the struct's layout is the same on every architecture).</summary>
-    private static partial class Statx
+    internal static partial class Statx
     {
-        private const int AtCurrentDirectory = -100, AtSymlinkNoFollow = 0x100, AtEmptyPath = 0x1000;
-        private const uint WantType = 0x1, WantLinks = 0x4, WantUid = 0x8, WantIno = 0x100, WantSize = 0x200;
+        private const int AtSymlinkNoFollow = 0x100, AtEmptyPath = 0x1000;
+        private const uint WantType = 0x1, WantMode = 0x2, WantLinks = 0x4, WantUid = 0x8, WantModified = 0x40, WantIno = 0x100, WantSize = 0x200;
 
-        public static Status? OfPath(string path)
+        public static Status? OfPath(string path) => Of(NativeOpen.CurrentDirectory, path);
+
+        /// <summary>What is at <paramref name="name"/> in the directory <paramref name="directoryFd"/>, the link itself where it is one; null when absent.</summary>
+        public static Status? Of(int directoryFd, string name)
         {
             var buffer = new StatxBuffer();
-            return statx(AtCurrentDirectory, path, AtSymlinkNoFollow, WantType | WantUid | WantIno | WantSize, ref buffer) == 0 ? new Status(buffer) : null;
+            return statx(directoryFd, name, AtSymlinkNoFollow, WantType | WantMode | WantUid | WantModified | WantIno | WantSize, ref buffer) == 0 ? new Status(buffer) : null;
         }
 
         public static Status? OfHandle(SafeFileHandle handle)
@@ -321,7 +275,7 @@ internal static partial class PrivateFiles
             try
             {
                 handle.DangerousAddRef(ref added);
-                return statx((int)handle.DangerousGetHandle(), "", AtEmptyPath, WantType | WantLinks | WantUid | WantIno | WantSize, ref buffer) == 0 ? new Status(buffer) : null;
+                return statx((int)handle.DangerousGetHandle(), "", AtEmptyPath, WantType | WantMode | WantLinks | WantUid | WantIno | WantSize, ref buffer) == 0 ? new Status(buffer) : null;
             }
             finally
             {
@@ -337,6 +291,8 @@ internal static partial class PrivateFiles
             [FieldOffset(28)] public ushort Mode;
             [FieldOffset(32)] public ulong Inode;
             [FieldOffset(40)] public ulong Size;
+            [FieldOffset(112)] public long ModifiedSeconds;
+            [FieldOffset(120)] public uint ModifiedNanoseconds;
         }
 
         public readonly struct Status(StatxBuffer buffer)
@@ -347,6 +303,9 @@ internal static partial class PrivateFiles
             public long Size => (long)buffer.Size;
             private int Type => buffer.Mode & 0xF000;
             public bool IsRegularFile => Type == 0x8000;
+            public bool IsDirectory => Type == 0x4000;
+            public UnixFileMode Permissions => (UnixFileMode)(buffer.Mode & 0xFFF);
+            public DateTime LastWriteUtc => DateTime.UnixEpoch.AddSeconds(buffer.ModifiedSeconds).AddTicks(buffer.ModifiedNanoseconds / 100);
             public string Kind => Type switch
             {
                 0x8000 => "a regular file", 0x4000 => "a directory", 0xA000 => "a symbolic link", 0x1000 => "a FIFO", 0xC000 => "a socket",
@@ -359,16 +318,10 @@ internal static partial class PrivateFiles
     }
 
     [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int open(string path, int flags, int mode);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int fsync(int fd);
+    private static partial int openat(int directoryFd, string path, int flags, int mode);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int flock(int fd, int operation);
-
-    [LibraryImport("libc")]
-    private static partial int close(int fd);
 
     [LibraryImport("libc")]
     private static partial uint geteuid();

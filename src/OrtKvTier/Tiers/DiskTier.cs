@@ -115,8 +115,7 @@ internal sealed class DiskTier : IInPlaceReadTier
     {
         try
         {
-            var dataPath = Path.Combine(options.Directory, StoredFormats.DataFileName);
-            for (var clock = System.Diagnostics.Stopwatch.StartNew(); !File.Exists(dataPath) && clock.Elapsed < CreationWait && why is SlotPoolLockedException;)
+            for (var clock = System.Diagnostics.Stopwatch.StartNew(); why is SlotPoolLockedException && clock.Elapsed < CreationWait && !SlotPool.HasDataFile(options.Directory);)
                 Thread.Sleep(10); // another process holds the lock to create it
             return new DiskTier(SlotPool.Open(options with { ReadOnly = true }), faults);
         }
@@ -138,11 +137,9 @@ internal sealed class DiskTier : IInPlaceReadTier
         {
             string mine = Path.GetFileName(PoolDirectory(settings.CacheDirectory, settings.Identity, settings.Secret.KeyId));
             string stem = mine[..(mine.LastIndexOf("-k", StringComparison.Ordinal) + 2)];
-            var others = System.IO.Directory.Exists(settings.CacheDirectory)
-                ? System.IO.Directory.GetDirectories(settings.CacheDirectory, stem + "*").Where(d => Path.GetFileName(d) != mine && File.Exists(Path.Combine(d, StoredFormats.DataFileName))).ToList()
-                : [];
+            var others = SlotPool.FindAll(settings.CacheDirectory).Where(d => Path.GetFileName(d) is var name && name != mine && name.StartsWith(stem, StringComparison.Ordinal)).ToList();
             if (others.Count == 0) return;
-            long bytes = others.Sum(d => new DirectoryInfo(d).EnumerateFiles().Sum(f => f.Length));
+            long bytes = others.Sum(d => SlotPool.Usage(d).FileBytes);
             string note = $"{others.Count} pool(s) of this model under {settings.CacheDirectory} were written under another key (key id {string.Join(", ", others.Select(KeyIdOfPoolDirectory))}; files of {bytes / 1e6:F1} MB): this process cannot use them. `ortkv cache prune --other-keys` removes them; or set the key that wrote them (ORTKV_CACHE_KEY).";
             // Information, not a warning: processes with different keys may share a directory on purpose.
             logger?.LogInformation("Prefix cache, disk tier: {Note}", note);

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Security.Cryptography;
 using OrtKvTier.Tests.Support;
 
 namespace OrtKvTier.Tests.Security;
@@ -22,19 +21,9 @@ public sealed class PlantedPathTests : IDisposable
         return dir;
     }
 
-    private string Victim()
-    {
-        var victim = _temp.Sub("victim");
-        Directory.CreateDirectory(victim);
-        File.WriteAllText(Path.Combine(victim, "slots.bin"), "not a pool: somebody's file named slots.bin");
-        File.WriteAllText(Path.Combine(victim, "precious.txt"), "precious");
-        File.WriteAllText(Path.Combine(victim, "index.journal"), "also precious");
-        return victim;
-    }
+    private string Victim() => TreeHash.Victim(_temp.Sub("victim"));
 
-    private static string Hash(string tree) => Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(string.Join('\n',
-        Directory.GetFileSystemEntries(tree, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal)
-            .Select(p => $"{p} {(File.Exists(p) ? Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(p))) : "dir")} {File.GetUnixFileMode(p)}")))));
+    private static string Hash(string tree) => TreeHash.Of(tree);
 
     private static void EveryCommandReturns(string cacheDir)
     {
@@ -67,6 +56,11 @@ public sealed class PlantedPathTests : IDisposable
         Assert.Equal(2, refused.ExitCode);
         Assert.Contains("symbolic link", refused.StdErr);
         EveryCommandReturns(linkedCache);
+        // Generation over the linked cache directory answers as without a cache, and says why its disk tier is off.
+        var generated = ChildProcess.Console("generate", "--prompt", "A prompt long enough to fill a chunk or two of the cache, and then some.", "--max-new-tokens", "2",
+            "--chunk-tokens", "16", "--cache-dir", linkedCache, "--json");
+        Assert.True(generated.ExitCode == 0, generated.StdErr);
+        Assert.Contains("symbolic link", generated.StdOut);
 
         Assert.Equal(before, Hash(victim));
         Assert.False(File.Exists(Path.Combine(victim, "created-by-the-cache.lock")));
@@ -181,6 +175,27 @@ public sealed class PlantedPathTests : IDisposable
             "--chunk-tokens", "16", "--cache-dir", cache, "--json");
         Assert.True(run.ExitCode == 0, run.StdErr);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10));
+    }
+
+    /// <summary>A FIFO planted as the cache directory, or as the pool directory inside it: generation answers at once, its disk tier off naming the FIFO, and every command returns.</summary>
+    [Theory]
+    [InlineData("cache directory")]
+    [InlineData("pool directory")]
+    public void AFifoPlantedAsADirectoryOfTheCacheHangsNothing(string where)
+    {
+        var cache = MakeCache("fifo-dir-cache");
+        var pool = Directory.GetDirectories(cache).Single(d => File.Exists(Path.Combine(d, "slots.bin")));
+        var planted = where == "pool directory" ? pool : cache;
+        Directory.Delete(planted, recursive: true);
+        ChildProcess.Output("mkfifo", planted);
+
+        var clock = Stopwatch.StartNew();
+        var run = ChildProcess.Console("generate", "--prompt", "A prompt long enough to fill a chunk or two of the cache, and then some.", "--max-new-tokens", "2",
+            "--chunk-tokens", "16", "--cache-dir", cache, "--json");
+        Assert.True(run.ExitCode == 0, run.StdErr);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"generate took {clock.Elapsed.TotalSeconds:F1} s");
+        Assert.Contains($"{planted} is not a directory (a FIFO)", run.StdOut);
+        EveryCommandReturns(cache);
     }
 
     [Fact]

@@ -73,5 +73,89 @@ public sealed class PoolFileSafetyTests : IDisposable
         Assert.Contains(name, e.Message);
     }
 
+    /// <summary>
+    /// A neighbour who can write the cache directory renames an open pool's directory away and puts a link to their
+    /// victim in its place: every file the pool writes afterwards (entries, a compaction's new journal and snapshot)
+    /// lands in its own directory, wherever that now is, and the victim is unchanged.
+    /// </summary>
+    [Fact]
+    public void APoolDirectorySwappedForALinkWhileOpenWritesOnlyIntoItself()
+    {
+        var options = Options("swapped") with { CapacitySlots = 8 };
+        var victim = TreeHash.Victim(_temp.Sub("victim"));
+        string before = TreeHash.Of(victim);
+        var moved = _temp.Sub("swapped-moved");
+        var keys = Enumerable.Range(1, 4).Select(i => TestPayloads.Key(11, i)).ToList();
+        using (var pool = SlotPool.Open(options))
+        {
+            pool.Put(keys[0], TestPayloads.Tokens(keys[0]), TestPayloads.Payload(keys[0]));
+            Directory.Move(options.Directory, moved);
+            File.CreateSymbolicLink(options.Directory, victim);
+            foreach (var key in keys.Skip(1)) pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
+            pool.Compact();
+            pool.Flush();
+        }
+        Assert.Equal(before, TreeHash.Of(victim));
+        using var reopened = SlotPool.Open(options with { Directory = moved, ReadOnly = true });
+        Assert.All(keys, key => Assert.True(reopened.Contains(key), $"{key} is not in the pool's own directory"));
+    }
+
+    /// <summary>
+    /// `cache prune` (<see cref="SlotPool.TryDelete"/>) while a neighbour keeps swapping the pool's directory for a link
+    /// to their victim and back: the victim is never touched, whichever moment the swap lands.
+    /// </summary>
+    [Fact]
+    public void DeletingAPoolWhileItsDirectoryIsSwappedForALinkTouchesNothingOutside()
+    {
+        var victim = TreeHash.Victim(_temp.Sub("victim"));
+        string before = TreeHash.Of(victim);
+        var options = Options("pruned");
+        var aside = _temp.Sub("pruned-aside");
+        for (int round = 0; round < 40; round++)
+        {
+            using (var pool = SlotPool.Open(options))
+            {
+                var key = TestPayloads.Key(12, round);
+                pool.Put(key, TestPayloads.Tokens(key), TestPayloads.Payload(key));
+            }
+            using var stop = new CancellationTokenSource();
+            var swapper = Task.Run(() =>
+            {
+                for (int i = 0; !stop.IsCancellationRequested; i++)
+                {
+                    try
+                    {
+                        Directory.Move(options.Directory, aside);
+                        File.CreateSymbolicLink(options.Directory, victim);
+                        Thread.SpinWait(200 * (i % 7));
+                        File.Delete(options.Directory);
+                        Directory.Move(aside, options.Directory);
+                    }
+                    catch (IOException)
+                    {
+                        // the pool was deleted (or is between names): nothing to swap this time
+                    }
+                }
+            });
+            for (int attempt = 0; attempt < 5; attempt++)
+            {
+                try
+                {
+                    SlotPool.TryDelete(options.Directory);
+                }
+                catch (IOException e)
+                {
+                    // Caught while the link was in place (refused) or while the directory was between names.
+                    Assert.True(e.Message.Contains("symbolic link") || e.Message.Contains("is not a directory") || e.Message.Contains("does not exist"), e.Message);
+                }
+            }
+            stop.Cancel();
+            swapper.Wait();
+            if (new FileInfo(options.Directory).LinkTarget is not null) File.Delete(options.Directory);
+            if (Directory.Exists(aside)) Directory.Move(aside, options.Directory);
+            Assert.Equal(before, TreeHash.Of(victim));
+        }
+    }
+
     public void Dispose() => _temp.Dispose();
 }

@@ -5,52 +5,89 @@ namespace OrtKvTier.Storage;
 
 /// <summary>
 /// A pool's files in a directory: regular files only, opened with positional I/O (<c>pread</c>/<c>pwrite</c>), never
-/// through a symbolic link, private to their owner (or the directory's group, <see cref="PrivateFiles"/>).
+/// through a symbolic link, private to their owner (or the directory's group, <see cref="PrivateFiles"/>). The directory
+/// is opened once, at first use, without following a link at it or at the directory holding it (the cache directory),
+/// and every name is resolved relative to that handle (<see cref="DirectoryHandle"/>): a neighbour who swaps either
+/// directory's path for a link afterwards sends nothing anywhere else.
 /// </summary>
-internal sealed class FileMedium(string directory, bool? shareWithGroup = null) : IStorageMedium
+internal sealed class FileMedium(string directory, bool? shareWithGroup = null) : IStorageMedium, IDisposable
 {
+    /// <summary>The trailing components of the pool's path opened without following a link: its directory and the cache directory holding it.</summary>
+    public const int LinkFreeLevels = 2;
+
     /// <inheritdoc />
-    public string Location { get; } = Path.GetFullPath(directory);
+    public string Location { get; } = Path.TrimEndingDirectorySeparator(Path.GetFullPath(directory));
+
+    private DirectoryHandle? _directory;
+
+    /// <summary>The directory, opened at first use and kept; null while it does not exist.</summary>
+    private DirectoryHandle? Directory
+    {
+        get
+        {
+            if (Volatile.Read(ref _directory) is { } open) return open;
+            if (DirectoryHandle.Open(Location, LinkFreeLevels) is not { } opened) return null;
+            if (Interlocked.CompareExchange(ref _directory, opened, null) is { } raced)
+            {
+                opened.Dispose();
+                return raced;
+            }
+            return opened;
+        }
+    }
+
+    private DirectoryHandle Existing(string name) =>
+        Directory ?? throw new DirectoryNotFoundException($"{Location} does not exist, so there is no {name} in it.");
+
+    /// <summary>Creates the directory (and its missing parents) owner-only, or group-shared, whatever the umask; an existing one is opened as it is.</summary>
+    public void Create(bool group)
+    {
+        if (Volatile.Read(ref _directory) is not null) return;
+        var created = DirectoryHandle.Open(Location, LinkFreeLevels, create: true, shareWithGroup: group)
+            ?? throw new DirectoryNotFoundException($"{Location} vanished as it was created.");
+        if (Interlocked.CompareExchange(ref _directory, created, null) is not null) created.Dispose();
+    }
+
+    /// <inheritdoc />
+    public IStorageDevice Open(string name, DeviceAccess access) =>
+        new FileDevice(name, PathOf(name), Existing(name).OpenFile(name, access == DeviceAccess.Read ? PrivateFiles.Access.Read : PrivateFiles.Access.ReadWrite));
+
+    /// <inheritdoc />
+    public IStorageDevice CreateNew(string name) => new FileDevice(name, PathOf(name), Existing(name).CreateFresh(name, shareWithGroup));
 
     private string PathOf(string name) => Path.Combine(Location, name);
 
     /// <inheritdoc />
-    public IStorageDevice Open(string name, DeviceAccess access) =>
-        new FileDevice(name, PathOf(name), PrivateFiles.Open(PathOf(name), access == DeviceAccess.Read ? PrivateFiles.Access.Read : PrivateFiles.Access.ReadWrite));
+    public bool Exists(string name) => Directory?.Find(name) is { IsDirectory: false };
 
     /// <inheritdoc />
-    public IStorageDevice CreateNew(string name) => new FileDevice(name, PathOf(name), PrivateFiles.CreateFresh(PathOf(name), shareWithGroup));
+    public (ulong FileId, long Length)? Identify(string name) => Directory?.Find(name) is { IsDirectory: false } entry ? (entry.FileId, entry.Length) : null;
 
     /// <inheritdoc />
-    public bool Exists(string name) => File.Exists(PathOf(name)) || new FileInfo(PathOf(name)).LinkTarget is not null;
+    public void Replace(string from, string to) => Existing(from).Replace(from, to);
 
     /// <inheritdoc />
-    public (ulong FileId, long Length)? Identify(string name) => PrivateFiles.Identify(PathOf(name));
+    public bool Delete(string name) => Directory?.Delete(name) ?? true;
 
     /// <inheritdoc />
-    public void Replace(string from, string to) => File.Move(PathOf(from), PathOf(to), overwrite: true);
+    public IReadOnlyList<string> Names() => Directory is { } open ? [.. open.Entries().Where(e => !e.IsDirectory).Select(e => e.Name)] : [];
 
     /// <inheritdoc />
-    public bool Delete(string name) => PrivateFiles.TryDelete(PathOf(name));
+    public DateTime? LastWrite(string name) => Directory?.Find(name) is { IsDirectory: false } entry ? entry.LastWriteUtc : null;
 
     /// <inheritdoc />
-    public IReadOnlyList<string> Names() =>
-        Directory.Exists(Location) ? [.. Directory.EnumerateFiles(Location).Select(Path.GetFileName).OfType<string>()] : [];
+    public void Sync() => Directory?.Sync();
 
     /// <inheritdoc />
-    public DateTime? LastWrite(string name) => File.Exists(PathOf(name)) ? File.GetLastWriteTimeUtc(PathOf(name)) : null;
+    public IMediumLock OpenLock(string name) => new FileLock(this, name);
 
-    /// <inheritdoc />
-    public void Sync() => PrivateFiles.SyncDirectory(Location);
-
-    /// <inheritdoc />
-    public IMediumLock OpenLock(string name) => new FileLock(PathOf(name), shareWithGroup);
+    private SafeFileHandle OpenOrCreate(string name) => Existing(name).OpenFile(name, PrivateFiles.Access.CreateOrOpen, shareWithGroup);
 
     /// <inheritdoc />
     public IDisposable MarkAlive(string name, uint id)
     {
         if (!PrivateFiles.CanLockHandles) return new SafeFileHandle(); // no way to tell liveness here: reservations expire by time
-        var handle = PrivateFiles.Open(PathOf(name), PrivateFiles.Access.CreateOrOpen, shareWithGroup);
+        var handle = OpenOrCreate(name);
         try
         {
             if (!PrivateFiles.TryLockByte(handle, id)) throw new IOException($"Writer {id} of {Location} is marked alive already.");
@@ -76,13 +113,20 @@ internal sealed class FileMedium(string directory, bool? shareWithGroup = null) 
         if (!PrivateFiles.CanLockHandles) return true;
         try
         {
-            if (_liveness is null && !File.Exists(PathOf(name))) return false; // no writer ever marked itself here
-            lock (this) return PrivateFiles.IsByteLocked(_liveness ??= PrivateFiles.Open(PathOf(name), PrivateFiles.Access.CreateOrOpen, shareWithGroup), offset, length);
+            if (_liveness is null && !Exists(name)) return false; // no writer ever marked itself here
+            lock (this) return PrivateFiles.IsByteLocked(_liveness ??= OpenOrCreate(name), offset, length);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return true; // cannot tell: reservations expire by time
         }
+    }
+
+    /// <summary>Closes the directory and the liveness file this medium kept open.</summary>
+    public void Dispose()
+    {
+        lock (this) _liveness?.Dispose();
+        Interlocked.Exchange(ref _directory, null)?.Dispose();
     }
 
     /// <summary>A file of the directory.</summary>
@@ -117,7 +161,7 @@ internal sealed class FileMedium(string directory, bool? shareWithGroup = null) 
     }
 
     /// <summary>An OS lock (<c>flock</c>) on a lock file: kept open, locked and unlocked (Linux); elsewhere an exclusive open.</summary>
-    private sealed class FileLock(string path, bool? shareWithGroup) : IMediumLock
+    private sealed class FileLock(FileMedium medium, string name) : IMediumLock
     {
         private SafeFileHandle? _handle;
 
@@ -125,11 +169,12 @@ internal sealed class FileMedium(string directory, bool? shareWithGroup = null) 
         {
             if (PrivateFiles.CanLockHandles)
             {
-                _handle ??= PrivateFiles.Open(path, PrivateFiles.Access.CreateOrOpen, shareWithGroup);
-                return PrivateFiles.TryLockExclusive(_handle, path);
+                _handle ??= medium.OpenOrCreate(name);
+                return PrivateFiles.TryLockExclusive(_handle, medium.PathOf(name));
             }
             try
             {
+                var path = medium.PathOf(name);
                 PrivateFiles.RefuseLink(path);
                 _handle = File.OpenHandle(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
                 return true;

@@ -323,25 +323,28 @@ public sealed unsafe partial class SlotPool
     /// <summary>Holds the writer lock of the pool in <paramref name="directory"/> as a change in progress would (tools, tests), until disposed.</summary>
     internal static IDisposable HoldWriterLock(string directory, TimeSpan timeout)
     {
-        var writerLock = new PoolLock(new FileMedium(Path.GetFullPath(directory)).OpenLock(LockFileName), directory);
+        var medium = new FileMedium(directory);
+        var writerLock = new PoolLock(medium.OpenLock(LockFileName), directory);
         try
         {
             var hold = writerLock.Acquire(timeout);
-            return new HeldLock(writerLock, hold);
+            return new HeldLock(medium, writerLock, hold);
         }
         catch
         {
             writerLock.Dispose();
+            medium.Dispose();
             throw;
         }
     }
 
-    private sealed class HeldLock(PoolLock writerLock, PoolLock.Holding hold) : IDisposable
+    private sealed class HeldLock(FileMedium medium, PoolLock writerLock, PoolLock.Holding hold) : IDisposable
     {
         public void Dispose()
         {
             hold.Dispose();
             writerLock.Dispose();
+            medium.Dispose();
         }
     }
 

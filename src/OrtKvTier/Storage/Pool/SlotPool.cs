@@ -92,8 +92,22 @@ public sealed unsafe partial class SlotPool : IDisposable
         options.Validate();
         var directory = Path.GetFullPath(options.Directory);
         options = options.ResolveSecret(directory);
-        var medium = options.Medium ?? new FileMedium(directory);
-        if (options.Medium is null && !options.ReadOnly) PrivateFiles.CreateDirectory(directory, options.ShareWithGroup);
+        if (options.Medium is { } given) return OpenOn(options, given);
+        var files = new FileMedium(directory); // the pool's own: closed with it
+        try
+        {
+            if (!options.ReadOnly) files.Create(options.ShareWithGroup);
+            return OpenOn(options, files);
+        }
+        catch
+        {
+            files.Dispose();
+            throw;
+        }
+    }
+
+    private static SlotPool OpenOn(SlotPoolOptions options, IStorageMedium medium)
+    {
         if (!options.ReadOnly && ShrinkRequested(options, medium) is { } slots) ShrinkByCopy(options, medium, slots);
         if (options.ReadOnly) return Opened(new SlotPool(options, SlotFile.OpenReader(options, medium), writerLock: null), created: false);
 
@@ -239,22 +253,22 @@ public sealed unsafe partial class SlotPool : IDisposable
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(directory);
         if (readOnly) return Open(new SlotPoolOptions { Directory = directory, ReadOnly = true });
-        var header = SlotFile.ReadHeaderOf(new FileMedium(Path.GetFullPath(directory)));
-        return Open(new SlotPoolOptions { Directory = directory, Identity = header.Identity, WriterLockTimeout = TimeSpan.FromSeconds(2) });
+        return Open(new SlotPoolOptions { Directory = directory, Identity = ReadIdentity(directory), WriterLockTimeout = TimeSpan.FromSeconds(2) });
     }
 
     /// <summary>
     /// Deletes the pool in <paramref name="directory"/> under its writer lock: its own files only (data, journal, snapshot,
     /// temporaries, a staged shrink, the lock), then the directory if nothing else is left in it. False, deleting nothing,
-    /// when another process is changing the pool. A directory that is a symbolic link is refused (nothing behind it is
-    /// touched); a process that has the pool open goes on with the files it holds open.
+    /// when another process is changing the pool. A directory that is a symbolic link, or in one, is refused (nothing
+    /// behind it is touched), and the files are removed by name in the directory opened once, so swapping its path for a
+    /// link meanwhile sends nothing elsewhere; a process that has the pool open goes on with the files it holds open.
     /// </summary>
     public static bool TryDelete(string directory)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(directory);
         var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(directory));
-        PrivateFiles.RefuseLink(full);
-        var medium = new FileMedium(full);
+        using var parent = DirectoryHandle.Open(Path.GetDirectoryName(full) ?? full, FileMedium.LinkFreeLevels - 1);
+        using var medium = new FileMedium(full);
         using (var writerLock = new PoolLock(medium.OpenLock(LockFileName), full))
         {
             PoolLock.Holding hold;
@@ -275,22 +289,58 @@ public sealed unsafe partial class SlotPool : IDisposable
                 medium.Delete(LockFileName);
             }
         }
+        // Only when empty: something else living there is not the pool's to delete.
+        parent?.RemoveEmptyDirectory(Path.GetFileName(full));
+        return true;
+    }
+
+    /// <summary>
+    /// The pools in <paramref name="directory"/> (a cache directory), or the directory itself when it is one: directories
+    /// holding a regular data file, sorted by name. Links are never followed: a directory that is a link is refused (an
+    /// <see cref="IOException"/> naming it), and a link in it is no pool (what it points at is not the cache's).
+    /// </summary>
+    public static IReadOnlyList<string> FindAll(string directory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        using var open = DirectoryHandle.Open(directory, FileMedium.LinkFreeLevels - 1);
+        if (open is null) return [];
+        if (open.Find(DataFileName) is { IsFile: true }) return [open.Path];
+        return [.. open.Entries().Where(e => e.IsDirectory && open.Find(Path.Combine(e.Name, DataFileName)) is { IsFile: true }).Select(e => open.PathOf(e.Name))];
+    }
+
+    /// <summary>Whether <paramref name="directory"/> has a pool's data file (a creator may still be writing its header).</summary>
+    internal static bool HasDataFile(string directory)
+    {
         try
         {
-            System.IO.Directory.Delete(full);
+            using var medium = new FileMedium(directory);
+            return medium.Exists(DataFileName);
         }
         catch (IOException)
         {
-            // Something else lives there: it is not the pool's to delete.
+            return false;
         }
-        return true;
+    }
+
+    /// <summary>When the pool in <paramref name="directory"/> was last written (its newest file: the journal gets every put and, in batches, every use) and the bytes its files take.</summary>
+    public static (DateTime LastWrite, long FileBytes) Usage(string directory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        using var medium = new FileMedium(directory);
+        var names = medium.Names();
+        return (names.Select(medium.LastWrite).OfType<DateTime>().DefaultIfEmpty(DateTime.MinValue).Max(), names.Sum(n => medium.Identify(n)?.Length ?? 0));
     }
 
     /// <summary>The id of the key this process opened the pool with (12 hex digits; the cache names a pool's directory after the key that writes it).</summary>
     public string KeyId => _file.Secret.KeyId;
 
     /// <summary>What the pool in <paramref name="directory"/> holds, from its data file's header; an <see cref="IOException"/> says why it cannot be read.</summary>
-    public static SlotPoolIdentity ReadIdentity(string directory) => SlotFile.ReadHeaderOf(new FileMedium(Path.GetFullPath(directory))).Identity;
+    public static SlotPoolIdentity ReadIdentity(string directory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        using var medium = new FileMedium(directory);
+        return SlotFile.ReadHeaderOf(medium).Identity;
+    }
 
     /// <summary>The format version a pool that could not be opened was written in, when that is why; null otherwise.</summary>
     public static uint? FoundVersion(Exception failure) => (failure as SlotPoolMismatchException)?.FoundVersion;
@@ -458,6 +508,7 @@ public sealed unsafe partial class SlotPool : IDisposable
             _log.Dispose();
             _lock?.Dispose();
             _alive?.Dispose();
+            if (_options.Medium is null) (_file.Medium as IDisposable)?.Dispose();
         });
     }
 
