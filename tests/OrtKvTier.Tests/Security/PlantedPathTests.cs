@@ -36,6 +36,29 @@ public sealed class PlantedPathTests : IDisposable
         }
     }
 
+    /// <summary>Puts a link to <paramref name="victimFile"/>, a FIFO or a listening socket at <paramref name="path"/>; the socket is returned to keep it open.</summary>
+    private static IDisposable? Plant(string path, string kind, string victimFile)
+    {
+        switch (kind)
+        {
+            case "link":
+                File.CreateSymbolicLink(path, victimFile);
+                return null;
+            case "fifo":
+                ChildProcess.Output("mkfifo", path);
+                Assert.True(File.Exists(path), $"mkfifo made no {path}");
+                return null;
+            default:
+                // Bound at a short path (socket paths have a length limit), then moved into place.
+                var shortPath = Path.Combine(Path.GetTempPath(), "ortkv-sock-" + Guid.NewGuid().ToString("N")[..8]);
+                var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+                socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(shortPath));
+                socket.Listen();
+                File.Move(shortPath, path, overwrite: true);
+                return socket;
+        }
+    }
+
     [Fact]
     public void LinksToADirectoryOutsideAreNeverFollowed()
     {
@@ -68,24 +91,33 @@ public sealed class PlantedPathTests : IDisposable
 
     /// <summary>
     /// Every file the cache opens while generating (the key, each pool file, the liveness and lock files, an int8 pool's
-    /// quality verdict) replaced by a link to a victim file: generation answers as without a cache, twice, and the victim
-    /// tree is unchanged.
+    /// quality verdict) replaced by a link to a victim file, a FIFO or a socket: generation answers as without a cache,
+    /// twice, each within 10 s, and the victim tree is unchanged.
     /// </summary>
     [Theory]
-    [InlineData("cache.key")]
-    [InlineData("slots.bin")]
-    [InlineData("index.journal")]
-    [InlineData("index.snapshot")]
-    [InlineData("writers.alive")]
-    [InlineData("writer.lock")]
-    [InlineData(".quality")]
-    public void GenerationWithALinkPlantedAtAFileItOpensAnswersAndTouchesNothingOutside(string name)
+    [InlineData("cache.key", "link")]
+    [InlineData("slots.bin", "link")]
+    [InlineData("index.journal", "link")]
+    [InlineData("index.snapshot", "link")]
+    [InlineData("writers.alive", "link")]
+    [InlineData("writer.lock", "link")]
+    [InlineData(".quality", "link")]
+    [InlineData("cache.key", "fifo")]
+    [InlineData("slots.bin", "fifo")]
+    [InlineData("index.snapshot", "fifo")]
+    [InlineData("writers.alive", "fifo")]
+    [InlineData("writer.lock", "fifo")]
+    [InlineData(".quality", "fifo")]
+    [InlineData("cache.key", "socket")]
+    [InlineData("index.journal", "socket")]
+    [InlineData("writer.lock", "socket")]
+    public void GenerationWithSomethingPlantedAtAFileItOpensAnswersAndTouchesNothingOutside(string name, string kind)
     {
         const string prompt = "A prompt long enough to fill a chunk or two of the cache, and then some more words.";
         // An int8 disk (approximate) only where the planted file is its verdict; exact elsewhere, so the tokens must equal no cache's.
         bool int8 = name == ".quality";
         string[] Args(string dir) => ["generate", "--prompt", prompt, "--max-new-tokens", "3", "--chunk-tokens", "16", "--cache-dir", dir, "--json", .. (int8 ? new[] { "--disk-encoding", "int8" } : [])];
-        var cache = _temp.Sub("link-cache");
+        var cache = _temp.Sub("planted-cache");
         Assert.Equal(0, ChildProcess.Console(Args(cache)).ExitCode);
         var victim = Victim();
         string before = Hash(victim);
@@ -97,7 +129,7 @@ public sealed class PlantedPathTests : IDisposable
             _ => Path.Combine(pool, name),
         };
         if (File.Exists(planted)) File.Delete(planted);
-        File.CreateSymbolicLink(planted, Path.Combine(victim, name == "slots.bin" ? "slots.bin" : "precious.txt"));
+        using var socket = Plant(planted, kind, Path.Combine(victim, name == "slots.bin" ? "slots.bin" : "precious.txt"));
 
         var expected = System.Text.Json.JsonDocument.Parse(ChildProcess.Console(["generate", "--prompt", prompt, "--max-new-tokens", "3", "--no-cache", "--json"]).StdOut).RootElement.GetProperty("tokens").ToString();
         for (int run = 0; run < 2; run++)
@@ -159,14 +191,9 @@ public sealed class PlantedPathTests : IDisposable
         foreach (var name in new[] { "slots.bin", "index.journal" })
         {
             File.Delete(Path.Combine(pool, name));
-            ChildProcess.Output("mkfifo", Path.Combine(pool, name));
-            Assert.True(File.Exists(Path.Combine(pool, name)), $"mkfifo made no {name}");
+            Plant(Path.Combine(pool, name), "fifo", "");
         }
-        // A socket bound at a short path (they have a length limit), then moved into place.
-        var shortPath = Path.Combine(Path.GetTempPath(), "ortkv-sock-" + Guid.NewGuid().ToString("N")[..8]);
-        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
-        socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(shortPath));
-        File.Move(shortPath, Path.Combine(pool, "index.snapshot"), overwrite: true);
+        using var socket = Plant(Path.Combine(pool, "index.snapshot"), "socket", "");
         EveryCommandReturns(cache);
 
         // A generation beside them still answers (the disk tier is refused, naming the file).
