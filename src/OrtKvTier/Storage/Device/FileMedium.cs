@@ -37,7 +37,7 @@ internal sealed class FileMedium(string directory, bool? shareWithGroup = null) 
     }
 
     private DirectoryHandle Existing(string name) =>
-        Directory ?? throw new DirectoryNotFoundException($"{Location} does not exist, so there is no {name} in it.");
+        Directory ?? throw new FileNotFoundException($"{Location} does not exist, so there is no {name} in it.", PathOf(name)); // absent, as IStorageMedium.Open says
 
     /// <summary>Creates the directory (and its missing parents) owner-only, or group-shared, whatever the umask; an existing one is opened as it is.</summary>
     public void Create(bool group)
