@@ -56,10 +56,19 @@ public static class ChatCompletions
             choices = noChoices ? Array.Empty<object>() : [new { index = 0, delta, finish_reason = finish }],
             usage,
         };
+        // The finishing chunk carries the extension only when the request had documents (clients ignore fields they do not know).
+        object Finishing(string finish, object? documents) => documents is null ? Chunk(new { }, finish) : new
+        {
+            id, @object = "chat.completion.chunk", created, model,
+            choices = new[] { new { index = 0, delta = new { }, finish_reason = finish } },
+            usage = (object?)null,
+            ortkv_documents = documents,
+        };
 
         await Send(Chunk(new { role = "assistant", content = "" }, null));
         UsageDetails? usage = null;
         string? finish = null;
+        object? documents = null;
         var failure = await StreamFailure.CatchAsync(context, async () =>
         {
             // A client that disconnects cancels `aborted`: the generation stops within a token.
@@ -72,6 +81,7 @@ public static class ChatCompletions
                 }
                 if (update.FinishReason is { } reason) finish = FinishReason(reason);
                 if (update.Contents.OfType<UsageContent>().FirstOrDefault() is { } content) usage = content.Details;
+                documents ??= ChatRequest.Placements(update.AdditionalProperties);
             }
         }, aborted);
         if (failure is not null)
@@ -81,7 +91,7 @@ public static class ChatCompletions
             return;
         }
         RequestLog.Record(context, usage);
-        await Send(Chunk(new { }, finish ?? "stop"));
+        await Send(Finishing(finish ?? "stop", documents));
         if (request.IncludeUsage && usage is not null) await Send(Chunk(new { }, null, Usage(usage), noChoices: true));
         await EventStream.WriteAsync(context, "data: [DONE]\n\n", aborted);
     }
@@ -98,9 +108,7 @@ public static class ChatCompletions
         choices = new[] { new { index = 0, message = new { role = "assistant", content = response.Text }, finish_reason = FinishReason(response.FinishReason) } },
         usage = Usage(response.Usage),
         // An extension: where the request's ortkv_document messages were placed from the cache.
-        ortkv_documents = response.AdditionalProperties?.GetValueOrDefault("documents") is IReadOnlyList<OrtKvTier.Generation.DocumentPlacement> { Count: > 0 } placed
-            ? placed.Select(p => new { offset = p.Offset, tokens = p.Tokens, cached_tokens = p.CachedTokens, moved_tokens = p.MovedTokens, recomputed_tokens = p.RecomputedTokens, delta = p.Delta })
-            : null,
+        ortkv_documents = ChatRequest.Placements(response.AdditionalProperties),
     };
 
     private static object? Usage(UsageDetails? usage) => usage is null ? null : new

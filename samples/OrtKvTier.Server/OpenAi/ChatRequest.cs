@@ -49,16 +49,27 @@ public sealed record ChatRequest(string Model, List<ChatMessage> Messages, ChatO
         var role = String(message, "role", $"{where}.role") ?? throw Invalid($"{where}.role is required.", $"{where}.role", "missing_required_parameter");
         if (!Roles.Contains(role)) throw Invalid($"{where}.role '{role}' is not supported; use one of {string.Join(", ", Roles)}.", $"{where}.role", "invalid_value");
         if (!message.TryGetProperty("content", out var content)) throw Invalid($"{where}.content is required.", $"{where}.content", "missing_required_parameter");
-        var chat = new ChatMessage(role == "developer" ? ChatRole.System : new ChatRole(role), Content(content, $"{where}.content", "text"));
-        // An extension (README): "ortkv_document": true marks a message whose KV may come from wherever it stood before.
-        if (message.TryGetProperty("ortkv_document", out var document))
-        {
-            if (document.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
-                throw Invalid($"{where}.ortkv_document must be true or false; got {document.ValueKind.ToString().ToLowerInvariant()}.", $"{where}.ortkv_document", "invalid_type");
-            if (document.ValueKind == JsonValueKind.True) (chat.AdditionalProperties ??= [])[KvChatClient.DocumentProperty] = true;
-        }
+        return MarkDocument(message, new ChatMessage(role == "developer" ? ChatRole.System : new ChatRole(role), Content(content, $"{where}.content", "text")), where);
+    }
+
+    /// <summary>
+    /// An extension (README): <c>"ortkv_document": true</c> on a message (a chat message, or a Responses input item) marks
+    /// one whose KV may come from wherever it stood before; anything but a boolean is a 400 naming the field.
+    /// </summary>
+    public static ChatMessage MarkDocument(JsonElement message, ChatMessage chat, string where)
+    {
+        if (!message.TryGetProperty("ortkv_document", out var document)) return chat;
+        if (document.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
+            throw Invalid($"{where}.ortkv_document must be true or false; got {document.ValueKind.ToString().ToLowerInvariant()}.", $"{where}.ortkv_document", "invalid_type");
+        if (document.ValueKind == JsonValueKind.True) (chat.AdditionalProperties ??= [])[KvChatClient.DocumentProperty] = true;
         return chat;
     }
+
+    /// <summary>Where a response's documents were placed from the cache (offset, tokens, cached, moved, recomputed, delta of each); null when it had none.</summary>
+    public static object? Placements(AdditionalPropertiesDictionary? details) =>
+        details?.GetValueOrDefault("documents") is IReadOnlyList<OrtKvTier.Generation.DocumentPlacement> { Count: > 0 } placed
+            ? placed.Select(p => new { offset = p.Offset, tokens = p.Tokens, cached_tokens = p.CachedTokens, moved_tokens = p.MovedTokens, recomputed_tokens = p.RecomputedTokens, delta = p.Delta }).ToList()
+            : null;
 
     /// <summary>A message's content: a string or an array of text parts (<c>{"type": partType, "text": ...}</c>).</summary>
     public static string Content(JsonElement content, string where, params string[] partTypes) => content.ValueKind switch

@@ -53,6 +53,6 @@ public sealed record ResponsesRequest(
         if (!Roles.Contains(role)) throw Invalid($"{where}.role '{role}' is not supported; use one of {string.Join(", ", Roles)}.", $"{where}.role", "invalid_value");
         if (!item.TryGetProperty("content", out var content)) throw Invalid($"{where}.content is required.", $"{where}.content", "missing_required_parameter");
         var text = ChatRequest.Content(content, $"{where}.content", role == "assistant" ? ["output_text", "input_text", "text"] : ["input_text", "text"]);
-        return new ChatMessage(role == "developer" ? ChatRole.System : new ChatRole(role), text);
+        return ChatRequest.MarkDocument(item, new ChatMessage(role == "developer" ? ChatRole.System : new ChatRole(role), text), where);
     }
 }

@@ -95,10 +95,57 @@ public sealed class OpenAiSurfaceTests : IClassFixture<OpenAiSurfaceTests.Shared
         var placed = JsonDocument.Parse(body).RootElement.GetProperty("ortkv_documents").EnumerateArray().Single();
         Assert.True(placed.GetProperty("offset").GetInt32() > 0 && placed.GetProperty("tokens").GetInt32() > 0, body);
         Assert.False(JsonDocument.Parse(exact).RootElement.TryGetProperty("ortkv_documents", out _));
+        string placedText = Text(body);
         (status, body) = await Post("v1/chat/completions", $$"""{"model": "tiny", "max_tokens": 3, "messages": {{messages.Replace("DOC", "\"yes\"")}}}""");
         Assert.Equal(HttpStatusCode.BadRequest, status);
         Assert.Equal("messages[1].ortkv_document", Error(body).GetProperty("param").GetString());
+
+        // Streamed: the finishing chunk says where the document was placed; the same text as not streamed (the same placed KV).
+        (status, body) = await Post("v1/chat/completions", $$"""{"model": "tiny", "max_tokens": 3, "temperature": 0, "stream": true, "messages": {{messages.Replace("DOC", "true")}}}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var chunks = Events(body).ToList();
+        var finishing = chunks.Single(c => c.GetProperty("choices").EnumerateArray().Any(choice => choice.GetProperty("finish_reason").ValueKind == JsonValueKind.String));
+        Assert.Equal(placed.GetProperty("offset").GetInt32(), finishing.GetProperty("ortkv_documents").EnumerateArray().Single().GetProperty("offset").GetInt32());
+        Assert.Single(chunks, c => c.TryGetProperty("ortkv_documents", out _));
+        Assert.Equal(placedText, string.Concat(chunks.Select(c => c.GetProperty("choices").EnumerateArray().Select(choice =>
+            choice.GetProperty("delta").TryGetProperty("content", out var piece) ? piece.GetString() : "").FirstOrDefault())));
     }
+
+    /// <summary>A Responses input item marked as a document: the response (streamed or not, and as stored) says where it was placed; a mark that is not a boolean is a 400.</summary>
+    [Fact]
+    public async Task ResponsesInputItemsMarkedAsDocumentsAreServedAndReported()
+    {
+        const string input = """[{"role": "user", "content": "The ferry leaves every morning at nine from the harbour of Selwick, and on weekdays only in winter.", "ortkv_document": DOC}, {"role": "user", "content": "When does the ferry leave?"}]""";
+        string Request(string mark, bool stream) => $$"""{"model": "tiny", "max_output_tokens": 16, "temperature": 0, "stream": {{(stream ? "true" : "false")}}, "instructions": "Answer from the document.", "input": {{input.Replace("DOC", mark)}}}""";
+        var (status, body) = await Post("v1/responses", Request("true", stream: false));
+        Assert.Equal(HttpStatusCode.OK, status);
+        var response = JsonDocument.Parse(body).RootElement;
+        var placed = response.GetProperty("ortkv_documents").EnumerateArray().Single();
+        Assert.True(placed.GetProperty("offset").GetInt32() > 0 && placed.GetProperty("tokens").GetInt32() > 0, body);
+        var (_, exact) = await Post("v1/responses", Request("false", stream: false));
+        Assert.False(JsonDocument.Parse(exact).RootElement.TryGetProperty("ortkv_documents", out _));
+        Assert.Equal(JsonDocument.Parse(exact).RootElement.GetProperty("usage").GetProperty("input_tokens").GetInt32(), response.GetProperty("usage").GetProperty("input_tokens").GetInt32());
+
+        (status, body) = await Post("v1/responses", Request("true", stream: true));
+        Assert.Equal(HttpStatusCode.OK, status);
+        var completed = Events(body).Single(e => e.GetProperty("type").GetString() is "response.completed" or "response.incomplete").GetProperty("response");
+        Assert.Equal(placed.GetProperty("offset").GetInt32(), completed.GetProperty("ortkv_documents").EnumerateArray().Single().GetProperty("offset").GetInt32());
+        using (var http = new HttpClient())
+        {
+            http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "key-alice");
+            var stored = JsonDocument.Parse(await http.GetStringAsync(new Uri(_shared.Server.BaseUri, "v1/responses/" + completed.GetProperty("id").GetString()))).RootElement;
+            Assert.True(stored.TryGetProperty("ortkv_documents", out _), stored.ToString());
+        }
+
+        (status, body) = await Post("v1/responses", Request("1", stream: false));
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("input[0].ortkv_document", Error(body).GetProperty("param").GetString());
+    }
+
+    /// <summary>The JSON objects of a server-sent event stream's <c>data:</c> lines (without the final <c>[DONE]</c>).</summary>
+    private static IEnumerable<JsonElement> Events(string stream) =>
+        stream.Split('\n').Where(line => line.StartsWith("data: ", StringComparison.Ordinal) && line != "data: [DONE]")
+            .Select(line => JsonDocument.Parse(line["data: ".Length..]).RootElement);
 
     [Fact]
     public async Task ANulCharacterCutsNothing()
