@@ -51,7 +51,7 @@ public static class Responses
             }
             var response = await chat.GetResponseAsync(conversation, request.Options, aborted);
             RequestLog.Record(context, response.Usage);
-            var result = shape.Response(response.Text, response.FinishReason, response.Usage, response.AdditionalProperties);
+            var result = shape.Response(response.Text, response.FinishReason, response.Usage, ChatRequest.Placements(response.AdditionalProperties));
             Keep(store, tenant, shape, conversation, response.Text, result);
             return Results.Text(result.ToJsonString(), "application/json");
         }
@@ -93,7 +93,7 @@ public static class Responses
         var text = new System.Text.StringBuilder();
         UsageDetails? usage = null;
         ChatFinishReason? finish = null;
-        AdditionalPropertiesDictionary? details = null;
+        object? documents = null;
         var failure = await StreamFailure.CatchAsync(context, async () =>
         {
             await foreach (var update in chat.GetStreamingResponseAsync(conversation, shape.Request.Options, aborted))
@@ -106,7 +106,7 @@ public static class Responses
                 }
                 finish ??= update.FinishReason;
                 if (update.Contents.OfType<UsageContent>().FirstOrDefault() is { } content) usage = content.Details;
-                if (update.AdditionalProperties is { Count: > 0 } more) details = more;
+                documents ??= ChatRequest.Placements(update.AdditionalProperties);
             }
         }, aborted);
         if (failure is not null)
@@ -123,7 +123,7 @@ public static class Responses
         await Send("response.output_text.done", shape.Part(new JsonObject { ["text"] = output, ["logprobs"] = new JsonArray() }));
         await Send("response.content_part.done", shape.Part(new JsonObject { ["part"] = Shape.OutputText(output) }));
         await Send("response.output_item.done", new JsonObject { ["output_index"] = 0, ["item"] = shape.Message(output, "completed") });
-        var result = shape.Response(output, finish, usage, details);
+        var result = shape.Response(output, finish, usage, documents);
         Keep(store, tenant, shape, conversation, output, result);
         await Send(result["status"]!.GetValue<string>() == "incomplete" ? "response.incomplete" : "response.completed", new JsonObject { ["response"] = result.DeepClone() });
     }
@@ -136,7 +136,7 @@ public static class Responses
     /// <summary>The objects of one response, as OpenAI writes them.</summary>
     private sealed record Shape(string Id, string MessageId, long CreatedAt, string Model, ResponsesRequest Request)
     {
-        public JsonObject Response(string? text, ChatFinishReason? finish, UsageDetails? usage, AdditionalPropertiesDictionary? details = null)
+        public JsonObject Response(string? text, ChatFinishReason? finish, UsageDetails? usage, object? documents = null)
         {
             bool done = text is not null;
             bool cut = finish == ChatFinishReason.Length;
@@ -173,7 +173,7 @@ public static class Responses
                 ["metadata"] = Request.Metadata.ValueKind == JsonValueKind.Object ? JsonNode.Parse(Request.Metadata.GetRawText()) : new JsonObject(),
             };
             // An extension, only when the input had documents: where each was placed from the cache.
-            if (ChatRequest.Placements(details) is { } documents) response["ortkv_documents"] = JsonSerializer.SerializeToNode(documents);
+            if (documents is not null) response["ortkv_documents"] = JsonSerializer.SerializeToNode(documents);
             return response;
         }
 

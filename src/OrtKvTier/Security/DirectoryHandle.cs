@@ -31,9 +31,6 @@ internal sealed partial class DirectoryHandle : IDisposable
     /// <summary>The path of <paramref name="name"/> in the directory, for messages.</summary>
     public string PathOf(string name) => System.IO.Path.Combine(Path, name);
 
-    /// <summary>Whether the directory is group-writable (a group cache): files created in it get group bits.</summary>
-    public bool SharedWithGroup => _sharedWithGroup;
-
     /// <summary>
     /// Opens the directory at <paramref name="path"/>, following no link at its last <paramref name="linkFreeLevels"/>
     /// components; with <paramref name="create"/> the missing ones are made first (owner-only, or group-shared with
@@ -176,28 +173,19 @@ internal sealed partial class DirectoryHandle : IDisposable
     /// <summary>What is at <paramref name="name"/> (a link itself, never its target); null when nothing is.</summary>
     public DirectoryEntry? Find(string name)
     {
-        if (_fd is not null) return WithFd(fd => PrivateFiles.Statx.Of(fd, name)) is { } s ? new DirectoryEntry(name, s.IsRegularFile, s.IsDirectory, s.Inode, s.Size, s.LastWriteUtc, s.Uid, s.Permissions) : null;
+        if (_fd is not null) return WithFd(fd => PrivateFiles.Statx.Of(fd, name)) is { } s ? new DirectoryEntry(name, s.IsRegularFile, s.IsDirectory, s.Inode, s.Size, s.LastWriteUtc) : null;
         var info = new FileInfo(PathOf(name));
-        if (info.LinkTarget is not null) return new DirectoryEntry(name, false, false, 0, 0, info.LastWriteTimeUtc, null, 0);
-        if (info.Exists) return new DirectoryEntry(name, true, false, (ulong)info.CreationTimeUtc.Ticks, info.Length, info.LastWriteTimeUtc, null, 0);
-        return Directory.Exists(info.FullName) ? new DirectoryEntry(name, false, true, 0, 0, Directory.GetLastWriteTimeUtc(info.FullName), null, 0) : null;
+        if (info.LinkTarget is not null) return new DirectoryEntry(name, false, false, 0, 0, info.LastWriteTimeUtc);
+        if (info.Exists) return new DirectoryEntry(name, true, false, (ulong)info.CreationTimeUtc.Ticks, info.Length, info.LastWriteTimeUtc);
+        return Directory.Exists(info.FullName) ? new DirectoryEntry(name, false, true, 0, 0, Directory.GetLastWriteTimeUtc(info.FullName)) : null;
     }
 
     /// <summary>Everything in the directory (names sorted ordinally; links not followed).</summary>
     public IReadOnlyList<DirectoryEntry> Entries()
     {
-        IEnumerable<string> names;
-        if (_fd is null) names = Directory.EnumerateFileSystemEntries(Path).Select(System.IO.Path.GetFileName).OfType<string>();
-        else
-        {
-            // The kernel's name for the open directory: listing it lists the directory this handle holds, wherever its path now leads.
-            names = WithFd(fd =>
-            {
-                var self = $"/proc/self/fd/{fd}";
-                return Directory.Exists(self) ? Directory.EnumerateFileSystemEntries(self).Select(System.IO.Path.GetFileName).OfType<string>().ToList()
-                    : Directory.EnumerateFileSystemEntries(Path).Select(System.IO.Path.GetFileName).OfType<string>().ToList();
-            });
-        }
+        static List<string> NamesIn(string directory) => [.. Directory.EnumerateFileSystemEntries(directory).Select(System.IO.Path.GetFileName).OfType<string>()];
+        // The kernel's name for the open directory: listing it lists the directory this handle holds, wherever its path now leads.
+        var names = _fd is null ? NamesIn(Path) : WithFd(fd => $"/proc/self/fd/{fd}" is var self && Directory.Exists(self) ? NamesIn(self) : NamesIn(Path));
         return [.. names.Order(StringComparer.Ordinal).Select(Find).OfType<DirectoryEntry>()];
     }
 
@@ -230,9 +218,7 @@ internal sealed partial class DirectoryHandle : IDisposable
     /// <param name="FileId">The inode (elsewhere than Linux, the creation time).</param>
     /// <param name="Length">Bytes.</param>
     /// <param name="LastWriteUtc">When it was last written.</param>
-    /// <param name="Owner">The user id owning it; null where it cannot be told.</param>
-    /// <param name="Permissions">Its mode bits (0 where they cannot be told).</param>
-    internal sealed record DirectoryEntry(string Name, bool IsFile, bool IsDirectory, ulong FileId, long Length, DateTime LastWriteUtc, uint? Owner, UnixFileMode Permissions);
+    internal sealed record DirectoryEntry(string Name, bool IsFile, bool IsDirectory, ulong FileId, long Length, DateTime LastWriteUtc);
 
     private T WithFd<T>(Func<int, T> call)
     {
